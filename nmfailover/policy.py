@@ -1,0 +1,179 @@
+"""Pure decision core: per-uplink health hysteresis and the choice of which uplink carries the default route.
+
+Everything here is a function of its arguments. Time comes in as float seconds so the controller
+(and the tests) own the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+
+class Health(StrEnum):
+    UNKNOWN = "unknown"
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    fail_count: int
+    rise_count: int
+    failback_hold_down: float
+
+    def __post_init__(self) -> None:
+        # A zero count would make a state unreachable or flip on no evidence at all.
+        if self.fail_count < 1:
+            raise ValueError(f"fail_count must be >= 1, got {self.fail_count}")
+        if self.rise_count < 1:
+            raise ValueError(f"rise_count must be >= 1, got {self.rise_count}")
+        if self.failback_hold_down < 0:
+            raise ValueError(f"failback_hold_down must be >= 0, got {self.failback_hold_down}")
+
+
+@dataclass(frozen=True)
+class UplinkHealth:
+    health: Health = Health.UNKNOWN
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    changed_at: float | None = None
+
+    @property
+    def suspect(self) -> bool:
+        """True while the verdict may be about to change, so the controller should probe faster."""
+        if self.health is Health.UP:
+            return self.consecutive_failures > 0
+        if self.health is Health.DOWN:
+            return self.consecutive_successes > 0
+        return True
+
+
+def observe(
+    state: UplinkHealth, ok: bool, now: float, params: PolicyParams, *, hard: bool = False
+) -> UplinkHealth:
+    """Fold one probe round into `state`."""
+    if ok:
+        failures, successes = 0, state.consecutive_successes + 1
+    else:
+        failures, successes = state.consecutive_failures + 1, 0
+
+    health = state.health
+    if health is Health.UNKNOWN:
+        # At start-up one round is enough: waiting rise_count rounds would leave the machine without a route.
+        health = Health.UP if ok else Health.DOWN
+    elif not ok and hard:
+        # The link is physically gone; counting more rounds would only delay the inevitable failover.
+        health = Health.DOWN
+    elif health is Health.UP and failures >= params.fail_count:
+        health = Health.DOWN
+    elif health is Health.DOWN and successes >= params.rise_count:
+        health = Health.UP
+
+    changed_at = now if health is not state.health else state.changed_at
+    return replace(
+        state,
+        health=health,
+        consecutive_failures=failures,
+        consecutive_successes=successes,
+        changed_at=changed_at,
+    )
+
+
+class Action(StrEnum):
+    KEEP = "keep"
+    INITIAL = "initial"
+    FAILOVER = "failover"
+    FAILBACK = "failback"
+    PIN = "pin"
+    AVOID = "avoid"
+
+
+@dataclass(frozen=True)
+class Decision:
+    preferred: int | None
+    action: Action
+    reason: str
+    recheck_at: float | None = None
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.1f}".rstrip("0").rstrip(".") + "s"
+
+
+def decide(
+    uplinks: Sequence[UplinkHealth],
+    current: int | None,
+    now: float,
+    params: PolicyParams,
+    *,
+    names: Sequence[str] | None = None,
+    pinned: int | None = None,
+    avoid: frozenset[int] = frozenset(),
+) -> Decision:
+    """Pick the uplink that should carry the default route. Uplinks are in priority order, 0 first."""
+    if names is None:
+        names = [f"uplink {i}" for i in range(len(uplinks))]
+    elif len(names) != len(uplinks):
+        raise ValueError(f"{len(names)} names for {len(uplinks)} uplinks")
+    if current is not None and not 0 <= current < len(uplinks):
+        raise ValueError(f"current uplink {current} out of range for {len(uplinks)} uplinks")
+
+    up = [i for i, u in enumerate(uplinks) if u.health is Health.UP]
+    # A forced test must never cut the internet, so an avoided uplink is still better than none.
+    candidates = [i for i in up if i not in avoid] or up
+
+    if not up:
+        if current is None:
+            return Decision(None, Action.KEEP, "no uplink is healthy")
+        return Decision(current, Action.KEEP, f"no uplink is healthy; keeping {names[current]}")
+
+    # Requiring a candidate (not merely UP) lets a forced test failover override a pin.
+    if pinned is not None and pinned in candidates:
+        if pinned == current:
+            return Decision(pinned, Action.KEEP, f"{names[pinned]} is pinned")
+        return Decision(pinned, Action.PIN, f"{names[pinned]} is pinned and healthy")
+
+    best = candidates[0]
+    if current is None:
+        return Decision(best, Action.INITIAL, f"starting on {names[best]}")
+
+    if current in avoid and best not in avoid:
+        return Decision(best, Action.AVOID, f"avoiding {names[current]}; moving to {names[best]}")
+
+    if uplinks[current].health is Health.DOWN:
+        return Decision(best, Action.FAILOVER, f"{names[current]} is down; moving to {names[best]}")
+
+    # Among uplinks more preferred than current, take the most preferred one that has served its
+    # hold-down: a still-settling primary must not keep us off an already settled backup.
+    hold = params.failback_hold_down
+    target, target_since = current, 0.0
+    settling: list[tuple[int, float]] = []  # (index, UP since) of those still inside the hold-down
+    for i in candidates:
+        if i >= current:
+            break
+        since = uplinks[i].changed_at
+        if since is None:
+            continue  # no proof of stability, and no expiry to wake up for
+        if now - since >= hold:
+            target, target_since = i, since
+            break
+        settling.append((i, since))
+
+    # The earliest-settling one is what the next decision hinges on, so that is the one to wake up for.
+    first = min(settling, key=lambda s: s[1], default=None)
+    recheck_at = None if first is None else first[1] + hold
+    if target != current:
+        reason = f"{names[target]} healthy for {_secs(now - target_since)}; moving back"
+        return Decision(target, Action.FAILBACK, reason, recheck_at)
+    if first is not None:
+        i, since = first
+        reason = f"{names[i]} healthy for {_secs(now - since)} of {_secs(hold)} hold-down"
+        return Decision(current, Action.KEEP, reason, recheck_at)
+
+    if current in avoid:
+        return Decision(current, Action.KEEP, f"no alternative to avoided {names[current]}; keeping it")
+    if current == best:
+        return Decision(current, Action.KEEP, f"{names[current]} is the best healthy uplink")
+    return Decision(current, Action.KEEP, f"keeping {names[current]} ({uplinks[current].health})")
