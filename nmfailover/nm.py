@@ -1,0 +1,377 @@
+"""NetworkManager over D-Bus: the only module that knows NetworkManager's names, paths and shapes.
+
+It speaks plain D-Bus messages (no introspection proxies), which keeps the same code working on dbus-fast
+(preferred) and on dbus-next (what Debian packages): whichever is installed is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+try:
+    from dbus_fast import BusType, Message, MessageType, Variant
+    from dbus_fast.aio import MessageBus
+
+    DBUS_LIBRARY = "dbus-fast"
+except ImportError:  # pragma: no cover - exercised by the dbus-next CI run
+    from dbus_next import BusType, Message, MessageType, Variant  # type: ignore[no-redef]
+    from dbus_next.aio import MessageBus  # type: ignore[no-redef]
+
+    DBUS_LIBRARY = "dbus-next"
+
+from loguru import logger
+
+NM_BUS = "org.freedesktop.NetworkManager"
+NM_PATH = "/org/freedesktop/NetworkManager"
+SETTINGS_PATH = "/org/freedesktop/NetworkManager/Settings"
+IFACE_NM = NM_BUS
+IFACE_DEVICE = f"{NM_BUS}.Device"
+IFACE_SETTINGS = f"{NM_BUS}.Settings"
+IFACE_CONNECTION = f"{NM_BUS}.Settings.Connection"
+IFACE_ACTIVE = f"{NM_BUS}.Connection.Active"
+IFACE_IP4 = f"{NM_BUS}.IP4Config"
+IFACE_IP6 = f"{NM_BUS}.IP6Config"
+IFACE_PROPERTIES = "org.freedesktop.DBus.Properties"
+
+DEVICE_STATE_ACTIVATED = 100
+UPDATE2_IN_MEMORY = 0x2
+UPDATE2_NO_REAPPLY = 0x40
+CALL_TIMEOUT = 10.0
+
+# NM sends legacy keys next to their replacements and, given both, prefers the legacy one: an edited
+# dict sent back with them intact would silently lose changes. Drop a legacy key only when its
+# replacement is present, so nothing is lost on versions that lack the replacement.
+_LEGACY_KEYS = {"addresses": "address-data", "address-labels": "address-data", "routes": "route-data",
+                "dns": "dns-data"}
+
+DEVICE_STATES = {10: "unmanaged", 20: "unavailable", 30: "disconnected", 40: "preparing", 50: "configuring",
+                 60: "need-auth", 70: "ip-config", 80: "ip-check", 90: "secondaries", 100: "activated",
+                 110: "deactivating", 120: "failed"}
+
+Settings = dict[str, dict[str, Any]]
+
+
+class NMError(Exception):
+    """A NetworkManager or bus failure, in words fit for the log."""
+
+
+class NMUnavailable(NMError):
+    """The bus or NetworkManager cannot be reached right now."""
+
+
+class ProfileError(NMError):
+    """A configured uplink does not name a usable connection profile."""
+
+    def __init__(self, spec: str, problem: str) -> None:
+        super().__init__(f"{spec!r}: {problem}")
+        self.spec = spec
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Profile:
+    spec: str                   # as the user wrote it
+    uuid: str
+    id: str
+    interface_name: str | None  # connection.interface-name, if the profile is bound to one
+    metric4: int                # the profile's own ipv4.route-metric (-1: NM's default)
+    metric6: int
+    autoconnect_priority: int
+    never_default: bool         # ipv4.never-default: such a profile can never carry the default route
+
+
+@dataclass(frozen=True)
+class LinkState:
+    uuid: str
+    device: str | None = None     # D-Bus path of the device the profile is active on
+    interface: str | None = None  # the IP interface to bind probes to
+    state: int = 0                # device state; 0 when the profile is not active anywhere
+    nameservers: tuple[str, ...] = ()
+    gateway4: str | None = None
+    gateway6: str | None = None
+
+    @property
+    def activated(self) -> bool:
+        return self.state == DEVICE_STATE_ACTIVATED and self.interface is not None
+
+    @property
+    def state_name(self) -> str:
+        return DEVICE_STATES.get(self.state, "inactive" if self.state == 0 else str(self.state))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    metric4: int | None
+    metric6: int | None
+
+
+def _unwrap(value: Any) -> Any:
+    return value.value if isinstance(value, Variant) else value
+
+
+def _strip_legacy(settings: Settings) -> Settings:
+    for family in ("ipv4", "ipv6"):
+        section = settings.get(family)
+        if section is None:
+            continue
+        for legacy, replacement in _LEGACY_KEYS.items():
+            if legacy in section and replacement in section:
+                del section[legacy]
+    return settings
+
+
+def _nameservers(ip4: dict[str, Any], ip6: dict[str, Any]) -> tuple[str, ...]:
+    found = [str(_unwrap(entry["address"])) for entry in _unwrap(ip4.get("NameserverData", [])) or []
+             if "address" in entry]
+    found += [str(ipaddress.IPv6Address(bytes(raw))) for raw in _unwrap(ip6.get("Nameservers", [])) or []]
+    return tuple(found)
+
+
+class NetworkManagerClient:
+    """One bus connection to NetworkManager: subscribe to its signals, then read state on demand.
+
+    `on_event` is called (from the bus reader, so it must not block) with a short description whenever
+    something about devices, active connections, profiles or NetworkManager's presence changed.
+    """
+
+    def __init__(self, on_event: Callable[[str], None] = lambda _: None) -> None:
+        self._on_event = on_event
+        self._bus: Any = None
+
+    async def connect(self) -> None:
+        try:
+            bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(), CALL_TIMEOUT)
+        except Exception as exc:
+            raise NMUnavailable(f"cannot connect to the system bus: {exc}") from exc
+        self._bus = bus
+        bus.add_message_handler(self._handle_message)
+        for rule in (f"type='signal',sender='{NM_BUS}'",
+                     "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',"
+                     f"arg0='{NM_BUS}'"):
+            await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                             "AddMatch", "s", [rule])
+
+    async def close(self) -> None:
+        if self._bus is not None:
+            self._bus.disconnect()
+            self._bus = None
+
+    async def wait_for_disconnect(self) -> None:
+        if self._bus is not None:
+            try:
+                await self._bus.wait_for_disconnect()
+            except Exception as exc:  # the library reports a broken socket by raising here
+                logger.debug("bus connection ended: {}", exc)
+
+    @property
+    def connected(self) -> bool:
+        return self._bus is not None and bool(self._bus.connected)
+
+    def _handle_message(self, msg: Any) -> None:
+        if msg.message_type != MessageType.SIGNAL:
+            return
+        if msg.member == "NameOwnerChanged":
+            self._on_event("networkmanager-started" if msg.body[2] else "networkmanager-stopped")
+        elif msg.interface == IFACE_DEVICE and msg.member == "StateChanged":
+            new, old = msg.body[0], msg.body[1]
+            self._on_event(f"device {msg.path.rsplit('/', 1)[-1]} "
+                           f"{DEVICE_STATES.get(old, old)} -> {DEVICE_STATES.get(new, new)}")
+        elif msg.interface == IFACE_NM and msg.member in ("DeviceAdded", "DeviceRemoved"):
+            self._on_event(msg.member)
+        elif msg.interface == IFACE_SETTINGS and msg.member in ("ConnectionRemoved", "NewConnection"):
+            self._on_event(f"profile {msg.member}")
+        elif msg.interface == IFACE_CONNECTION and msg.member in ("Updated", "Removed"):
+            self._on_event(f"profile {msg.member}")
+        elif (msg.interface == IFACE_PROPERTIES and msg.path == NM_PATH and msg.body
+              and msg.body[0] == IFACE_NM and "ActiveConnections" in msg.body[1]):
+            self._on_event("active connections changed")
+
+    async def _call(self, dest: str, path: str, interface: str, member: str, signature: str = "",
+                    body: Sequence[Any] = (), timeout: float = CALL_TIMEOUT) -> list[Any]:
+        if self._bus is None or not self._bus.connected:
+            raise NMUnavailable("not connected to the system bus")
+        msg = Message(destination=dest, path=path, interface=interface, member=member,
+                      signature=signature, body=list(body))
+        try:
+            reply = await asyncio.wait_for(self._bus.call(msg), timeout)
+        except asyncio.TimeoutError as exc:
+            raise NMUnavailable(f"{member} got no answer within {timeout:g} s") from exc
+        except (OSError, EOFError, ConnectionError) as exc:
+            raise NMUnavailable(f"bus connection lost during {member}: {exc}") from exc
+        if reply is None:
+            raise NMUnavailable(f"bus connection lost during {member}")
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body else ""
+            if reply.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
+                                    "org.freedesktop.DBus.Error.NoReply",
+                                    "org.freedesktop.DBus.Error.Disconnected"):
+                raise NMUnavailable(f"NetworkManager is not answering: {text}")
+            raise NMError(f"{member} failed: {reply.error_name}: {text}")
+        return list(reply.body)
+
+    async def _nm(self, path: str, interface: str, member: str, signature: str = "",
+                  body: Sequence[Any] = ()) -> list[Any]:
+        return await self._call(NM_BUS, path, interface, member, signature, body)
+
+    async def _get_all(self, path: str, interface: str) -> dict[str, Any]:
+        if not path or path == "/":
+            return {}
+        (props,) = await self._nm(path, IFACE_PROPERTIES, "GetAll", "s", [interface])
+        return {key: _unwrap(value) for key, value in props.items()}
+
+    async def _get(self, path: str, interface: str, name: str) -> Any:
+        (value,) = await self._nm(path, IFACE_PROPERTIES, "Get", "ss", [interface, name])
+        return _unwrap(value)
+
+    async def version(self) -> str:
+        return str(await self._get(NM_PATH, IFACE_NM, "Version"))
+
+    # -- profiles ---------------------------------------------------------------------------------
+
+    async def _profile_path(self, uuid: str) -> str:
+        (path,) = await self._nm(SETTINGS_PATH, IFACE_SETTINGS, "GetConnectionByUuid", "s", [uuid])
+        return str(path)
+
+    async def _settings(self, path: str) -> Settings:
+        (settings,) = await self._nm(path, IFACE_CONNECTION, "GetSettings")
+        return dict(settings)
+
+    async def _all_profiles(self) -> list[Settings]:
+        (paths,) = await self._nm(SETTINGS_PATH, IFACE_SETTINGS, "ListConnections")
+        return [await self._settings(path) for path in paths]
+
+    async def _interfaces_to_uuids(self) -> dict[str, list[str]]:
+        """The profiles active on each interface right now."""
+        active: dict[str, list[str]] = {}
+        for path in await self._get(NM_PATH, IFACE_NM, "ActiveConnections"):
+            props = await self._get_all(path, IFACE_ACTIVE)
+            for device in props.get("Devices", []):
+                iface = await self._get(device, IFACE_DEVICE, "Interface")
+                active.setdefault(str(iface), []).append(str(props["Uuid"]))
+        return active
+
+    async def resolve(self, specs: Sequence[str]) -> list[Profile]:
+        """Each spec (profile id, UUID or interface name) to exactly one profile, or ProfileError."""
+        profiles = await self._all_profiles()
+        active = await self._interfaces_to_uuids()
+        resolved: list[Profile] = []
+        for spec in specs:
+            by_uuid = [s for s in profiles if _unwrap(s["connection"]["uuid"]) == spec]
+            by_id = [s for s in profiles if _unwrap(s["connection"]["id"]) == spec]
+            by_iface = [s for s in profiles if _unwrap(s["connection"].get("interface-name", "")) == spec]
+            if not by_iface and spec in active:
+                by_iface = [s for s in profiles if _unwrap(s["connection"]["uuid"]) in active[spec]]
+            elif len(by_iface) > 1 and spec in active:
+                # Several profiles for one device: the one in use is what the user means.
+                by_iface = [s for s in by_iface if _unwrap(s["connection"]["uuid"]) in active[spec]]
+            matches = by_uuid or by_id or by_iface
+            if not matches:
+                raise ProfileError(spec, "no NetworkManager profile has this id, UUID or interface name")
+            if len(matches) > 1:
+                names = ", ".join(repr(_unwrap(s["connection"]["id"])) for s in matches)
+                raise ProfileError(spec, f"matches several profiles ({names}); use a profile id or UUID")
+            profile = _profile(spec, matches[0])
+            if profile.never_default:
+                raise ProfileError(spec, f"profile {profile.id!r} has ipv4.never-default=yes, so it can "
+                                         "never carry the default route")
+            resolved.append(profile)
+        seen: dict[str, str] = {}
+        for profile in resolved:
+            if profile.uuid in seen:
+                raise ProfileError(profile.spec, f"is the same profile as {seen[profile.uuid]!r} "
+                                                 f"({profile.id}, {profile.uuid})")
+            seen[profile.uuid] = profile.spec
+        return resolved
+
+    # -- links --------------------------------------------------------------------------------------
+
+    async def _device_of(self, uuid: str) -> str | None:
+        for path in await self._get(NM_PATH, IFACE_NM, "ActiveConnections"):
+            props = await self._get_all(path, IFACE_ACTIVE)
+            if props.get("Uuid") == uuid and props.get("Devices"):
+                return str(props["Devices"][0])
+        return None
+
+    async def link_state(self, uuid: str) -> LinkState:
+        """Where the profile is active now, and what a probe needs to use that link."""
+        device = await self._device_of(uuid)
+        if device is None:
+            return LinkState(uuid=uuid)
+        props = await self._get_all(device, IFACE_DEVICE)
+        ip4 = await self._get_all(str(props.get("Ip4Config", "/")), IFACE_IP4)
+        ip6 = await self._get_all(str(props.get("Ip6Config", "/")), IFACE_IP6)
+        return LinkState(
+            uuid=uuid, device=device,
+            interface=str(props.get("IpInterface") or props.get("Interface") or "") or None,
+            state=int(props.get("State", 0)),
+            nameservers=_nameservers(ip4, ip6),
+            gateway4=str(ip4.get("Gateway") or "") or None,
+            gateway6=str(ip6.get("Gateway") or "") or None,
+        )
+
+    async def applied_metrics(self, device: str) -> Metrics:
+        settings, _ = await self._nm(device, IFACE_DEVICE, "GetAppliedConnection", "u", [0])
+        return Metrics(_metric(settings, "ipv4"), _metric(settings, "ipv6"))
+
+    async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool:
+        """Change the device's applied route metrics at run time (Reapply); the saved profile is untouched.
+
+        Returns False when they already had these values (nothing is sent, so no `reapply` event fires).
+        """
+        for attempt in (1, 2):
+            settings, version_id = await self._nm(device, IFACE_DEVICE, "GetAppliedConnection", "u", [0])
+            wanted = {"ipv4": metric4, "ipv6": metric6}
+            stale = {family: value for family, value in wanted.items()
+                     if family in settings and _metric(settings, family) != value}
+            if not stale:
+                return False
+            for family, value in stale.items():
+                settings[family]["route-metric"] = Variant("x", value)
+            try:
+                await self._nm(device, IFACE_DEVICE, "Reapply", "a{sa{sv}}tu",
+                               [_strip_legacy(settings), version_id, 0])
+                return True
+            except NMError as exc:
+                # Someone else changed the device between our read and write: read again once.
+                if "VersionIdMismatch" not in str(exc) or attempt == 2:
+                    raise
+        return True  # pragma: no cover - the loop always returns or raises
+
+    async def set_autoconnect_priority(self, uuid: str, priority: int) -> bool:
+        """Set connection.autoconnect-priority in memory only (nothing written to disk)."""
+        path = await self._profile_path(uuid)
+        settings = await self._settings(path)
+        if _unwrap(settings["connection"].get("autoconnect-priority", 0)) == priority:
+            return False
+        settings["connection"]["autoconnect-priority"] = Variant("i", priority)
+        await self._nm(path, IFACE_CONNECTION, "Update2", "a{sa{sv}}ua{sv}",
+                       [_strip_legacy(settings), UPDATE2_IN_MEMORY | UPDATE2_NO_REAPPLY, {}])
+        return True
+
+    async def profile(self, uuid: str) -> Profile:
+        return _profile(uuid, await self._settings(await self._profile_path(uuid)))
+
+
+def _metric(settings: Settings, family: str) -> int | None:
+    section = settings.get(family)
+    if section is None:
+        return None
+    return int(_unwrap(section.get("route-metric", -1)))
+
+
+def _profile(spec: str, settings: Settings) -> Profile:
+    connection = settings["connection"]
+    return Profile(
+        spec=spec,
+        uuid=str(_unwrap(connection["uuid"])),
+        id=str(_unwrap(connection["id"])),
+        interface_name=str(_unwrap(connection.get("interface-name", ""))) or None,
+        metric4=int(_unwrap(settings.get("ipv4", {}).get("route-metric", -1))),
+        metric6=int(_unwrap(settings.get("ipv6", {}).get("route-metric", -1))),
+        autoconnect_priority=int(_unwrap(connection.get("autoconnect-priority", 0))),
+        never_default=bool(_unwrap(settings.get("ipv4", {}).get("never-default", False))),
+    )

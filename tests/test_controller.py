@@ -1,0 +1,175 @@
+"""Controller wiring with fakes behind its Protocols (the real adapter is proven in test_nm/test_daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from nmfailover.config import load_settings
+from nmfailover.controller import Controller
+from nmfailover.nm import LinkState, Metrics, NMError, NMUnavailable, Profile
+from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target
+
+SETTINGS = load_settings({
+    "NMFAILOVER_UPLINKS": "primary,backup",
+    "NMFAILOVER_PROBE_URLS": "http://192.0.2.10/generate_204",
+    "NMFAILOVER_ENV_FILE": "/dev/null",
+    "NMFAILOVER_PROBE_TIMEOUT": "0.01",
+    "NMFAILOVER_ACTIVE_INTERVAL": "0.05",
+    "NMFAILOVER_STANDBY_INTERVAL": "0.05",
+    "NMFAILOVER_SUSPECT_INTERVAL": "0.02",
+    "NMFAILOVER_FAILBACK_HOLD_DOWN": "0.2",
+})
+PROFILES = [Profile(spec=name, uuid=f"uuid-{name}", id=name, interface_name=iface, metric4=-1, metric6=-1,
+                    autoconnect_priority=0, never_default=False)
+            for name, iface in (("primary", "wana"), ("backup", "wanb"))]
+
+
+class FakeNM:
+    def __init__(self) -> None:
+        self.links = {p.uuid: LinkState(uuid=p.uuid, device=f"/dev/{p.interface_name}",
+                                        interface=p.interface_name, state=100, nameservers=("192.0.2.53",))
+                      for p in PROFILES}
+        self.metrics: dict[str, tuple[int, int]] = {f"/dev/{p.interface_name}": (-1, -1) for p in PROFILES}
+        self.priorities: dict[str, int] = {p.uuid: 0 for p in PROFILES}
+        self.calls: list[tuple[str, int]] = []
+        self.fail_writes = False
+        self.disconnected = asyncio.Event()
+
+    async def connect(self) -> None:
+        self.disconnected = asyncio.Event()
+
+    async def close(self) -> None:
+        pass
+
+    async def wait_for_disconnect(self) -> None:
+        await self.disconnected.wait()
+
+    async def link_state(self, uuid: str) -> LinkState:
+        return self.links[uuid]
+
+    async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool:
+        if self.fail_writes:
+            raise NMUnavailable("NetworkManager is not answering")
+        changed = self.metrics[device] != (metric4, metric6)
+        self.metrics[device] = (metric4, metric6)
+        self.calls.append((device, metric4))
+        return changed
+
+    async def set_autoconnect_priority(self, uuid: str, priority: int) -> bool:
+        if self.fail_writes:
+            raise NMError("Update2 failed")
+        self.priorities[uuid] = priority
+        return True
+
+    async def profile(self, uuid: str) -> Profile:
+        return next(p for p in PROFILES if p.uuid == uuid)
+
+    async def applied_metrics(self, device: str) -> Metrics:
+        return Metrics(*self.metrics[device])
+
+
+class FakeProber:
+    """Answers per interface from a switchable table; counts rounds."""
+
+    def __init__(self) -> None:
+        self.healthy = {"wana": True, "wanb": True}
+        self.rounds: list[str | None] = []
+
+    async def __call__(self, link: Link, targets: Sequence[Target], timeout: float, needed: int) -> RoundResult:
+        self.rounds.append(link.interface)
+        if link.interface is None:
+            result = ProbeResult(targets[0], False, Reason.NO_DEVICE, 0.0, "no device")
+        elif self.healthy[link.interface]:
+            result = ProbeResult(targets[0], True, Reason.OK, 0.001, "HTTP 204")
+        else:
+            result = ProbeResult(targets[0], False, Reason.TIMEOUT, timeout, "no answer")
+        return RoundResult(ok=result.ok, results=(result,), needed=needed)
+
+
+async def wait_until(condition: object, timeout: float = 3.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():  # type: ignore[operator]
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def harness() -> tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]:
+    nm, prober = FakeNM(), FakeProber()
+    controller = Controller(SETTINGS, nm, PROFILES, prober)
+    task = asyncio.create_task(controller.run())
+    await asyncio.wait_for(controller.ready.wait(), 2)
+    return controller, nm, prober, task
+
+
+async def test_starts_on_primary_and_ranks_metrics(harness: tuple[Controller, FakeNM, FakeProber,
+                                                                   asyncio.Task[None]]) -> None:
+    controller, nm, _, task = harness
+    assert controller.current == 0
+    assert nm.metrics == {"/dev/wana": (100, 100), "/dev/wanb": (200, 200)}
+    assert nm.priorities == {"uuid-primary": 2, "uuid-backup": 1}
+    controller.stop()
+    await task
+
+
+async def test_fails_over_new_preferred_first_then_back_and_restores(
+        harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]) -> None:
+    controller, nm, prober, task = harness
+    nm.calls.clear()
+    prober.healthy["wana"] = False
+    await wait_until(lambda: controller.current == 1)
+    await wait_until(lambda: nm.metrics == {"/dev/wanb": (100, 100), "/dev/wana": (200, 200)})
+    assert nm.calls[:2] == [("/dev/wanb", 100), ("/dev/wana", 200)]  # promote before demote
+    prober.healthy["wana"] = True
+    await wait_until(lambda: controller.current == 0)
+    assert controller.switches == 2
+    controller.stop()
+    await task
+    assert nm.metrics == {"/dev/wana": (-1, -1), "/dev/wanb": (-1, -1)}
+    assert nm.priorities == {"uuid-primary": 0, "uuid-backup": 0}
+
+
+async def test_failed_write_is_retried_and_never_crashes(
+        harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]) -> None:
+    controller, nm, prober, task = harness
+    nm.fail_writes = True
+    prober.healthy["wana"] = False
+    await wait_until(lambda: controller.current == 1)
+    await asyncio.sleep(0.15)
+    assert nm.metrics["/dev/wanb"] == (200, 200) and not task.done()
+    nm.fail_writes = False
+    await wait_until(lambda: nm.metrics["/dev/wanb"] == (100, 100))
+    controller.stop()
+    await task
+
+
+async def test_link_event_triggers_immediate_probe_and_reactivation_reapplies(
+        harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]) -> None:
+    controller, nm, prober, task = harness
+    await asyncio.sleep(0.06)  # let the loops settle into their intervals
+    nm.links["uuid-primary"] = LinkState(uuid="uuid-primary", device="/dev/wana", interface="wana", state=20)
+    prober.rounds.clear()
+    controller.on_nm_event("device 1 activated -> unavailable")
+    await wait_until(lambda: None in prober.rounds, timeout=0.04)  # well before the 50 ms interval
+    await wait_until(lambda: controller.current == 1)  # no device: down at once, no fail count
+    # NetworkManager re-activates the profile with its own metrics: the preference is put back.
+    nm.metrics["/dev/wana"] = (-1, -1)
+    nm.links["uuid-primary"] = LinkState(uuid="uuid-primary", device="/dev/wana", interface="wana", state=100)
+    controller.on_nm_event("device 1 ip-config -> activated")
+    await wait_until(lambda: nm.metrics["/dev/wana"] != (-1, -1))
+    controller.stop()
+    await task
+
+
+async def test_bus_loss_reconnects_and_reapplies(
+        harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]) -> None:
+    controller, nm, _, task = harness
+    nm.metrics["/dev/wana"] = (-1, -1)  # what a restarted NetworkManager would bring back
+    nm.disconnected.set()
+    await wait_until(lambda: nm.metrics["/dev/wana"] == (100, 100), timeout=3)
+    controller.stop()
+    await task

@@ -1,0 +1,90 @@
+"""End to end: `nmfailover run` as a subprocess against a real NetworkManager with two simulated uplinks."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from nmfailover.sandbox import NMLab
+from tests.daemon import running_daemon, wait_for
+
+pytestmark = pytest.mark.lab
+
+HOLD_DOWN = 4.0
+
+
+def disk_state(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_silent_outage_fails_over_and_back_then_sigterm_restores(nmlab: NMLab, tmp_path: Path) -> None:
+    before4, before6 = nmlab.default_routes(4), nmlab.default_routes(6)
+    on_disk = disk_state(nmlab.keyfile_dir)
+    primary, backup = nmlab.upstreams
+    with running_daemon(nmlab, tmp_path / "daemon.log", failback_hold_down=str(HOLD_DOWN)) as daemon:
+        daemon.wait_log(r"ready: traffic on primary \(wana\)")
+        assert nmlab.default_routes(4)[0] == ("wana", 100)
+        assert ("wanb", 200) in nmlab.default_routes(4)
+
+        primary.blackhole()
+        took = daemon.wait_route("wanb", timeout=15)
+        daemon.wait_route("wanb", family=6)
+        assert took < 8, f"failover took {took:.1f} s"
+        assert "primary (wana) down" in daemon.text()
+        assert nmlab.default_routes(4)[0] == ("wanb", 100)
+
+        primary.heal()
+        healed = time.monotonic()
+        daemon.wait_route("wana", timeout=HOLD_DOWN + 15)
+        assert time.monotonic() - healed >= HOLD_DOWN, "failed back before the hold-down"
+        assert "moving back" in daemon.text()
+
+        assert daemon.stop(signal.SIGTERM) == 0
+    assert nmlab.default_routes(4) == before4 and nmlab.default_routes(6) == before6
+    assert disk_state(nmlab.keyfile_dir) == on_disk
+    assert nmlab.nmcli("-g", "connection.autoconnect-priority", "connection", "show", "backup").strip() == "0"
+
+
+def test_both_down_changes_nothing_and_failing_standby_is_ignored(nmlab: NMLab, tmp_path: Path) -> None:
+    primary, backup = nmlab.upstreams
+    with running_daemon(nmlab, tmp_path / "daemon.log", standby_interval="2") as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        backup.blackhole()
+        daemon.wait_log(r"backup \(wanb\) down")
+        assert nmlab.default_route(4) == "wana"
+
+        primary.blackhole()
+        daemon.wait_log(r"primary \(wana\) down")
+        time.sleep(2)
+        assert nmlab.default_routes(4)[0] == ("wana", 100), "changed routes with every uplink down"
+        assert "switching" not in daemon.text()
+
+        backup.heal()  # only the backup returns: traffic goes there
+        daemon.wait_route("wanb", timeout=20)
+        assert daemon.stop() == 0
+
+
+def test_pulled_cable_fails_over_at_once(nmlab: NMLab, tmp_path: Path) -> None:
+    with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        nmlab.upstreams[0].cut_cable()
+        took = daemon.wait_route("wanb", timeout=10)
+        assert took < 3, f"cable pull took {took:.1f} s to act on"
+        assert daemon.stop() == 0
+
+
+def test_networkmanager_restart_while_failed_over_reapplies(nmlab: NMLab, tmp_path: Path) -> None:
+    with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        nmlab.upstreams[0].blackhole()
+        daemon.wait_route("wanb", timeout=15)
+        nmlab.restart_nm()
+        daemon.wait_log("NetworkManager is back")
+        # Whatever NetworkManager re-applied on its own start, the backup must be preferred again.
+        wait_for(lambda: nmlab.default_routes(4)[:1] == [("wanb", 100)], 20, "backup preferred again")
+        assert daemon.proc.poll() is None
+        assert daemon.stop() == 0

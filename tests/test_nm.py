@@ -1,0 +1,133 @@
+"""The NetworkManager adapter against a real NetworkManager in the sandbox (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from nmfailover.nm import NetworkManagerClient, ProfileError
+from nmfailover.sandbox import NMLab
+
+pytestmark = pytest.mark.lab
+
+
+def disk_state(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture
+async def client(nmlab: NMLab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[NetworkManagerClient]:
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", nmlab.bus_address)
+    events: list[str] = []
+    nm = NetworkManagerClient(on_event=events.append)
+    nm.events = events  # type: ignore[attr-defined]
+    await nm.connect()
+    yield nm
+    await nm.close()
+
+
+async def wait_until(predicate: object, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_resolve_by_id_uuid_and_interface(nmlab: NMLab, client: NetworkManagerClient) -> None:
+    uuid = nmlab.nmcli("-g", "connection.uuid", "connection", "show", "backup").strip()
+    primary, backup, by_iface = await client.resolve(["primary", uuid, "wana"])
+    assert (primary.id, primary.interface_name) == ("primary", "wana")
+    assert (backup.id, backup.uuid) == ("backup", uuid)
+    assert by_iface.uuid == primary.uuid and by_iface.spec == "wana"
+    assert primary.metric4 == -1 and primary.never_default is False
+
+
+@pytest.mark.parametrize(("specs", "problem"), [
+    (["primary", "nosuch"], "no NetworkManager profile"),
+    (["primary", "wana"], "same profile as 'primary'"),
+], ids=["unknown", "same-profile-twice"])
+async def test_resolve_rejects(client: NetworkManagerClient, specs: list[str], problem: str) -> None:
+    with pytest.raises(ProfileError, match=problem):
+        await client.resolve(specs)
+
+
+async def test_resolve_rejects_never_default(nmlab: NMLab, client: NetworkManagerClient) -> None:
+    nmlab.nmcli("connection", "modify", "backup", "ipv4.never-default", "yes")
+    with pytest.raises(ProfileError, match="never-default"):
+        await client.resolve(["primary", "backup"])
+
+
+async def test_link_state_reports_device_dns_and_gateways(client: NetworkManagerClient) -> None:
+    primary, backup = await client.resolve(["primary", "backup"])
+    link = await client.link_state(backup.uuid)
+    assert link.activated and link.interface == "wanb"
+    assert link.nameservers[0] == "203.0.113.54"
+    assert (link.gateway4, link.gateway6) == ("192.0.2.65", "2001:db8:b::1")
+    absent = await client.link_state("00000000-0000-0000-0000-000000000000")
+    assert not absent.activated and absent.interface is None
+
+
+async def test_metrics_switch_at_run_time_without_touching_disk_or_links(
+        nmlab: NMLab, client: NetworkManagerClient) -> None:
+    primary, backup = await client.resolve(["primary", "backup"])
+    assert nmlab.default_route(4) == "wana" and nmlab.default_route(6) == "wana"
+    on_disk = disk_state(nmlab.keyfile_dir)
+    link_b = await client.link_state(backup.uuid)
+    link_a = await client.link_state(primary.uuid)
+    assert link_a.device and link_b.device
+
+    assert await client.set_route_metrics(link_b.device, 50, 60) is True
+    await wait_until(lambda: nmlab.default_route(4) == "wanb" and nmlab.default_route(6) == "wanb")
+    assert ("wanb", 50) in nmlab.default_routes(4) and ("wanb", 60) in nmlab.default_routes(6)
+    applied = await client.applied_metrics(link_b.device)
+    assert (applied.metric4, applied.metric6) == (50, 60)
+    assert await client.set_route_metrics(link_b.device, 50, 60) is False  # already so: nothing sent
+
+    # The saved profile keeps its own values; nothing was written to the keyfile directory.
+    assert (await client.profile(backup.uuid)).metric4 == -1
+    assert nmlab.nmcli("-g", "ipv4.route-metric", "connection", "show", "backup").strip() == "-1"
+    assert disk_state(nmlab.keyfile_dir) == on_disk
+    # No device left "activated" at any time (Reapply, not down/up), addresses and DNS survived.
+    assert not [e for e in client.events if "activated ->" in e]  # type: ignore[attr-defined]
+    after = await client.link_state(backup.uuid)
+    assert after.activated and after.nameservers == link_b.nameservers
+
+    # Back to the profile's own values (-1 = NetworkManager's default).
+    await client.set_route_metrics(link_b.device, -1, -1)
+    await wait_until(lambda: nmlab.default_route(4) == "wana")
+
+
+async def test_autoconnect_priority_in_memory_only(nmlab: NMLab, client: NetworkManagerClient) -> None:
+    _, backup = await client.resolve(["primary", "backup"])
+    on_disk = disk_state(nmlab.keyfile_dir)
+    assert await client.set_autoconnect_priority(backup.uuid, 7) is True
+    assert (await client.profile(backup.uuid)).autoconnect_priority == 7
+    assert nmlab.nmcli("-g", "connection.autoconnect-priority", "connection", "show", "backup").strip() == "7"
+    assert await client.set_autoconnect_priority(backup.uuid, 7) is False
+    assert disk_state(nmlab.keyfile_dir) == on_disk
+    link = await client.link_state(backup.uuid)
+    assert link.activated  # Update2 with NO_REAPPLY leaves the running link alone
+
+
+async def test_follows_link_events_and_networkmanager_restart(
+        nmlab: NMLab, client: NetworkManagerClient) -> None:
+    events: list[str] = client.events  # type: ignore[attr-defined]
+    primary, backup = await client.resolve(["primary", "backup"])
+    nmlab.upstreams[1].cut_cable()
+    await wait_until(lambda: any("activated ->" in e for e in events))
+    assert not (await client.link_state(backup.uuid)).activated
+    nmlab.upstreams[1].restore_cable()
+
+    await asyncio.to_thread(nmlab.restart_nm)
+    await wait_until(lambda: "networkmanager-stopped" in events and "networkmanager-started" in events)
+    # The same client keeps working against the new NetworkManager.
+    link = await client.link_state(primary.uuid)
+    assert link.activated and link.interface == "wana"
+    assert os.environ["DBUS_SYSTEM_BUS_ADDRESS"] == nmlab.bus_address
