@@ -1,0 +1,287 @@
+"""Settings from NMFAILOVER_* environment variables and an optional env file."""
+
+import os
+from collections.abc import Callable, Mapping
+from io import StringIO
+from pathlib import Path
+from typing import Annotated, Any, Self, TypeVar
+
+from dotenv.parser import parse_stream
+from pydantic import (
+    AliasChoices,
+    AliasGenerator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from nmfailover.probe import DEFAULT_TARGETS, Target, parse_target
+
+PREFIX = "NMFAILOVER_"
+ENV_FILE_VARIABLE = "NMFAILOVER_ENV_FILE"
+DEFAULT_ENV_FILE = Path("/etc/nmfailover/nmfailover.env")
+# virtual-failover's names; FALLBACK is optional there too.
+LEGACY_UPLINK_VARIABLES = ("PRIMARY_CONNECTION", "BACKUP_CONNECTION", "FALLBACK_CONNECTION")
+MAX_METRIC = 4_294_967_295  # NetworkManager stores route metrics as uint32
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+class ConfigError(Exception):
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _checked(convert: Callable[[str], _N], accept: Callable[[_N], bool], rule: str) -> BeforeValidator:
+    # Parse ourselves so that a bad string and an out-of-range number get the same one-line message,
+    # instead of pydantic's wording that differs per failure.
+    def check(value: object) -> _N:
+        try:
+            number = convert(str(value).strip())
+        except ValueError:
+            number = None
+        if number is None or not accept(number):
+            raise ValueError(f"{rule}; got {value!r}")
+        return number
+
+    return BeforeValidator(check)
+
+
+def _flag(value: object) -> object:
+    # pydantic would also take on/off, t/f, y/n; keep to the documented spellings.
+    if isinstance(value, bool):
+        return value
+    try:
+        return _BOOLEANS[str(value).strip().lower()]
+    except KeyError:
+        raise ValueError(f"must be one of 1, 0, true, false, yes, no; got {value!r}") from None
+
+
+# `0 < x < inf` also rejects nan.
+Seconds = Annotated[float, _checked(float, lambda x: 0 < x < float("inf"), "must be a number greater than 0")]
+HoldDown = Annotated[float, _checked(float, lambda x: 0 <= x < float("inf"), "must be a number of 0 or more")]
+Count = Annotated[int, _checked(int, lambda n: n >= 1, "must be a whole number of 1 or more")]
+Metric = Annotated[
+    int, _checked(int, lambda n: 0 <= n <= MAX_METRIC, f"must be a whole number from 0 to {MAX_METRIC}")
+]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+
+
+def _variable_name(field_name: str) -> str:
+    return PREFIX + field_name.upper()
+
+
+def _split(value: str, what: str) -> tuple[str, ...]:
+    if not value.strip():
+        raise ValueError(f"is empty; give a comma-separated list of {what}")
+    items = tuple(item.strip() for item in value.split(","))
+    if "" in items:
+        raise ValueError(f"has an empty item: {value!r}")
+    return items
+
+
+class Settings(BaseSettings):
+    """Validated settings; build them with load_settings(), which reads the environment and env file."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        # Keyed by the full variable name, pydantic's error locations are exactly what the user has to fix.
+        alias_generator=AliasGenerator(validation_alias=_variable_name),
+    )
+
+    uplinks: tuple[str, ...]
+    probe_targets: tuple[Target, ...] = Field(DEFAULT_TARGETS, validation_alias="NMFAILOVER_PROBE_URLS")
+    probe_timeout: Seconds = 1.0
+    probe_quorum: Count = 1
+    active_interval: Seconds = Field(
+        2.0, validation_alias=AliasChoices("NMFAILOVER_ACTIVE_INTERVAL", "PRIMARY_CHECK_INTERVAL_IN_SECONDS")
+    )
+    # Backups are often metered, so they are probed less often.
+    standby_interval: Seconds = Field(
+        10.0, validation_alias=AliasChoices("NMFAILOVER_STANDBY_INTERVAL", "BACKUP_CHECK_INTERVAL_IN_SECONDS")
+    )
+    # May be shorter than probe_timeout: rounds then run back to back.
+    suspect_interval: Seconds = 0.5
+    fail_count: Count = 2
+    rise_count: Count = 3
+    failback_hold_down: HoldDown = 30.0
+    metric_base: Metric = 100
+    metric_step: Count = 100  # its upper bound depends on the base and the number of uplinks
+    manage_autoconnect_priority: Flag = True
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings() hands over the exact mapping to use; reading os.environ here as well would let
+        # the process environment leak into tests and bypass the unknown-variable check.
+        return (init_settings,)
+
+    @field_validator("uplinks", mode="before")
+    @classmethod
+    def _split_uplinks(cls, value: object) -> object:
+        return _split(value, "profiles, most preferred first") if isinstance(value, str) else value
+
+    @field_validator("uplinks")
+    @classmethod
+    def _check_uplinks(cls, uplinks: tuple[str, ...]) -> tuple[str, ...]:
+        if len(uplinks) < 2:
+            names = ", ".join(repr(name) for name in uplinks)
+            raise ValueError(f"needs at least 2 profiles, got {len(uplinks)} ({names})")
+        for index, name in enumerate(uplinks):
+            if name in uplinks[:index]:
+                raise ValueError(f"{name!r} is listed twice")
+        return uplinks
+
+    @field_validator("probe_targets", mode="before")
+    @classmethod
+    def _parse_targets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(parse_target(spec) for spec in _split(value, "URLs"))
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _check_level(cls, value: object) -> str:
+        level = str(value).strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}; got {value!r}")
+        return level
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Self:
+        # ConfigError, not ValueError: pydantic passes other exceptions through untouched, and a ValueError
+        # here would lose the variable name (its location would be the whole model).
+        for name, interval in (
+            ("NMFAILOVER_ACTIVE_INTERVAL", self.active_interval),
+            ("NMFAILOVER_STANDBY_INTERVAL", self.standby_interval),
+        ):
+            if self.probe_timeout >= interval:
+                raise ConfigError(
+                    "NMFAILOVER_PROBE_TIMEOUT",
+                    f"must be shorter than {name} ({interval} s); got {self.probe_timeout}",
+                )
+        if self.suspect_interval > self.active_interval:
+            raise ConfigError(
+                "NMFAILOVER_SUSPECT_INTERVAL",
+                f"must not be longer than NMFAILOVER_ACTIVE_INTERVAL ({self.active_interval} s); "
+                f"got {self.suspect_interval}",
+            )
+        if self.probe_quorum > len(self.probe_targets):
+            raise ConfigError(
+                "NMFAILOVER_PROBE_QUORUM",
+                f"must not exceed the number of probe targets ({len(self.probe_targets)}); got {self.probe_quorum}",
+            )
+        highest = self.metric_base + (len(self.uplinks) - 1) * self.metric_step
+        if highest > MAX_METRIC:
+            raise ConfigError(
+                "NMFAILOVER_METRIC_BASE",
+                f"leaves no room for {len(self.uplinks)} uplinks NMFAILOVER_METRIC_STEP ({self.metric_step}) "
+                f"apart: the last would get {highest}, above {MAX_METRIC}; got {self.metric_base}",
+            )
+        return self
+
+
+def _known_variables() -> frozenset[str]:
+    names = {ENV_FILE_VARIABLE, *LEGACY_UPLINK_VARIABLES}
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        names.update(choice for choice in choices if isinstance(choice, str))
+    return frozenset(names)
+
+
+def _read_env_file(environ: Mapping[str, str]) -> dict[str, str]:
+    named = environ.get(ENV_FILE_VARIABLE)
+    if named == "":  # lets an operator (or a test) turn the default file off
+        return {}
+    path = DEFAULT_ENV_FILE if named is None else Path(named)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if named is None:
+            return {}
+        raise ConfigError(ENV_FILE_VARIABLE, f"no such file: {path}") from None
+    except OSError as error:
+        raise ConfigError(ENV_FILE_VARIABLE, f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(ENV_FILE_VARIABLE, f"{path} is not UTF-8 text") from None
+    values: dict[str, str] = {}
+    # parse_stream rather than dotenv_values: that one only warns about a malformed line and skips it, and
+    # would expand ${VAR} from os.environ.
+    for binding in parse_stream(StringIO(text)):
+        if binding.error or (binding.key is not None and binding.value is None):
+            raw = binding.original.string
+            line = binding.original.line + raw[: len(raw) - len(raw.lstrip())].count("\n")
+            raise ConfigError(
+                ENV_FILE_VARIABLE, f"{path} line {line}: expected NAME=value, got {raw.strip()!r}"
+            )
+        if binding.key is not None and binding.value is not None:
+            values[binding.key] = binding.value
+    return values
+
+
+def _uplinks(env: Mapping[str, str]) -> str | tuple[str, ...]:
+    legacy = [name for name in LEGACY_UPLINK_VARIABLES if name in env]
+    if "NMFAILOVER_UPLINKS" in env:
+        if legacy:
+            raise ConfigError("NMFAILOVER_UPLINKS", f"give either it or {', '.join(legacy)}, not both")
+        return env["NMFAILOVER_UPLINKS"]
+    if not legacy:
+        raise ConfigError(
+            "NMFAILOVER_UPLINKS",
+            "not set (give NMFAILOVER_UPLINKS=primary,backup or PRIMARY_CONNECTION and BACKUP_CONNECTION)",
+        )
+    profiles: dict[str, str] = {}  # profile -> the variable that named it
+    for name in LEGACY_UPLINK_VARIABLES:
+        profile = env.get(name, "").strip()
+        if not profile:
+            if name == "FALLBACK_CONNECTION":  # virtual-failover setups often leave it empty
+                continue
+            raise ConfigError(name, "not set or empty (needed when NMFAILOVER_UPLINKS is not set)")
+        if profile in profiles:
+            raise ConfigError(name, f"{profile!r} is already {profiles[profile]}")
+        profiles[profile] = name
+    return tuple(profiles)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `environ` (default os.environ) over the env file; every problem is a ConfigError."""
+    env = dict(os.environ if environ is None else environ)
+    merged = {**_read_env_file(env), **env}
+    known = _known_variables()
+    for name in sorted(merged):
+        if name.startswith(PREFIX) and name not in known:
+            listing = ", ".join(sorted(v for v in known if v.startswith(PREFIX)))
+            raise ConfigError(name, f"unknown variable; known: {listing}")
+    values: dict[str, Any] = {name: merged[name] for name in known if name in merged}
+    for name in (ENV_FILE_VARIABLE, *LEGACY_UPLINK_VARIABLES):
+        values.pop(name, None)
+    values["NMFAILOVER_UPLINKS"] = _uplinks(merged)
+    try:
+        return Settings(**values)
+    except ValidationError as error:
+        raise _config_error(error) from None
+
+
+def _config_error(error: ValidationError) -> ConfigError:
+    first = error.errors()[0]
+    variable = str(first["loc"][0]) if first["loc"] else "configuration"
+    cause = first.get("ctx", {}).get("error")
+    # Our validators raise ValueError with the finished sentence; pydantic would prefix "Value error, ".
+    problem = str(cause) if first["type"] == "value_error" and cause is not None else first["msg"]
+    return ConfigError(variable, problem)
