@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Probe every uplink once. Exit 0 only if the most preferred "
                                             "uplink is healthy.")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    demo = commands.add_parser("demo", help="watch a failover in a sandbox (root; needs NetworkManager "
+                               "installed, not running)",
+                               description="Build a sandbox of a real NetworkManager with two simulated "
+                                           "uplinks, run the daemon in it, cut the primary's upstream, heal "
+                                           "it, print the measured times and remove everything. The "
+                                           "machine's own interfaces, routes and resolver are not touched.")
+    demo.add_argument("--hold-down", type=float, default=10.0, metavar="SECONDS",
+                      help="failback hold-down for the demo (default: 10)")
     return parser
 
 
@@ -120,6 +128,10 @@ async def _check(settings: Settings, as_json: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "demo":
+            from .demo import run_demo  # the sandbox is not needed by the daemon itself
+
+            return run_demo(args.hold_down)
         settings = load_settings()
     except UsageError as exc:
         print(exc, file=sys.stderr)

@@ -18,8 +18,8 @@ try:
 
     DBUS_LIBRARY = "dbus-fast"
 except ImportError:  # pragma: no cover - exercised by the dbus-next CI run
-    from dbus_next import BusType, Message, MessageType, Variant  # type: ignore[no-redef]
-    from dbus_next.aio import MessageBus  # type: ignore[no-redef]
+    from dbus_next import BusType, Message, MessageType, Variant  # type: ignore[no-redef,import-not-found,unused-ignore]
+    from dbus_next.aio import MessageBus  # type: ignore[no-redef,import-not-found,unused-ignore]
 
     DBUS_LIBRARY = "dbus-next"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from nmfailover.sandbox import NMLab
-from tests.daemon import running_daemon, wait_for
+from nmfailover.demo import wait_for
+from tests.daemon import running_daemon
 
 pytestmark = pytest.mark.lab
 

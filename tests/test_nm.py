@@ -42,17 +42,22 @@ async def wait_until(predicate: object, timeout: float = 10.0) -> None:
 
 async def test_resolve_by_id_uuid_and_interface(nmlab: NMLab, client: NetworkManagerClient) -> None:
     uuid = nmlab.nmcli("-g", "connection.uuid", "connection", "show", "backup").strip()
-    primary, backup, by_iface = await client.resolve(["primary", uuid, "wana"])
+    primary, backup = await client.resolve(["primary", uuid])
     assert (primary.id, primary.interface_name) == ("primary", "wana")
     assert (backup.id, backup.uuid) == ("backup", uuid)
+    by_iface, _ = await client.resolve(["wana", "wanb"])
     assert by_iface.uuid == primary.uuid and by_iface.spec == "wana"
     assert primary.metric4 == -1 and primary.never_default is False
 
 
-@pytest.mark.parametrize(("specs", "problem"), [
-    (["primary", "nosuch"], "no NetworkManager profile"),
-    (["primary", "wana"], "same profile as 'primary'"),
-], ids=["unknown", "same-profile-twice"])
+@pytest.mark.parametrize(
+    ("specs", "problem"),
+    [
+        (["primary", "nosuch"], "no NetworkManager profile"),
+        (["primary", "wana"], "same profile as 'primary'"),
+    ],
+    ids=["unknown", "same-profile-twice"],
+)
 async def test_resolve_rejects(client: NetworkManagerClient, specs: list[str], problem: str) -> None:
     with pytest.raises(ProfileError, match=problem):
         await client.resolve(specs)
@@ -75,7 +80,8 @@ async def test_link_state_reports_device_dns_and_gateways(client: NetworkManager
 
 
 async def test_metrics_switch_at_run_time_without_touching_disk_or_links(
-        nmlab: NMLab, client: NetworkManagerClient) -> None:
+    nmlab: NMLab, client: NetworkManagerClient
+) -> None:
     primary, backup = await client.resolve(["primary", "backup"])
     assert nmlab.default_route(4) == "wana" and nmlab.default_route(6) == "wana"
     on_disk = disk_state(nmlab.keyfile_dir)
@@ -117,7 +123,8 @@ async def test_autoconnect_priority_in_memory_only(nmlab: NMLab, client: Network
 
 
 async def test_follows_link_events_and_networkmanager_restart(
-        nmlab: NMLab, client: NetworkManagerClient) -> None:
+    nmlab: NMLab, client: NetworkManagerClient
+) -> None:
     events: list[str] = client.events  # type: ignore[attr-defined]
     primary, backup = await client.resolve(["primary", "backup"])
     nmlab.upstreams[1].cut_cable()
