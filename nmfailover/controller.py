@@ -261,23 +261,26 @@ class Controller:
 
     async def _event_loop(self) -> None:
         while True:
-            what = await self._events.get()
-            await asyncio.sleep(0.02)  # let a burst of signals from one change arrive, then act once
+            burst = [await self._events.get()]
+            await asyncio.sleep(0.02)  # let the signals of one change arrive, then act once
             while not self._events.empty():
-                what = self._events.get_nowait()
-            logger.debug("NetworkManager event: {}", what)
-            if what == "networkmanager-stopped":
+                burst.append(self._events.get_nowait())
+            logger.debug("NetworkManager events: {}", "; ".join(burst))
+            presence = [e for e in burst if e.startswith("networkmanager-")]
+            if presence and presence[-1] == "networkmanager-stopped":
                 logger.warning("NetworkManager left the bus; probing goes on, changes wait for its return")
                 continue
-            if what == "networkmanager-started":
+            if presence:
                 logger.info("NetworkManager is back; re-reading links and re-applying the preference")
                 self._applied_for = None
             try:
-                for uplink in await self._refresh_links():
-                    uplink.wake.set()
+                changed = await self._refresh_links()
             except NMError as exc:
                 logger.warning("cannot read links after an event: {}", exc)
                 continue
+            # A carrier change shows in no link field NetworkManager reports yet: probe every uplink now.
+            for uplink in self.uplinks if any(" carrier " in e for e in burst) else changed:
+                uplink.wake.set()
             await self._reconcile()
 
     async def _bus_watch(self) -> None:

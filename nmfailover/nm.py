@@ -32,6 +32,7 @@ IFACE_NM = NM_BUS
 IFACE_DEVICE = f"{NM_BUS}.Device"
 IFACE_SETTINGS = f"{NM_BUS}.Settings"
 IFACE_CONNECTION = f"{NM_BUS}.Settings.Connection"
+IFACE_WIRED = f"{NM_BUS}.Device.Wired"
 IFACE_ACTIVE = f"{NM_BUS}.Connection.Active"
 IFACE_IP4 = f"{NM_BUS}.IP4Config"
 IFACE_IP6 = f"{NM_BUS}.IP6Config"
@@ -186,6 +187,11 @@ class NetworkManagerClient:
             self._on_event(f"profile {msg.member}")
         elif msg.interface == IFACE_CONNECTION and msg.member in ("Updated", "Removed"):
             self._on_event(f"profile {msg.member}")
+        elif (msg.interface == IFACE_PROPERTIES and msg.body and msg.body[0] == IFACE_WIRED
+              and "Carrier" in msg.body[1]):
+            # NM reacts to a lost carrier only seconds later; the property itself changes at once.
+            carrier = "on" if _unwrap(msg.body[1]["Carrier"]) else "off"
+            self._on_event(f"device {msg.path.rsplit('/', 1)[-1]} carrier {carrier}")
         elif (msg.interface == IFACE_PROPERTIES and msg.path == NM_PATH and msg.body
               and msg.body[0] == IFACE_NM and "ActiveConnections" in msg.body[1]):
             self._on_event("active connections changed")

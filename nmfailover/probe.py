@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -432,6 +433,14 @@ async def _fetch(link: Link, target: Target, progress: _Progress, deadline: floa
         return _judge(target, response.status, location, body[:MAX_BODY], progress.peer)
 
 
+def has_carrier(interface: str) -> bool:
+    """False only when the kernel says the device has no carrier (absent or unreadable: let the probe tell)."""
+    try:
+        return Path(f"/sys/class/net/{interface}/carrier").read_text().strip() != "0"
+    except (OSError, ValueError):
+        return True
+
+
 async def probe(link: Link, target: Target, timeout: float) -> ProbeResult:
     """Check one target through link's device; never raises except CancelledError."""
     start = time.monotonic()
@@ -439,6 +448,9 @@ async def probe(link: Link, target: Target, timeout: float) -> ProbeResult:
     try:
         if link.interface is None:
             raise _Failure(Reason.NO_DEVICE, "no device")
+        if not has_carrier(link.interface):
+            # The kernel keeps routes on a link that lost its carrier; probing it would only time out.
+            raise _Failure(Reason.NO_DEVICE, f"{link.interface} has no carrier")
         try:
             _check_url(target.url)
         except ValueError as exc:

@@ -1,0 +1,708 @@
+"""A disposable lab: simulated uplinks in network namespaces, optionally managed by a real NetworkManager.
+
+Used by the test suite and by `nmfailover demo`. Needs root. Nothing here touches the machine's own
+interfaces, routes, resolver or system bus: every device lives in a namespace created here, NetworkManager
+runs in a private mount namespace on a private bus, and all names carry this process's pid plus a random
+token, so parallel runs never collide and leftovers of crashed runs can be recognised and removed.
+
+Topology (uplink a / b / c):
+
+    host ns: wanX 192.0.2.2/26 .66/26 .130/26, 2001:db8:X::2/64
+       |  veth
+    upstream ns X: gw 192.0.2.1 .65 .129, 2001:db8:X::1; on lo: the shared targets 203.0.113.10-12 and
+       2001:db8:ffff::10-12, and the uplink's own resolver 203.0.113.53 / .54 / .55
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from xml.sax.saxutils import escape
+
+TARGET_ADDRESSES: tuple[str, ...] = ("203.0.113.10", "203.0.113.11", "203.0.113.12")
+TARGET_ADDRESSES6: tuple[str, ...] = ("2001:db8:ffff::10", "2001:db8:ffff::11", "2001:db8:ffff::12")
+LAB_PROBE_URLS: str = (
+    "http://target1.test/generate_204 204,"
+    "http://target2.test/success.txt 200 success,"
+    "http://target3.test/generate_204 204"
+)
+PROFILE_NAMES: tuple[str, ...] = ("primary", "backup", "fallback")
+
+# name, host address, gateway, IPv6 prefix, resolver
+_PLAN: tuple[tuple[str, str, str, str, str], ...] = (
+    ("a", "192.0.2.2", "192.0.2.1", "2001:db8:a::", "203.0.113.53"),
+    ("b", "192.0.2.66", "192.0.2.65", "2001:db8:b::", "203.0.113.54"),
+    ("c", "192.0.2.130", "192.0.2.129", "2001:db8:c::", "203.0.113.55"),
+)
+_PREFIXLEN4 = 26
+_NAME_PREFIX = "nmfo-"
+_OWNER_RE = re.compile(r"^nmfo-(\d+)-")
+_FAULT_TABLE = "nmfailover_fault"
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# Extra places to look for tools: a non-login root shell may lack the sbin directories in PATH.
+_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+_NM_DISPATCHER = "/usr/lib/NetworkManager/nm-dispatcher"
+_NM_BUS_NAME = "org.freedesktop.NetworkManager"
+_DISPATCHER_BUS_NAME = "org.freedesktop.nm_dispatcher"
+
+
+class CommandError(subprocess.CalledProcessError):
+    """CalledProcessError whose message includes stderr, so a failing lab step explains itself."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}: {str(self.stderr or '').strip()}"
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path=f"{os.environ.get('PATH', '')}:{_SBIN}")
+    if path is None:
+        raise FileNotFoundError(f"{name} not found")
+    return path
+
+
+def _run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    timeout: float = 30,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        list(argv),
+        check=False,  # checked below, with stderr in the error
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else dict(env),
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise CommandError(proc.returncode, proc.args, proc.stdout, proc.stderr)
+    return proc
+
+
+def _wait_for(what: str, condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _stop(procs: Sequence[subprocess.Popen[Any]], grace: float = 5) -> None:
+    """SIGTERM all at once, then SIGKILL whatever is still alive after `grace`; always reaps."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_netns(name: str) -> None:
+    ip = _tool("ip")
+    # Deleting a namespace does not kill what runs inside it; the namespace would live on with them.
+    pids = _run([ip, "netns", "pids", name], check=False, timeout=10).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    _run([ip, "netns", "delete", name], check=False, timeout=10)
+
+
+def cleanup_leftovers(pid: int | None = None) -> list[str]:
+    """Remove lab namespaces (and their processes) and temp dirs left behind.
+
+    With `pid`, everything created by that process (the test session's end-of-run guard); without,
+    everything whose creating process is gone (crashed runs). Returns what was removed.
+    """
+
+    def owned(name: str) -> bool:
+        m = _OWNER_RE.match(name)
+        if m is None:
+            return False
+        owner = int(m.group(1))
+        return owner == pid if pid is not None else not _pid_alive(owner)
+
+    removed: list[str] = []
+    netns_dir = Path("/run/netns")
+    if netns_dir.is_dir():
+        for entry in sorted(netns_dir.iterdir()):
+            if owned(entry.name):
+                _remove_netns(entry.name)
+                removed.append(f"netns {entry.name}")
+    for entry in Path(tempfile.gettempdir()).glob(f"{_NAME_PREFIX}*"):
+        if entry.is_dir() and owned(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(f"dir {entry}")
+    return removed
+
+
+def lab_available() -> str | None:
+    """None if this machine can run the lab, else a one-line reason."""
+    if not sys.platform.startswith("linux"):
+        return "the lab needs Linux network namespaces"
+    if os.geteuid() != 0:
+        return "the lab needs root (network namespaces, NetworkManager)"
+    for tool in ("ip", "nft", "NetworkManager", "nmcli", "dbus-daemon", "dbus-send", "unshare", "mount"):
+        try:
+            _tool(tool)
+        except FileNotFoundError:
+            return f"the lab needs {tool}, which is not installed"
+    return None
+
+
+@dataclass
+class Upstream:
+    """One simulated ISP: its router (`gw` in `netns`) and the internet behind it."""
+
+    name: str
+    netns: str
+    iface: str
+    address4: str
+    gateway4: str
+    address6: str
+    gateway6: str
+    resolver: str
+    state_dir: Path
+
+    def _nft(self, rules: Sequence[str]) -> None:
+        # Declare-then-delete-then-create in one transaction: atomically replaces any earlier fault,
+        # and works whether or not the table exists.
+        script = [f"table inet {_FAULT_TABLE}", f"delete table inet {_FAULT_TABLE}"]
+        if rules:
+            script += [
+                f"table inet {_FAULT_TABLE} {{",
+                "  chain input {",
+                "    type filter hook input priority filter; policy accept;",
+                *(f"    {rule}" for rule in rules),
+                "  }",
+                "}",
+            ]
+        _run(
+            [_tool("ip"), "netns", "exec", self.netns, _tool("nft"), "-f", "-"],
+            input="\n".join(script) + "\n",
+        )
+
+    def blackhole(self) -> None:
+        """Silent upstream death: targets and resolver never answer; link and gateway stay up."""
+        # The resolver is inside 203.0.113.0/24, so these two rules cover it.
+        self._nft(["ip daddr 203.0.113.0/24 drop", "ip6 daddr 2001:db8:ffff::/48 drop"])
+
+    def refuse(self) -> None:
+        """Targets answer every TCP connection with a RST (connection refused)."""
+        self._nft(
+            [
+                "meta l4proto tcp ip daddr 203.0.113.0/24 reject with tcp reset",
+                "meta l4proto tcp ip6 daddr 2001:db8:ffff::/48 reject with tcp reset",
+            ]
+        )
+
+    def break_dns(self) -> None:
+        """Only the resolver goes silent; the targets stay reachable by address."""
+        self._nft([f"ip daddr {self.resolver} drop"])
+
+    def heal(self) -> None:
+        """Undo blackhole/refuse/break_dns (each of them replaces the previous one)."""
+        self._nft([])
+
+    def cut_cable(self) -> None:
+        _run([_tool("ip"), "-n", self.netns, "link", "set", "gw", "down"])
+
+    def restore_cable(self) -> None:
+        _run([_tool("ip"), "-n", self.netns, "link", "set", "gw", "up"])
+
+    def set_http_mode(self, mode: str) -> None:
+        """`ok`, `portal`, `wrong-body` or `slow:SECONDS`; takes effect with the next request."""
+        if mode not in ("ok", "portal", "wrong-body") and not re.fullmatch(r"slow:\d+(\.\d+)?", mode):
+            raise ValueError(f"unknown HTTP mode {mode!r}")
+        tmp = self.state_dir / "mode.tmp"
+        tmp.write_text(mode + "\n", encoding="utf-8")
+        # rename is atomic: the server never reads a half-written mode.
+        tmp.replace(self.state_dir / "mode")
+
+    def _lines(self, name: str) -> list[str]:
+        try:
+            return (self.state_dir / name).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+
+    def dns_queries(self) -> int:
+        return len(self._lines("dns.log"))
+
+    def http_requests(self) -> int:
+        return len(self._lines("http.log"))
+
+    def http_log(self) -> list[str]:
+        """One line per request: METHOD, Host header, path, local address, peer address (tab-separated)."""
+        return self._lines("http.log")
+
+    def dns_log(self) -> list[str]:
+        """One line per query: name, type, peer address (tab-separated)."""
+        return self._lines("dns.log")
+
+
+_LIVE: set[Topology] = set()
+
+
+@atexit.register
+def _close_live() -> None:
+    for lab in list(_LIVE):
+        lab.close()
+
+
+class Topology:
+    """Host namespace plus one upstream namespace per uplink. A context manager; always cleans up."""
+
+    def __init__(self, uplinks: int = 2, *, configure_host: bool = True) -> None:
+        if not 1 <= uplinks <= len(_PLAN):
+            raise ValueError(f"uplinks must be 1..{len(_PLAN)}, got {uplinks}")
+        reason = lab_available()
+        if reason is not None:
+            raise RuntimeError(reason)
+        cleanup_leftovers()
+        tag = f"{_NAME_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        self.host_netns = f"{tag}-host"
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{tag}-"))
+        # A non-root daemon under test must be able to reach the bus socket below this directory.
+        self.workdir.chmod(0o755)
+        self.upstreams: list[Upstream] = []
+        self._configure_host = configure_host
+        self._uplinks = uplinks
+        self._procs: list[subprocess.Popen[Any]] = []
+        self._netns: list[str] = []
+        self._closed = False
+        _LIVE.add(self)
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _add_netns(self, name: str) -> None:
+        ip = _tool("ip")
+        _run([ip, "netns", "add", name])
+        self._netns.append(name)
+        _run([ip, "-n", name, "link", "set", "lo", "up"])
+        # DAD would hold IPv6 addresses "tentative" for a second or more; nothing here can collide.
+        _run(
+            [
+                ip, "netns", "exec", name, _tool("sysctl"), "-qw",
+                "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+            ]
+        )  # fmt: skip
+
+    def _batch(self, netns: str, commands: Sequence[str]) -> None:
+        _run([_tool("ip"), "-n", netns, "-batch", "-"], input="\n".join(commands) + "\n")
+
+    def _setup(self) -> None:
+        self._add_netns(self.host_netns)
+        for index, (name, addr4, gw4, prefix6, resolver) in enumerate(_PLAN[: self._uplinks]):
+            netns = f"{self.host_netns.removesuffix('-host')}-{name}"
+            state_dir = self.workdir / f"upstream-{name}"
+            state_dir.mkdir()
+            up = Upstream(
+                name=name,
+                netns=netns,
+                iface=f"wan{name}",
+                address4=addr4,
+                gateway4=gw4,
+                address6=f"{prefix6}2",
+                gateway6=f"{prefix6}1",
+                resolver=resolver,
+                state_dir=state_dir,
+            )
+            self.upstreams.append(up)
+            self._add_netns(netns)
+            # Created inside the namespaces directly, so the root namespace never sees the devices.
+            _run([_tool("ip"), "-n", self.host_netns, "link", "add", up.iface, "type", "veth",
+                  "peer", "name", "gw", "netns", netns])  # fmt: skip
+            self._batch(
+                netns,
+                [
+                    f"address add {gw4}/{_PREFIXLEN4} dev gw",
+                    f"address add {up.gateway6}/64 dev gw nodad",
+                    *(f"address add {a}/32 dev lo" for a in (*TARGET_ADDRESSES, resolver)),
+                    *(f"address add {a}/128 dev lo nodad" for a in TARGET_ADDRESSES6),
+                    "link set gw up",
+                ],
+            )
+            host_cmds = [f"link set {up.iface} up"]
+            if self._configure_host:
+                metric = 100 * (index + 1)
+                host_cmds += [
+                    f"address add {addr4}/{_PREFIXLEN4} dev {up.iface}",
+                    f"address add {up.address6}/64 dev {up.iface} nodad",
+                    f"route add default via {gw4} dev {up.iface} metric {metric}",
+                    f"route add default via {up.gateway6} dev {up.iface} metric {metric}",
+                ]
+            self._batch(self.host_netns, host_cmds)
+        self._start_upstream_servers()
+
+    def _start_upstream_servers(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+        servers: list[tuple[Upstream, subprocess.Popen[Any]]] = []
+        for up in self.upstreams:
+            argv = [
+                _tool("ip"), "netns", "exec", up.netns, sys.executable, "-m", "nmfailover.sandbox_upstream",
+                "--state-dir", str(up.state_dir), "--resolver", up.resolver,
+            ]  # fmt: skip
+            with (up.state_dir / "server.log").open("ab") as log:
+                proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self._procs.append(proc)
+            servers.append((up, proc))
+
+        def ready() -> bool:
+            for up, proc in servers:
+                if proc.poll() is not None:
+                    log = (up.state_dir / "server.log").read_text(errors="replace")
+                    raise RuntimeError(f"upstream {up.name} server exited {proc.returncode}: {log}")
+            return all((up.state_dir / "ready").exists() for up, _ in servers)
+
+        _wait_for("upstream servers", ready, timeout=15)
+
+    # -- running things in the host namespace ---------------------------------------------------
+
+    def _default_env(self) -> Mapping[str, str] | None:
+        return None
+
+    def host(
+        self,
+        *argv: str,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv inside the host namespace; text output captured."""
+        return _run(
+            [_tool("ip"), "netns", "exec", self.host_netns, *argv],
+            check=check,
+            timeout=timeout,
+            env=env if env is not None else self._default_env(),
+        )
+
+    def popen_host(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> subprocess.Popen[str]:
+        """Start argv inside the host namespace (text mode); it is killed on cleanup."""
+        env = env if env is not None else self._default_env()
+        proc: subprocess.Popen[str] = subprocess.Popen(
+            [_tool("ip"), "netns", "exec", self.host_netns, *argv],
+            env=None if env is None else dict(env),
+            text=True,
+            **kwargs,
+        )
+        self._procs.append(proc)
+        return proc
+
+    # -- observing the host namespace -----------------------------------------------------------
+
+    def _ip_json(self, *args: str) -> list[dict[str, Any]]:
+        out = _run([_tool("ip"), "-n", self.host_netns, "-j", *args], timeout=10).stdout
+        result: list[dict[str, Any]] = json.loads(out) if out.strip() else []
+        return result
+
+    def iface_counters(self, iface: str) -> tuple[int, int]:
+        """(rx_packets, tx_packets) of a host-namespace device."""
+        stats = self._ip_json("-s", "link", "show", "dev", iface)[0]["stats64"]
+        return int(stats["rx"]["packets"]), int(stats["tx"]["packets"])
+
+    def default_routes(self, family: int = 4) -> list[tuple[str, int]]:
+        """(device, metric) of the host namespace's default routes, lowest metric first."""
+        if family not in (4, 6):
+            raise ValueError(f"family must be 4 or 6, got {family}")
+        routes = self._ip_json(f"-{family}", "route", "show", "default")
+        found = [(str(r["dev"]), int(r.get("metric", 0))) for r in routes if "dev" in r]
+        return sorted(found, key=lambda route: route[1])
+
+    def default_route(self, family: int = 4) -> str | None:
+        routes = self.default_routes(family)
+        return routes[0][0] if routes else None
+
+    # -- teardown -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Kill every process, delete every namespace and the temp dir. Idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        _LIVE.discard(self)
+        with contextlib.suppress(Exception):
+            _stop(self._procs)
+        for name in reversed(self._netns):
+            with contextlib.suppress(Exception):
+                _remove_netns(name)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_type="method_return"/>
+    <allow send_type="error"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <!-- without receive rules a system-type bus silently drops replies: every client hangs -->
+    <allow receive_sender="*"/>
+    <allow eavesdrop="true"/>
+  </policy>
+</busconfig>
+"""
+
+_NM_CONFIG = """[main]
+plugins=keyfile
+dns=none
+rc-manager=unmanaged
+systemd-resolved=false
+no-auto-default=*
+hostname-mode=none
+auth-polkit=root-only
+
+[keyfile]
+path={keyfile_dir}
+unmanaged-devices=
+
+[connectivity]
+enabled=false
+
+[logging]
+level=DEBUG
+"""
+
+# Private /run (NM's pid file, runtime profiles, per-device state, and the bus socket at the standard
+# path) and /var/lib/NetworkManager; read-only /sys, or NM waits forever for a udev that never comes.
+# The run dir is on disk, not a tmpfs, so "managed" flags and in-memory profiles survive restart_nm().
+_NM_WRAPPER = (
+    'mount --bind "$1" /run && mount --bind "$2" /var/lib/NetworkManager'
+    ' && mount -o remount,bind,ro /sys && shift 2 && exec "$@"'
+)
+# The machine's own dispatcher scripts (e.g. Debian's 01-ifupdown) must not run for lab events, and a
+# hook that talks to "the system bus" must reach the private one.
+_DISPATCHER_WRAPPER = (
+    'mount --bind "$1" /etc/NetworkManager/dispatcher.d'
+    ' && mount --bind "$2" /usr/lib/NetworkManager/dispatcher.d'
+    ' && { [ ! -d /run/dbus ] || mount --bind "$3" /run/dbus; } && shift 3 && exec "$@"'
+)
+
+
+class NMLab(Topology):
+    """Topology whose host side is configured by a real NetworkManager on a private D-Bus bus."""
+
+    def __init__(self, uplinks: int = 2, *, dispatcher_dir: Path | None = None) -> None:
+        self._dispatcher_dir = dispatcher_dir
+        self._nm: subprocess.Popen[Any] | None = None
+        self.profiles = list(PROFILE_NAMES[:uplinks])
+        super().__init__(uplinks, configure_host=False)
+
+    def _setup(self) -> None:
+        nm_dir = self.workdir / "nm"
+        self._run_dir = nm_dir / "run"
+        self._varlib_dir = nm_dir / "varlib"
+        self._empty_dir = nm_dir / "empty"
+        self.keyfile_dir = nm_dir / "keyfiles"
+        for d in (self._run_dir / "NetworkManager", self._run_dir / "dbus", self._varlib_dir,
+                  self._empty_dir, self.keyfile_dir, nm_dir / "conf.d"):  # fmt: skip
+            d.mkdir(parents=True)
+        self._run_dir.chmod(0o755)
+        (self._run_dir / "dbus").chmod(0o755)
+        nm_dir.chmod(0o755)
+        socket = self._run_dir / "dbus" / "system_bus_socket"
+        self.bus_address = f"unix:path={socket}"
+        self.env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address)
+        self.nm_log = nm_dir / "NetworkManager.log"
+        self.dispatcher_log = nm_dir / "nm-dispatcher.log"
+        self._nm_config = nm_dir / "NetworkManager.conf"
+        self._nm_config.write_text(_NM_CONFIG.format(keyfile_dir=self.keyfile_dir), encoding="utf-8")
+        bus_config = nm_dir / "bus.conf"
+        bus_config.write_text(_BUS_CONFIG.format(socket=escape(str(socket))), encoding="utf-8")
+
+        super()._setup()
+
+        bus = self._spawn([_tool("dbus-daemon"), f"--config-file={bus_config}", "--nofork", "--nopidfile"],
+                          nm_dir / "dbus-daemon.log")  # fmt: skip
+        _wait_for("the private D-Bus daemon", lambda: self._alive(bus, "dbus-daemon") and socket.exists(), 10)
+        if self._dispatcher_dir is not None:
+            self._start_dispatcher(self._dispatcher_dir)
+        self._launch_nm()
+        for up, profile in zip(self.upstreams, self.profiles, strict=True):
+            # The recipe's belt and braces: an externally created veth is otherwise left unmanaged.
+            self.nmcli("device", "set", up.iface, "managed", "yes")
+            self.nmcli(
+                "connection", "add", "type", "ethernet", "ifname", up.iface, "con-name", profile,
+                "ipv4.method", "manual", "ipv4.addresses", f"{up.address4}/{_PREFIXLEN4}",
+                "ipv4.gateway", up.gateway4, "ipv4.dns", up.resolver,
+                "ipv6.method", "manual", "ipv6.addresses", f"{up.address6}/64", "ipv6.gateway", up.gateway6,
+            )  # fmt: skip
+        self.wait_activated()
+
+    def _default_env(self) -> Mapping[str, str] | None:
+        # Without this, an nmcli or daemon started in the lab would talk to the machine's real NM.
+        return self.env
+
+    def _spawn(self, argv: Sequence[str], log_path: Path) -> subprocess.Popen[Any]:
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [_tool("ip"), "netns", "exec", self.host_netns, *argv],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        self._procs.append(proc)
+        return proc
+
+    @staticmethod
+    def _alive(proc: subprocess.Popen[Any], what: str) -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        return True
+
+    def _bus_name_owned(self, name: str) -> bool:
+        proc = _run(
+            [_tool("dbus-send"), "--system", "--print-reply", "--reply-timeout=2000",
+             "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus.NameHasOwner",
+             f"string:{name}"],
+            check=False, timeout=5, env=self.env,
+        )  # fmt: skip
+        return proc.returncode == 0 and "boolean true" in proc.stdout
+
+    def _start_dispatcher(self, dispatcher_dir: Path) -> None:
+        if not dispatcher_dir.is_dir():
+            raise FileNotFoundError(f"dispatcher_dir {dispatcher_dir} is not a directory")
+        proc = self._spawn(
+            [_tool("unshare"), "--mount", "--uts", "--propagation", "private", "sh", "-c", _DISPATCHER_WRAPPER,
+             "sh", str(dispatcher_dir.resolve()), str(self._empty_dir), str(self._run_dir / "dbus"),
+             _NM_DISPATCHER, "--persist", "--debug"],
+            self.dispatcher_log,
+        )  # fmt: skip
+        _wait_for(
+            "nm-dispatcher on the private bus",
+            lambda: self._alive(proc, "nm-dispatcher") and self._bus_name_owned(_DISPATCHER_BUS_NAME),
+            10,
+        )
+
+    def _launch_nm(self) -> None:
+        if self._nm is not None and self._nm.poll() is None:
+            raise RuntimeError("NetworkManager is already running")
+        with self.nm_log.open("a") as log:
+            log.write(f"===== nmfailover.sandbox: starting NetworkManager at {time.time():.3f}\n")
+        nm = self._spawn(
+            [_tool("unshare"), "--mount", "--uts", "--propagation", "private", "sh", "-c", _NM_WRAPPER,
+             "sh", str(self._run_dir), str(self._varlib_dir),
+             _tool("NetworkManager"), "--no-daemon", "--debug", f"--config={self._nm_config}",
+             f"--config-dir={self.workdir / 'nm' / 'conf.d'}",
+             f"--system-config-dir={self._empty_dir}",
+             f"--intern-config={self._varlib_dir / 'NetworkManager-intern.conf'}",
+             f"--state-file={self._varlib_dir / 'NetworkManager.state'}"],
+            self.nm_log,
+        )  # fmt: skip
+        self._nm = nm
+        _wait_for(
+            "NetworkManager on the private bus",
+            lambda: self._alive(nm, "NetworkManager") and self._bus_name_owned(_NM_BUS_NAME),
+            15,
+        )
+
+    def nmcli(self, *args: str, check: bool = True) -> str:
+        """nmcli in the host namespace on the private bus; returns stdout."""
+        return self.host(_tool("nmcli"), *args, check=check, env=self.env).stdout
+
+    def stop_nm(self) -> None:
+        if self._nm is None:
+            return
+        nm, self._nm = self._nm, None
+        _stop([nm], grace=10)
+        self._procs.remove(nm)
+
+    def start_nm(self) -> None:
+        """Start NetworkManager and wait until it owns its bus name and every uplink is activated."""
+        self._launch_nm()
+        self.wait_activated()
+
+    def restart_nm(self) -> None:
+        self.stop_nm()
+        self.start_nm()
+
+    def wait_activated(self, timeout: float = 20) -> None:
+        """Wait until every profile is activated on its device and has its IPv4 and IPv6 default route."""
+        expected = {up.iface: profile for up, profile in zip(self.upstreams, self.profiles, strict=True)}
+        last = ""
+
+        def done() -> bool:
+            nonlocal last
+            proc = self.host(_tool("nmcli"), "-t", "-f", "DEVICE,STATE,CONNECTION", "device",
+                             check=False, env=self.env, timeout=10)  # fmt: skip
+            last = proc.stdout + proc.stderr
+            states = {}
+            for line in proc.stdout.splitlines():
+                device, state, connection = (line.split(":", 2) + ["", ""])[:3]
+                states[device] = (state, connection)
+            if any(states.get(iface) != ("connected", profile) for iface, profile in expected.items()):
+                return False
+            routes = {dev for family in (4, 6) for dev, _ in self.default_routes(family)}
+            return set(expected) <= routes
+
+        try:
+            _wait_for("uplinks to be activated by NetworkManager", done, timeout, interval=0.1)
+        except TimeoutError as e:
+            raise TimeoutError(
+                f"{e}; nmcli device says:\n{last}\nNM log tail:\n{self._nm_log_tail()}"
+            ) from None
+
+    def _nm_log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.nm_log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"

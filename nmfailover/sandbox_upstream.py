@@ -1,0 +1,195 @@
+"""A simulated ISP's "internet": HTTP probe targets and a DNS resolver, run inside an upstream namespace.
+
+Started by nmfailover.sandbox as
+`ip netns exec UP python -m nmfailover.sandbox_upstream --state-dir DIR --resolver IP`.
+
+State directory protocol (all plain files, so the test process needs no IPC):
+- `mode` (written by the lab, read on every HTTP request): `ok` (default), `portal`, `wrong-body`,
+  `slow:SECONDS`.
+- `http.log`: one line per HTTP request: `METHOD<TAB>HOST<TAB>PATH<TAB>LOCAL-ADDRESS<TAB>PEER-ADDRESS`.
+- `dns.log`: one line per DNS query: `QNAME<TAB>QTYPE<TAB>PEER-ADDRESS`.
+- `ready`: created once every socket listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+from pathlib import Path
+from typing import cast
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+TTL = 5
+ZONE4 = {
+    "target1.test.": "203.0.113.10",
+    "target2.test.": "203.0.113.11",
+    "target3.test.": "203.0.113.12",
+}
+ZONE6 = {
+    "target1.test.": "2001:db8:ffff::10",
+    "target2.test.": "2001:db8:ffff::11",
+    "target3.test.": "2001:db8:ffff::12",
+}
+PORTAL_BODY = b'<html><body>Redirecting to <a href="http://portal.example/">the portal</a></body></html>\n'
+LOGIN_BODY = (
+    b"<html><head><title>Hotspot login</title></head>"
+    b'<body><form action="http://portal.example/login"><input name="user"></form></body></html>\n'
+)
+REASONS = {200: "OK", 204: "No Content", 302: "Found", 400: "Bad Request", 404: "Not Found"}
+# Bounded so a half-open client can neither pin a task forever nor feed us unlimited headers.
+HEADER_TIMEOUT = 10.0
+MAX_HEADER_LINES = 100
+
+
+def _append(path: Path, fields: list[str]) -> None:
+    # One short write per event in append mode: the lab can count lines at any moment.
+    with path.open("a", encoding="utf-8") as f:
+        f.write("\t".join(fields) + "\n")
+
+
+def _read_mode(state_dir: Path) -> str:
+    try:
+        return (state_dir / "mode").read_text(encoding="utf-8").strip() or "ok"
+    except FileNotFoundError:
+        return "ok"
+
+
+def _response(status: int, body: bytes, extra: list[tuple[str, str]] | None = None) -> bytes:
+    headers = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+        f"Content-Length: {len(body)}",
+        "Content-Type: text/html; charset=utf-8" if body.startswith(b"<") else "Content-Type: text/plain",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in extra or []),
+    ]
+    return ("\r\n".join(headers) + "\r\n\r\n").encode("ascii") + body
+
+
+async def _answer(state_dir: Path, path: str) -> bytes:
+    mode = _read_mode(state_dir)
+    if mode.startswith("slow:"):
+        await asyncio.sleep(float(mode.removeprefix("slow:")))
+    elif mode == "portal":
+        return _response(302, PORTAL_BODY, [("Location", "http://portal.example/")])
+    elif mode == "wrong-body":
+        return _response(200, LOGIN_BODY)
+    if path == "/generate_204":
+        return _response(204, b"")
+    if path == "/success.txt":
+        return _response(200, b"success\n")
+    return _response(404, b"not found\n")
+
+
+async def _handle_http(state_dir: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        async with asyncio.timeout(HEADER_TIMEOUT):
+            request_line = (await reader.readline()).decode("latin-1").strip()
+            host = "-"
+            for _ in range(MAX_HEADER_LINES):
+                line = (await reader.readline()).decode("latin-1").strip()
+                if not line:
+                    break
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "host":
+                    host = value.strip()
+        parts = request_line.split()
+        local = writer.get_extra_info("sockname")
+        peer = writer.get_extra_info("peername")
+        if len(parts) != 3:
+            writer.write(_response(400, b"bad request\n"))
+        else:
+            method, target, _version = parts
+            _append(state_dir / "http.log", [method, host, target, str(local[0]), str(peer[0])])
+            response = await _answer(state_dir, target.split("?", 1)[0])
+            if method == "HEAD":
+                response = response.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+            writer.write(response)
+        await writer.drain()
+    except (TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def dns_reply(wire: bytes) -> tuple[bytes, str, str] | None:
+    """Answer one query from the fixed zone; None for anything that is not a parseable query."""
+    try:
+        query = dns.message.from_wire(wire)
+    except (dns.exception.DNSException, ValueError):  # garbage: a resolver just drops it
+        return None
+    if query.flags & dns.flags.QR or len(query.question) != 1:
+        return None
+    question = query.question[0]
+    name = question.name.to_text().lower()
+    response = dns.message.make_response(query)
+    response.flags |= dns.flags.AA
+    zone = ZONE4 if question.rdtype == dns.rdatatype.A else ZONE6
+    if name not in ZONE4:
+        response.set_rcode(dns.rcode.NXDOMAIN)
+    elif question.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        response.answer.append(
+            dns.rrset.from_text(question.name, TTL, dns.rdataclass.IN, question.rdtype, zone[name])
+        )
+    # Other types for a known name: NOERROR with no answer (NODATA), like a real authoritative server.
+    return response.to_wire(), name, dns.rdatatype.to_text(question.rdtype)
+
+
+class _DNSProtocol(asyncio.DatagramProtocol):
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's UDP transport does not subclass DatagramTransport (only duck-types it).
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        reply = dns_reply(data)
+        if reply is None or self.transport is None:
+            return
+        wire, name, rdtype = reply
+        _append(self.state_dir / "dns.log", [name, rdtype, str(addr[0])])
+        self.transport.sendto(wire, addr)
+
+
+async def serve(state_dir: Path, resolver: str, http_port: int = 80, dns_port: int = 53) -> None:
+    loop = asyncio.get_running_loop()
+    server = await asyncio.start_server(
+        lambda r, w: _handle_http(state_dir, r, w),
+        host=["0.0.0.0", "::"],  # asyncio sets IPV6_V6ONLY, so both binds coexist
+        port=http_port,
+        reuse_address=True,
+    )
+    family = socket.AF_INET6 if ":" in resolver else socket.AF_INET
+    await loop.create_datagram_endpoint(
+        lambda: _DNSProtocol(state_dir), local_addr=(resolver, dns_port), family=family
+    )
+    (state_dir / "ready").write_text("ready\n", encoding="utf-8")
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--resolver", required=True, help="address to serve DNS on (UDP 53)")
+    parser.add_argument("--http-port", type=int, default=80)
+    parser.add_argument("--dns-port", type=int, default=53)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.state_dir, args.resolver, args.http_port, args.dns_port))
+
+
+if __name__ == "__main__":
+    main()
