@@ -12,26 +12,45 @@ from nmfailover.controller import Controller
 from nmfailover.nm import LinkState, Metrics, NMError, NMUnavailable, Profile
 from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target
 
-SETTINGS = load_settings({
-    "NMFAILOVER_UPLINKS": "primary,backup",
-    "NMFAILOVER_PROBE_URLS": "http://192.0.2.10/generate_204",
-    "NMFAILOVER_ENV_FILE": "/dev/null",
-    "NMFAILOVER_PROBE_TIMEOUT": "0.01",
-    "NMFAILOVER_ACTIVE_INTERVAL": "0.05",
-    "NMFAILOVER_STANDBY_INTERVAL": "0.05",
-    "NMFAILOVER_SUSPECT_INTERVAL": "0.02",
-    "NMFAILOVER_FAILBACK_HOLD_DOWN": "0.2",
-})
-PROFILES = [Profile(spec=name, uuid=f"uuid-{name}", id=name, interface_name=iface, metric4=-1, metric6=-1,
-                    autoconnect_priority=0, never_default=False)
-            for name, iface in (("primary", "wana"), ("backup", "wanb"))]
+SETTINGS = load_settings(
+    {
+        "NMFAILOVER_UPLINKS": "primary,backup",
+        "NMFAILOVER_PROBE_URLS": "http://192.0.2.10/generate_204",
+        "NMFAILOVER_ENV_FILE": "/dev/null",
+        "NMFAILOVER_PROBE_TIMEOUT": "0.01",
+        "NMFAILOVER_ACTIVE_INTERVAL": "0.05",
+        "NMFAILOVER_STANDBY_INTERVAL": "0.05",
+        "NMFAILOVER_SUSPECT_INTERVAL": "0.02",
+        "NMFAILOVER_FAILBACK_HOLD_DOWN": "0.2",
+    }
+)
+PROFILES = [
+    Profile(
+        spec=name,
+        uuid=f"uuid-{name}",
+        id=name,
+        interface_name=iface,
+        metric4=-1,
+        metric6=-1,
+        autoconnect_priority=0,
+        never_default=False,
+    )
+    for name, iface in (("primary", "wana"), ("backup", "wanb"))
+]
 
 
 class FakeNM:
     def __init__(self) -> None:
-        self.links = {p.uuid: LinkState(uuid=p.uuid, device=f"/dev/{p.interface_name}",
-                                        interface=p.interface_name, state=100, nameservers=("192.0.2.53",))
-                      for p in PROFILES}
+        self.links = {
+            p.uuid: LinkState(
+                uuid=p.uuid,
+                device=f"/dev/{p.interface_name}",
+                interface=p.interface_name,
+                state=100,
+                nameservers=("192.0.2.53",),
+            )
+            for p in PROFILES
+        }
         self.metrics: dict[str, tuple[int, int]] = {f"/dev/{p.interface_name}": (-1, -1) for p in PROFILES}
         self.priorities: dict[str, int] = {p.uuid: 0 for p in PROFILES}
         self.calls: list[tuple[str, int]] = []
@@ -78,7 +97,9 @@ class FakeProber:
         self.healthy = {"wana": True, "wanb": True}
         self.rounds: list[str | None] = []
 
-    async def __call__(self, link: Link, targets: Sequence[Target], timeout: float, needed: int) -> RoundResult:
+    async def __call__(
+        self, link: Link, targets: Sequence[Target], timeout: float, needed: int
+    ) -> RoundResult:
         self.rounds.append(link.interface)
         if link.interface is None:
             result = ProbeResult(targets[0], False, Reason.NO_DEVICE, 0.0, "no device")
@@ -106,8 +127,9 @@ async def harness() -> tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]
     return controller, nm, prober, task
 
 
-async def test_starts_on_primary_and_ranks_metrics(harness: tuple[Controller, FakeNM, FakeProber,
-                                                                   asyncio.Task[None]]) -> None:
+async def test_starts_on_primary_and_ranks_metrics(
+    harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
+) -> None:
     controller, nm, _, task = harness
     assert controller.current == 0
     assert nm.metrics == {"/dev/wana": (100, 100), "/dev/wanb": (200, 200)}
@@ -117,7 +139,8 @@ async def test_starts_on_primary_and_ranks_metrics(harness: tuple[Controller, Fa
 
 
 async def test_fails_over_new_preferred_first_then_back_and_restores(
-        harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]) -> None:
+    harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
+) -> None:
     controller, nm, prober, task = harness
     nm.calls.clear()
     prober.healthy["wana"] = False
@@ -134,7 +157,8 @@ async def test_fails_over_new_preferred_first_then_back_and_restores(
 
 
 async def test_failed_write_is_retried_and_never_crashes(
-        harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]) -> None:
+    harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
+) -> None:
     controller, nm, prober, task = harness
     nm.fail_writes = True
     prober.healthy["wana"] = False
@@ -148,7 +172,8 @@ async def test_failed_write_is_retried_and_never_crashes(
 
 
 async def test_link_event_triggers_immediate_probe_and_reactivation_reapplies(
-        harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]) -> None:
+    harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
+) -> None:
     controller, nm, prober, task = harness
     await asyncio.sleep(0.06)  # let the loops settle into their intervals
     nm.links["uuid-primary"] = LinkState(uuid="uuid-primary", device="/dev/wana", interface="wana", state=20)
@@ -166,7 +191,8 @@ async def test_link_event_triggers_immediate_probe_and_reactivation_reapplies(
 
 
 async def test_bus_loss_reconnects_and_reapplies(
-        harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]) -> None:
+    harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
+) -> None:
     controller, nm, _, task = harness
     nm.metrics["/dev/wana"] = (-1, -1)  # what a restarted NetworkManager would bring back
     nm.disconnected.set()
