@@ -19,7 +19,8 @@ from . import __version__
 from .config import ConfigError, Settings, load_settings
 from .controller import Controller, role_name
 from .log import setup_logging
-from .nm import DBUS_LIBRARY, NetworkManagerClient, NMError, NMUnavailable, Profile, ProfileError
+from .bus import DBUS_LIBRARY
+from .nm import NetworkManagerClient, NMError, NMUnavailable, Profile, ProfileError
 from .probe import Link, probe_round
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

@@ -1,7 +1,7 @@
 """NetworkManager over D-Bus: the only module that knows NetworkManager's names, paths and shapes.
 
 It speaks plain D-Bus messages (no introspection proxies), which keeps the same code working on dbus-fast
-(preferred) and on dbus-next (what Debian packages): whichever is installed is used.
+and on dbus-next (see bus.py).
 """
 
 from __future__ import annotations
@@ -12,18 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-try:
-    from dbus_fast import BusType, Message, MessageType, Variant
-    from dbus_fast.aio import MessageBus
-
-    DBUS_LIBRARY = "dbus-fast"
-except ImportError:  # pragma: no cover - exercised by the dbus-next CI run
-    from dbus_next import BusType, Message, MessageType, Variant  # type: ignore[no-redef,import-not-found,unused-ignore]
-    from dbus_next.aio import MessageBus  # type: ignore[no-redef,import-not-found,unused-ignore]
-
-    DBUS_LIBRARY = "dbus-next"
-
 from loguru import logger
+
+from .bus import DBUS_LIBRARY, BusType, Message, MessageBus, MessageType, Variant
 
 NM_BUS = "org.freedesktop.NetworkManager"
 NM_PATH = "/org/freedesktop/NetworkManager"

@@ -459,14 +459,15 @@ class Topology:
         """Kill every process, delete every namespace and the temp dir. Idempotent, never raises."""
         if self._closed:
             return
-        self._closed = True
-        _LIVE.discard(self)
         with contextlib.suppress(Exception):
             _stop(self._procs)
         for name in reversed(self._netns):
             with contextlib.suppress(Exception):
                 _remove_netns(name)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        # Only now: a second Ctrl-C in the middle leaves the lab registered for the atexit retry.
+        self._closed = True
+        _LIVE.discard(self)
 
     def __enter__(self) -> Self:
         return self

@@ -2,7 +2,7 @@
 
 import os
 
-from nmfailover.nm import DBUS_LIBRARY
+from nmfailover.bus import DBUS_LIBRARY
 
 
 def test_adapter_uses_the_installed_library() -> None:
