@@ -1,0 +1,66 @@
+"""Shared fixtures: the network lab (see nmfailover/sandbox.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import pytest
+
+from nmfailover.sandbox import NMLab, Topology, cleanup_leftovers, lab_available
+
+
+def _require_lab() -> None:
+    reason = lab_available()
+    if reason is None:
+        return
+    # CI runs as root on a machine with everything installed: a skip there would hide a broken setup.
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"network lab unavailable in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    _require_lab()
+    with Topology(2) as lab:
+        yield lab
+
+
+@pytest.fixture
+def nmlab() -> Iterator[NMLab]:
+    _require_lab()
+    with NMLab(2) as lab:
+        yield lab
+
+
+@pytest.fixture
+def nmlab3() -> Iterator[NMLab]:
+    _require_lab()
+    with NMLab(3) as lab:
+        yield lab
+
+
+def _sigterm_to_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A CI timeout sends SIGTERM; by default that kills Python without running fixture teardown or
+    # atexit, stranding namespaces, NetworkManager and servers. As KeyboardInterrupt, pytest tears down.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+        signal.SIG_DFL,
+        None,
+    ):
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own session teardown of fixtures
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Session-wide guard: whatever a test leaked (a lab never closed, a crashed teardown), this run's
+    # namespaces, their processes and temp dirs go now.
+    if lab_available() is None:
+        cleanup_leftovers(os.getpid())
