@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 from loguru import logger
 
@@ -33,6 +33,30 @@ class NetworkManagerPort(Protocol):
 
 
 Prober = Callable[[Link, Sequence[Target], float, int], Awaitable[RoundResult]]
+
+
+@dataclass(frozen=True)
+class SwitchEvent:
+    """A change of the uplink carrying traffic, as hooks, signals and notifications describe it."""
+
+    action: str                # failover, failback, pin, avoid, initial
+    state: str                 # the new uplink's role, upper case: PRIMARY, BACKUP, FALLBACK, UPLINK4...
+    from_profile: str          # profile id ("" at start-up)
+    to_profile: str
+    from_device: str
+    device: str                # the new uplink's interface
+    gateway4: str
+    gateway6: str
+    reason: str
+    at: float                  # wall-clock time (seconds since the epoch)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SwitchListener = Callable[[SwitchEvent], Awaitable[None]]
+# Asked before failing back; False vetoes the failback for now (asked again on a later round).
+FailbackGuard = Callable[[SwitchEvent], Awaitable[bool]]
 
 
 def role_name(index: int) -> str:
@@ -75,6 +99,13 @@ class Controller:
         self._recheck: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
+        self.switch_listeners: list[SwitchListener] = []
+        self.failback_guard: FailbackGuard | None = None
+        self.avoid_until: float | None = None   # forced test failover: the avoided uplink and until when
+        self.avoided: int | None = None
+        self.pinned: int | None = None
+        self.pinned_until: float | None = None
+        self._vetoed_until: float | None = None
 
     # -- entry points -------------------------------------------------------------------------------
 
@@ -160,8 +191,17 @@ class Controller:
         return min(metrics)[1] if metrics else None
 
     def decision(self) -> Decision:
-        return decide([u.health for u in self.uplinks], self.current, self.clock(), self.params,
-                      names=[u.label for u in self.uplinks])
+        now = self.clock()
+        if self.avoid_until is not None and now >= self.avoid_until:
+            logger.info("forced failover over; normal policy resumes")
+            self.avoid_until = self.avoided = None
+        if self.pinned_until is not None and now >= self.pinned_until:
+            logger.info("preference for {} expired", self.uplinks[self.pinned].label if self.pinned is not None
+                        else "?")
+            self.pinned = self.pinned_until = None
+        avoid = frozenset({self.avoided}) if self.avoided is not None else frozenset()
+        return decide([u.health for u in self.uplinks], self.current, now, self.params,
+                      names=[u.label for u in self.uplinks], pinned=self.pinned, avoid=avoid)
 
     async def _reconcile(self) -> None:
         async with self._apply_lock:
@@ -171,6 +211,9 @@ class Controller:
             if target is None:
                 return
             if target != self.current:
+                event = self._switch_event(decision, target)
+                if decision.action == Action.FAILBACK and not await self._failback_allowed(event):
+                    return
                 old = self.uplinks[self.current] if self.current is not None else None
                 cause = f"{old.label} {old.last_round.summary}" if (
                     old is not None and old.last_round is not None and decision.action == Action.FAILOVER
@@ -180,17 +223,137 @@ class Controller:
                 self.last_switch_at = self.clock()
                 self.switches += 1
                 self._applied_for = None
-            if self._applied_for != target:
+                await self._apply(target)
+                for listener in self.switch_listeners:
+                    asyncio.ensure_future(self._notify(listener, event))
+            elif self._applied_for != target:
                 await self._apply(target)
 
+    async def _failback_allowed(self, event: SwitchEvent) -> bool:
+        if self.failback_guard is None:
+            return True
+        now = self.clock()
+        if self._vetoed_until is not None and now < self._vetoed_until:
+            return False
+        if await self.failback_guard(event):
+            self._vetoed_until = None
+            return True
+        # Ask again a round later, not on every probe result in between.
+        self._vetoed_until = now + self.settings.active_interval
+        logger.info("failback to {} vetoed by the guard hook; staying on {}", event.to_profile,
+                    event.from_profile)
+        self._schedule_recheck(self._vetoed_until)
+        return False
+
+    @staticmethod
+    async def _notify(listener: SwitchListener, event: SwitchEvent) -> None:
+        try:
+            await listener(event)
+        except Exception as exc:  # noqa: BLE001 - a listener's failure must never stop switching
+            logger.error("switch listener failed: {}", exc)
+
+    def _switch_event(self, decision: Decision, target: int) -> SwitchEvent:
+        new = self.uplinks[target]
+        old = self.uplinks[self.current] if self.current is not None else None
+        return SwitchEvent(
+            action=decision.action.value, state=new.role.upper(),
+            from_profile=old.profile.id if old else "", to_profile=new.profile.id,
+            from_device=(old.link.interface or "") if old else "", device=new.link.interface or "",
+            gateway4=new.link.gateway4 or "", gateway6=new.link.gateway6 or "",
+            reason=decision.reason, at=time.time())
+
     def _schedule_recheck(self, at: float | None) -> None:
+        times = [t for t in (at, self.avoid_until, self.pinned_until) if t is not None]
         if self._recheck is not None:
             self._recheck.cancel()
             self._recheck = None
-        if at is not None:
-            delay = max(0.0, at - self.clock())
+        if times:
+            delay = max(0.0, min(times) - self.clock())
             self._recheck = asyncio.get_running_loop().call_later(
                 delay, lambda: asyncio.ensure_future(self._reconcile()))
+
+    # -- operator requests (control interface) ----------------------------------------------------------
+
+    def find_uplink(self, name: str) -> Uplink:
+        """An uplink by role (primary, backup...), profile id, UUID, configured name or interface."""
+        for uplink in self.uplinks:
+            if name in (uplink.role, uplink.profile.id, uplink.profile.uuid, uplink.profile.spec,
+                        uplink.link.interface, uplink.profile.interface_name):
+                return uplink
+        known = ", ".join(f"{u.role} ({u.profile.id})" for u in self.uplinks)
+        raise ValueError(f"no uplink {name!r}; known: {known}")
+
+    async def recheck(self, interface: str = "", reason: str = "") -> int:
+        """Probe now: the uplinks on `interface`, or all when it names none of them. Returns how many."""
+        chosen = [u for u in self.uplinks if interface and interface in (u.link.interface,
+                                                                         u.profile.interface_name)]
+        logger.info("re-check requested{}{}", f" for {interface}" if interface else "",
+                    f" ({reason})" if reason else "")
+        for uplink in chosen or self.uplinks:
+            uplink.wake.set()
+        return len(chosen or self.uplinks)
+
+    async def force_failover(self, seconds: float) -> None:
+        """AstLinux's failover test: avoid the current uplink for a while without touching its link."""
+        if not seconds > 0:
+            raise ValueError(f"seconds must be greater than 0; got {seconds}")
+        if self.current is None:
+            raise ValueError("no uplink carries traffic yet")
+        self.avoided, self.avoid_until = self.current, self.clock() + seconds
+        logger.warning("forced failover: avoiding {} for {:g} s", self.uplinks[self.current].label, seconds)
+        await self._reconcile()
+
+    async def end_force(self) -> None:
+        if self.avoided is not None:
+            logger.info("forced failover ended early")
+        self.avoided = self.avoid_until = None
+        await self._reconcile()
+
+    async def prefer(self, name: str, seconds: float = 0) -> None:
+        """Pin an uplink (while it is healthy) until cleared, or for `seconds` if > 0."""
+        if seconds < 0:
+            raise ValueError(f"seconds must not be negative; got {seconds}")
+        uplink = self.find_uplink(name)
+        self.pinned, self.pinned_until = uplink.index, (self.clock() + seconds if seconds else None)
+        logger.warning("preference pinned to {}{}", uplink.label, f" for {seconds:g} s" if seconds else "")
+        await self._reconcile()
+
+    async def clear_preference(self) -> None:
+        if self.pinned is not None:
+            logger.info("preference for {} cleared", self.uplinks[self.pinned].label)
+        self.pinned = self.pinned_until = None
+        await self._reconcile()
+
+    def status(self) -> dict[str, Any]:
+        """Everything an operator wants to see, JSON-friendly; times are seconds since the epoch."""
+        now, wall = self.clock(), time.time()
+
+        def wall_time(at: float | None) -> float | None:
+            return None if at is None else wall - (now - at)
+
+        decision = self.decision()
+        hold_down = max(0.0, decision.recheck_at - now) if decision.recheck_at is not None else 0.0
+        return {
+            "preferred": self.uplinks[self.current].role if self.current is not None else None,
+            "last_switch_at": wall_time(self.last_switch_at),
+            "switches": self.switches,
+            "hold_down_remaining": round(hold_down, 3),
+            "forced_failover_remaining": round(max(0.0, self.avoid_until - now), 3)
+            if self.avoid_until is not None else 0.0,
+            "pinned": self.uplinks[self.pinned].role if self.pinned is not None else None,
+            "uplinks": [{
+                "role": u.role, "profile": u.profile.id, "uuid": u.profile.uuid,
+                "device": u.link.interface, "link": u.link.state_name,
+                "health": "suspect" if u.health.suspect and u.health.health != Health.UNKNOWN
+                else u.health.health.value,
+                "consecutive_failures": u.health.consecutive_failures,
+                "consecutive_successes": u.health.consecutive_successes,
+                "latency_ms": round(min(r.latency for r in u.last_round.results) * 1000, 1)
+                if u.last_round and u.last_round.results else None,
+                "reason": u.last_round.summary if u.last_round else None,
+                "carrying_traffic": u.index == self.current,
+            } for u in self.uplinks],
+        }
 
     def ranking(self, preferred: int) -> list[Uplink]:
         return [self.uplinks[preferred]] + [u for u in self.uplinks if u.index != preferred]
