@@ -152,8 +152,10 @@ class Controller:
             started = self.clock()
             uplink.wake.clear()
             try:
-                await asyncio.wait_for(uplink.wake.wait(), self._interval(uplink))
-            except asyncio.TimeoutError:
+                # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that races the wake-up.
+                async with asyncio.timeout(self._interval(uplink)):
+                    await uplink.wake.wait()
+            except TimeoutError:
                 pass
             await self._probe_once(uplink)
             await self._reconcile()

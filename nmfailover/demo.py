@@ -69,13 +69,14 @@ class DaemonProcess:
         return "".join(self._lines)
 
     def wait_log(self, pattern: str, timeout: float = 20) -> float:
-        return wait_for(lambda: re.search(pattern, self.text()) is not None or self.proc.poll() is not None,
-                        timeout, f"log {pattern!r}") if self._alive_or_matched(pattern) else 0.0
+        def seen() -> bool:
+            if re.search(pattern, self.text()) is not None:
+                return True
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nmfailover exited with {self.proc.returncode}:\n{self.text()[-3000:]}")
+            return False
 
-    def _alive_or_matched(self, pattern: str) -> bool:
-        if self.proc.poll() is not None and re.search(pattern, self.text()) is None:
-            raise RuntimeError(f"nmfailover exited with {self.proc.returncode}:\n{self.text()[-3000:]}")
-        return True
+        return wait_for(seen, timeout, f"log {pattern!r}")
 
     def wait_route(self, device: str, timeout: float = 20, family: int = 4) -> float:
         return wait_for(lambda: self.lab.default_route(family) == device, timeout,

@@ -136,7 +136,8 @@ class NetworkManagerClient:
 
     async def connect(self) -> None:
         try:
-            bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(), CALL_TIMEOUT)
+            async with asyncio.timeout(CALL_TIMEOUT):
+                bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         except Exception as exc:
             raise NMUnavailable(f"cannot connect to the system bus: {exc}") from exc
         self._bus = bus
@@ -194,8 +195,9 @@ class NetworkManagerClient:
         msg = Message(destination=dest, path=path, interface=interface, member=member,
                       signature=signature, body=list(body))
         try:
-            reply = await asyncio.wait_for(self._bus.call(msg), timeout)
-        except asyncio.TimeoutError as exc:
+            async with asyncio.timeout(timeout):
+                reply = await self._bus.call(msg)
+        except TimeoutError as exc:
             raise NMUnavailable(f"{member} got no answer within {timeout:g} s") from exc
         except (OSError, EOFError, ConnectionError) as exc:
             raise NMUnavailable(f"bus connection lost during {member}: {exc}") from exc

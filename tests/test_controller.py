@@ -199,3 +199,81 @@ async def test_bus_loss_reconnects_and_reapplies(
     await wait_until(lambda: nm.metrics["/dev/wana"] == (100, 100), timeout=3)
     controller.stop()
     await task
+
+
+async def test_forced_failover_moves_then_returns_by_itself(
+    harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
+) -> None:
+    controller, nm, _, task = harness
+    events: list[str] = []
+
+    async def record(event: object) -> None:
+        events.append(f"{event.action}:{event.to_profile}")  # type: ignore[attr-defined]
+
+    controller.switch_listeners.append(record)
+    with pytest.raises(ValueError, match="greater than 0"):
+        await controller.force_failover(0)
+    await controller.force_failover(0.15)
+    assert controller.current == 1 and nm.metrics["/dev/wanb"] == (100, 100)
+    assert controller.status()["forced_failover_remaining"] > 0
+    await wait_until(lambda: controller.current == 0, timeout=2)
+    assert nm.metrics["/dev/wana"] == (100, 100)
+    await wait_until(lambda: events == ["avoid:backup", "failback:primary"] or len(events) >= 2)
+    assert events[0] == "avoid:backup"
+    controller.stop()
+    await task
+
+
+async def test_pin_and_clear(harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]) -> None:
+    controller, nm, prober, task = harness
+    with pytest.raises(ValueError, match="no uplink 'wanx'"):
+        await controller.prefer("wanx")
+    await controller.prefer("wanb")
+    assert controller.current == 1 and controller.status()["pinned"] == "backup"
+    prober.healthy["wanb"] = False  # a pin never holds traffic on a dead uplink
+    await wait_until(lambda: controller.current == 0)
+    prober.healthy["wanb"] = True
+    await wait_until(lambda: controller.current == 1)  # healthy again: the pin applies again
+    await controller.clear_preference()
+    await wait_until(lambda: controller.current == 0)
+    controller.stop()
+    await task
+
+
+async def test_guard_vetoes_failback_until_it_allows(
+    harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
+) -> None:
+    controller, nm, prober, task = harness
+    allow = False
+    asked: list[str] = []
+
+    async def guard(event: object) -> bool:
+        asked.append(event.action)  # type: ignore[attr-defined]
+        return allow
+
+    controller.failback_guard = guard
+    prober.healthy["wana"] = False
+    await wait_until(lambda: controller.current == 1)
+    prober.healthy["wana"] = True
+    await wait_until(lambda: len(asked) >= 2, timeout=3)  # asked, vetoed, asked again later
+    assert controller.current == 1 and set(asked) == {"failback"}
+    allow = True
+    await wait_until(lambda: controller.current == 0, timeout=3)
+    controller.stop()
+    await task
+
+
+async def test_recheck_wakes_only_the_named_uplink(
+    harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
+) -> None:
+    controller, _, prober, task = harness
+    await asyncio.sleep(0.06)
+    prober.rounds.clear()
+    assert await controller.recheck("wanb", "dhcp4-change") == 1
+    await wait_until(lambda: "wanb" in prober.rounds, timeout=0.04)
+    assert await controller.recheck("", "") == 2
+    status = controller.status()
+    assert [u["device"] for u in status["uplinks"]] == ["wana", "wanb"]
+    assert status["preferred"] == "primary" and status["uplinks"][0]["carrying_traffic"] is True
+    controller.stop()
+    await task
