@@ -14,7 +14,7 @@ from typing import Any
 
 from loguru import logger
 
-from .bus import DBUS_LIBRARY, BusType, Message, MessageBus, MessageType, Variant
+from .bus import BusType, Message, MessageBus, MessageType, Variant
 
 NM_BUS = "org.freedesktop.NetworkManager"
 NM_PATH = "/org/freedesktop/NetworkManager"
@@ -142,9 +142,8 @@ class NetworkManagerClient:
             raise NMUnavailable(f"cannot connect to the system bus: {exc}") from exc
         self._bus = bus
         bus.add_message_handler(self._handle_message)
-        for rule in (f"type='signal',sender='{NM_BUS}'",
-                     "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',"
-                     f"arg0='{NM_BUS}'"):
+        name_owner = f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{NM_BUS}'"
+        for rule in (f"type='signal',sender='{NM_BUS}'", name_owner):
             await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
                              "AddMatch", "s", [rule])
 
@@ -157,7 +156,7 @@ class NetworkManagerClient:
         if self._bus is not None:
             try:
                 await self._bus.wait_for_disconnect()
-            except Exception as exc:  # the library reports a broken socket by raising here
+            except Exception as exc:  # noqa: BLE001 - the library reports a broken socket by raising here
                 logger.debug("bus connection ended: {}", exc)
 
     @property
@@ -175,9 +174,7 @@ class NetworkManagerClient:
                            f"{DEVICE_STATES.get(old, old)} -> {DEVICE_STATES.get(new, new)}")
         elif msg.interface == IFACE_NM and msg.member in ("DeviceAdded", "DeviceRemoved"):
             self._on_event(msg.member)
-        elif msg.interface == IFACE_SETTINGS and msg.member in ("ConnectionRemoved", "NewConnection"):
-            self._on_event(f"profile {msg.member}")
-        elif msg.interface == IFACE_CONNECTION and msg.member in ("Updated", "Removed"):
+        elif msg.interface == IFACE_SETTINGS and msg.member in ("ConnectionRemoved", "NewConnection") or msg.interface == IFACE_CONNECTION and msg.member in ("Updated", "Removed"):
             self._on_event(f"profile {msg.member}")
         elif (msg.interface == IFACE_PROPERTIES and msg.body and msg.body[0] == IFACE_WIRED
               and "Carrier" in msg.body[1]):

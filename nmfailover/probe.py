@@ -15,10 +15,10 @@ import os
 import socket
 import ssl
 import time
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 

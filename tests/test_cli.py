@@ -18,9 +18,11 @@ def cli(lab: NMLab, *args: str, **overrides: str) -> subprocess.CompletedProcess
 
 
 def test_version_and_usage_errors() -> None:
-    run = subprocess.run([sys.executable, "-m", "nmfailover", "--version"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "nmfailover", "--version"], capture_output=True, text=True,
+                         check=False)
     assert run.returncode == 0 and run.stdout.strip() == f"nmfailover {__version__}"
-    bad = subprocess.run([sys.executable, "-m", "nmfailover", "frobnicate"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "nmfailover", "frobnicate"], capture_output=True, text=True,
+                         check=False)
     assert bad.returncode == 2 and "invalid choice: 'frobnicate'" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
 

@@ -225,7 +225,7 @@ async def test_forced_failover_moves_then_returns_by_itself(
 
 
 async def test_pin_and_clear(harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]) -> None:
-    controller, nm, prober, task = harness
+    controller, _, prober, task = harness
     with pytest.raises(ValueError, match="no uplink 'wanx'"):
         await controller.prefer("wanx")
     await controller.prefer("wanb")
@@ -243,7 +243,7 @@ async def test_pin_and_clear(harness: tuple[Controller, FakeNM, FakeProber, asyn
 async def test_guard_vetoes_failback_until_it_allows(
     harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
 ) -> None:
-    controller, nm, prober, task = harness
+    controller, _, prober, task = harness
     allow = False
     asked: list[str] = []
 

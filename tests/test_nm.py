@@ -70,7 +70,7 @@ async def test_resolve_rejects_never_default(nmlab: NMLab, client: NetworkManage
 
 
 async def test_link_state_reports_device_dns_and_gateways(client: NetworkManagerClient) -> None:
-    primary, backup = await client.resolve(["primary", "backup"])
+    _, backup = await client.resolve(["primary", "backup"])
     link = await client.link_state(backup.uuid)
     assert link.activated and link.interface == "wanb"
     assert link.nameservers[0] == "203.0.113.54"
