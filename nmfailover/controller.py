@@ -210,8 +210,8 @@ class Controller:
             decision = self.decision()
             self._schedule_recheck(decision.recheck_at)
             target = decision.preferred
-            if target is None:
-                return
+            if target is None or self.uplinks[target].health.health != Health.UP:
+                return  # with nothing healthy, nothing is changed
             if target != self.current:
                 event = self._switch_event(decision, target)
                 if decision.action == Action.FAILBACK and not await self._failback_allowed(event):
