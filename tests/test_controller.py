@@ -277,3 +277,17 @@ async def test_recheck_wakes_only_the_named_uplink(
     assert status["preferred"] == "primary" and status["uplinks"][0]["carrying_traffic"] is True
     controller.stop()
     await task
+
+
+async def test_nothing_healthy_at_start_changes_nothing() -> None:
+    nm, prober = FakeNM(), FakeProber()
+    prober.healthy.update(wana=False, wanb=False)
+    controller = Controller(SETTINGS, nm, PROFILES, prober)
+    task = asyncio.create_task(controller.run())
+    await asyncio.wait_for(controller.ready.wait(), 2)
+    await asyncio.sleep(0.2)
+    assert nm.calls == [] and nm.priorities == {"uuid-primary": 0, "uuid-backup": 0}
+    prober.healthy["wanb"] = True  # only the backup comes up: traffic goes there
+    await wait_until(lambda: nm.metrics["/dev/wanb"] == (100, 100))
+    controller.stop()
+    await task
