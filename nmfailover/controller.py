@@ -361,23 +361,33 @@ class Controller:
         return [self.uplinks[preferred]] + [u for u in self.uplinks if u.index != preferred]
 
     async def _apply(self, preferred: int) -> None:
-        """Give the preferred uplink the lowest metric and the rest theirs in priority order.
+        """Give the preferred uplink the lowest metric and the rest theirs in priority order, then verify.
 
-        The new preferred uplink is changed first, so traffic reaches it before the old one is demoted.
+        The new preferred uplink is changed first, so traffic reaches it before the old one is demoted;
+        autoconnect priorities come last, as they matter only for the next activation.
         """
         settings = self.settings
+        ranked = [(u, settings.metric_base + rank * settings.metric_step)
+                  for rank, u in enumerate(self.ranking(preferred))]
+        live = [(u, u.link.device, metric) for u, metric in ranked
+                if u.link.activated and u.link.device is not None]
         try:
-            for rank, uplink in enumerate(self.ranking(preferred)):
-                metric = settings.metric_base + rank * settings.metric_step
-                if uplink.link.activated and uplink.link.device is not None:
-                    started = time.perf_counter()
-                    changed = await self.nm.set_route_metrics(uplink.link.device, metric, metric)
-                    if changed:
-                        logger.info("{}: route metric {} applied in {:.0f} ms", uplink.label, metric,
-                                    (time.perf_counter() - started) * 1000)
-                if settings.manage_autoconnect_priority:
-                    await self.nm.set_autoconnect_priority(uplink.profile.uuid,
-                                                           len(self.uplinks) - rank)
+            for uplink, device, metric in live:
+                started = time.perf_counter()
+                if await self.nm.set_route_metrics(device, metric, metric):
+                    logger.info("{}: route metric {} applied in {:.0f} ms", uplink.label, metric,
+                                (time.perf_counter() - started) * 1000)
+            seen = []
+            for uplink, device, metric in live:
+                applied = await self.nm.applied_metrics(device)
+                if {applied.metric4, applied.metric6} - {None} != {metric}:
+                    raise NMError(f"{uplink.label} runs with metrics {applied.metric4}/{applied.metric6}, "
+                                  f"expected {metric}")
+                seen.append(f"{uplink.label} {metric}")
+            logger.debug("verified applied metrics: {}", ", ".join(seen))
+            if settings.manage_autoconnect_priority:
+                for rank, (uplink, _) in enumerate(ranked):
+                    await self.nm.set_autoconnect_priority(uplink.profile.uuid, len(ranked) - rank)
         except NMError as exc:
             logger.error("could not apply the preference for {}: {} (will retry)",
                          self.uplinks[preferred].label, exc)
