@@ -19,6 +19,7 @@ from .probe import Link, RoundResult, Target
 
 ROLE_NAMES = ("primary", "backup", "fallback")
 RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
+MIN_ROUND_GAP = 0.05
 
 
 class NetworkManagerPort(Protocol):
@@ -143,25 +144,32 @@ class Controller:
     def _interval(self, uplink: Uplink) -> float:
         if uplink.health.suspect:
             return self.settings.suspect_interval
-        if uplink.index == self.current:
+        # Uplinks we would rather be on are watched as closely as the one carrying traffic, so a recovered
+        # primary is noticed in seconds; the rest (often metered) less often.
+        if self.current is None or uplink.index <= self.current:
             return self.settings.active_interval
         return self.settings.standby_interval
 
     async def _probe_loop(self, uplink: Uplink) -> None:
+        last_start = self.clock()  # run() has just probed every uplink
         while True:
-            started = self.clock()
+            # Intervals run start to start: a round that takes longer is followed at once by the next.
+            delay = last_start + self._interval(uplink) - self.clock()
+            if delay > 0:
+                try:
+                    # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that races the wake-up.
+                    async with asyncio.timeout(delay):
+                        await uplink.wake.wait()
+                except TimeoutError:
+                    pass
+            # A burst of wake-ups must not turn into a burst of rounds.
+            gap = last_start + MIN_ROUND_GAP - self.clock()
+            if gap > 0:
+                await asyncio.sleep(gap)
             uplink.wake.clear()
-            try:
-                # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that races the wake-up.
-                async with asyncio.timeout(self._interval(uplink)):
-                    await uplink.wake.wait()
-            except TimeoutError:
-                pass
+            last_start = self.clock()
             await self._probe_once(uplink)
             await self._reconcile()
-            # Back-to-back rounds are fine while suspect; never spin faster than that.
-            if self.clock() - started < 0.01:
-                await asyncio.sleep(0.01)
 
     async def _probe_once(self, uplink: Uplink) -> None:
         link = Link(uplink.link.interface if uplink.link.activated else None, uplink.link.nameservers)
