@@ -1,7 +1,9 @@
-"""Command line: `nmfailover run` (the daemon) and `nmfailover check` (one probe round, a table, an exit code).
+"""Command line: `nmfailover run` (the daemon), `nmfailover check` (one probe round, a table, an exit code)
+and the clients of the running daemon's control interface (status, recheck, test-failover, prefer).
 
-Exit codes: 0 success; 1 runtime failure (NetworkManager unreachable, preferred uplink unhealthy for
-`check`); 2 bad configuration or usage. Configuration errors are reported before anything is changed.
+Exit codes: 0 success; 1 runtime failure (NetworkManager or the bus unreachable, preferred uplink unhealthy
+for `check`, name already owned for `run`); 2 bad configuration or usage; 3 the daemon is not running;
+4 access denied by the bus policy. Configuration errors are reported before anything is changed.
 """
 
 from __future__ import annotations
@@ -9,21 +11,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from loguru import logger
 
 from . import __version__
-from .config import ConfigError, Settings, load_settings
-from .controller import Controller, role_name
-from .log import setup_logging
 from .bus import DBUS_LIBRARY
+from .config import ConfigError, Settings, load_settings
+from .control import BUS_NAME, AccessDenied, CallFailed, ControlError, ControlService, NotRunning, call_daemon
+from .controller import Controller, role_name
+from .hooks import SwitchHooks, Webhook
+from .log import setup_logging
 from .nm import NetworkManagerClient, NMError, NMUnavailable, Profile, ProfileError
 from .probe import Link, probe_round
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_DENIED = 0, 1, 2, 3, 4
+CLIENT_COMMANDS = ("status", "recheck", "test-failover", "prefer")
 
 
 class UsageError(Exception):
@@ -55,7 +63,53 @@ def build_parser() -> argparse.ArgumentParser:
                                            "machine's own interfaces, routes and resolver are not touched.")
     demo.add_argument("--hold-down", type=float, default=10.0, metavar="SECONDS",
                       help="failback hold-down for the demo (default: 10)")
+
+    daemon_note = (f" Talks to the running daemon over {BUS_NAME} on the system bus; exit 3 if it is not "
+                   "running, 4 if the bus policy denies the call.")
+    status = commands.add_parser("status", help="show the running daemon's uplinks and state",
+                                 description="Show which uplink carries traffic, each uplink's health, "
+                                             "last probe and counts, the last switch and what is pending."
+                                             + daemon_note)
+    status.add_argument("--json", action="store_true", help="print the daemon's JSON status (see README)")
+    recheck = commands.add_parser("recheck", help="make the daemon probe now",
+                                  description="Ask the daemon to probe now instead of at its next round: "
+                                              "the uplink on INTERFACE, or every uplink." + daemon_note)
+    recheck.add_argument("--interface", default="", metavar="IF", help="only the uplink on this interface")
+    recheck.add_argument("--reason", default="", help="why, for the daemon's log (default: none)")
+    test = commands.add_parser("test-failover", help="move traffic to the next uplink for a while",
+                               description="The failover test: traffic leaves the uplink carrying it for "
+                                           "SECONDS without touching that uplink's link, then normal policy "
+                                           "resumes by itself. Root or the D-Bus policy's group only."
+                                           + daemon_note)
+    length = test.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=_seconds_arg(False), default=60.0, metavar="N",
+                        help="how long (default: 60)")
+    length.add_argument("--end", action="store_true", help="end a running test now")
+    prefer = commands.add_parser("prefer", help="pin an uplink (or --clear the pin)",
+                                 description="Keep traffic on UPLINK (a role like primary or backup, a "
+                                             "profile id, UUID or interface) while it is healthy, until "
+                                             "--clear or for --seconds. Root or the D-Bus policy's group "
+                                             "only." + daemon_note)
+    prefer.add_argument("uplink", nargs="?", metavar="UPLINK")
+    prefer.add_argument("--seconds", type=_seconds_arg(True), default=0.0, metavar="N",
+                        help="drop the pin after N seconds (default: 0, until --clear)")
+    prefer.add_argument("--clear", action="store_true", help="drop the pin: normal policy resumes")
     return parser
+
+
+def _seconds_arg(zero_ok: bool) -> Callable[[str], float]:
+    rule = "a number of 0 or more" if zero_ok else "a number greater than 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"must be {rule}; got {text!r}")
+        return value
+
+    return parse
 
 
 async def _connect(settings: Settings, client: NetworkManagerClient) -> list[Profile]:
@@ -81,9 +135,28 @@ async def _run(settings: Settings) -> int:
     logger.info("nmfailover {} managing {} over {} ({})", __version__,
                 ", ".join(f"{role_name(i)}={p.id}" for i, p in enumerate(profiles)), DBUS_LIBRARY,
                 await client.version())
+    control = ControlService(controller)
+    try:
+        # Before anything changes: a second instance must stop here, not fight the first over metrics.
+        await control.start()
+    except ControlError as exc:
+        logger.error("cannot start: {}", exc)
+        await client.close()
+        return EXIT_FAILURE
+    hooks = SwitchHooks(settings, controller.uplinks)
+    controller.switch_listeners += [control.on_switch, hooks.on_switch]
+    if settings.webhook_url:
+        controller.switch_listeners.append(Webhook(settings.webhook_url, controller).on_switch)
+    if settings.failback_guard is not None:
+        controller.failback_guard = hooks.failback_guard
+    # Ready for systemd once both `controller.ready` and `control.owned` are set.
+    watch = asyncio.create_task(control.keep_connected(), name="control-bus")
     try:
         await controller.run()
     finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        await control.close()
         await client.close()
     logger.info("stopped")
     return EXIT_OK
@@ -126,6 +199,85 @@ async def _check(settings: Settings, as_json: bool) -> int:
     return EXIT_OK if rounds[0].ok else EXIT_FAILURE
 
 
+def _ago(at: float | None) -> str:
+    if at is None:
+        return "never"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    return f"{stamp} ({max(0.0, time.time() - at):.0f} s ago)"
+
+
+def print_status(status: dict[str, Any]) -> None:
+    """The daemon's status as a person reads it: a few lines of state, then one row per uplink."""
+    uplinks = status["uplinks"]
+    carrying = next((u for u in uplinks if u["carrying_traffic"]), None)
+    where = f"{carrying['role']} ({carrying['device'] or carrying['profile']})" if carrying else "none"
+    print(f"traffic on: {where}; {status['switches']} switch(es), last {_ago(status['last_switch_at'])}")
+    if status["forced_failover_remaining"]:
+        print(f"failover test: {status['forced_failover_remaining']:.0f} s left")
+    if status["pinned"]:
+        print(f"pinned to: {status['pinned']}")
+    if status["hold_down_remaining"]:
+        print(f"failback hold-down: {status['hold_down_remaining']:.0f} s left")
+    rows = [{"": "*" if u["carrying_traffic"] else "", "uplink": u["role"], "profile": u["profile"],
+             "device": u["device"] or "-", "link": u["link"], "health": u["health"],
+             "latency": "-" if u["latency_ms"] is None else f"{u['latency_ms']:g} ms",
+             "fail/ok": f"{u['consecutive_failures']}/{u['consecutive_successes']}",
+             "last probe": u["reason"] or "-"} for u in uplinks]
+    columns = list(rows[0]) if rows else []
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    print()
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
+
+
+async def _client(args: argparse.Namespace) -> int:
+    if args.command == "status":
+        (text,) = await call_daemon("Status")
+        if args.json:
+            print(json.dumps(json.loads(text), indent=2))
+        else:
+            print_status(json.loads(text))
+    elif args.command == "recheck":
+        (count,) = await call_daemon("Recheck", "ss", [args.interface, args.reason])
+        print(f"re-checking {count} uplink(s)")
+    elif args.command == "test-failover":
+        if args.end:
+            await call_daemon("EndForce")
+            print("failover test ended; normal policy resumes")
+        else:
+            await call_daemon("ForceFailover", "d", [args.seconds])
+            print(f"failover test: traffic avoids the current uplink for {args.seconds:g} s")
+    elif args.clear:
+        await call_daemon("ClearPreference")
+        print("preference cleared; normal policy resumes")
+    else:
+        await call_daemon("Prefer", "sd", [args.uplink, args.seconds])
+        until = f" for {args.seconds:g} s" if args.seconds else " until `nmfailover prefer --clear`"
+        print(f"pinned to {args.uplink} while it is healthy{until}")
+    return EXIT_OK
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    if args.command == "prefer" and (args.clear == (args.uplink is not None) or (args.clear and args.seconds)):
+        raise UsageError("nmfailover prefer: give either UPLINK [--seconds N] or --clear")
+    try:
+        return asyncio.run(_client(args))
+    except NotRunning:
+        print(f"nmfailover: the daemon is not running (no {BUS_NAME} on the system bus)", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    except AccessDenied as exc:
+        print(f"nmfailover: access denied by the D-Bus policy (root or the nmfailover group only): {exc}",
+              file=sys.stderr)
+        return EXIT_DENIED
+    except CallFailed as exc:
+        print(f"nmfailover: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.error_name.endswith(".InvalidArgs") else EXIT_FAILURE
+    except ControlError as exc:
+        print(f"nmfailover: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -133,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo  # the sandbox is not needed by the daemon itself
 
             return run_demo(args.hold_down)
+        if args.command in CLIENT_COMMANDS:
+            # A client needs no settings: it must work from any shell, and from a hook.
+            return _run_client(args)
         settings = load_settings()
     except UsageError as exc:
         print(exc, file=sys.stderr)

@@ -5,6 +5,7 @@ from collections.abc import Callable, Mapping
 from io import StringIO
 from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
+from urllib.parse import urlsplit
 
 from dotenv.parser import parse_stream
 from pydantic import (
@@ -23,6 +24,13 @@ from nmfailover.probe import DEFAULT_TARGETS, Target, parse_target
 PREFIX = "NMFAILOVER_"
 ENV_FILE_VARIABLE = "NMFAILOVER_ENV_FILE"
 DEFAULT_ENV_FILE = Path("/etc/nmfailover/nmfailover.env")
+DEFAULT_HOOKS_DIR = Path("/etc/nmfailover/hooks.d")
+# What the daemon sets for switch hooks (hooks.py), not settings: a hook that runs `nmfailover check`
+# passes them on, and that must not be refused as a typo.
+EVENT_VARIABLES = frozenset({
+    "NMFAILOVER_STATE", "NMFAILOVER_ACTION", "NMFAILOVER_FROM", "NMFAILOVER_TO", "NMFAILOVER_FROM_DEVICE",
+    "NMFAILOVER_DEVICE", "NMFAILOVER_GATEWAY4", "NMFAILOVER_GATEWAY6", "NMFAILOVER_REASON", "NMFAILOVER_AT",
+})
 # virtual-failover's names; FALLBACK is optional there too.
 LEGACY_UPLINK_VARIABLES = ("PRIMARY_CONNECTION", "BACKUP_CONNECTION", "FALLBACK_CONNECTION")
 MAX_METRIC = 4_294_967_295  # NetworkManager stores route metrics as uint32
@@ -117,6 +125,13 @@ class Settings(BaseSettings):
     metric_step: Count = 100  # its upper bound depends on the base and the number of uplinks
     manage_autoconnect_priority: Flag = True
     log_level: str = "INFO"
+    # Empty turns hooks off; only the default may be missing (an explicitly named one must exist).
+    hooks_dir: Path | None = DEFAULT_HOOKS_DIR
+    hook_timeout: Seconds = 10.0
+    failback_guard: Path | None = None
+    # The daemon decides nothing else while it waits for the guard, hence a short default.
+    failback_guard_timeout: Seconds = 2.0
+    webhook_url: str | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -152,6 +167,45 @@ class Settings(BaseSettings):
     def _parse_targets(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(parse_target(spec) for spec in _split(value, "URLs"))
+        return value
+
+    @field_validator("hooks_dir", mode="before")
+    @classmethod
+    def _check_hooks_dir(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            if not Path(value).is_dir():
+                raise ValueError(f"no such directory: {value!r}")
+        return value
+
+    @field_validator("failback_guard", mode="before")
+    @classmethod
+    def _check_guard(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            path = Path(value)
+            if not path.is_absolute():
+                raise ValueError(f"must be an absolute path; got {value!r}")
+            if not path.is_file() or not os.access(path, os.X_OK):
+                raise ValueError(f"must be an executable file; got {value!r}")
+        return value
+
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _check_webhook(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            value = value.strip()
+            parts = urlsplit(value)
+            try:
+                _ = parts.port  # urlsplit only checks the port when asked
+            except ValueError:
+                raise ValueError(f"bad port in {value!r}") from None
+            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"must be an http:// or https:// URL with a host; got {value!r}")
         return value
 
     @field_validator("log_level", mode="before")
@@ -265,7 +319,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     merged = {**_read_env_file(env), **env}
     known = _known_variables()
     for name in sorted(merged):
-        if name.startswith(PREFIX) and name not in known:
+        if name.startswith(PREFIX) and name not in known and name not in EVENT_VARIABLES:
             listing = ", ".join(sorted(v for v in known if v.startswith(PREFIX)))
             raise ConfigError(name, f"unknown variable; known: {listing}")
     values: dict[str, Any] = {name: merged[name] for name in known if name in merged}

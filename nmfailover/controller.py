@@ -107,6 +107,7 @@ class Controller:
         self.pinned: int | None = None
         self.pinned_until: float | None = None
         self._vetoed_until: float | None = None
+        self._listener_tasks: set[asyncio.Future[None]] = set()
 
     # -- entry points -------------------------------------------------------------------------------
 
@@ -235,7 +236,9 @@ class Controller:
                 self._applied_for = None
                 await self._apply(target)
                 for listener in self.switch_listeners:
-                    asyncio.ensure_future(self._notify(listener, event))
+                    task = asyncio.ensure_future(self._notify(listener, event))
+                    self._listener_tasks.add(task)  # the loop keeps only weak references to tasks
+                    task.add_done_callback(self._listener_tasks.discard)
             elif self._applied_for != target:
                 await self._apply(target)
 

@@ -243,8 +243,7 @@ class NetworkManagerClient:
     async def _interfaces_to_uuids(self) -> dict[str, list[str]]:
         """The profiles active on each interface right now."""
         active: dict[str, list[str]] = {}
-        for path in await self._get(NM_PATH, IFACE_NM, "ActiveConnections"):
-            props = await self._get_all(path, IFACE_ACTIVE)
+        for props in await self._active_connections():
             for device in props.get("Devices", []):
                 iface = await self._get(device, IFACE_DEVICE, "Interface")
                 active.setdefault(str(iface), []).append(str(props["Uuid"]))
@@ -285,9 +284,19 @@ class NetworkManagerClient:
 
     # -- links --------------------------------------------------------------------------------------
 
-    async def _device_of(self, uuid: str) -> str | None:
+    async def _active_connections(self) -> list[dict[str, Any]]:
+        found = []
         for path in await self._get(NM_PATH, IFACE_NM, "ActiveConnections"):
-            props = await self._get_all(path, IFACE_ACTIVE)
+            try:
+                found.append(await self._get_all(path, IFACE_ACTIVE))
+            except NMUnavailable:
+                raise
+            except NMError:
+                continue  # deactivated between the listing and the read: it is simply not active any more
+        return found
+
+    async def _device_of(self, uuid: str) -> str | None:
+        for props in await self._active_connections():
             if props.get("Uuid") == uuid and props.get("Devices"):
                 return str(props["Devices"][0])
         return None

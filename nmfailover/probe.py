@@ -372,6 +372,12 @@ def _tls() -> ssl.SSLContext:
     return _ssl_context
 
 
+def bound_pool(link: Link, deadline: float, https: bool) -> httpcore.AsyncConnectionPool:
+    """A connection pool whose every connection resolves and connects through link's device (webhooks)."""
+    return httpcore.AsyncConnectionPool(network_backend=_BoundBackend(link, _Progress(), deadline),
+                                        ssl_context=_tls() if https else None, retries=0)
+
+
 def _judge(target: Target, status: int, location: str | None, body: bytes, peer: str) -> tuple[Reason, str]:
     if 300 <= status < 400 and status != target.expect_status:
         where = f" -> {location}" if location else " without Location"

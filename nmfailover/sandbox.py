@@ -502,6 +502,36 @@ _BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
 </busconfig>
 """
 
+# Like Debian's system bus: the default policy of /usr/share/dbus-1/system.conf, the installed services'
+# policies (NetworkManager, nm-dispatcher), and the policy file under test; everything else is denied.
+_STRICT_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"
+          send_member="UpdateActivationEnvironment"/>
+  </policy>
+  <includedir>/usr/share/dbus-1/system.d</includedir>
+  <include>{policy}</include>
+</busconfig>
+"""
+
 _NM_CONFIG = """[main]
 plugins=keyfile
 dns=none
@@ -541,8 +571,14 @@ _DISPATCHER_WRAPPER = (
 class NMLab(Topology):
     """Topology whose host side is configured by a real NetworkManager on a private D-Bus bus."""
 
-    def __init__(self, uplinks: int = 2, *, dispatcher_dir: Path | None = None) -> None:
+    def __init__(self, uplinks: int = 2, *, dispatcher_dir: Path | None = None,
+                 extra_nm_config: str = "", bus_policy: Path | None = None) -> None:
         self._dispatcher_dir = dispatcher_dir
+        # A D-Bus policy file to enforce on a bus configured like Debian's system bus; without one the
+        # private bus lets everyone do everything.
+        self._bus_policy = bus_policy
+        # NetworkManager.conf text read after the lab's own, so it wins (e.g. a [connectivity] check).
+        self._extra_nm_config = extra_nm_config
         self._nm: subprocess.Popen[Any] | None = None
         self.profiles = list(PROFILE_NAMES[:uplinks])
         super().__init__(uplinks, configure_host=False)
@@ -566,8 +602,15 @@ class NMLab(Topology):
         self.dispatcher_log = nm_dir / "nm-dispatcher.log"
         self._nm_config = nm_dir / "NetworkManager.conf"
         self._nm_config.write_text(_NM_CONFIG.format(keyfile_dir=self.keyfile_dir), encoding="utf-8")
+        if self._extra_nm_config:
+            (nm_dir / "conf.d" / "90-extra.conf").write_text(self._extra_nm_config, encoding="utf-8")
         bus_config = nm_dir / "bus.conf"
-        bus_config.write_text(_BUS_CONFIG.format(socket=escape(str(socket))), encoding="utf-8")
+        if self._bus_policy is None:
+            bus_text = _BUS_CONFIG.format(socket=escape(str(socket)))
+        else:
+            policy = escape(str(self._bus_policy.resolve(strict=True)))
+            bus_text = _STRICT_BUS_CONFIG.format(socket=escape(str(socket)), policy=policy)
+        bus_config.write_text(bus_text, encoding="utf-8")
 
         super()._setup()
 

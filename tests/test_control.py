@@ -1,0 +1,237 @@
+"""The control interface end to end: `nmfailover run` in the sandbox on a bus that enforces the shipped
+D-Bus policy, driven by the CLI (as root and as nobody) and watched through the Switched signal."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nmfailover import cli as nmfailover_cli
+from nmfailover.demo import DaemonProcess, daemon_env, wait_for
+from nmfailover.sandbox import NMLab
+from tests.conftest import _require_lab
+from tests.daemon import running_daemon
+from tests.operate import POLICY, SignalRecorder, cli, policed_lab, status
+
+NOT_RUNNING = "nmfailover: the daemon is not running (no net.nmfailover.Failover1 on the system bus)\n"
+NOBODY = 65534
+
+
+@pytest.fixture
+def lab() -> Iterator[NMLab]:
+    with policed_lab() as lab:
+        yield lab
+
+
+@pytest.mark.lab
+def test_status_and_signal_follow_a_real_failover(lab: NMLab, tmp_path: Path) -> None:
+    stopped = cli(lab, "status")
+    assert (stopped.returncode, stopped.stdout, stopped.stderr) == (3, "", NOT_RUNNING)
+
+    with running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="2") as daemon, \
+            SignalRecorder(lab.bus_address) as recorder:
+        daemon.wait_log(r"ready: traffic on primary")
+        before = status(lab)
+        assert before["preferred"] == "primary" and before["switches"] == 0
+        assert [u["health"] for u in before["uplinks"]] == ["up", "up"]
+
+        lab.upstreams[0].blackhole()
+        daemon.wait_route("wanb", timeout=15)
+        after = status(lab)
+        primary, backup = after["uplinks"]
+        assert after["preferred"] == "backup" and after["switches"] == 1
+        assert abs(after["last_switch_at"] - time.time()) < 10
+        assert (primary["health"], primary["carrying_traffic"], backup["carrying_traffic"]) == ("down", False, True)
+        assert primary["consecutive_failures"] >= 2 and "failed" in primary["reason"]
+        assert backup["latency_ms"] > 0 and backup["device"] == "wanb"
+        table = cli(lab, "status").stdout
+        assert "traffic on: backup (wanb); 1 switch(es)" in table
+        assert re.search(r"^\s+primary\s+primary\s+wana\s+activated\s+down\s", table, re.MULTILINE), table
+        assert re.search(r"^\*\s+backup\s+backup\s+wanb\s+activated\s+up\s", table, re.MULTILINE), table
+
+        wait_for(lambda: len(recorder.signals) >= 1, 5, "the Switched signal")
+        member, from_, to, reason, details = recorder.signals[0]
+        assert (member, from_, to) == ("Switched", "primary", "backup")
+        assert "primary (wana) is down" in reason
+        assert json.loads(details) | {"at": 0} == {
+            "action": "failover", "state": "BACKUP", "from_profile": "primary", "to_profile": "backup",
+            "from_device": "wana", "device": "wanb", "gateway4": "192.0.2.65", "gateway6": "2001:db8:b::1",
+            "reason": reason, "at": 0}
+
+        lab.upstreams[0].heal()
+        daemon.wait_route("wana", timeout=20)
+        wait_for(lambda: len(recorder.signals) >= 2, 5, "the second Switched signal")
+        assert recorder.signals[1][1:3] == ["backup", "primary"]
+        assert json.loads(recorder.signals[1][4])["action"] == "failback"
+        assert status(lab)["switches"] == 2
+
+
+@pytest.mark.lab
+def test_failover_test_moves_traffic_and_returns_by_itself(lab: NMLab, tmp_path: Path) -> None:
+    with running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="1") as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        started = time.monotonic()
+        result = cli(lab, "test-failover", "--seconds", "4")
+        assert result.returncode == 0, result.stderr
+        assert daemon.wait_route("wanb", timeout=3) < 2
+        # The primary itself is left alone: still activated, still routed, just ranked second.
+        assert lab.nmcli("-g", "GENERAL.STATE", "device", "show", "wana").strip() == "100 (connected)"
+        assert ("wana", 200) in lab.default_routes(4)
+        assert 0 < status(lab)["forced_failover_remaining"] <= 4
+        daemon.wait_route("wana", timeout=10)
+        took = time.monotonic() - started
+        assert 4 <= took < 7, f"back on the primary after {took:.1f} s"
+        assert lab.nmcli("-g", "GENERAL.STATE", "device", "show", "wana").strip() == "100 (connected)"
+
+        assert cli(lab, "test-failover").returncode == 0  # default 60 s
+        daemon.wait_route("wanb", timeout=3)
+        assert status(lab)["forced_failover_remaining"] > 50
+        assert cli(lab, "test-failover", "--end").returncode == 0
+        daemon.wait_route("wana", timeout=3)
+        assert "forced failover ended early" in daemon.text()
+
+
+@pytest.mark.lab
+def test_prefer_pins_and_clear_releases(lab: NMLab, tmp_path: Path) -> None:
+    with running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="1") as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        unknown = cli(lab, "prefer", "nosuch")
+        assert unknown.returncode == 2
+        assert unknown.stderr == ("nmfailover: no uplink 'nosuch'; known: primary (primary), backup (backup)\n")
+
+        assert cli(lab, "prefer", "backup").returncode == 0
+        daemon.wait_route("wanb", timeout=3)
+        assert status(lab)["pinned"] == "backup"
+        time.sleep(2.5)  # longer than the hold-down: only the pin keeps traffic here
+        assert lab.default_route(4) == "wanb"
+        assert cli(lab, "prefer", "--clear").returncode == 0
+        daemon.wait_route("wana", timeout=3)
+        assert status(lab)["pinned"] is None
+
+        assert cli(lab, "prefer", "wanb", "--seconds", "2").returncode == 0  # by interface, for a while
+        daemon.wait_route("wanb", timeout=3)
+        daemon.wait_route("wana", timeout=6)
+        assert "preference for backup (wanb) expired" in daemon.text()
+
+
+def _as_nobody(lab: NMLab, *argv: str) -> tuple[int, str]:
+    """nmfailover's CLI in a forked child that dropped to uid/gid nobody (the interpreter may live where
+    nobody cannot read, so no exec)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 99
+        try:
+            os.close(read)
+            sys.stdout = sys.stderr = open(write, "w", closefd=False)  # noqa: SIM115
+            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = lab.bus_address
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            code = nmfailover_cli.main(list(argv))
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    os.close(write)
+    with open(read, encoding="utf-8") as out:
+        text = out.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), text
+
+
+@pytest.mark.lab
+def test_non_root_may_read_but_not_change(lab: NMLab, tmp_path: Path) -> None:
+    with running_daemon(lab, tmp_path / "daemon.log") as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        assert cli(lab, "status").returncode == 0  # loads every module the child needs, as root
+
+        code, text = _as_nobody(lab, "status", "--json")
+        assert code == 0 and json.loads(text)["preferred"] == "primary"
+        code, text = _as_nobody(lab, "test-failover", "--seconds", "30")
+        assert code == 4
+        assert text.startswith("nmfailover: access denied by the D-Bus policy") and text.count("\n") == 1
+        for changing in ("recheck", "prefer backup", "prefer --clear", "test-failover --end"):
+            assert _as_nobody(lab, *changing.split())[0] == 4, changing
+
+        # A second client, busctl, for the same rules on the wire.
+        busctl = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "busctl", "--system",
+                  "call", "net.nmfailover.Failover1", "/net/nmfailover/Failover1", "net.nmfailover.Failover1"]
+        denied = lab.host(*busctl, "ForceFailover", "d", "30", check=False)
+        assert denied.returncode != 0 and "Access denied" in denied.stderr
+        allowed = lab.host(*busctl, "Status", check=False)
+        assert allowed.returncode == 0 and '\\"preferred\\": \\"primary\\"' in allowed.stdout
+
+        assert lab.default_route(4) == "wana" and daemon.proc.poll() is None
+        assert "forced failover" not in daemon.text()
+        assert cli(lab, "status").returncode == 0
+
+
+@pytest.mark.lab
+def test_the_policy_group_may_change_things(tmp_path: Path) -> None:
+    # The shipped policy with its group swapped for nobody's own: what an operator's edit does.
+    policy = tmp_path / "policy.conf"
+    policy.write_text(POLICY.read_text().replace('group="nmfailover"', 'group="nogroup"'))
+    _require_lab()
+    with NMLab(2, bus_policy=policy) as lab, running_daemon(lab, tmp_path / "daemon.log",
+                                                            failback_hold_down="1") as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        assert cli(lab, "status").returncode == 0
+        assert _as_nobody(lab, "test-failover", "--seconds", "2") == (
+            0, "failover test: traffic avoids the current uplink for 2 s\n")
+        daemon.wait_route("wanb", timeout=3)
+        daemon.wait_route("wana", timeout=6)
+
+
+@pytest.mark.lab
+def test_second_instance_and_bad_calls_are_refused(lab: NMLab, tmp_path: Path) -> None:
+    with running_daemon(lab, tmp_path / "daemon.log") as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        second = DaemonProcess(lab, tmp_path / "second.log", daemon_env(lab))
+        try:
+            assert second.proc.wait(20) == 1
+        finally:
+            second.kill()
+        assert re.search(r"cannot start: net\.nmfailover\.Failover1 is already owned on the system bus "
+                         r"\(pid \d+\): is another nmfailover running\?", second.text()), second.text()
+        assert "route metric" not in second.text()
+
+        call = ["busctl", "--system", "call", "net.nmfailover.Failover1", "/net/nmfailover/Failover1",
+                "net.nmfailover.Failover1"]
+        for args, error in ((["ForceFailover", "d", "nan"], "seconds must be a finite number"),
+                            (["ForceFailover", "d", "0"], "seconds must be greater than 0"),
+                            (["Prefer", "s", "backup"], "Prefer takes arguments (sd), got (s)"),
+                            (["Nosuch"], "no method net.nmfailover.Failover1.Nosuch")):
+            result = lab.host(*call, *args, check=False)
+            assert result.returncode != 0 and error in result.stderr, (args, result.stderr)
+        assert daemon.proc.poll() is None and lab.default_route(4) == "wana"
+        assert cli(lab, "recheck", "--interface", "wanb", "--reason", "testing").stdout == "re-checking 1 uplink(s)\n"
+        daemon.wait_log(r"re-check requested for wanb \(testing\)")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["test-failover", "--seconds", "0"], "--seconds: must be a number greater than 0; got '0'"),
+    (["test-failover", "--seconds", "inf"], "--seconds: must be a number greater than 0; got 'inf'"),
+    (["prefer"], "give either UPLINK [--seconds N] or --clear"),
+    (["prefer", "backup", "--clear"], "give either UPLINK [--seconds N] or --clear"),
+    (["prefer", "backup", "--seconds", "-1"], "--seconds: must be a number of 0 or more; got '-1'"),
+    (["recheck", "extra"], "unrecognized arguments: extra"),
+])
+def test_usage_errors_exit_2_with_one_line(argv: list[str], message: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert nmfailover_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("command", ["status", "recheck", "test-failover", "prefer"])
+def test_every_command_has_help(command: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "nmfailover", command, "--help"], capture_output=True,
+                            text=True, timeout=20, check=False)
+    assert result.returncode == 0 and "exit 3 if it is not running" in " ".join(result.stdout.split())
