@@ -20,11 +20,11 @@ from typing import Any
 
 from loguru import logger
 
-from . import __version__
+from . import __version__, sdnotify
 from .bus import DBUS_LIBRARY
 from .config import ConfigError, Settings, load_settings
 from .control import BUS_NAME, AccessDenied, CallFailed, ControlError, ControlService, NotRunning, call_daemon
-from .controller import Controller, role_name
+from .controller import Controller, SwitchEvent, role_name
 from .hooks import SwitchHooks, Webhook
 from .log import setup_logging
 from .nm import NetworkManagerClient, NMError, NMUnavailable, Profile, ProfileError
@@ -149,17 +149,37 @@ async def _run(settings: Settings) -> int:
         controller.switch_listeners.append(Webhook(settings.webhook_url, controller).on_switch)
     if settings.failback_guard is not None:
         controller.failback_guard = hooks.failback_guard
-    # Ready for systemd once both `controller.ready` and `control.owned` are set.
-    watch = asyncio.create_task(control.keep_connected(), name="control-bus")
+    controller.switch_listeners.append(_report_switch)
+    background = [asyncio.create_task(control.keep_connected(), name="control-bus"),
+                  asyncio.create_task(_announce_ready(controller, control), name="sd-ready")]
+    watchdog = sdnotify.watchdog_interval()
+    if watchdog is not None:
+        # Petted from this loop: if the loop hangs, systemd kills and restarts the daemon.
+        background.append(asyncio.create_task(sdnotify.keep_alive(watchdog), name="sd-watchdog"))
     try:
         await controller.run()
     finally:
-        watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
+        sdnotify.notify("STOPPING=1")
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await control.close()
         await client.close()
     logger.info("stopped")
     return EXIT_OK
+
+
+async def _announce_ready(controller: Controller, control: ControlService) -> None:
+    """READY=1 only once the bus name is owned and the first probe round has been decided on."""
+    await controller.ready.wait()
+    await control.owned.wait()
+    preferred = controller.status()["preferred"]
+    sdnotify.notify("READY=1", f"STATUS=traffic on {preferred or 'no healthy uplink yet'}")
+
+
+async def _report_switch(event: SwitchEvent) -> None:
+    sdnotify.notify(f"STATUS=traffic on {event.state.lower()} ({event.device}) since {event.action}: "
+                    f"{event.reason}")
 
 
 async def _check(settings: Settings, as_json: bool) -> int:

@@ -12,8 +12,9 @@ from nmfailover.sandbox import NMLab
 
 
 @contextmanager
-def running_daemon(lab: NMLab, log: Path, **overrides: str) -> Iterator[DaemonProcess]:
-    daemon = DaemonProcess(lab, log, daemon_env(lab, **overrides))
+def running_daemon(lab: NMLab, log: Path, env_extra: dict[str, str] | None = None,
+                   **overrides: str) -> Iterator[DaemonProcess]:
+    daemon = DaemonProcess(lab, log, {**daemon_env(lab, **overrides), **(env_extra or {})})
     try:
         daemon.wait_log(r"managing primary=")
         yield daemon

@@ -89,3 +89,23 @@ def test_networkmanager_restart_while_failed_over_reapplies(nmlab: NMLab, tmp_pa
         wait_for(lambda: nmlab.default_routes(4)[:1] == [("wanb", 100)], 20, "backup preferred again")
         assert daemon.proc.poll() is None
         assert daemon.stop() == 0
+
+
+def test_systemd_notify_ready_watchdog_and_stopping(nmlab: NMLab, tmp_path: Path) -> None:
+    import socket
+
+    address = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(address))
+        sock.settimeout(10)
+        overrides = {"NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "400000"}
+        with running_daemon(nmlab, tmp_path / "daemon.log", env_extra=overrides) as daemon:
+            messages = [sock.recv(4096).decode() for _ in range(3)]
+            assert "ready: traffic on primary" in daemon.text(), "READY=1 before the first decision"
+            ready = next(m for m in messages if "READY=1" in m)
+            assert "STATUS=traffic on primary" in ready
+            assert sum("WATCHDOG=1" in m for m in messages) >= 1
+            assert daemon.stop() == 0
+            rest = []
+            while "STOPPING=1" not in "".join(rest):
+                rest.append(sock.recv(4096).decode())
