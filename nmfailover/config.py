@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     )
     # Backups are often metered, so they are probed less often.
     standby_interval: Seconds = Field(
-        10.0, validation_alias=AliasChoices("NMFAILOVER_STANDBY_INTERVAL", "BACKUP_CHECK_INTERVAL_IN_SECONDS")
+        30.0, validation_alias=AliasChoices("NMFAILOVER_STANDBY_INTERVAL", "BACKUP_CHECK_INTERVAL_IN_SECONDS")
     )
     # May be shorter than probe_timeout: rounds then run back to back.
     suspect_interval: Seconds = 0.5

@@ -71,6 +71,7 @@ class Uplink:
     link: LinkState
     health: UplinkHealth = field(default_factory=UplinkHealth)
     last_round: RoundResult | None = None
+    rotation: int = 0  # which targets a lean round asks next
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -172,9 +173,19 @@ class Controller:
             await self._probe_once(uplink)
             await self._reconcile()
 
+    def _round_targets(self, uplink: Uplink) -> Sequence[Target]:
+        """Every target while anything is in doubt; on a steadily healthy uplink only as many as the quorum,
+        in rotation, which cuts probe traffic (backups are often metered) without slowing detection: a
+        failed lean round makes the uplink suspect, and the next round asks every target at once."""
+        targets = self.settings.probe_targets
+        if uplink.health.health != Health.UP or uplink.health.suspect:
+            return targets
+        uplink.rotation += 1
+        return [targets[(uplink.rotation + i) % len(targets)] for i in range(self.settings.probe_quorum)]
+
     async def _probe_once(self, uplink: Uplink) -> None:
         link = Link(uplink.link.interface if uplink.link.activated else None, uplink.link.nameservers)
-        result = await self.prober(link, self.settings.probe_targets, self.settings.probe_timeout,
+        result = await self.prober(link, self._round_targets(uplink), self.settings.probe_timeout,
                                    self.settings.probe_quorum)
         before = uplink.health
         uplink.last_round = result

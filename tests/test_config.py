@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "probe_timeout": 1.0,
     "probe_quorum": 1,
     "active_interval": 2.0,
-    "standby_interval": 10.0,
+    "standby_interval": 30.0,
     "suspect_interval": 0.5,
     "fail_count": 2,
     "rise_count": 3,
@@ -89,8 +89,8 @@ VALID: list[Any] = [
         id="legacy-empty-fallback",
     ),
     pytest.param(
-        {**UPLINKS, "PRIMARY_CHECK_INTERVAL_IN_SECONDS": "5", "BACKUP_CHECK_INTERVAL_IN_SECONDS": "30"},
-        {"active_interval": 5.0, "standby_interval": 30.0},
+        {**UPLINKS, "PRIMARY_CHECK_INTERVAL_IN_SECONDS": "5", "BACKUP_CHECK_INTERVAL_IN_SECONDS": "45"},
+        {"active_interval": 5.0, "standby_interval": 45.0},
         id="legacy-intervals",
     ),
     pytest.param(
@@ -234,9 +234,9 @@ INVALID: list[Any] = [
         id="timeout-equals-active",
     ),
     pytest.param(
-        {**UPLINKS, "NMFAILOVER_ACTIVE_INTERVAL": "20", "NMFAILOVER_PROBE_TIMEOUT": "10"},
+        {**UPLINKS, "NMFAILOVER_ACTIVE_INTERVAL": "40", "NMFAILOVER_PROBE_TIMEOUT": "30"},
         "NMFAILOVER_PROBE_TIMEOUT",
-        "must be shorter than NMFAILOVER_STANDBY_INTERVAL (10.0 s); got 10.0",
+        "must be shorter than NMFAILOVER_STANDBY_INTERVAL (30.0 s); got 30.0",
         id="timeout-equals-standby",
     ),
     pytest.param(

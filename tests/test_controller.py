@@ -10,7 +10,7 @@ import pytest
 from nmfailover.config import load_settings
 from nmfailover.controller import Controller
 from nmfailover.nm import LinkState, Metrics, NMError, NMUnavailable, Profile
-from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target
+from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target, parse_target
 
 SETTINGS = load_settings(
     {
@@ -96,11 +96,13 @@ class FakeProber:
     def __init__(self) -> None:
         self.healthy = {"wana": True, "wanb": True}
         self.rounds: list[str | None] = []
+        self.asked: list[tuple[str | None, list[str]]] = []
 
     async def __call__(
         self, link: Link, targets: Sequence[Target], timeout: float, needed: int
     ) -> RoundResult:
         self.rounds.append(link.interface)
+        self.asked.append((link.interface, [t.url for t in targets]))
         if link.interface is None:
             result = ProbeResult(targets[0], False, Reason.NO_DEVICE, 0.0, "no device")
         elif self.healthy[link.interface]:
@@ -289,5 +291,25 @@ async def test_nothing_healthy_at_start_changes_nothing() -> None:
     assert nm.calls == [] and nm.priorities == {"uuid-primary": 0, "uuid-backup": 0}
     prober.healthy["wanb"] = True  # only the backup comes up: traffic goes there
     await wait_until(lambda: nm.metrics["/dev/wanb"] == (100, 100))
+    controller.stop()
+    await task
+
+
+async def test_steady_rounds_ask_the_quorum_in_rotation_and_doubt_asks_everyone() -> None:
+    urls = [f"http://192.0.2.{i}/generate_204" for i in (10, 11, 12)]
+    settings = SETTINGS.model_copy(update={"probe_targets": tuple(parse_target(u) for u in urls)})
+    nm, prober = FakeNM(), FakeProber()
+    controller = Controller(settings, nm, PROFILES, prober)
+    task = asyncio.create_task(controller.run())
+    await asyncio.wait_for(controller.ready.wait(), 2)
+    assert [len(t) for i, t in prober.asked if i == "wana"] == [3]  # first round: no verdict yet
+    await wait_until(lambda: sum(i == "wana" for i, _ in prober.asked) >= 4)
+    lean = [t for i, t in prober.asked if i == "wana"][1:4]
+    assert [len(t) for t in lean] == [1, 1, 1] and len({t[0] for t in lean}) == 3  # every target in turn
+    prober.healthy["wana"] = False
+    await wait_until(lambda: controller.current == 1)
+    after = [t for i, t in prober.asked if i == "wana"]
+    failed_lean = next(n for n, t in enumerate(after) if n > 0 and len(t) == 3)
+    assert all(len(t) == 3 for t in after[failed_lean:])  # in doubt: every target, every round
     controller.stop()
     await task
