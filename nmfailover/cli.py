@@ -22,7 +22,7 @@ from loguru import logger
 
 from . import __version__, sdnotify
 from .bus import DBUS_LIBRARY
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, uplink_variable
 from .control import BUS_NAME, AccessDenied, CallFailed, ControlError, ControlService, NotRunning, call_daemon
 from .controller import Controller, SwitchEvent, role_name
 from .hooks import SwitchHooks, Webhook
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "uplinks, run the daemon in it, cut the primary's upstream, heal "
                                            "it, print the measured times and remove everything. The "
                                            "machine's own interfaces, routes and resolver are not touched.")
-    demo.add_argument("--hold-down", type=float, default=10.0, metavar="SECONDS",
+    demo.add_argument("--hold-down", type=_seconds_arg(True), default=10.0, metavar="SECONDS",
                       help="failback hold-down for the demo (default: 10)")
 
     daemon_note = (f" Talks to the running daemon over {BUS_NAME} on the system bus; exit 3 if it is not "
@@ -117,7 +117,7 @@ async def _connect(settings: Settings, client: NetworkManagerClient) -> list[Pro
     try:
         return await client.resolve(settings.uplinks)
     except ProfileError as exc:
-        raise ConfigError("NMFAILOVER_UPLINKS", str(exc)) from exc
+        raise ConfigError(uplink_variable(settings, exc.spec), str(exc)) from exc
 
 
 async def _run(settings: Settings) -> int:

@@ -1,6 +1,7 @@
 """Settings from NMFAILOVER_* environment variables and an optional env file."""
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from io import StringIO
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydantic import (
     AliasGenerator,
     BeforeValidator,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -133,6 +135,13 @@ class Settings(BaseSettings):
     failback_guard_timeout: Seconds = 2.0
     webhook_url: str | None = None
 
+    _legacy_uplinks: bool = PrivateAttr(default=False)
+
+    @property
+    def legacy_uplink_variables(self) -> bool:
+        """True when the uplinks came from PRIMARY/BACKUP/FALLBACK_CONNECTION."""
+        return self._legacy_uplinks
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -206,6 +215,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"bad port in {value!r}") from None
             if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"must be an http:// or https:// URL with a host; got {value!r}")
+            # urlsplit quietly drops tabs and newlines and accepts any host text: refuse what no host is.
+            if any(c.isspace() or not c.isprintable() for c in value) or not _HOST.fullmatch(parts.hostname):
+                raise ValueError(f"has characters no URL host or path may hold; got {value!r}")
         return value
 
     @field_validator("log_level", mode="before")
@@ -313,6 +325,16 @@ def _uplinks(env: Mapping[str, str]) -> str | tuple[str, ...]:
     return tuple(profiles)
 
 
+_HOST = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[?[0-9a-f:.]+\]?", re.IGNORECASE)
+
+
+def uplink_variable(settings: Settings, spec: str) -> str:
+    """The variable the user wrote `spec` in: NMFAILOVER_UPLINKS, or PRIMARY/BACKUP/FALLBACK_CONNECTION."""
+    if settings.legacy_uplink_variables and spec in settings.uplinks:
+        return LEGACY_UPLINK_VARIABLES[settings.uplinks.index(spec)]
+    return "NMFAILOVER_UPLINKS"
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from `environ` (default os.environ) over the env file; every problem is a ConfigError."""
     env = dict(os.environ if environ is None else environ)
@@ -327,7 +349,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values.pop(name, None)
     values["NMFAILOVER_UPLINKS"] = _uplinks(merged)
     try:
-        return Settings(**values)
+        settings = Settings(**values)
+        # FALLBACK_CONNECTION may be empty, so the legacy names line up with the uplinks in order.
+        settings._legacy_uplinks = "NMFAILOVER_UPLINKS" not in merged
+        return settings
     except ValidationError as error:
         raise _config_error(error) from None
 

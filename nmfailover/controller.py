@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from loguru import logger
 
+from . import runstate
 from .config import Settings
 from .nm import LinkState, Metrics, NMError, NMUnavailable, Profile
 from .policy import Action, Decision, Health, PolicyParams, UplinkHealth, decide, observe
@@ -31,6 +32,7 @@ class NetworkManagerPort(Protocol):
     async def set_autoconnect_priority(self, uuid: str, priority: int) -> bool: ...
     async def profile(self, uuid: str) -> Profile: ...
     async def applied_metrics(self, device: str) -> Metrics: ...
+    async def has_profile(self, uuid: str) -> bool: ...
 
 
 Prober = Callable[[Link, Sequence[Target], float, int], Awaitable[RoundResult]]
@@ -72,6 +74,7 @@ class Uplink:
     health: UplinkHealth = field(default_factory=UplinkHealth)
     last_round: RoundResult | None = None
     rotation: int = 0  # which targets a lean round asks next
+    missing: bool = False  # its profile was deleted from NetworkManager
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -109,6 +112,7 @@ class Controller:
         self.pinned_until: float | None = None
         self._vetoed_until: float | None = None
         self._listener_tasks: set[asyncio.Future[None]] = set()
+        self._original_priority: dict[str, int] = {}
 
     # -- entry points -------------------------------------------------------------------------------
 
@@ -120,6 +124,9 @@ class Controller:
         self._stopping.set()
 
     async def run(self) -> None:
+        if self.settings.manage_autoconnect_priority:
+            self._original_priority = {u.profile.uuid: runstate.original_priority(
+                u.profile.uuid, u.profile.autoconnect_priority) for u in self.uplinks}
         await self._refresh_links()
         self.current = await self._initial_current()
         await asyncio.gather(*(self._probe_once(u) for u in self.uplinks))
@@ -409,7 +416,8 @@ class Controller:
             logger.debug("verified applied metrics: {}", ", ".join(seen))
             if settings.manage_autoconnect_priority:
                 for rank, (uplink, _) in enumerate(ranked):
-                    await self.nm.set_autoconnect_priority(uplink.profile.uuid, len(ranked) - rank)
+                    if not uplink.missing:
+                        await self.nm.set_autoconnect_priority(uplink.profile.uuid, len(ranked) - rank)
         except NMError as exc:
             logger.error("could not apply the preference for {}: {} (will retry)",
                          self.uplinks[preferred].label, exc)
@@ -426,7 +434,8 @@ class Controller:
                     await self.nm.set_route_metrics(link.device, saved.metric4, saved.metric6)
                 if self.settings.manage_autoconnect_priority:
                     await self.nm.set_autoconnect_priority(uplink.profile.uuid,
-                                                           uplink.profile.autoconnect_priority)
+                                                           self._original_priority[uplink.profile.uuid])
+                    runstate.forget_priority(uplink.profile.uuid)
                 logger.info("{}: restored its profile's own route metrics", uplink.label)
             except NMError as exc:
                 logger.error("{}: could not restore its profile's values: {}", uplink.label, exc)
@@ -444,6 +453,8 @@ class Controller:
             except NMError as exc:
                 logger.error("{}: cannot read its link: {}", uplink.label, exc)
                 link = LinkState(uuid=uplink.profile.uuid)
+            if link.device is None or uplink.missing:
+                await self._check_profile_exists(uplink)
             old = uplink.link
             if (link.device, link.interface, link.state, link.nameservers) != (
                     old.device, old.interface, old.state, old.nameservers):
@@ -455,6 +466,15 @@ class Controller:
                 changed.append(uplink)
             uplink.link = link
         return changed
+
+    async def _check_profile_exists(self, uplink: Uplink) -> None:
+        exists = await self.nm.has_profile(uplink.profile.uuid)
+        if not exists and not uplink.missing:
+            logger.error("{}: its profile {!r} ({}) was deleted from NetworkManager; it counts as down until a "
+                         "profile with this UUID returns", uplink.label, uplink.profile.id, uplink.profile.uuid)
+        elif exists and uplink.missing:
+            logger.info("{}: its profile {!r} is back", uplink.label, uplink.profile.id)
+        uplink.missing = not exists
 
     async def _event_loop(self) -> None:
         while True:

@@ -232,6 +232,15 @@ class NetworkManagerClient:
         (path,) = await self._nm(SETTINGS_PATH, IFACE_SETTINGS, "GetConnectionByUuid", "s", [uuid])
         return str(path)
 
+    async def has_profile(self, uuid: str) -> bool:
+        try:
+            await self._profile_path(uuid)
+        except NMUnavailable:
+            raise
+        except NMError:
+            return False
+        return True
+
     async def _settings(self, path: str) -> Settings:
         (settings,) = await self._nm(path, IFACE_CONNECTION, "GetSettings")
         return dict(settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,11 @@ PROFILES = [
     )
     for name, iface in (("primary", "wana"), ("backup", "wanb"))
 ]
+
+
+@pytest.fixture(autouse=True)
+def private_runtime_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
 
 
 class FakeNM:
@@ -85,6 +91,9 @@ class FakeNM:
 
     async def profile(self, uuid: str) -> Profile:
         return next(p for p in PROFILES if p.uuid == uuid)
+
+    async def has_profile(self, uuid: str) -> bool:
+        return uuid in self.links
 
     async def applied_metrics(self, device: str) -> Metrics:
         return Metrics(*self.metrics[device])
