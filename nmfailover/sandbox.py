@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -698,6 +699,10 @@ class NMLab(Topology):
             lambda: self._alive(nm, "NetworkManager") and self._bus_name_owned(_NM_BUS_NAME),
             15,
         )
+
+    def profiles_on_disk(self) -> dict[str, str]:
+        """A digest per file of NetworkManager's keyfile directory: what "nothing written to disk" is checked by."""
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(self.keyfile_dir.iterdir())}
 
     def nmcli(self, *args: str, check: bool = True) -> str:
         """nmcli in the host namespace on the private bus; returns stdout."""

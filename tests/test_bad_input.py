@@ -12,7 +12,6 @@ option fails here until it has its bad values.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import time
@@ -181,8 +180,7 @@ class Bench:
             "profiles": lab.nmcli("-t", "-f", "connection.id,connection.uuid,connection.autoconnect-priority,"
                                   "ipv4.route-metric,ipv6.route-metric,ipv4.never-default", "connection", "show",
                                   "primary", "backup", "nodefault"),
-            "keyfiles": {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-                         for p in sorted(lab.keyfile_dir.iterdir())},
+            "keyfiles": lab.profiles_on_disk(),
         }
 
     def restore(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import signal
 import time
 from pathlib import Path
@@ -18,13 +17,10 @@ pytestmark = pytest.mark.lab
 HOLD_DOWN = 4.0
 
 
-def disk_state(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
-
 
 def test_silent_outage_fails_over_and_back_then_sigterm_restores(nmlab: NMLab, tmp_path: Path) -> None:
     before4, before6 = nmlab.default_routes(4), nmlab.default_routes(6)
-    on_disk = disk_state(nmlab.keyfile_dir)
+    on_disk = nmlab.profiles_on_disk()
     primary = nmlab.upstreams[0]
     with running_daemon(nmlab, tmp_path / "daemon.log", failback_hold_down=str(HOLD_DOWN)) as daemon:
         daemon.wait_log(r"ready: traffic on primary \(wana\)")
@@ -46,7 +42,7 @@ def test_silent_outage_fails_over_and_back_then_sigterm_restores(nmlab: NMLab, t
 
         assert daemon.stop(signal.SIGTERM) == 0
     assert nmlab.default_routes(4) == before4 and nmlab.default_routes(6) == before6
-    assert disk_state(nmlab.keyfile_dir) == on_disk
+    assert nmlab.profiles_on_disk() == on_disk
     assert nmlab.nmcli("-g", "connection.autoconnect-priority", "connection", "show", "backup").strip() == "0"
 
 

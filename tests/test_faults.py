@@ -6,7 +6,6 @@ hold-down is shortened (HOLD_DOWN); where it waits for the backup to be re-probe
 
 from __future__ import annotations
 
-import hashlib
 import re
 import signal
 import subprocess
@@ -27,9 +26,6 @@ FLAP_SECONDS = 60.0
 FLAP_HALF_PERIOD = 2.0
 FLAP_HOLD_DOWN = 30.0  # the default: the scenario is about it
 
-
-def disk_state(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
 
 def preferred(lab: NMLab, device: str, other: str) -> bool:
@@ -237,7 +233,7 @@ def test_both_uplinks_dead_then_only_the_backup_returns(nmlab: NMLab, tmp_path: 
 
 
 def test_sigkill_in_the_middle_of_a_failover_leaves_a_recoverable_state(nmlab: NMLab, tmp_path: Path) -> None:
-    on_disk = disk_state(nmlab.keyfile_dir)
+    on_disk = nmlab.profiles_on_disk()
     before = nmlab.default_routes(4), nmlab.default_routes(6)
     with running_daemon(nmlab, tmp_path / "first.log") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
@@ -245,14 +241,14 @@ def test_sigkill_in_the_middle_of_a_failover_leaves_a_recoverable_state(nmlab: N
         daemon.wait_log(r"-> switching to backup")
         daemon.proc.send_signal(signal.SIGKILL)  # as soon as it decided: mid-Reapply or just after
         daemon.proc.wait(10)
-    assert disk_state(nmlab.keyfile_dir) == on_disk
+    assert nmlab.profiles_on_disk() == on_disk
 
     # A restarted daemon adopts whatever was half done and finishes the job.
     with running_daemon(nmlab, tmp_path / "second.log") as daemon:
         daemon.wait_log(r"ready: ")
         wait_preferred(nmlab, "wanb", "wana", 15)
         assert daemon.stop() == 0
-    assert disk_state(nmlab.keyfile_dir) == on_disk
+    assert nmlab.profiles_on_disk() == on_disk
 
     # Killed again, and NetworkManager re-activates the profiles: their own metrics, none of ours left.
     with running_daemon(nmlab, tmp_path / "third.log") as daemon:
@@ -266,7 +262,7 @@ def test_sigkill_in_the_middle_of_a_failover_leaves_a_recoverable_state(nmlab: N
     wait_for(lambda: {dev for dev, metric in nmlab.default_routes(4) + nmlab.default_routes(6)
                       if 100 <= metric <= 150} == {"wana", "wanb"}, 15, "the profiles' own metrics")
     assert [dev for dev, _ in before[0]] == [dev for dev, _ in nmlab.default_routes(4)]
-    assert disk_state(nmlab.keyfile_dir) == on_disk
+    assert nmlab.profiles_on_disk() == on_disk
 
 
 def test_after_sigkill_a_restarted_daemon_restores_the_saved_autoconnect_priority(nmlab: NMLab,

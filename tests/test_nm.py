@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -15,9 +13,6 @@ from nmfailover.sandbox import NMLab
 
 pytestmark = pytest.mark.lab
 
-
-def disk_state(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
 
 @pytest.fixture
@@ -84,7 +79,7 @@ async def test_metrics_switch_at_run_time_without_touching_disk_or_links(
 ) -> None:
     primary, backup = await client.resolve(["primary", "backup"])
     assert nmlab.default_route(4) == "wana" and nmlab.default_route(6) == "wana"
-    on_disk = disk_state(nmlab.keyfile_dir)
+    on_disk = nmlab.profiles_on_disk()
     link_b = await client.link_state(backup.uuid)
     link_a = await client.link_state(primary.uuid)
     assert link_a.device and link_b.device
@@ -99,7 +94,7 @@ async def test_metrics_switch_at_run_time_without_touching_disk_or_links(
     # The saved profile keeps its own values; nothing was written to the keyfile directory.
     assert (await client.profile(backup.uuid)).metric4 == -1
     assert nmlab.nmcli("-g", "ipv4.route-metric", "connection", "show", "backup").strip() == "-1"
-    assert disk_state(nmlab.keyfile_dir) == on_disk
+    assert nmlab.profiles_on_disk() == on_disk
     # No device left "activated" at any time (Reapply, not down/up), addresses and DNS survived.
     assert not [e for e in client.events if "activated ->" in e]  # type: ignore[attr-defined]
     after = await client.link_state(backup.uuid)
@@ -112,12 +107,12 @@ async def test_metrics_switch_at_run_time_without_touching_disk_or_links(
 
 async def test_autoconnect_priority_in_memory_only(nmlab: NMLab, client: NetworkManagerClient) -> None:
     _, backup = await client.resolve(["primary", "backup"])
-    on_disk = disk_state(nmlab.keyfile_dir)
+    on_disk = nmlab.profiles_on_disk()
     assert await client.set_autoconnect_priority(backup.uuid, 7) is True
     assert (await client.profile(backup.uuid)).autoconnect_priority == 7
     assert nmlab.nmcli("-g", "connection.autoconnect-priority", "connection", "show", "backup").strip() == "7"
     assert await client.set_autoconnect_priority(backup.uuid, 7) is False
-    assert disk_state(nmlab.keyfile_dir) == on_disk
+    assert nmlab.profiles_on_disk() == on_disk
     link = await client.link_state(backup.uuid)
     assert link.activated  # Update2 with NO_REAPPLY leaves the running link alone
 
