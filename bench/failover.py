@@ -753,7 +753,7 @@ def summarise(results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                        f"{fp['rss_kib_max'] / 1024:.1f} MiB | median and max of {len(fp['rss_kib_samples'])} samples |")
         t.lines.append(f"| CPU (utime+stime) | {fp['cpu_percent']:.2f} % | | | {fp['cpu_seconds']:.1f} s of CPU in "
                        f"{fp['elapsed']:.0f} s |")
-        for dev, role, interval in (("wana", "primary", "2"), ("wanb", "backup", "10")):
+        for dev, role, interval in (("wana", "primary", "2"), ("wanb", "backup", "30")):
             t.lines.append(f"| probe traffic, {role} (probed every {interval} s) | {day(fp['bytes_per_s'][dev], dev)} "
                            f"| | | {fp['http_requests'][dev]} HTTP requests; lab background subtracted |")
         vfr = fp.get("virtual_failover_bytes_per_s")
