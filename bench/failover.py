@@ -32,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nmfailover.config import Settings
 from nmfailover.demo import DaemonProcess, daemon_env
 from nmfailover.nm import NetworkManagerClient
 from nmfailover.sandbox import TARGET_ADDRESSES, NMLab, lab_available
@@ -535,7 +536,10 @@ def _traffic(lab: NMLab, seconds: float) -> dict[str, float]:
 
 
 def run_footprint(workdir: Path, seconds: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"seconds": seconds}
+    # The daemon's own defaults, so the table says what was measured even after they change.
+    fields = Settings.model_fields
+    out: dict[str, Any] = {"seconds": seconds, "intervals": {"wana": fields["active_interval"].default,
+                                                             "wanb": fields["standby_interval"].default}}
     with NMLab(2) as lab:
         # The lab's own chatter (IPv6 router solicitations and the like) is not the daemon's.
         out["baseline_bytes_per_s"] = _traffic(lab, min(BASELINE_SECONDS, seconds))
@@ -753,8 +757,10 @@ def summarise(results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                        f"{fp['rss_kib_max'] / 1024:.1f} MiB | median and max of {len(fp['rss_kib_samples'])} samples |")
         t.lines.append(f"| CPU (utime+stime) | {fp['cpu_percent']:.2f} % | | | {fp['cpu_seconds']:.1f} s of CPU in "
                        f"{fp['elapsed']:.0f} s |")
-        for dev, role, interval in (("wana", "primary", "2"), ("wanb", "backup", "30")):
-            t.lines.append(f"| probe traffic, {role} (probed every {interval} s) | {day(fp['bytes_per_s'][dev], dev)} "
+        intervals = fp.get("intervals", {})
+        for dev, role in (("wana", "primary"), ("wanb", "backup")):
+            every = f" (rounds every {intervals[dev]:g} s)" if dev in intervals else ""
+            t.lines.append(f"| probe traffic, {role}{every} | {day(fp['bytes_per_s'][dev], dev)} "
                            f"| | | {fp['http_requests'][dev]} HTTP requests; lab background subtracted |")
         vfr = fp.get("virtual_failover_bytes_per_s")
         if vfr:
@@ -780,7 +786,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated parts to run (default: all)")
     parser.add_argument("--nm-triggered-runs", type=int, default=3)
     parser.add_argument("--footprint-seconds", type=float, default=FOOTPRINT_SECONDS)
+    parser.add_argument("--table-from", type=Path, metavar="JSON", help="only print the table of an earlier run")
     args = parser.parse_args(argv)
+    if args.table_from is not None:
+        earlier = json.loads(args.table_from.read_text())
+        print(earlier["header"] + "\n\n" + summarise(earlier)[0])
+        return 0
     problem = lab_available()
     if problem is not None:
         print(f"bench: {problem}", file=sys.stderr)
