@@ -36,6 +36,8 @@ def daemon_env(lab: NMLab, **overrides: str) -> dict[str, str]:
         "NMFAILOVER_PROBE_URLS": LAB_PROBE_URLS,
         "NMFAILOVER_ENV_FILE": "/dev/null",
         "NMFAILOVER_LOG_LEVEL": "DEBUG",
+        # The sandbox's profiles are gone with it: so is what the daemon remembers about them.
+        "RUNTIME_DIRECTORY": str(lab.workdir / "run-nmfailover"),
         "NMFAILOVER_HOOKS_DIR": "",  # never the machine's own hooks
     })
     env.update({f"NMFAILOVER_{k.upper()}": v for k, v in overrides.items()})
