@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from nmfailover.probe import DEFAULT_TARGETS, Target, parse_target
+from nmfailover.probe import DEFAULT_TARGETS, Target, check_url, parse_target
 
 PREFIX = "NMFAILOVER_"
 ENV_FILE_VARIABLE = "NMFAILOVER_ENV_FILE"
@@ -208,15 +208,10 @@ class Settings(BaseSettings):
             if not value.strip():
                 return None
             value = value.strip()
-            parts = urlsplit(value)
-            try:
-                _ = parts.port  # urlsplit only checks the port when asked
-            except ValueError:
-                raise ValueError(f"bad port in {value!r}") from None
-            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"must be an http:// or https:// URL with a host; got {value!r}")
+            check_url(value)
             # urlsplit quietly drops tabs and newlines and accepts any host text: refuse what no host is.
-            if any(c.isspace() or not c.isprintable() for c in value) or not _HOST.fullmatch(parts.hostname):
+            hostname = urlsplit(value).hostname or ""
+            if any(c.isspace() or not c.isprintable() for c in value) or not _HOST.fullmatch(hostname):
                 raise ValueError(f"has characters no URL host or path may hold; got {value!r}")
         return value
 

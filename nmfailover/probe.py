@@ -64,10 +64,11 @@ DEFAULT_TARGETS: tuple[Target, ...] = (
 )
 
 
-def _check_url(url: str) -> None:
+def check_url(url: str) -> None:
+    """ValueError unless `url` is an http(s) URL with a host and a valid port."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError(f"{url}: only http:// and https:// targets are supported")
+        raise ValueError(f"{url}: only http:// and https:// URLs are supported")
     if not parts.hostname:
         raise ValueError(f"{url}: no host in URL")
     try:
@@ -82,7 +83,7 @@ def parse_target(spec: str) -> Target:
     if not words:
         raise ValueError("empty target: expected 'URL [STATUS [BODY-SUBSTRING]]'")
     url = words[0]
-    _check_url(url)
+    check_url(url)
     if len(words) == 1:
         for known in DEFAULT_TARGETS:
             if known.url == url:
@@ -458,7 +459,7 @@ async def probe(link: Link, target: Target, timeout: float) -> ProbeResult:
             # The kernel keeps routes on a link that lost its carrier; probing it would only time out.
             raise _Failure(Reason.NO_DEVICE, f"{link.interface} has no carrier")
         try:
-            _check_url(target.url)
+            check_url(target.url)
         except ValueError as exc:
             raise _Failure(Reason.CONNECT, f"invalid URL {exc}") from None
         deadline = asyncio.get_running_loop().time() + timeout
