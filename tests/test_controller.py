@@ -138,6 +138,17 @@ async def harness() -> tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]
     return controller, nm, prober, task
 
 
+@pytest.fixture
+async def slow_harness() -> tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]]:
+    """Rounds only every 5 s: any round sooner was caused by an event, however loaded the machine."""
+    slow = SETTINGS.model_copy(update={"active_interval": 5.0, "standby_interval": 5.0, "suspect_interval": 5.0})
+    nm, prober = FakeNM(), FakeProber()
+    controller = Controller(slow, nm, PROFILES, prober)
+    task = asyncio.create_task(controller.run())
+    await asyncio.wait_for(controller.ready.wait(), 2)
+    return controller, nm, prober, task
+
+
 async def test_starts_on_primary_and_ranks_metrics(
     harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
 ) -> None:
@@ -183,14 +194,14 @@ async def test_failed_write_is_retried_and_never_crashes(
 
 
 async def test_link_event_triggers_immediate_probe_and_reactivation_reapplies(
-    harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
+    slow_harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
 ) -> None:
-    controller, nm, prober, task = harness
+    controller, nm, prober, task = slow_harness
     await asyncio.sleep(0.06)  # let the loops settle into their intervals
     nm.links["uuid-primary"] = LinkState(uuid="uuid-primary", device="/dev/wana", interface="wana", state=20)
     prober.rounds.clear()
     controller.on_nm_event("device 1 activated -> unavailable")
-    await wait_until(lambda: None in prober.rounds, timeout=0.04)  # well before the 50 ms interval
+    await wait_until(lambda: None in prober.rounds, timeout=2)  # well before the 5 s interval
     await wait_until(lambda: controller.current == 1)  # no device: down at once, no fail count
     # NetworkManager re-activates the profile with its own metrics: the preference is put back.
     nm.metrics["/dev/wana"] = (-1, -1)
@@ -275,13 +286,13 @@ async def test_guard_vetoes_failback_until_it_allows(
 
 
 async def test_recheck_wakes_only_the_named_uplink(
-    harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
+    slow_harness: tuple[Controller, FakeNM, FakeProber, asyncio.Task[None]],
 ) -> None:
-    controller, _, prober, task = harness
+    controller, _, prober, task = slow_harness
     await asyncio.sleep(0.06)
     prober.rounds.clear()
     assert await controller.recheck("wanb", "dhcp4-change") == 1
-    await wait_until(lambda: "wanb" in prober.rounds, timeout=0.04)
+    await wait_until(lambda: "wanb" in prober.rounds, timeout=2)  # well before the 5 s interval
     assert await controller.recheck("", "") == 2
     status = controller.status()
     assert [u["device"] for u in status["uplinks"]] == ["wana", "wanb"]
