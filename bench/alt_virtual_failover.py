@@ -1,4 +1,4 @@
-"""The virtual-failover method, re-created from its description (shared/reference/prior-art.md) for the benchmark.
+"""The virtual-failover method, re-created from its description (shared/reference/prior-art.md) for the bench.
 
 Not nmfailover code and not virtual-failover's code: the same method, written small. Per link, a check is
 `curl --interface IFACE -sI --max-time 1 --connect-timeout 1 URL` against a random target, up to 4 tries,
@@ -29,8 +29,8 @@ def log(event: str) -> None:
 
 def probe(iface: str, targets: Sequence[str], resolve: Sequence[str]) -> bool:
     for _ in range(TRIES):
-        argv = ["curl", "--interface", iface, "-sI", "--max-time", "1", "--connect-timeout", "1", "-o",
-                "/dev/null"]
+        argv = ["curl", "--interface", iface, "-sI", "--max-time", "1", "--connect-timeout", "1"]
+        argv += ["-o", "/dev/null"]
         for entry in resolve:
             argv += ["--resolve", entry]
         # curl exits 0 on any HTTP answer (no --fail): a 302 or 500 counts as up, as in the original.
@@ -40,8 +40,13 @@ def probe(iface: str, targets: Sequence[str], resolve: Sequence[str]) -> bool:
 
 
 def profile_on(iface: str) -> str:
-    out = subprocess.run(["nmcli", "-g", "GENERAL.CONNECTION", "device", "show", iface], check=True,
-                         capture_output=True, text=True, timeout=10).stdout.strip()
+    out = subprocess.run(
+        ["nmcli", "-g", "GENERAL.CONNECTION", "device", "show", iface],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
     if not out:
         raise SystemExit(f"no active profile on {iface}")
     return out
@@ -52,10 +57,17 @@ def switch(preferred: int, profiles: Sequence[str]) -> None:
     order = [preferred] + [i for i in range(len(profiles)) if i != preferred]
     for rank, index in enumerate(order):
         metric = str(100 + 100 * rank)
-        subprocess.run(["nmcli", "connection", "modify", profiles[index], "ipv4.route-metric", metric,
-                        "ipv6.route-metric", metric], check=False, timeout=SWITCH_TIMEOUT)
-    restarts = [subprocess.Popen(["sh", "-c", 'nmcli connection down "$1"; nmcli connection up "$1"', "sh",
-                                  name], stdout=subprocess.DEVNULL) for name in profiles]
+        metrics = ["ipv4.route-metric", metric, "ipv6.route-metric", metric]
+        subprocess.run(
+            ["nmcli", "connection", "modify", profiles[index], *metrics], check=False, timeout=SWITCH_TIMEOUT
+        )
+    restarts = [
+        subprocess.Popen(
+            ["sh", "-c", 'nmcli connection down "$1"; nmcli connection up "$1"', "sh", name],
+            stdout=subprocess.DEVNULL,
+        )
+        for name in profiles
+    ]
     for proc in restarts:
         proc.wait(SWITCH_TIMEOUT)
     log(f"switched to {profiles[preferred]}")

@@ -12,30 +12,35 @@ import argparse
 import asyncio
 import json
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from loguru import logger
-
-from . import __version__, sdnotify
-from .bus import DBUS_LIBRARY
-from .config import ConfigError, Settings, load_settings, uplink_variable
-from .control import BUS_NAME, AccessDenied, CallFailed, ControlError, ControlService, NotRunning, call_daemon
-from .controller import Controller, SwitchEvent, role_name
-from .hooks import SwitchHooks, Webhook
+from . import __version__
+from .config import Settings, load_settings
+from .control import BUS_NAME, call_daemon
+from .daemon import connect, run_daemon
+from .engine import role_name
+from .errors import (
+    ConfigError,
+    ControlAccessDenied,
+    ControlCallFailed,
+    ControlError,
+    DaemonNotRunning,
+    NmfailoverError,
+    NMUnavailable,
+)
 from .log import setup_logging
-from .nm import NetworkManagerClient, NMError, NMUnavailable, Profile, ProfileError
+from .nm import NetworkManagerClient
 from .probe import Link, probe_round
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_DENIED = 0, 1, 2, 3, 4
 CLIENT_COMMANDS = ("status", "recheck", "test-failover", "prefer")
 
 
-class UsageError(Exception):
-    pass
+class UsageError(NmfailoverError):
+    """A mistyped command line: argparse's message, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,80 +117,10 @@ def _seconds_arg(zero_ok: bool) -> Callable[[str], float]:
     return parse
 
 
-async def _connect(settings: Settings, client: NetworkManagerClient) -> list[Profile]:
-    await client.connect()
-    try:
-        return await client.resolve(settings.uplinks)
-    except ProfileError as exc:
-        raise ConfigError(uplink_variable(settings, exc.spec), str(exc)) from exc
-
-
-async def _run(settings: Settings) -> int:
-    controller: Controller | None = None
-    client = NetworkManagerClient(on_event=lambda what: controller.on_nm_event(what) if controller else None)
-    try:
-        profiles = await _connect(settings, client)
-    except NMError as exc:
-        logger.error("cannot start: {}", exc)
-        return EXIT_FAILURE
-    controller = Controller(settings, client, profiles, probe_round)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, controller.stop)
-    logger.info("nmfailover {} managing {} over {} ({})", __version__,
-                ", ".join(f"{role_name(i)}={p.id}" for i, p in enumerate(profiles)), DBUS_LIBRARY,
-                await client.version())
-    control = ControlService(controller)
-    try:
-        # Before anything changes: a second instance must stop here, not fight the first over metrics.
-        await control.start()
-    except ControlError as exc:
-        logger.error("cannot start: {}", exc)
-        await client.close()
-        return EXIT_FAILURE
-    hooks = SwitchHooks(settings, controller.uplinks)
-    controller.switch_listeners += [control.on_switch, hooks.on_switch]
-    if settings.webhook_url:
-        controller.switch_listeners.append(Webhook(settings.webhook_url, controller).on_switch)
-    if settings.failback_guard is not None:
-        controller.failback_guard = hooks.failback_guard
-    controller.switch_listeners.append(_report_switch)
-    background = [asyncio.create_task(control.keep_connected(), name="control-bus"),
-                  asyncio.create_task(_announce_ready(controller, control), name="sd-ready")]
-    watchdog = sdnotify.watchdog_interval()
-    if watchdog is not None:
-        # Petted from this loop: if the loop hangs, systemd kills and restarts the daemon.
-        background.append(asyncio.create_task(sdnotify.keep_alive(watchdog), name="sd-watchdog"))
-    try:
-        await controller.run()
-    finally:
-        sdnotify.notify("STOPPING=1")
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        await control.close()
-        await client.close()
-    logger.info("stopped")
-    return EXIT_OK
-
-
-async def _announce_ready(controller: Controller, control: ControlService) -> None:
-    """READY=1 only once the bus name is owned and the first probe round has been decided on."""
-    await controller.ready.wait()
-    await control.owned.wait()
-    preferred = controller.status()["preferred"]
-    sdnotify.notify("READY=1", f"STATUS=traffic on {preferred or 'no healthy uplink yet'}")
-
-
-async def _report_switch(event: SwitchEvent) -> None:
-    sdnotify.notify(f"STATUS=traffic on {event.state.lower()} ({event.device}) since {event.action}: "
-                    f"{event.reason}")
-
-
 async def _check(settings: Settings, as_json: bool) -> int:
     client = NetworkManagerClient()
     try:
-        profiles = await _connect(settings, client)
+        profiles = await connect(settings, client)
         links = [await client.link_state(p.uuid) for p in profiles]
     except NMUnavailable as exc:
         print(f"nmfailover: {exc}", file=sys.stderr)
@@ -283,16 +218,16 @@ def _run_client(args: argparse.Namespace) -> int:
         raise UsageError("nmfailover prefer: give either UPLINK [--seconds N] or --clear")
     try:
         return asyncio.run(_client(args))
-    except NotRunning:
+    except DaemonNotRunning:
         print(f"nmfailover: the daemon is not running (no {BUS_NAME} on the system bus)", file=sys.stderr)
         return EXIT_NOT_RUNNING
-    except AccessDenied as exc:
+    except ControlAccessDenied as exc:
         print(f"nmfailover: access denied by the D-Bus policy (root or the nmfailover group only): {exc}",
               file=sys.stderr)
         return EXIT_DENIED
-    except CallFailed as exc:
+    except ControlCallFailed as exc:
         print(f"nmfailover: {exc}", file=sys.stderr)
-        return EXIT_USAGE if exc.error_name.endswith(".InvalidArgs") else EXIT_FAILURE
+        return EXIT_USAGE if exc.dbus_error.endswith(".InvalidArgs") else EXIT_FAILURE
     except ControlError as exc:
         print(f"nmfailover: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -302,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "demo":
-            from .demo import run_demo  # the sandbox is not needed by the daemon itself
+            from .lab.demo import run_demo  # the sandbox is no part of the daemon
 
             return run_demo(args.hold_down)
         if args.command in CLIENT_COMMANDS:
@@ -318,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level)
     try:
         if args.command == "run":
-            return asyncio.run(_run(settings))
+            return asyncio.run(run_daemon(settings))
         return asyncio.run(_check(settings, args.json))
     except ConfigError as exc:
         print(f"nmfailover: {exc}", file=sys.stderr)

@@ -1,14 +1,13 @@
 """Settings from NMFAILOVER_* environment variables and an optional env file."""
 
+import enum
 import os
 import re
 from collections.abc import Callable, Mapping
-from io import StringIO
 from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
 from urllib.parse import urlsplit
 
-from dotenv.parser import parse_stream
 from pydantic import (
     AliasChoices,
     AliasGenerator,
@@ -23,28 +22,34 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from nmfailover.probe import DEFAULT_TARGETS, Target, check_url, parse_target
 
+# Re-exported (the redundant alias says so to mypy): callers catch config.ConfigError.
+from .errors import ConfigError as ConfigError
+
 PREFIX = "NMFAILOVER_"
 ENV_FILE_VARIABLE = "NMFAILOVER_ENV_FILE"
 DEFAULT_ENV_FILE = Path("/etc/nmfailover/nmfailover.env")
 DEFAULT_HOOKS_DIR = Path("/etc/nmfailover/hooks.d")
 # What the daemon sets for switch hooks (hooks.py), not settings: a hook that runs `nmfailover check`
 # passes them on, and that must not be refused as a typo.
-EVENT_VARIABLES = frozenset({
-    "NMFAILOVER_STATE", "NMFAILOVER_ACTION", "NMFAILOVER_FROM", "NMFAILOVER_TO", "NMFAILOVER_FROM_DEVICE",
-    "NMFAILOVER_DEVICE", "NMFAILOVER_GATEWAY4", "NMFAILOVER_GATEWAY6", "NMFAILOVER_REASON", "NMFAILOVER_AT",
-})
+EVENT_VARIABLES = frozenset(
+    {
+        "NMFAILOVER_STATE",
+        "NMFAILOVER_ACTION",
+        "NMFAILOVER_FROM",
+        "NMFAILOVER_TO",
+        "NMFAILOVER_FROM_DEVICE",
+        "NMFAILOVER_DEVICE",
+        "NMFAILOVER_GATEWAY4",
+        "NMFAILOVER_GATEWAY6",
+        "NMFAILOVER_REASON",
+        "NMFAILOVER_AT",
+    }
+)
 # virtual-failover's names; FALLBACK is optional there too.
 LEGACY_UPLINK_VARIABLES = ("PRIMARY_CONNECTION", "BACKUP_CONNECTION", "FALLBACK_CONNECTION")
 MAX_METRIC = 4_294_967_295  # NetworkManager stores route metrics as uint32
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 _BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-
-
-class ConfigError(Exception):
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
-        self.variable = variable
-        self.problem = problem
 
 
 _N = TypeVar("_N", int, float)
@@ -245,7 +250,8 @@ class Settings(BaseSettings):
         if self.probe_quorum > len(self.probe_targets):
             raise ConfigError(
                 "NMFAILOVER_PROBE_QUORUM",
-                f"must not exceed the number of probe targets ({len(self.probe_targets)}); got {self.probe_quorum}",
+                f"must not exceed the number of probe targets ({len(self.probe_targets)}); "
+                f"got {self.probe_quorum}",
             )
         highest = self.metric_base + (len(self.uplinks) - 1) * self.metric_step
         if highest > MAX_METRIC:
@@ -266,34 +272,222 @@ def _known_variables() -> frozenset[str]:
     return frozenset(names)
 
 
+# The env file is read twice: by systemd (EnvironmentFile=- in nmfailover.service) into the daemon's
+# environment, and by load_settings() for `nmfailover check` and runs outside systemd. Both must get the
+# same values, so this is systemd's grammar (parse_env_file_internal() in src/basic/env-file.c, the same in
+# 252, Debian 12's, as today but for one case below; tests/test_config.py checks its tables against the
+# real one), not the shell's. Not pydantic-settings' env_file either: python-dotenv, under it, reads shell
+# syntax systemd does not (`export`, `# comments` after a value), expands ${VAR} and skips a bad line with
+# a mere warning. What is read:
+# - A line ends at \n (CRLF too). Blank lines and lines whose first non-blank character is # or ; are
+#   skipped. Spaces and tabs around NAME, and after =, are dropped.
+# - NAME is letters, digits and _, not starting with a digit. Of two lines for one NAME, the later wins.
+# - An unquoted value runs to the line end, trailing blanks dropped; quotes, # and $ in it are kept as
+#   they are. \ keeps the next character (\\ is one \, "\ " a kept space); \ at the line end joins the
+#   next line. Nothing is expanded.
+# - '...' keeps everything up to the next '. "..." keeps everything up to the next unescaped "; in it \
+#   escapes " \ ` $, joins lines before a line end, and stays before anything else. Pieces join up:
+#   A="a b"c is "a bc", and blanks right after a closing quote are dropped.
+# The subset: whatever systemd would quietly skip, or read in a way the file's author hardly meant, is
+# refused with its line number instead. That is a line without =, an invalid NAME (`export NAME=...`, a
+# byte order mark, a space in NAME), a quote not closed on its own line (systemd would swallow the
+# following lines into the value, and takes a quote still open at the end as closed), a comment ending in
+# \ (252 takes the next line as comment too, 254 and later do not), a carriage return other than in CRLF
+# (systemd ends the line there), and a NUL or invalid UTF-8 (systemd skips the whole file). No setting
+# can hold a line break, so a value spanning lines other than by \ continuation is no loss.
+_WHITESPACE = " \t\n\r"
+_NEWLINE = "\n\r"  # systemd ends a line at either; a lone \r is refused, so \r only comes before \n here
+_COMMENT_START = "#;"
+_DOUBLE_QUOTE_ESCAPES = '"\\`$'  # what a \ inside "..." escapes (systemd's SHELL_NEED_ESCAPE)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # ASCII only, as systemd's env_name_is_valid()
+
+
+class _State(enum.Enum):
+    PRE_KEY = enum.auto()
+    KEY = enum.auto()
+    PRE_VALUE = enum.auto()
+    VALUE = enum.auto()
+    VALUE_ESCAPE = enum.auto()
+    SINGLE_QUOTE = enum.auto()
+    DOUBLE_QUOTE = enum.auto()
+    DOUBLE_QUOTE_ESCAPE = enum.auto()
+    COMMENT = enum.auto()
+    COMMENT_ESCAPE = enum.auto()
+
+
+class EnvFileError(ValueError):
+    """One line of an env file that systemd would read differently or not at all."""
+
+    def __init__(self, line: int, problem: str) -> None:
+        super().__init__(f"line {line}: {problem}")
+        self.line = line
+        self.problem = problem
+
+
+def _line_at(text: str, line: int) -> str:
+    return text.split("\n")[line - 1].strip(_WHITESPACE)
+
+
+def _checked_name(key: list[str], end: int | None, line: int) -> str:
+    name = "".join(key[:end])
+    if _NAME.fullmatch(name):
+        return name
+    words = name.split()
+    if len(words) == 2 and words[0] == "export" and _NAME.fullmatch(words[1]):
+        problem = f"'export' is shell syntax systemd does not understand; write {words[1]}=value"
+    elif line == 1 and name.startswith("\ufeff"):  # editors on Windows may add one
+        problem = "the file starts with a byte order mark, which systemd does not skip; save it without one"
+    else:
+        problem = f"{name!r} is not a variable name (letters, digits and _, not starting with a digit)"
+    raise EnvFileError(line, problem)
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """NAME -> value as systemd's EnvironmentFile= reads `text`; EnvFileError where it would not."""
+    for index, char in enumerate(text):
+        if char == "\0":
+            problem = "has a NUL character (systemd would skip the whole file)"
+        elif char == "\r" and not text.startswith("\n", index + 1):
+            problem = "has a carriage return not followed by a line feed, where systemd ends the line"
+        else:
+            continue
+        raise EnvFileError(text.count("\n", 0, index) + 1, problem)
+
+    values: dict[str, str] = {}
+    state = _State.PRE_KEY
+    key: list[str] = []
+    value: list[str] = []
+    key_end: int | None = None  # where trailing whitespace in the key starts
+    value_end: int | None = None  # where unescaped trailing whitespace in an unquoted value starts
+    line = key_line = quote_line = 1
+
+    def unclosed(quote: str) -> EnvFileError:
+        where = "" if quote_line == line else f" (opened on line {quote_line})"
+        return EnvFileError(line, f"{quote} not closed on its line{where}")
+
+    for char in text:
+        match state:
+            case _State.PRE_KEY:
+                if char in _COMMENT_START:
+                    state = _State.COMMENT
+                elif char not in _WHITESPACE:
+                    state, key, key_end, key_line = _State.KEY, [char], None, line
+            case _State.KEY:
+                if char in _NEWLINE:
+                    raise EnvFileError(line, f"expected NAME=value, got {_line_at(text, line)!r}")
+                if char == "=":
+                    state, value, value_end = _State.PRE_VALUE, [], None
+                else:
+                    if char not in _WHITESPACE:
+                        key_end = None
+                    elif key_end is None:
+                        key_end = len(key)
+                    key.append(char)
+            case _State.PRE_VALUE:
+                if char in _NEWLINE:
+                    state = _State.PRE_KEY
+                    values[_checked_name(key, key_end, key_line)] = "".join(value)
+                elif char == "'":
+                    state, quote_line = _State.SINGLE_QUOTE, line
+                elif char == '"':
+                    state, quote_line = _State.DOUBLE_QUOTE, line
+                elif char == "\\":
+                    state = _State.VALUE_ESCAPE
+                elif char not in _WHITESPACE:
+                    state = _State.VALUE
+                    value.append(char)
+            case _State.VALUE:
+                if char in _NEWLINE:
+                    state = _State.PRE_KEY
+                    values[_checked_name(key, key_end, key_line)] = "".join(value[:value_end])
+                elif char == "\\":
+                    state, value_end = _State.VALUE_ESCAPE, None
+                else:
+                    if char not in _WHITESPACE:
+                        value_end = None
+                    elif value_end is None:
+                        value_end = len(value)
+                    value.append(char)
+            case _State.VALUE_ESCAPE:
+                state = _State.VALUE
+                if char not in _NEWLINE:  # \ before a line end joins the lines
+                    value.append(char)
+            case _State.SINGLE_QUOTE:
+                if char in _NEWLINE:
+                    raise unclosed("single quote (')")
+                if char == "'":
+                    state = _State.PRE_VALUE
+                else:
+                    value.append(char)
+            case _State.DOUBLE_QUOTE:
+                if char in _NEWLINE:
+                    raise unclosed('double quote (")')
+                if char == '"':
+                    state = _State.PRE_VALUE
+                elif char == "\\":
+                    state = _State.DOUBLE_QUOTE_ESCAPE
+                else:
+                    value.append(char)
+            case _State.DOUBLE_QUOTE_ESCAPE:
+                state = _State.DOUBLE_QUOTE
+                if char in _DOUBLE_QUOTE_ESCAPES:
+                    value.append(char)
+                elif char != "\n":  # \ before \r stays, and the \n after it then ends the line unclosed
+                    value += ("\\", char)
+            case _State.COMMENT:
+                if char == "\\":
+                    state = _State.COMMENT_ESCAPE
+                elif char in _NEWLINE:
+                    state = _State.PRE_KEY
+            case _State.COMMENT_ESCAPE:
+                if char == "\n":
+                    raise EnvFileError(
+                        line,
+                        "comment ends in a backslash, so systemd would take the next line as comment too",
+                    )
+                state = _State.COMMENT
+        if char == "\n":
+            line += 1
+
+    # At the end of the text, as at a line end; systemd also takes an open quote as closed, we do not.
+    match state:
+        case _State.KEY:
+            raise EnvFileError(line, f"expected NAME=value, got {_line_at(text, line)!r}")
+        case _State.SINGLE_QUOTE:
+            raise unclosed("single quote (')")
+        case _State.DOUBLE_QUOTE | _State.DOUBLE_QUOTE_ESCAPE:
+            raise unclosed('double quote (")')
+        case _State.PRE_VALUE | _State.VALUE_ESCAPE:
+            values[_checked_name(key, key_end, key_line)] = "".join(value)
+        case _State.VALUE:
+            values[_checked_name(key, key_end, key_line)] = "".join(value[:value_end])
+    return values
+
+
 def _read_env_file(environ: Mapping[str, str]) -> dict[str, str]:
     named = environ.get(ENV_FILE_VARIABLE)
     if named == "":  # lets an operator (or a test) turn the default file off
         return {}
     path = DEFAULT_ENV_FILE if named is None else Path(named)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()  # bytes: read_text() would turn a lone \r into a line end unseen
     except FileNotFoundError:
         if named is None:
             return {}
         raise ConfigError(ENV_FILE_VARIABLE, f"no such file: {path}") from None
     except OSError as error:
         raise ConfigError(ENV_FILE_VARIABLE, f"cannot read {path}: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(ENV_FILE_VARIABLE, f"{path} is not UTF-8 text") from None
-    values: dict[str, str] = {}
-    # parse_stream rather than dotenv_values: that one only warns about a malformed line and skips it, and
-    # would expand ${VAR} from os.environ.
-    for binding in parse_stream(StringIO(text)):
-        if binding.error or (binding.key is not None and binding.value is None):
-            raw = binding.original.string
-            line = binding.original.line + raw[: len(raw) - len(raw.lstrip())].count("\n")
-            raise ConfigError(
-                ENV_FILE_VARIABLE, f"{path} line {line}: expected NAME=value, got {raw.strip()!r}"
-            )
-        if binding.key is not None and binding.value is not None:
-            values[binding.key] = binding.value
-    return values
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            ENV_FILE_VARIABLE, f"{path} line {line}: not UTF-8 text (systemd would skip the whole file)"
+        ) from None
+    try:
+        return parse_env_file(text)
+    except EnvFileError as error:
+        raise ConfigError(ENV_FILE_VARIABLE, f"{path} line {error.line}: {error.problem}") from None
 
 
 def _uplinks(env: Mapping[str, str]) -> str | tuple[str, ...]:

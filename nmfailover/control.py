@@ -5,28 +5,30 @@ dbus-next), like nm.py. Who may call what is the bus's business (packaging/dbus/
 call the policy denied.
 
 Methods (interface net.nmfailover.Failover1, object /net/nmfailover/Failover1):
-  Status() -> s                   the Controller.status() dict as JSON text
+  Status() -> s                   the Operator.status() dict as JSON text
   Recheck(s interface, s reason) -> u   probe now; returns how many uplinks will be probed
   ForceFailover(d seconds)        move traffic off the current uplink for a while (the "failover test")
   EndForce()
   Prefer(s uplink, d seconds)     pin an uplink; 0 seconds = until ClearPreference
   ClearPreference()
 Signal Switched(s from, s to, s reason, s details): profile ids, and the SwitchEvent as JSON.
-A bad argument gets the error net.nmfailover.Failover1.Error.InvalidArgs with a one-line message.
+A bad argument gets the error net.nmfailover.Failover1.Error.InvalidArgs with a one-line message; anything
+else that goes wrong is a bug: logged with its traceback and answered with ...Error.Failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from loguru import logger
 
 from .bus import BusType, Message, MessageBus, MessageFlag, MessageType
-from .controller import Controller, SwitchEvent
+from .engine import Operator, SwitchEvent
+from .engine.supervisor import Liveness
+from .errors import ControlAccessDenied, ControlCallFailed, ControlError, DaemonNotRunning, InvalidRequest
 
 BUS_NAME = "net.nmfailover.Failover1"
 OBJECT_PATH = "/net/nmfailover/Failover1"
@@ -35,6 +37,7 @@ ERROR_INVALID_ARGS = f"{INTERFACE}.Error.InvalidArgs"
 ERROR_FAILED = f"{INTERFACE}.Error.Failed"
 CALL_TIMEOUT = 5.0
 RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
+IDLE_BEAT = 5.0
 
 _DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
 _INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
@@ -84,42 +87,29 @@ INTROSPECTION = _DOCTYPE + f"""<node>
 _PARENTS = {"/": "net", "/net": "nmfailover", "/net/nmfailover": "Failover1"}
 
 
-class ControlError(Exception):
-    """The control interface cannot start (bus unreachable, name taken or not allowed)."""
-
-
-def _seconds(value: float, what: str) -> float:
-    # A JSON status with Infinity in it would be unreadable for most clients.
-    if not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number; got {value}")
-    return value
-
-
 class ControlService:
-    """Owns BUS_NAME on its own system bus connection and answers calls with the controller's operator API."""
+    """Owns BUS_NAME on its own system bus connection and answers calls with the operator's API."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
+    def __init__(self) -> None:
         self.owned = asyncio.Event()  # set while the name is ours: what readiness waits for
+        self._operator: Operator | None = None
         self._bus: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._methods: dict[str, tuple[str, Callable[[list[Any]], Awaitable[tuple[str, list[Any]]]]]] = {
-            "Status": ("", self._status),
-            "Recheck": ("ss", self._recheck),
-            "ForceFailover": ("d", self._force_failover),
-            "EndForce": ("", self._end_force),
-            "Prefer": ("sd", self._prefer),
-            "ClearPreference": ("", self._clear_preference),
+        self._methods: dict[str, tuple[str, Callable[[Operator, list[Any]], Awaitable[tuple[str, list[Any]]]]]] = {
+            "Status": ("", _status),
+            "Recheck": ("ss", _recheck),
+            "ForceFailover": ("d", _force_failover),
+            "EndForce": ("", _end_force),
+            "Prefer": ("sd", _prefer),
+            "ClearPreference": ("", _clear_preference),
         }
 
     # -- connection ---------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, operator: Operator) -> None:
         """Connect and own the name; ControlError with a one-line reason if that is impossible."""
-        try:
-            bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(), CALL_TIMEOUT)
-        except Exception as exc:
-            raise ControlError(f"cannot connect to the system bus: {exc}") from exc
+        self._operator = operator
+        bus = await _connect(CALL_TIMEOUT)
         # The handler goes in before the name is ours, so no call can arrive unanswered.
         bus.add_message_handler(self._on_message)
         try:
@@ -132,15 +122,15 @@ class ControlService:
         logger.info("control interface: {} on the system bus", BUS_NAME)
 
     async def _own_name(self, bus: Any) -> None:
-        reply = await _call(bus, *_DBUS, "RequestName", "su", [BUS_NAME, _REQUEST_NAME_DO_NOT_QUEUE])
-        if reply.message_type == MessageType.ERROR:
-            text = reply.body[0] if reply.body else reply.error_name
-            if reply.error_name == "org.freedesktop.DBus.Error.AccessDenied":
-                raise ControlError(
-                    f"not allowed to own {BUS_NAME} on the system bus ({text}); install "
-                    f"packaging/dbus/{BUS_NAME}.conf as /etc/dbus-1/system.d/{BUS_NAME}.conf")
-            raise ControlError(f"cannot own {BUS_NAME} on the system bus: {text}")
-        if reply.body[0] not in (_PRIMARY_OWNER, _ALREADY_OWNER):
+        try:
+            (result,) = await _call(bus, *_DBUS, "RequestName", "su", [BUS_NAME, _REQUEST_NAME_DO_NOT_QUEUE])
+        except ControlAccessDenied as exc:
+            raise ControlError(
+                f"not allowed to own {BUS_NAME} on the system bus ({exc}); install "
+                f"packaging/dbus/{BUS_NAME}.conf as /etc/dbus-1/system.d/{BUS_NAME}.conf") from None
+        except ControlCallFailed as exc:
+            raise ControlError(f"cannot own {BUS_NAME} on the system bus: {exc}") from None
+        if result not in (_PRIMARY_OWNER, _ALREADY_OWNER):
             raise ControlError(f"{BUS_NAME} is already owned on the system bus{await _owner_pid(bus)}: "
                                "is another nmfailover running?")
 
@@ -152,23 +142,28 @@ class ControlService:
             self._bus.disconnect()
             self._bus = None
 
-    async def keep_connected(self) -> None:
+    async def keep_connected(self, live: Liveness) -> None:
         """Reconnect and take the name back after the bus connection is lost (a restarted dbus-daemon)."""
         while True:
             if self._bus is not None:
+                # Waited on from a task of its own: a timeout must not cancel the library's own future.
+                lost = asyncio.ensure_future(self._bus.wait_for_disconnect())
                 try:
-                    await self._bus.wait_for_disconnect()
-                except Exception as exc:  # noqa: BLE001 - how the library reports a broken socket
-                    logger.debug("control bus connection ended: {}", exc)
+                    while not lost.done():
+                        live.beat()
+                        await asyncio.wait({lost}, timeout=IDLE_BEAT)
+                finally:
+                    lost.cancel()
                 logger.warning("control interface lost the system bus; reconnecting")
                 self.owned.clear()
                 self._bus = None
             attempt = 0
-            while self._bus is None:
+            while self._bus is None and self._operator is not None:
+                live.beat()
                 await asyncio.sleep(RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)])
                 attempt += 1
                 try:
-                    await self.start()
+                    await self.start(self._operator)
                 except ControlError as exc:
                     # Logged at every attempt: a name held by someone else needs a person.
                     logger.error("control interface: {} (attempt {})", exc, attempt)
@@ -176,7 +171,7 @@ class ControlService:
     # -- switch signal ------------------------------------------------------------------------------
 
     async def on_switch(self, event: SwitchEvent) -> None:
-        """A Controller switch listener: broadcast the Switched signal."""
+        """A switch listener: broadcast the Switched signal."""
         if self._bus is None:
             return
         await self._bus.send(Message(
@@ -195,7 +190,7 @@ class ControlService:
             return True
         if msg.path != OBJECT_PATH:
             return False  # the library answers UnknownObject / UnknownMethod
-        # Controller calls await its lock; answering from a task keeps the bus reader free meanwhile.
+        # Operator calls await the engine's lock; answering from a task keeps the bus reader free meanwhile.
         task = asyncio.ensure_future(self._dispatch(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -204,11 +199,11 @@ class ControlService:
     async def _dispatch(self, msg: Any) -> None:
         try:
             reply = await self._answer(msg)
-        except ValueError as exc:
+        except InvalidRequest as exc:
             reply = Message.new_error(msg, ERROR_INVALID_ARGS, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bad call must never take the daemon down
-            logger.error("control: {} failed: {}", msg.member, exc)
-            reply = Message.new_error(msg, ERROR_FAILED, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bug in a call must never take the daemon down
+            logger.opt(exception=exc).error("control: {} failed: {!r}", msg.member, exc)
+            reply = Message.new_error(msg, ERROR_FAILED, f"internal error in {msg.member}: {type(exc).__name__}")
         self._reply(msg, reply)
 
     async def _answer(self, msg: Any) -> Any:
@@ -220,14 +215,14 @@ class ControlService:
         if interface == _PROPERTIES and member == "GetAll" and signature == "s":
             return Message.new_method_return(msg, "a{sv}", [{}])
         method = self._methods.get(member) if interface in (None, INTERFACE) else None
-        if method is None:
+        if method is None or self._operator is None:
             return Message.new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod",
                                      f"no method {interface or ''}.{member} on {OBJECT_PATH}")
         expected, handler = method
         if signature != expected:
-            raise ValueError(f"{member} takes arguments ({expected}), got ({signature})")
+            raise InvalidRequest(f"{member} takes arguments ({expected}), got ({signature})")
         logger.debug("control: {}{} from {}", member, tuple(msg.body), msg.sender)
-        out_signature, body = await handler(list(msg.body))
+        out_signature, body = await handler(self._operator, list(msg.body))
         return Message.new_method_return(msg, out_signature, body)
 
     def _reply(self, call: Any, reply: Any) -> None:
@@ -238,91 +233,89 @@ class ControlService:
         if isinstance(future, asyncio.Future):
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    async def _status(self, _: list[Any]) -> tuple[str, list[Any]]:
-        return "s", [json.dumps(self.controller.status())]
 
-    async def _recheck(self, args: list[Any]) -> tuple[str, list[Any]]:
-        interface, reason = args
-        return "u", [await self.controller.recheck(interface, reason)]
+async def _status(operator: Operator, _: list[Any]) -> tuple[str, list[Any]]:
+    return "s", [json.dumps(operator.status())]
 
-    async def _force_failover(self, args: list[Any]) -> tuple[str, list[Any]]:
-        await self.controller.force_failover(_seconds(args[0], "seconds"))
-        return "", []
 
-    async def _end_force(self, _: list[Any]) -> tuple[str, list[Any]]:
-        await self.controller.end_force()
-        return "", []
+async def _recheck(operator: Operator, args: list[Any]) -> tuple[str, list[Any]]:
+    interface, reason = args
+    return "u", [await operator.recheck(interface, reason)]
 
-    async def _prefer(self, args: list[Any]) -> tuple[str, list[Any]]:
-        uplink, seconds = args
-        await self.controller.prefer(uplink, _seconds(seconds, "seconds"))
-        return "", []
 
-    async def _clear_preference(self, _: list[Any]) -> tuple[str, list[Any]]:
-        await self.controller.clear_preference()
-        return "", []
+async def _force_failover(operator: Operator, args: list[Any]) -> tuple[str, list[Any]]:
+    await operator.force_failover(args[0])
+    return "", []
+
+
+async def _end_force(operator: Operator, _: list[Any]) -> tuple[str, list[Any]]:
+    await operator.end_force()
+    return "", []
+
+
+async def _prefer(operator: Operator, args: list[Any]) -> tuple[str, list[Any]]:
+    uplink, seconds = args
+    await operator.prefer(uplink, seconds)
+    return "", []
+
+
+async def _clear_preference(operator: Operator, _: list[Any]) -> tuple[str, list[Any]]:
+    await operator.clear_preference()
+    return "", []
+
+
+# -- one way to reach the bus, for the service and the client ----------------------------------------
+
+
+async def _connect(timeout: float) -> Any:
+    try:
+        async with asyncio.timeout(timeout):
+            return await MessageBus(bus_type=BusType.SYSTEM).connect()
+    except Exception as exc:  # noqa: BLE001 - the libraries raise many kinds here; all mean the same
+        raise ControlError(f"cannot connect to the system bus: {exc}") from exc
 
 
 async def _call(bus: Any, dest: str, path: str, interface: str, member: str, signature: str = "",
-                body: Sequence[Any] = (), timeout: float = CALL_TIMEOUT) -> Any:
+                body: Sequence[Any] = (), timeout: float = CALL_TIMEOUT) -> list[Any]:
+    """The reply body; an error reply as the matching ControlError."""
     msg = Message(destination=dest, path=path, interface=interface, member=member, signature=signature,
                   body=list(body))
     try:
-        reply = await asyncio.wait_for(bus.call(msg), timeout)
+        async with asyncio.timeout(timeout):
+            reply = await bus.call(msg)
     except TimeoutError:
         raise ControlError(f"{member}: no answer within {timeout:g} s") from None
     except (OSError, EOFError, ConnectionError) as exc:
         raise ControlError(f"{member}: bus connection lost: {exc}") from exc
     if reply is None:
         raise ControlError(f"{member}: bus connection lost")
-    return reply
-
-
-async def _owner_pid(bus: Any) -> str:
-    """' (pid N)' for the current owner of BUS_NAME, or '' if the bus will not say."""
-    try:
-        owner = await _call(bus, *_DBUS, "GetNameOwner", "s", [BUS_NAME])
-        pid = await _call(bus, *_DBUS, "GetConnectionUnixProcessID", "s", [owner.body[0]])
-        return f" (pid {pid.body[0]})" if pid.message_type == MessageType.METHOD_RETURN else ""
-    except (ControlError, IndexError):
-        return ""
-
-
-# -- the client side (nmfailover status, recheck, test-failover, prefer) -------------------------------
-
-
-class NotRunning(Exception):
-    """Nobody owns BUS_NAME."""
-
-
-class AccessDenied(Exception):
-    """The bus policy refused the call."""
-
-
-class CallFailed(Exception):
-    def __init__(self, error_name: str, text: str) -> None:
-        super().__init__(text)
-        self.error_name = error_name
-
-
-async def call_daemon(member: str, signature: str = "", body: Sequence[Any] = (),
-                      timeout: float = CALL_TIMEOUT) -> list[Any]:
-    """Call a method of the running daemon; the reply body, or NotRunning, AccessDenied, CallFailed or
-    ControlError (bus unreachable, no answer in time)."""
-    try:
-        bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(), timeout)
-    except Exception as exc:
-        raise ControlError(f"cannot connect to the system bus: {exc}") from exc
-    try:
-        reply = await _call(bus, BUS_NAME, OBJECT_PATH, INTERFACE, member, signature, body, timeout)
-    finally:
-        bus.disconnect()
     if reply.message_type != MessageType.ERROR:
         return list(reply.body)
     text = str(reply.body[0]) if reply.body else reply.error_name
     if reply.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
                             "org.freedesktop.DBus.Error.NameHasNoOwner"):
-        raise NotRunning(text)
+        raise DaemonNotRunning(text)
     if reply.error_name == "org.freedesktop.DBus.Error.AccessDenied":
-        raise AccessDenied(text)
-    raise CallFailed(reply.error_name, text)
+        raise ControlAccessDenied(text)
+    raise ControlCallFailed(reply.error_name, text)
+
+
+async def _owner_pid(bus: Any) -> str:
+    """' (pid N)' for the current owner of BUS_NAME, or '' if the bus will not say."""
+    try:
+        (owner,) = await _call(bus, *_DBUS, "GetNameOwner", "s", [BUS_NAME])
+        (pid,) = await _call(bus, *_DBUS, "GetConnectionUnixProcessID", "s", [owner])
+        return f" (pid {pid})"
+    except (ControlError, ValueError):
+        return ""
+
+
+async def call_daemon(member: str, signature: str = "", body: Sequence[Any] = (),
+                      timeout: float = CALL_TIMEOUT) -> list[Any]:
+    """Call a method of the running daemon (the CLI's side): the reply body, or DaemonNotRunning,
+    ControlAccessDenied, ControlCallFailed or ControlError (bus unreachable, no answer in time)."""
+    bus = await _connect(timeout)
+    try:
+        return await _call(bus, BUS_NAME, OBJECT_PATH, INTERFACE, member, signature, body, timeout)
+    finally:
+        bus.disconnect()

@@ -39,10 +39,9 @@ from typing import Any
 
 from loguru import logger
 
-from . import __version__
 from .config import Settings
-from .controller import Controller, SwitchEvent, Uplink
-from .probe import Link, bound_pool
+from .engine import SwitchEvent, UplinkView
+from .probe import Link, post_json
 
 MAX_OUTPUT = 4096  # bytes of a hook's output that reach the log
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -71,24 +70,20 @@ def untrusted(path: Path) -> str | None:
     return None
 
 
-def hook_args(state: str, event: SwitchEvent, uplinks: Sequence[Uplink]) -> list[str]:
+def hook_args(state: str, event: SwitchEvent) -> list[str]:
     """AstLinux's six arguments (see the module docstring)."""
-    def by_profile(profile_id: str) -> Uplink | None:
-        return next((u for u in uplinks if u.profile.id == profile_id), None)
-
-    def device(uplink: Uplink) -> str:
-        return uplink.link.interface or uplink.profile.interface_name or ""
-
+    uplinks = event.uplinks
     primary = uplinks[0]
-    new, old = by_profile(event.to_profile), by_profile(event.from_profile)
-    if new is not None and new is not primary:
+    new, old = event.uplink(event.to_profile), event.uplink(event.from_profile)
+    secondary: UplinkView
+    if new is not None and new != primary:
         secondary = new
-    elif old is not None and old is not primary:
+    elif old is not None and old != primary:
         secondary = old
     else:
         secondary = uplinks[1]
-    return [state, device(primary), primary.link.gateway4 or "", device(secondary),
-            secondary.link.gateway4 or "", secondary.link.gateway6 or ""]
+    return [state, primary.interface, primary.gateway4, secondary.interface, secondary.gateway4,
+            secondary.gateway6]
 
 
 def hook_env(event: SwitchEvent) -> dict[str, str]:
@@ -139,14 +134,13 @@ def _log_output(name: str, text: str, level: str = "INFO") -> None:
 
 
 class SwitchHooks:
-    """The hook directory and the failback guard; both read the uplinks' current links for their arguments."""
+    """The hook directory and the failback guard."""
 
-    def __init__(self, settings: Settings, uplinks: Sequence[Uplink]) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.directory = settings.hooks_dir
         self.timeout = settings.hook_timeout
         self.guard = settings.failback_guard
         self.guard_timeout = settings.failback_guard_timeout
-        self.uplinks = uplinks
         self._order = asyncio.Lock()
 
     def hooks(self) -> list[Path]:
@@ -172,7 +166,7 @@ class SwitchHooks:
         return found
 
     async def on_switch(self, event: SwitchEvent) -> None:
-        """A Controller switch listener."""
+        """A switch listener."""
         # A later switch's hooks wait for the earlier one's: a tunnel restarted for the failover must not
         # finish after the one for the failback.
         async with self._order:
@@ -182,7 +176,7 @@ class SwitchHooks:
     async def _run(self, path: Path, event: SwitchEvent) -> None:
         started = time.monotonic()
         try:
-            code, text = await execute(path, hook_args(event.state, event, self.uplinks), hook_env(event),
+            code, text = await execute(path, hook_args(event.state, event), hook_env(event),
                                        self.timeout)
         except OSError as exc:
             logger.warning("hook {} could not run: {}", path, exc)
@@ -200,7 +194,7 @@ class SwitchHooks:
             logger.info("hook {} done in {:.1f} s", path, took)
 
     async def failback_guard(self, event: SwitchEvent) -> bool:
-        """The Controller's failback guard: True allows the failback."""
+        """The engine's failback guard: True allows the failback."""
         path = self.guard
         if path is None:
             return True
@@ -210,7 +204,7 @@ class SwitchHooks:
             logger.warning("failback guard {} not run ({}); allowing the failback", path, problem)
             return True
         try:
-            code, text = await execute(path, hook_args("FAILBACK", event, self.uplinks), hook_env(event),
+            code, text = await execute(path, hook_args("FAILBACK", event), hook_env(event),
                                        self.guard_timeout)
         except OSError as exc:
             logger.warning("failback guard {} could not run ({}); allowing the failback", path, exc)
@@ -226,21 +220,12 @@ class SwitchHooks:
 
 
 class Webhook:
-    """POST each switch as JSON, through the uplink carrying traffic, with a short timeout and retries."""
+    """POST each switch as JSON, through the uplink the switch moved to, with a short timeout and retries."""
 
-    def __init__(self, url: str, controller: Controller, timeout: float = 2.0,
-                 delays: Sequence[float] = (1.0, 2.0, 4.0)) -> None:
+    def __init__(self, url: str, timeout: float = 2.0, delays: Sequence[float] = (1.0, 2.0, 4.0)) -> None:
         self.url = url
-        self.controller = controller
         self.timeout = timeout
         self.delays = delays  # before each retry
-
-    def _link(self) -> Link | None:
-        current = self.controller.current
-        if current is None:
-            return None
-        link = self.controller.uplinks[current].link
-        return Link(link.interface, link.nameservers) if link.activated else None
 
     def body(self, event: SwitchEvent) -> bytes:
         return json.dumps({
@@ -250,16 +235,10 @@ class Webhook:
             "at": iso(event.at), "sent_at": iso(time.time()),
         }).encode()
 
-    async def _post(self, link: Link, body: bytes) -> int:
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        headers = [(b"Content-Type", b"application/json"), (b"User-Agent", f"nmfailover/{__version__}".encode())]
-        async with asyncio.timeout_at(deadline):
-            async with bound_pool(link, deadline, self.url.lower().startswith("https:")) as pool:
-                response = await pool.request("POST", self.url, headers=headers, content=body)
-        return int(response.status)
-
     async def on_switch(self, event: SwitchEvent) -> None:
-        """A Controller switch listener; the controller runs it as a task, so retries never hold up a switch."""
+        """A switch listener; the engine runs it in the background, so retries never hold up a switch."""
+        new = event.uplink(event.to_profile)
+        link = Link(event.device or None, new.nameservers if new is not None else ())
         problem = ""
         attempts = len(self.delays) + 1
         for attempt in range(attempts):
@@ -267,12 +246,8 @@ class Webhook:
                 logger.info("webhook attempt {} failed: {}; retrying in {:g} s", attempt, problem,
                             self.delays[attempt - 1])
                 await asyncio.sleep(self.delays[attempt - 1])
-            link = self._link()
-            if link is None:
-                problem = "no uplink carries traffic"
-                continue
             try:
-                status = await self._post(link, self.body(event))
+                status = await post_json(link, self.url, self.body(event), self.timeout)
             except Exception as exc:  # noqa: BLE001 - every failure is a retry, never the daemon's end
                 problem = f"{_describe(exc, self.timeout)} (via {link.interface})"
                 continue

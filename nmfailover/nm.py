@@ -15,6 +15,7 @@ from typing import Any
 from loguru import logger
 
 from .bus import BusType, Message, MessageBus, MessageType, Variant
+from .errors import NMAccessDenied, NMError, NMUnavailable, ProfileError
 
 NM_BUS = "org.freedesktop.NetworkManager"
 NM_PATH = "/org/freedesktop/NetworkManager"
@@ -47,21 +48,67 @@ DEVICE_STATES = {10: "unmanaged", 20: "unavailable", 30: "disconnected", 40: "pr
 Settings = dict[str, dict[str, Any]]
 
 
-class NMError(Exception):
-    """A NetworkManager or bus failure, in words fit for the log."""
+ERROR_UNAVAILABLE = frozenset({"org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NoReply",
+                               "org.freedesktop.DBus.Error.Disconnected",
+                               "org.freedesktop.DBus.Error.NameHasNoOwner"})
+ERROR_DENIED = frozenset({"org.freedesktop.DBus.Error.AccessDenied",
+                          "org.freedesktop.NetworkManager.PermissionDenied",
+                          "org.freedesktop.NetworkManager.Settings.PermissionDenied",
+                          "org.freedesktop.NetworkManager.Device.PermissionDenied"})
+ERROR_NO_SUCH_PROFILE = "org.freedesktop.NetworkManager.Settings.InvalidConnection"
+ERROR_VERSION_MISMATCH = "org.freedesktop.NetworkManager.Device.VersionIdMismatch"
 
 
-class NMUnavailable(NMError):
-    """The bus or NetworkManager cannot be reached right now."""
+# -- typed events: what the engine hears from NetworkManager ----------------------------------------------
 
 
-class ProfileError(NMError):
-    """A configured uplink does not name a usable connection profile."""
+@dataclass(frozen=True)
+class CarrierChanged:
+    """A wired device's carrier: NetworkManager acts on a lost one only seconds later, this arrives at once."""
 
-    def __init__(self, spec: str, problem: str) -> None:
-        super().__init__(f"{spec!r}: {problem}")
-        self.spec = spec
-        self.problem = problem
+    device: str
+    carrier: bool
+
+
+@dataclass(frozen=True)
+class DeviceStateChanged:
+    device: str
+    new_state: int
+    old_state: int
+
+
+@dataclass(frozen=True)
+class DevicesChanged:
+    """A device appeared or vanished."""
+
+    device: str
+    added: bool
+
+
+@dataclass(frozen=True)
+class ProfilesChanged:
+    """A connection profile was added, changed or removed."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class ActiveConnectionsChanged:
+    pass
+
+
+@dataclass(frozen=True)
+class NMStarted:
+    """NetworkManager (re)appeared on the bus, or our bus connection was re-established."""
+
+
+@dataclass(frozen=True)
+class NMStopped:
+    pass
+
+
+NMEvent = (CarrierChanged | DeviceStateChanged | DevicesChanged | ProfilesChanged | ActiveConnectionsChanged
+           | NMStarted | NMStopped)
 
 
 @dataclass(frozen=True)
@@ -126,11 +173,11 @@ def _nameservers(ip4: dict[str, Any], ip6: dict[str, Any]) -> tuple[str, ...]:
 class NetworkManagerClient:
     """One bus connection to NetworkManager: subscribe to its signals, then read state on demand.
 
-    `on_event` is called (from the bus reader, so it must not block) with a short description whenever
-    something about devices, active connections, profiles or NetworkManager's presence changed.
+    `on_event` is called (from the bus reader, so it must not block) with a typed event whenever something
+    about devices, active connections, profiles or NetworkManager's presence changed.
     """
 
-    def __init__(self, on_event: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(self, on_event: Callable[[NMEvent], None] = lambda _: None) -> None:
         self._on_event = on_event
         self._bus: Any = None
 
@@ -164,26 +211,9 @@ class NetworkManagerClient:
         return self._bus is not None and bool(self._bus.connected)
 
     def _handle_message(self, msg: Any) -> None:
-        if msg.message_type != MessageType.SIGNAL:
-            return
-        if msg.member == "NameOwnerChanged":
-            self._on_event("networkmanager-started" if msg.body[2] else "networkmanager-stopped")
-        elif msg.interface == IFACE_DEVICE and msg.member == "StateChanged":
-            new, old = msg.body[0], msg.body[1]
-            self._on_event(f"device {msg.path.rsplit('/', 1)[-1]} "
-                           f"{DEVICE_STATES.get(old, old)} -> {DEVICE_STATES.get(new, new)}")
-        elif msg.interface == IFACE_NM and msg.member in ("DeviceAdded", "DeviceRemoved"):
-            self._on_event(msg.member)
-        elif msg.interface == IFACE_SETTINGS and msg.member in ("ConnectionRemoved", "NewConnection") or msg.interface == IFACE_CONNECTION and msg.member in ("Updated", "Removed"):
-            self._on_event(f"profile {msg.member}")
-        elif (msg.interface == IFACE_PROPERTIES and msg.body and msg.body[0] == IFACE_WIRED
-              and "Carrier" in msg.body[1]):
-            # NM reacts to a lost carrier only seconds later; the property itself changes at once.
-            carrier = "on" if _unwrap(msg.body[1]["Carrier"]) else "off"
-            self._on_event(f"device {msg.path.rsplit('/', 1)[-1]} carrier {carrier}")
-        elif (msg.interface == IFACE_PROPERTIES and msg.path == NM_PATH and msg.body
-              and msg.body[0] == IFACE_NM and "ActiveConnections" in msg.body[1]):
-            self._on_event("active connections changed")
+        event = _event(msg)
+        if event is not None:
+            self._on_event(event)
 
     async def _call(self, dest: str, path: str, interface: str, member: str, signature: str = "",
                     body: Sequence[Any] = (), timeout: float = CALL_TIMEOUT) -> list[Any]:
@@ -201,12 +231,7 @@ class NetworkManagerClient:
         if reply is None:
             raise NMUnavailable(f"bus connection lost during {member}")
         if reply.message_type == MessageType.ERROR:
-            text = reply.body[0] if reply.body else ""
-            if reply.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
-                                    "org.freedesktop.DBus.Error.NoReply",
-                                    "org.freedesktop.DBus.Error.Disconnected"):
-                raise NMUnavailable(f"NetworkManager is not answering: {text}")
-            raise NMError(f"{member} failed: {reply.error_name}: {text}")
+            raise _error(member, reply.error_name, str(reply.body[0]) if reply.body else "")
         return list(reply.body)
 
     async def _nm(self, path: str, interface: str, member: str, signature: str = "",
@@ -235,10 +260,10 @@ class NetworkManagerClient:
     async def has_profile(self, uuid: str) -> bool:
         try:
             await self._profile_path(uuid)
-        except NMUnavailable:
+        except NMError as exc:
+            if exc.dbus_error == ERROR_NO_SUCH_PROFILE:
+                return False
             raise
-        except NMError:
-            return False
         return True
 
     async def _settings(self, path: str) -> Settings:
@@ -351,7 +376,7 @@ class NetworkManagerClient:
                 return True
             except NMError as exc:
                 # Someone else changed the device between our read and write: read again once.
-                if "VersionIdMismatch" not in str(exc) or attempt == 2:
+                if exc.dbus_error != ERROR_VERSION_MISMATCH or attempt == 2:
                     raise
         return True  # pragma: no cover - the loop always returns or raises
 
@@ -389,3 +414,35 @@ def _profile(spec: str, settings: Settings) -> Profile:
         autoconnect_priority=int(_unwrap(connection.get("autoconnect-priority", 0))),
         never_default=bool(_unwrap(settings.get("ipv4", {}).get("never-default", False))),
     )
+
+
+def _error(member: str, name: str | None, text: str) -> NMError:
+    """NetworkManager's error reply as our exception, keeping the D-Bus error name."""
+    message = f"{member} failed: {name}: {text}"
+    if name in ERROR_UNAVAILABLE:
+        return NMUnavailable(f"NetworkManager is not answering ({member}): {text}", name)
+    if name in ERROR_DENIED:
+        return NMAccessDenied(f"{member} was refused (permission denied): {text}", name)
+    return NMError(message, name)
+
+
+def _event(msg: Any) -> NMEvent | None:
+    """The typed event a NetworkManager signal stands for, or None for signals the engine has no use for."""
+    if msg.message_type != MessageType.SIGNAL:
+        return None
+    interface, member, body = msg.interface, msg.member, msg.body
+    if member == "NameOwnerChanged":
+        return NMStarted() if body[2] else NMStopped()
+    if interface == IFACE_DEVICE and member == "StateChanged":
+        return DeviceStateChanged(msg.path, int(body[0]), int(body[1]))
+    if interface == IFACE_NM and member in ("DeviceAdded", "DeviceRemoved"):
+        return DevicesChanged(str(body[0]), member == "DeviceAdded")
+    if (interface == IFACE_SETTINGS and member in ("ConnectionRemoved", "NewConnection")) or (
+            interface == IFACE_CONNECTION and member in ("Updated", "Removed")):
+        return ProfilesChanged(str(body[0]) if interface == IFACE_SETTINGS else msg.path)
+    if interface == IFACE_PROPERTIES and body and body[0] == IFACE_WIRED and "Carrier" in body[1]:
+        return CarrierChanged(msg.path, bool(_unwrap(body[1]["Carrier"])))
+    if (interface == IFACE_PROPERTIES and msg.path == NM_PATH and body and body[0] == IFACE_NM
+            and "ActiveConnections" in body[1]):
+        return ActiveConnectionsChanged()
+    return None

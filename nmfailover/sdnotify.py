@@ -7,7 +7,6 @@ unconditionally.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 
@@ -25,7 +24,8 @@ def notify(*states: str) -> bool:
     # A newline would start a new assignment: one state must stay one line.
     message = "\n".join(state.replace("\n", " ") for state in states).encode()
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # Non-blocking: a service manager that stops reading must never freeze the daemon's event loop.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.connect(address)
             sock.sendall(message)
     except OSError:
@@ -47,14 +47,3 @@ def watchdog_interval() -> float | None:
     except ValueError:
         return None
     return usec / 1_000_000 if usec > 0 else None
-
-
-async def keep_alive(interval: float) -> None:
-    """Pet the watchdog every `interval` / 2 seconds until cancelled.
-
-    Run it as a task on the daemon's own event loop: if the loop hangs, the petting stops and systemd
-    restarts the service.
-    """
-    while True:
-        notify("WATCHDOG=1")
-        await asyncio.sleep(interval / 2)

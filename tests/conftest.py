@@ -1,4 +1,4 @@
-"""Shared fixtures: the network lab (see nmfailover/sandbox.py)."""
+"""Shared fixtures: the network lab (see nmfailover/lab/sandbox.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import FrameType
 
 import pytest
 
-from nmfailover.sandbox import NMLab, Topology, cleanup_leftovers, lab_available
+from nmfailover.lab.sandbox import NMLab, Topology, cleanup_leftovers, lab_available
 
 
 def _require_lab() -> None:

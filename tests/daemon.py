@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nmfailover.demo import DaemonProcess, daemon_env
-from nmfailover.sandbox import NMLab
+from nmfailover.lab.demo import DaemonProcess, daemon_env
+from nmfailover.lab.sandbox import NMLab
 
 
 @contextmanager

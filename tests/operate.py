@@ -17,7 +17,7 @@ from typing import Any, Self
 
 from nmfailover.bus import Message, MessageBus, MessageType
 from nmfailover.control import INTERFACE
-from nmfailover.sandbox import NMLab
+from nmfailover.lab.sandbox import NMLab
 from tests.conftest import _require_lab
 
 ROOT = Path(__file__).resolve().parent.parent

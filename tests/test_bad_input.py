@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from nmfailover import cli, config
-from nmfailover.demo import daemon_env
-from nmfailover.sandbox import NMLab, lab_available
+from nmfailover.lab.demo import daemon_env
+from nmfailover.lab.sandbox import NMLab, lab_available
 from tests.daemon import running_daemon
 
 TIMEOUT = 8.0  # a wrongly accepted value starts the daemon (ready within 2 s): it is killed, the case fails
@@ -297,7 +297,7 @@ def test_hostile_interface_name_for_recheck_is_harmless(bench: Bench, daemon: No
 @pytest.mark.parametrize("case", _ids(DEMO_CASES))
 def test_bad_demo_argument_is_refused_without_building_a_sandbox(case: Case, monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from nmfailover import demo
+    from nmfailover.lab import demo
 
     reached: list[float] = []
     monkeypatch.setattr(demo, "run_demo", lambda hold_down=10.0: reached.append(hold_down) or 0)

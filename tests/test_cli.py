@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from nmfailover import __version__
-from nmfailover.demo import daemon_env
-from nmfailover.sandbox import NMLab
+from nmfailover.lab.demo import daemon_env
+from nmfailover.lab.sandbox import NMLab
 
 
 def cli(lab: NMLab, *args: str, **overrides: str) -> subprocess.CompletedProcess[str]:

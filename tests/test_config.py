@@ -1,10 +1,23 @@
+import ctypes
+import functools
+import glob
+import itertools
+import random
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nmfailover import config
-from nmfailover.config import MAX_METRIC, ConfigError, Settings, load_settings
+from nmfailover import config, errors
+from nmfailover.config import (
+    MAX_METRIC,
+    ConfigError,
+    EnvFileError,
+    Settings,
+    load_settings,
+    parse_env_file,
+)
 from nmfailover.probe import DEFAULT_TARGETS, parse_target
 
 UPLINKS = {"NMFAILOVER_UPLINKS": "eth0,wwan0"}
@@ -367,7 +380,7 @@ ENV_FILE_CASES: list[Any] = [
         "NMFAILOVER_UPLINKS=eth0,wwan0\nNMFAILOVER_FAIL_COUNT=5\n", {}, {"fail_count": 5}, id="file-only"
     ),
     pytest.param(
-        "# comment\n\nexport NMFAILOVER_UPLINKS='eth0, wwan0'\nNMFAILOVER_FAIL_COUNT=5\n",
+        "# comment\n\nNMFAILOVER_UPLINKS='eth0, wwan0'\nNMFAILOVER_FAIL_COUNT=5\n",
         {"NMFAILOVER_FAIL_COUNT": "7"},
         {"fail_count": 7},
         id="environment-wins",
@@ -412,6 +425,18 @@ ENV_FILE_ERRORS: list[Any] = [
         id="no-equals",
     ),
     pytest.param(b"NMFAILOVER_UPLINKS=\xff\n", "NMFAILOVER_ENV_FILE", "not UTF-8", id="not-utf8"),
+    pytest.param(
+        b"NMFAILOVER_UPLINKS=a,b\n# caf\xe9\n",
+        "NMFAILOVER_ENV_FILE",
+        "line 2: not UTF-8 text (systemd would skip the whole file)",
+        id="not-utf8-line",
+    ),
+    pytest.param(
+        "export NMFAILOVER_UPLINKS=a,b\n",
+        "NMFAILOVER_ENV_FILE",
+        "line 1: 'export' is shell syntax systemd does not understand; write NMFAILOVER_UPLINKS=value",
+        id="export",
+    ),
 ]
 
 
@@ -467,3 +492,269 @@ def test_frozen() -> None:
 def test_settings_does_not_read_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NMFAILOVER_FAIL_COUNT", "9")
     assert Settings(NMFAILOVER_UPLINKS="a,b").fail_count == 2  # type: ignore[call-arg]
+
+
+def test_config_error_is_the_package_one() -> None:
+    assert config.ConfigError is errors.ConfigError
+    assert issubclass(ConfigError, errors.NmfailoverError)
+
+
+# -- the env-file grammar: systemd's EnvironmentFile= (see the comment above parse_env_file) ------------
+
+# text -> what systemd's EnvironmentFile= reads from it, and so must parse_env_file.
+ENV_GRAMMAR: list[Any] = [
+    pytest.param("", {}, id="empty"),
+    pytest.param("\n  \n\t\n", {}, id="blank-lines"),
+    pytest.param("A=1", {"A": "1"}, id="no-final-newline"),
+    pytest.param("A=1\nB=2\n", {"A": "1", "B": "2"}, id="two"),
+    pytest.param("A=1\nA=2\n", {"A": "2"}, id="later-wins"),
+    pytest.param("_a1=x\nNMFAILOVER_UPLINKS=a,b\n", {"_a1": "x", "NMFAILOVER_UPLINKS": "a,b"}, id="names"),
+    pytest.param("A=\nB=", {"A": "", "B": ""}, id="empty-values"),
+    pytest.param("# A=1\n; B=2\n   # C=3\n\t;D=4\n", {}, id="comments"),
+    pytest.param("#\n;\nA=1\n", {"A": "1"}, id="bare-comment-marks"),
+    pytest.param("# a \\ b\nA=1\n", {"A": "1"}, id="backslash-inside-comment"),
+    pytest.param("  A = 1 \n\tB\t=\t2\t\n", {"A": "1", "B": "2"}, id="blanks-around"),
+    pytest.param("A=a  b\tc\n", {"A": "a  b\tc"}, id="inner-blanks-kept"),
+    pytest.param("A=1 # not a comment\n", {"A": "1 # not a comment"}, id="hash-in-value"),
+    pytest.param("A=a;b\n", {"A": "a;b"}, id="semicolon-in-value"),
+    pytest.param("A=b=c\n", {"A": "b=c"}, id="equals-in-value"),
+    pytest.param("A=${B} $B `b`\n", {"A": "${B} $B `b`"}, id="no-expansion"),
+    pytest.param("A=it's\n", {"A": "it's"}, id="later-quote-kept"),
+    pytest.param('A=a "b c"\n', {"A": 'a "b c"'}, id="later-quotes-kept"),
+    pytest.param("A='a  b'\n", {"A": "a  b"}, id="single"),
+    pytest.param("A='a\\b $B \"#'\n", {"A": 'a\\b $B "#'}, id="single-verbatim"),
+    pytest.param('A="a  b"\n', {"A": "a  b"}, id="double"),
+    pytest.param('A="\\"\\\\\\`\\$"\n', {"A": '"\\`$'}, id="double-escapes"),
+    pytest.param('A="a\\nb\\\'"\n', {"A": "a\\nb\\'"}, id="double-other-backslash-kept"),
+    pytest.param('A="it\'s"\nB=\'say "hi"\'\n', {"A": "it's", "B": 'say "hi"'}, id="other-quote-inside"),
+    pytest.param("A='' \nB=\"\"\n", {"A": "", "B": ""}, id="empty-quotes"),
+    pytest.param('A=  " a "  \n', {"A": " a "}, id="blanks-outside-quotes"),
+    pytest.param('A="a b"c\n', {"A": "a bc"}, id="quote-then-text"),
+    pytest.param("A='a'\"b\"\n", {"A": "ab"}, id="quote-then-quote"),
+    pytest.param("A='a' 'b' c\n", {"A": "abc"}, id="blanks-after-quote-dropped"),
+    pytest.param("A=a\\ b\\\\c\\#\n", {"A": "a b\\c#"}, id="unquoted-escapes"),
+    pytest.param("A=\\#x\n", {"A": "#x"}, id="leading-escape"),
+    pytest.param("A=a\\ \n", {"A": "a "}, id="escaped-trailing-blank"),
+    pytest.param("A=a,\\\n  b\nB=2\n", {"A": "a,  b", "B": "2"}, id="continuation"),
+    pytest.param("A=a \\\n\n", {"A": "a "}, id="blank-before-continuation-kept"),
+    pytest.param("A=\\\nb\n", {"A": "b"}, id="continuation-first"),
+    pytest.param('A="a\\\nb"\n', {"A": "ab"}, id="double-continuation"),
+    pytest.param("A=a\\", {"A": "a"}, id="backslash-at-end"),
+    pytest.param("A=1\r\nB='x'\r\n# c\r\n", {"A": "1", "B": "x"}, id="crlf"),
+    pytest.param("# a\\\r\nA=1\r\n", {"A": "1"}, id="crlf-comment-backslash"),
+    pytest.param("A=é ü\n", {"A": "é ü"}, id="utf8"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ENV_GRAMMAR)
+def test_env_grammar(text: str, expected: dict[str, str]) -> None:
+    assert parse_env_file(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), ENV_GRAMMAR)
+def test_env_grammar_read_from_a_file(tmp_path: Path, text: str, expected: dict[str, str]) -> None:
+    # Bytes in, so that no newline translation can hide a \r from the parser.
+    path = tmp_path / "grammar.env"
+    path.write_bytes(text.encode())
+    assert config._read_env_file({"NMFAILOVER_ENV_FILE": str(path)}) == expected
+
+
+NOT_A_NAME = "is not a variable name (letters, digits and _, not starting with a digit)"
+UNCLOSED_SINGLE = "single quote (') not closed on its line"
+UNCLOSED_DOUBLE = 'double quote (") not closed on its line'
+LONE_CR = "has a carriage return not followed by a line feed, where systemd ends the line"
+
+# text -> the line and the whole problem, and what systemd 252 reads from the text instead (None: nothing,
+# it skips the whole file), which is why it is refused.
+ENV_GRAMMAR_ERRORS: list[Any] = [
+    pytest.param("A=1\nB\n", 2, "expected NAME=value, got 'B'", {"A": "1"}, id="no-equals"),
+    pytest.param("A=1\n  B  ", 2, "expected NAME=value, got 'B'", {"A": "1"}, id="no-equals-at-end"),
+    pytest.param(
+        "NMFAILOVER_FAIL_COUNT 3\n",
+        1,
+        "expected NAME=value, got 'NMFAILOVER_FAIL_COUNT 3'",
+        {},
+        id="blank-for-equals",
+    ),
+    pytest.param("A: 1\n", 1, "expected NAME=value, got 'A: 1'", {}, id="colon-for-equals"),
+    pytest.param("=1\n", 1, "expected NAME=value, got '=1'", {}, id="no-name"),
+    pytest.param(
+        "export A=1\n",
+        1,
+        "'export' is shell syntax systemd does not understand; write A=value",
+        {"export A": "1"},
+        id="export",
+    ),
+    pytest.param("A B=1\n", 1, f"'A B' {NOT_A_NAME}", {"A B": "1"}, id="blank-in-name"),
+    pytest.param("1A=1\n", 1, f"'1A' {NOT_A_NAME}", {"1A": "1"}, id="digit-first"),
+    pytest.param("A-B=1\n", 1, f"'A-B' {NOT_A_NAME}", {"A-B": "1"}, id="dash-in-name"),
+    pytest.param("É=1\n", 1, f"'É' {NOT_A_NAME}", {"É": "1"}, id="non-ascii-name"),
+    pytest.param("A$=1\n", 1, f"'A$' {NOT_A_NAME}", {"A$": "1"}, id="dollar-in-name"),
+    pytest.param(
+        "\ufeffA=1\n",
+        1,
+        "the file starts with a byte order mark, which systemd does not skip; save it without one",
+        {"\ufeffA": "1"},
+        id="byte-order-mark",
+    ),
+    # Shown escaped: the character is invisible.
+    pytest.param(
+        "A=1\n\ufeffB=1\n", 2, f"'\\ufeffB' {NOT_A_NAME}", {"A": "1", "\ufeffB": "1"}, id="inner-bom"
+    ),
+    pytest.param("A='x\nB=2\n", 1, UNCLOSED_SINGLE, {"A": "x\nB=2\n"}, id="single-unclosed"),
+    pytest.param("A='x", 1, UNCLOSED_SINGLE, {"A": "x"}, id="single-open-at-end"),
+    pytest.param('A="x\nB=2\n', 1, UNCLOSED_DOUBLE, {"A": "x\nB=2\n"}, id="double-unclosed"),
+    pytest.param(
+        'A="x\\\ny\nB=2\n',
+        2,
+        f"{UNCLOSED_DOUBLE} (opened on line 1)",
+        {"A": "xy\nB=2\n"},
+        id="double-unclosed-after-continuation",
+    ),
+    pytest.param('A="x\\', 1, UNCLOSED_DOUBLE, {"A": "x"}, id="double-escape-at-end"),
+    pytest.param("A='x\r\n", 1, UNCLOSED_SINGLE, {"A": "x\r\n"}, id="single-unclosed-crlf"),
+    pytest.param(
+        "# see C:\\\nA=1\n",
+        1,
+        "comment ends in a backslash, so systemd would take the next line as comment too",
+        {},
+        id="comment-backslash",
+    ),
+    pytest.param(
+        "A=1\x00\nB=2\n", 1, "has a NUL character (systemd would skip the whole file)", None, id="nul"
+    ),
+    pytest.param("A=1\rB=2\n", 1, LONE_CR, {"A": "1", "B": "2"}, id="lone-cr"),
+    pytest.param("A=1\nB='1\r'\n", 2, LONE_CR, {"A": "1", "B": "1\r"}, id="lone-cr-quoted"),
+    # Line numbers count every line, continued ones too (systemd's own count skips those).
+    pytest.param("# c\n\nA=1\n\nbad\n", 5, "expected NAME=value, got 'bad'", {"A": "1"}, id="after-blanks"),
+    pytest.param(
+        "A=a\\\nb\nbad\n", 3, "expected NAME=value, got 'bad'", {"A": "ab"}, id="after-continuation"
+    ),
+    pytest.param('A="a\\\nb"\nB C=1\n', 3, f"'B C' {NOT_A_NAME}", {"A": "ab", "B C": "1"}, id="name-line"),
+    # In a CRLF file, \ before the line end escapes the \r; the \n then ends the value.
+    pytest.param("A=a\\\r\nb\r\n", 2, "expected NAME=value, got 'b'", {"A": "a"}, id="crlf-continuation"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "problem", "systemd_reads"), ENV_GRAMMAR_ERRORS)
+def test_env_grammar_errors(text: str, line: int, problem: str, systemd_reads: object) -> None:
+    with pytest.raises(EnvFileError) as caught:
+        parse_env_file(text)
+    assert (caught.value.line, caught.value.problem) == (line, problem)
+    assert str(caught.value) == f"line {line}: {problem}"
+    assert "\n" not in caught.value.problem and "\r" not in caught.value.problem
+
+
+@pytest.mark.parametrize(("text", "line", "problem", "systemd_reads"), ENV_GRAMMAR_ERRORS)
+def test_env_grammar_errors_name_variable_path_and_line(
+    tmp_path: Path, text: str, line: int, problem: str, systemd_reads: object
+) -> None:
+    path = tmp_path / "bad.env"
+    path.write_bytes(text.encode())
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**UPLINKS, "NMFAILOVER_ENV_FILE": str(path)})
+    assert caught.value.variable == "NMFAILOVER_ENV_FILE"
+    assert str(caught.value) == f"NMFAILOVER_ENV_FILE: {path} line {line}: {problem}"
+    assert "\n" not in str(caught.value) and "\r" not in str(caught.value)
+    assert caught.value.__suppress_context__
+
+
+# -- the tables against systemd's own parser -----------------------------------------------------------
+
+_STRV = ctypes.POINTER(ctypes.c_char_p)
+
+
+@functools.cache
+def _systemd_library() -> tuple[int, ctypes.CDLL] | None:
+    """systemd's shared library, newest first, with its version; None without one.
+
+    Its load_env_file() is not a public API, but has had the same signature from systemd 240 to today;
+    the version check keeps an older one from being called with the wrong arguments."""
+    found = glob.glob("/usr/lib*/systemd/libsystemd-shared-*.so") + glob.glob(
+        "/usr/lib/*/systemd/libsystemd-shared-*.so"
+    )
+    candidates = []
+    for name in found:
+        version = re.search(r"libsystemd-shared-(\d+)\.so$", name)
+        if version is not None and int(version[1]) >= 240:
+            candidates.append((int(version[1]), name))
+    for number, name in sorted(candidates, reverse=True):
+        try:
+            library = ctypes.CDLL(name)
+            library.load_env_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(_STRV)]
+            library.load_env_file.restype = ctypes.c_int
+            library.strv_free.argtypes = [_STRV]
+            library.strv_free.restype = ctypes.c_void_p
+        except (OSError, AttributeError):
+            continue
+        return number, library
+    return None
+
+
+def _systemd_reads(tmp_path: Path, text: str, version: int | None = None) -> dict[str, str] | None:
+    """What systemd's EnvironmentFile= parser returns for `text`; None where it refuses the file."""
+    found = _systemd_library()
+    if found is None:
+        pytest.skip("systemd's libsystemd-shared is not installed")
+    if version is not None and found[0] != version:
+        pytest.skip(f"systemd {found[0]} here, not {version}")
+    library = found[1]
+    path = tmp_path / "systemd.env"
+    path.write_bytes(text.encode())
+    entries = _STRV()
+    if library.load_env_file(None, bytes(path), ctypes.byref(entries)) < 0:
+        return None
+    if not entries:  # no assignment at all comes back as NULL
+        return {}
+    try:
+        read: dict[str, str] = {}
+        for index in itertools.count():
+            entry: bytes | None = entries[index]
+            if entry is None:
+                return read
+            name, _, value = entry.decode().partition("=")
+            read[name] = value
+        raise AssertionError("unreachable")
+    finally:
+        library.strv_free(entries)
+
+
+@pytest.mark.parametrize(("text", "expected"), ENV_GRAMMAR)
+def test_env_grammar_is_systemds(tmp_path: Path, text: str, expected: dict[str, str]) -> None:
+    assert _systemd_reads(tmp_path, text) == expected
+
+
+@pytest.mark.parametrize(("text", "line", "problem", "systemd_reads"), ENV_GRAMMAR_ERRORS)
+def test_env_grammar_errors_are_what_systemd_misreads(
+    tmp_path: Path, text: str, line: int, problem: str, systemd_reads: object
+) -> None:
+    # 252 is Debian 12's, which the package is for; 254 changed the comment-backslash case.
+    assert _systemd_reads(tmp_path, text, version=252) == systemd_reads
+
+
+def test_env_grammar_agrees_with_systemd_on_random_files(tmp_path: Path) -> None:
+    """Whatever parse_env_file accepts, systemd reads the same way: random lines of tricky pieces."""
+    pieces = [" ", "\t", "'", '"', "\\", "#", ";", "$", "`", "x", "y z", "é", "=", "\\\n", "\n", "\r\n"]
+    rng = random.Random(252)
+    accepted = 0
+    for _ in range(3000):
+        lines = []
+        for _ in range(rng.randint(1, 4)):
+            if rng.random() < 0.15:
+                lines.append(rng.choice(["", "  ", "# c", " ; c", "#\\", "# a\\b", "A", "export A=1"]))
+            else:
+                value = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+                indent, name, blank = (
+                    rng.choice(["", " ", "\t"]),
+                    rng.choice(["A", "B", "_x1"]),
+                    rng.choice(["", " "]),
+                )
+                lines.append(f"{indent}{name}{blank}={value}")
+        text = rng.choice(["\n", "\r\n"]).join(lines) + rng.choice(["", "\n", "\r\n"])
+        try:
+            mine = parse_env_file(text)
+        except EnvFileError:
+            continue
+        accepted += 1
+        assert _systemd_reads(tmp_path, text) == mine, repr(text)
+    assert accepted > 1000  # the generator must keep producing files worth comparing

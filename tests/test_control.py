@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from nmfailover import cli as nmfailover_cli
-from nmfailover.demo import DaemonProcess, daemon_env, wait_for
-from nmfailover.sandbox import NMLab
+from nmfailover.lab.demo import DaemonProcess, daemon_env, wait_for
+from nmfailover.lab.sandbox import NMLab
 from tests.conftest import _require_lab
 from tests.daemon import running_daemon
 from tests.operate import POLICY, SignalRecorder, cli, policed_lab, status

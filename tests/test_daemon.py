@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nmfailover.demo import wait_for
-from nmfailover.sandbox import NMLab
+from nmfailover.lab.demo import wait_for
+from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
 
 pytestmark = pytest.mark.lab

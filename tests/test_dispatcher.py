@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from nmfailover.demo import wait_for
-from nmfailover.sandbox import NMLab
+from nmfailover.lab.demo import wait_for
+from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
 from tests.operate import HOOK, first_line, log_time, policed_lab
 

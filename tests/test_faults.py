@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from nmfailover.demo import DaemonProcess, wait_for
-from nmfailover.sandbox import NMLab, Upstream
+from nmfailover.lab.demo import DaemonProcess, wait_for
+from nmfailover.lab.sandbox import NMLab, Upstream
 from tests.daemon import running_daemon
 
 pytestmark = pytest.mark.lab

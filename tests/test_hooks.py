@@ -16,10 +16,10 @@ import pytest
 
 from nmfailover.config import EVENT_VARIABLES
 from nmfailover.controller import SwitchEvent, Uplink
-from nmfailover.demo import wait_for
+from nmfailover.lab.demo import wait_for
 from nmfailover.hooks import execute, hook_args, hook_env, untrusted
 from nmfailover.nm import LinkState, Profile
-from nmfailover.sandbox import NMLab, Upstream
+from nmfailover.lab.sandbox import NMLab, Upstream
 from tests.daemon import running_daemon
 from tests.operate import ROOT, cli, policed_lab
 

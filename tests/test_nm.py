@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from nmfailover.nm import NetworkManagerClient, ProfileError
-from nmfailover.sandbox import NMLab
+from nmfailover.lab.sandbox import NMLab
 
 pytestmark = pytest.mark.lab
 

@@ -1,5 +1,7 @@
-"""Probe result mapping on loopback. These prove how outcomes are classified, not that binding works:
-every route on lo is the default for 127/8. tests/test_probe_binding.py proves binding with two uplinks."""
+"""How probe outcomes are classified: answers judged through httpx.MockTransport, failures on the way (DNS,
+connect, TLS, a broken peer) through the real bound transport on loopback. These prove classification, not
+binding: every route on lo is the default for 127/8. tests/test_probe_binding.py proves binding with two
+uplinks."""
 
 from __future__ import annotations
 
@@ -17,12 +19,15 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
+import httpx
 import pytest
 
 from nmfailover import __version__
 from nmfailover import probe as probe_module
+from nmfailover import transport as transport_module
 from nmfailover.probe import (
     DEFAULT_TARGETS,
+    MAX_BODY,
     Link,
     ProbeResult,
     Reason,
@@ -33,7 +38,7 @@ from nmfailover.probe import (
     probe_round,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="SO_BINDTODEVICE needs CAP_NET_RAW")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="SO_BINDTODEVICE needs CAP_NET_RAW")
 
 LO = Link("lo")
 T = 0.3  # short timeout for the "never answers" cases
@@ -166,88 +171,214 @@ async def plain_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
     await writer.drain()
 
 
-async def run_http(
-    serve: Callable[[Handler], Awaitable[Server]],
-    response: bytes,
-    target_path: str,
-    status: int,
-    body: str | None,
-) -> tuple[ProbeResult, list[bytes]]:
-    requests: list[bytes] = []
-    server = await serve(http_server(response, requests))
-    target = Target(f"http://127.0.0.1:{server.port}{target_path}", status, body)
-    return await probe(LO, target, 2.0), requests
+# ---------------------------------------------------------------- answers, judged (httpx.MockTransport)
+
+Respond = Callable[[httpx.Request], httpx.Response]
+
+
+@pytest.fixture
+def peer(monkeypatch: pytest.MonkeyPatch) -> Callable[[Respond], list[httpx.Request]]:
+    """Put a fake HTTP peer in place of the bound transport; what it was asked, in order."""
+
+    def install(respond: Respond) -> list[httpx.Request]:
+        seen: list[httpx.Request] = []
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return respond(request)
+
+        def transport(link: Link, deadline: float, progress: object = None) -> httpx.MockTransport:
+            return httpx.MockTransport(handle)
+
+        monkeypatch.setattr(probe_module, "BoundTransport", transport)
+        return seen
+
+    return install
+
+
+class Body(httpx.AsyncByteStream):
+    """A response body arriving in chunks, as off a socket; counts what the client pulled.
+
+    (httpx.Response(content=...) would hand over a body already read, unlike any real transport.)
+    """
+
+    def __init__(self, data: bytes, *, endless: bool = False, chunk: int = 4096) -> None:
+        self.data = data
+        self.endless = endless
+        self.chunk = chunk
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            for i in range(0, len(self.data), self.chunk):
+                piece = self.data[i : i + self.chunk]
+                self.pulled += len(piece)
+                yield piece
+            if not self.endless:
+                return
 
 
 @pytest.mark.parametrize(
-    ("response", "status", "body", "reason", "detail"),
+    ("status", "headers", "body", "target", "reason", "detail"),
     [
-        (b"HTTP/1.1 204 No Content\r\n\r\n", 204, None, Reason.OK, "HTTP 204 from 127.0.0.1:"),
+        (204, {}, b"", Target("http://t.test/generate_204", 204), Reason.OK, "HTTP 204 from"),
+        (200, {}, b"success\n", Target("http://t.test/s.txt", 200, "success"), Reason.OK, "HTTP 200 from"),
         (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsuccess\n",
             200,
-            "success",
-            Reason.OK,
-            "HTTP 200 from 127.0.0.1:",
-        ),
-        (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
-            204,
-            None,
+            {},
+            b"hello",
+            Target("http://t.test/generate_204", 204),
             Reason.UNEXPECTED,
             "HTTP 200, expected 204",
         ),
         (
-            b"HTTP/1.1 302 Found\r\nLocation: http://portal/\r\nContent-Length: 0\r\n\r\n",
-            204,
-            None,
+            302,
+            {"Location": "http://portal.test/login"},
+            b"",
+            Target("http://t.test/generate_204", 204),
             Reason.UNEXPECTED,
-            "HTTP 302 -> http://portal/ (looks like a captive portal)",
+            "HTTP 302 -> http://portal.test/login (looks like a captive portal)",
         ),
         (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 21\r\n\r\n<html>Log in</html>\r\n",
-            200,
-            "success",
+            307,
+            {},
+            b"",
+            Target("http://t.test/generate_204", 204),
             Reason.UNEXPECTED,
-            "body lacks 'success'",
+            "HTTP 307 without Location (looks like a captive portal)",
         ),
-        (b"SPAM SPAM SPAM\r\n\r\n", 204, None, Reason.HTTP, "127.0.0.1:"),
-        (b"", 204, None, Reason.HTTP, "127.0.0.1:"),
+        (
+            511,
+            {},
+            b"<html>Log in</html>",
+            Target("http://t.test/generate_204", 204),
+            Reason.UNEXPECTED,
+            "HTTP 511, expected 204",
+        ),
+        (
+            200,
+            {},
+            b"<html>Log in</html>",
+            Target("http://t.test/s.txt", 200, "success"),
+            Reason.UNEXPECTED,
+            "HTTP 200 but body lacks 'success' (captive portal?)",
+        ),
+        # A redirect the operator asked for is an answer like any other.
+        (301, {"Location": "/x"}, b"", Target("http://t.test/old", 301), Reason.OK, "HTTP 301 from"),
     ],
-    ids=["204", "200-body", "wrong-status", "redirect", "body-mismatch", "garbage", "closed"],
+    ids=["204", "200-body", "wrong-status", "redirect", "redirect-bare", "511", "body-mismatch", "want-301"],
 )
-async def test_http_outcomes(
-    serve: Callable[[Handler], Awaitable[Server]],
-    response: bytes,
+async def test_answers_are_judged(
+    peer: Callable[[Respond], list[httpx.Request]],
     status: int,
-    body: str | None,
+    headers: dict[str, str],
+    body: bytes,
+    target: Target,
     reason: Reason,
     detail: str,
 ) -> None:
-    result, _ = await run_http(serve, response, "/generate_204", status, body)
+    seen = peer(lambda request: httpx.Response(status, headers=headers, stream=Body(body)))
+    result = await probe(LO, target, 2.0)
     assert (result.reason, result.ok) == (reason, reason is Reason.OK), result
     assert detail in result.detail
+    # Redirects are verdicts, never followed: one request, to the target itself.
+    assert [str(r.url) for r in seen] == [target.url]
+
+
+async def test_request_headers(peer: Callable[[Respond], list[httpx.Request]]) -> None:
+    seen = peer(lambda request: httpx.Response(204))
+    assert (await probe(LO, Target("http://t.test/generate_204", 204), 2.0)).ok
+    (request,) = seen
+    assert request.method == "GET"
+    assert request.headers["user-agent"] == f"nmfailover/{__version__}"
+    assert request.headers["cache-control"] == "no-cache"
+    assert request.headers["connection"] == "close"
+    assert request.headers["accept-encoding"] == "identity"
+    assert request.headers["host"] == "t.test"
+
+
+async def test_environment_proxy_is_ignored(
+    peer: Callable[[Respond], list[httpx.Request]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy from the environment would carry the probe off the link (here: to a refusing port). httpx
+    # already skips environment proxies when given a transport; trust_env=False makes sure of it.
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:1")
+    seen = peer(lambda request: httpx.Response(204))
+    result = await probe(LO, Target("http://t.test/generate_204", 204), 2.0)
+    assert result.ok, result
+    assert len(seen) == 1
+
+
+async def test_no_cookie_carries_over_between_probes(peer: Callable[[Respond], list[httpx.Request]]) -> None:
+    seen = peer(lambda request: httpx.Response(204, headers={"Set-Cookie": "portal=seen; Path=/"}))
+    target = Target("http://t.test/generate_204", 204)
+    assert (await probe(LO, target, 2.0)).ok
+    assert (await probe(LO, target, 2.0)).ok
+    assert [r.headers.get("cookie") for r in seen] == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("padding", "ok"), [(MAX_BODY - len("success"), True), (MAX_BODY - len("success") + 1, False)]
+)
+async def test_body_is_read_only_up_to_max_body(
+    peer: Callable[[Respond], list[httpx.Request]], padding: int, ok: bool
+) -> None:
+    peer(lambda request: httpx.Response(200, stream=Body(b"x" * padding + b"success")))
+    result = await probe(LO, Target("http://t.test/success.txt", 200, "success"), 2.0)
+    assert (result.ok, result.reason) == (ok, Reason.OK if ok else Reason.UNEXPECTED), result
+
+
+async def test_endless_body_is_cut_off(peer: Callable[[Respond], list[httpx.Request]]) -> None:
+    body = Body(b"x" * 4096, endless=True)
+    peer(lambda request: httpx.Response(200, stream=body))
+    result = await probe(LO, Target("http://t.test/success.txt", 200, "success"), 2.0)
+    assert result.reason is Reason.UNEXPECTED, result
+    assert MAX_BODY <= body.pulled <= MAX_BODY + body.chunk
+
+
+async def test_body_of_a_wrong_status_is_never_read(peer: Callable[[Respond], list[httpx.Request]]) -> None:
+    body = Body(b"x" * 4096, endless=True)
+    peer(lambda request: httpx.Response(302, headers={"Location": "http://portal.test/"}, stream=body))
+    result = await probe(LO, Target("http://t.test/success.txt", 200, "success"), 2.0)
+    assert result.reason is Reason.UNEXPECTED, result
+    assert body.pulled == 0
+
+
+# ---------------------------------------------------------------- through the bound transport, on loopback
+
+
+@needs_root
+@pytest.mark.parametrize(
+    "response",
+    [b"SPAM SPAM SPAM\r\n\r\n", b"HTTP/1.1 204 No Content\r\nContent-Length: x\r\n\r\n", b""],
+    ids=["garbage", "bad-header", "closed"],
+)
+async def test_broken_peer_is_http(serve: Callable[[Handler], Awaitable[Server]], response: bytes) -> None:
+    server = await serve(http_server(response))
+    result = await probe(LO, Target(f"http://127.0.0.1:{server.port}/generate_204", 204), 2.0)
+    assert (result.ok, result.reason) == (False, Reason.HTTP), result
+    assert result.detail.startswith(f"127.0.0.1:{server.port}: ")
     assert "\n" not in result.detail
     assert 0 < result.latency < 1
 
 
-async def test_request_headers(serve: Callable[[Handler], Awaitable[Server]]) -> None:
-    result, requests = await run_http(serve, b"HTTP/1.1 204 No Content\r\n\r\n", "/generate_204", 204, None)
-    assert result.ok
+@needs_root
+async def test_answer_on_the_wire(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    requests: list[bytes] = []
+    body = b"x" * 10_000 + b"success"
+    server = await serve(
+        http_server(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body), requests)
+    )
+    result = await probe(LO, Target(f"http://127.0.0.1:{server.port}/success.txt", 200, "success"), 2.0)
+    assert (result.ok, result.detail) == (True, f"HTTP 200 from 127.0.0.1:{server.port}"), result
     head = requests[0].decode().lower()
-    assert head.startswith("get /generate_204 http/1.1\r\n")
+    assert head.startswith("get /success.txt http/1.1\r\n")
     assert f"user-agent: nmfailover/{__version__}\r\n" in head
-    assert "cache-control: no-cache\r\n" in head
     assert "connection: close\r\n" in head
 
 
-async def test_body_is_read_only_up_to_64k(serve: Callable[[Handler], Awaitable[Server]]) -> None:
-    big = b"x" * (70 * 1024) + b"success"
-    response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(big), big)
-    result, _ = await run_http(serve, response, "/success.txt", 200, "success")
-    assert result.reason is Reason.UNEXPECTED
-
-
+@needs_root
 async def test_fresh_connection_every_probe(serve: Callable[[Handler], Awaitable[Server]]) -> None:
     connections = 0
 
@@ -265,11 +396,13 @@ async def test_fresh_connection_every_probe(serve: Callable[[Handler], Awaitable
     assert connections == 3
 
 
+@needs_root
 async def test_refused_port_is_connect() -> None:
     result = await probe(LO, Target("http://127.0.0.1:1/", 204), 2.0)
     assert (result.reason, result.detail) == (Reason.CONNECT, "127.0.0.1:1: connection refused")
 
 
+@needs_root
 async def test_silent_server_is_timeout(serve: Callable[[Handler], Awaitable[Server]]) -> None:
     server = await serve(silent)
     result = await probe(LO, Target(f"http://127.0.0.1:{server.port}/", 204), T)
@@ -278,6 +411,7 @@ async def test_silent_server_is_timeout(serve: Callable[[Handler], Awaitable[Ser
     assert T <= result.latency < T + 0.2
 
 
+@needs_root
 async def test_tls_to_plain_tcp_port_is_tls(serve: Callable[[Handler], Awaitable[Server]]) -> None:
     server = await serve(plain_tcp)
     result = await probe(LO, Target(f"https://127.0.0.1:{server.port}/", 204), 2.0)
@@ -289,7 +423,10 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ssl.SSLCon
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
     d: Path = tmp_path_factory.mktemp("tls")
-    argv = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
+    argv = (
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
+        " -addext subjectAltName=IP:127.0.0.1"
+    )
     subprocess.run(
         [*argv.split(), "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
         check=True,
@@ -300,6 +437,7 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ssl.SSLCon
     yield context
 
 
+@needs_root
 async def test_untrusted_certificate_is_tls(self_signed: ssl.SSLContext) -> None:
     handler = http_server(b"HTTP/1.1 204 No Content\r\n\r\n")
     srv = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=self_signed)
@@ -312,6 +450,7 @@ async def test_untrusted_certificate_is_tls(self_signed: ssl.SSLContext) -> None
     assert "CERTIFICATE_VERIFY_FAILED" in result.detail
 
 
+@needs_root
 async def test_unknown_interface_is_no_device() -> None:
     result = await probe(Link("nosuchdev0", ("127.0.0.1",)), Target("http://127.0.0.1:1/", 204), 1.0)
     assert (result.reason, result.detail) == (Reason.NO_DEVICE, "no device nosuchdev0")
@@ -339,6 +478,7 @@ async def test_probe_never_raises_on_weird_urls(url: str) -> None:
     assert result.detail.startswith("invalid URL")
 
 
+@needs_root
 async def test_probe_passes_cancellation_through(serve: Callable[[Handler], Awaitable[Server]]) -> None:
     server = await serve(silent)
     task = asyncio.create_task(probe(LO, Target(f"http://127.0.0.1:{server.port}/", 204), 5.0))
@@ -393,7 +533,7 @@ async def dns_port(
         nonlocal port
         transport, _ = await loop.create_datagram_endpoint(lambda: responder, local_addr=(address, port))
         port = transport.get_extra_info("sockname")[1]
-        monkeypatch.setattr(probe_module, "DNS_PORT", port)
+        monkeypatch.setattr(transport_module, "DNS_PORT", port)
         transports.append(transport)
 
     yield start
@@ -401,6 +541,7 @@ async def dns_port(
         transport.close()
 
 
+@needs_root
 async def test_dns_resolves_through_link_nameserver_and_keeps_host_header(
     serve: Callable[[Handler], Awaitable[Server]], dns_port: Callable[[str, Responder], Awaitable[None]]
 ) -> None:
@@ -416,12 +557,14 @@ async def test_dns_resolves_through_link_nameserver_and_keeps_host_header(
     assert f"host: target.test:{server.port}\r\n" in requests[0].decode().lower()
 
 
+@needs_root
 async def test_dns_nxdomain(dns_port: Callable[[str, Responder], Awaitable[None]]) -> None:
     await dns_port("127.0.0.1", Responder({}))
     result = await probe(Link("lo", ("127.0.0.1",)), Target("http://missing.test/", 204), 2.0)
     assert (result.reason, result.detail) == (Reason.DNS, "missing.test: NXDOMAIN from 127.0.0.1")
 
 
+@needs_root
 async def test_dns_silent_server(dns_port: Callable[[str, Responder], Awaitable[None]]) -> None:
     await dns_port("127.0.0.1", Responder({"target.test": "127.0.0.1"}, mute=True))
     result = await probe(Link("lo", ("127.0.0.1",)), Target("http://target.test/", 204), T)
@@ -429,6 +572,7 @@ async def test_dns_silent_server(dns_port: Callable[[str, Responder], Awaitable[
     assert result.latency < T + 0.1
 
 
+@needs_root
 async def test_dns_falls_back_to_next_nameserver(
     serve: Callable[[Handler], Awaitable[Server]], dns_port: Callable[[str, Responder], Awaitable[None]]
 ) -> None:
@@ -443,6 +587,7 @@ async def test_dns_falls_back_to_next_nameserver(
     assert mute.queries and good.queries
 
 
+@needs_root
 async def test_dns_missing_aaaa_answer_does_not_stall(
     serve: Callable[[Handler], Awaitable[Server]], dns_port: Callable[[str, Responder], Awaitable[None]]
 ) -> None:
@@ -450,7 +595,7 @@ async def test_dns_missing_aaaa_answer_does_not_stall(
     server = await serve(http_server(b"HTTP/1.1 204 No Content\r\n\r\n"))
     result = await probe(Link("lo", ("127.0.0.1",)), Target(f"http://target.test:{server.port}/", 204), 3.0)
     assert result.ok, result
-    assert result.latency < probe_module.DNS_STRAGGLER + 0.5
+    assert result.latency < transport_module.DNS_STRAGGLER + 0.5
 
 
 async def test_no_nameservers_is_dns() -> None:
@@ -458,6 +603,7 @@ async def test_no_nameservers_is_dns() -> None:
     assert (result.reason, result.detail) == (Reason.DNS, "no nameservers for lo")
 
 
+@needs_root
 async def test_ip_literal_needs_no_dns(serve: Callable[[Handler], Awaitable[Server]]) -> None:
     server = await serve(http_server(b"HTTP/1.1 204 No Content\r\n\r\n"))
     assert (await probe(LO, Target(f"http://127.0.0.1:{server.port}/", 204), 1.0)).ok
@@ -466,6 +612,7 @@ async def test_ip_literal_needs_no_dns(serve: Callable[[Handler], Awaitable[Serv
 # ---------------------------------------------------------------- rounds
 
 
+@needs_root
 async def test_round_quorum_and_summary(serve: Callable[[Handler], Awaitable[Server]]) -> None:
     good = await serve(http_server(b"HTTP/1.1 204 No Content\r\n\r\n"))
     targets = [
@@ -480,6 +627,7 @@ async def test_round_quorum_and_summary(serve: Callable[[Handler], Awaitable[Ser
     assert (three.ok, three.summary) == (False, "1/3 targets failed (connect)")
 
 
+@needs_root
 async def test_round_runs_targets_concurrently(serve: Callable[[Handler], Awaitable[Server]]) -> None:
     server = await serve(silent)
     targets = [Target(f"http://127.0.0.1:{server.port}/{i}", 204) for i in range(3)]

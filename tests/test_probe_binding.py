@@ -1,6 +1,6 @@
 """The proof that a probe leaves through the device it is bound to, not the default route.
 
-Two simulated uplinks (nmfailover.sandbox): wana carries the default route, wanb is the backup; the same
+Two simulated uplinks (nmfailover.lab.sandbox): wana carries the default route, wanb is the backup; the same
 targets and names answer behind both, each upstream with its own resolver. The probe runs as a subprocess
 inside the host namespace, where these devices exist.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nmfailover.sandbox import Topology, Upstream
+from nmfailover.lab.sandbox import Topology, Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "http://target1.test/generate_204"
@@ -28,8 +28,16 @@ from nmfailover.probe import Link, parse_target, probe_round
 a = json.loads(sys.argv[1])
 r = asyncio.run(probe_round(Link(a["iface"], tuple(a["ns"])), [parse_target(t) for t in a["targets"]],
                             a["timeout"], a["needed"]))
-print(json.dumps({"ok": r.ok, "summary": r.summary,
-                  "results": [{"reason": x.reason, "latency": x.latency, "detail": x.detail} for x in r.results]}))
+results = [{"reason": x.reason, "latency": x.latency, "detail": x.detail} for x in r.results]
+print(json.dumps({"ok": r.ok, "summary": r.summary, "results": results}))
+"""
+
+_POST_SCRIPT = """
+import asyncio, json, sys
+from nmfailover.probe import Link, post_json
+a = json.loads(sys.argv[1])
+status = asyncio.run(post_json(Link(a["iface"], tuple(a["ns"])), a["url"], a["body"].encode(), a["timeout"]))
+print(json.dumps({"status": status}))
 """
 
 
@@ -43,9 +51,13 @@ def run_probe(
     """probe_round inside the host namespace, needing every target; its RoundResult as JSON."""
     args = {"iface": iface, "ns": list(nameservers), "targets": list(targets), "timeout": timeout}
     args["needed"] = len(targets)
+    return run_in_host(topology, _SCRIPT, args)
+
+
+def run_in_host(topology: Topology, script: str, args: dict[str, Any]) -> dict[str, Any]:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, PYTHONPATH=path)
-    proc = topology.host(sys.executable, "-c", _SCRIPT, json.dumps(args), env=env)
+    proc = topology.host(sys.executable, "-c", script, json.dumps(args), env=env)
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
 
@@ -139,3 +151,20 @@ def test_healthy_round_is_fast(topology: Topology, iface: str) -> None:
     result = run_probe(topology, iface, [up.resolver], TARGETS)
     assert result["ok"] and result["summary"] == "3/3 targets answered", result
     assert max(r["latency"] for r in result["results"]) < 0.5, result
+
+
+def test_webhook_post_leaves_through_the_given_device(topology: Topology) -> None:
+    # post_json rides the probes' transport: a webhook sent via the backup goes out the backup, named by
+    # the backup's resolver, while the primary holds the default route.
+    b = upstream(topology, "wanb")
+    before = traffic(topology)
+    args = {"iface": "wanb", "ns": [b.resolver], "url": TARGET, "body": '{"event": "switch"}', "timeout": 2.0}
+    result = run_in_host(topology, _POST_SCRIPT, args)
+    after = traffic(topology)
+    assert result == {"status": 204}, result
+    (_, _, dns_a, http_a), (_, _, dns_b, http_b) = (
+        tuple(x - y for x, y in zip(after[i], before[i], strict=True)) for i in ("wana", "wanb")
+    )
+    assert (dns_a, http_a, dns_b, http_b) == (0, 0, 2, 1)
+    method, host, path, _local, peer = b.http_log()[-1].split("\t")
+    assert (method, host, path, peer) == ("POST", "target1.test", "/generate_204", b.address4)

@@ -15,7 +15,7 @@ import dns.message
 import dns.rcode
 import pytest
 
-from nmfailover.sandbox import (
+from nmfailover.lab.sandbox import (
     LAB_PROBE_URLS,
     TARGET_ADDRESSES,
     NMLab,
@@ -23,7 +23,7 @@ from nmfailover.sandbox import (
     cleanup_leftovers,
     lab_available,
 )
-from nmfailover.sandbox_upstream import dns_reply
+from nmfailover.lab.upstream import dns_reply
 
 # Client snippets run with the host namespace's python; each prints one JSON object.
 _HTTP = r"""

@@ -31,15 +31,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, step: flo
 def daemon_env(lab: NMLab, **overrides: str) -> dict[str, str]:
     """The sandbox's environment with nmfailover pointed at its profiles and probe targets."""
     env = {k: v for k, v in lab.env.items() if not k.startswith("NMFAILOVER_")}
-    env.update({
-        "NMFAILOVER_UPLINKS": ",".join(lab.profiles),
-        "NMFAILOVER_PROBE_URLS": LAB_PROBE_URLS,
-        "NMFAILOVER_ENV_FILE": "/dev/null",
-        "NMFAILOVER_LOG_LEVEL": "DEBUG",
-        # The sandbox's profiles are gone with it: so is what the daemon remembers about them.
-        "RUNTIME_DIRECTORY": str(lab.workdir / "run-nmfailover"),
-        "NMFAILOVER_HOOKS_DIR": "",  # never the machine's own hooks
-    })
+    env.update(
+        {
+            "NMFAILOVER_UPLINKS": ",".join(lab.profiles),
+            "NMFAILOVER_PROBE_URLS": LAB_PROBE_URLS,
+            "NMFAILOVER_ENV_FILE": "/dev/null",
+            "NMFAILOVER_LOG_LEVEL": "DEBUG",
+            # The sandbox's profiles are gone with it: so is what the daemon remembers about them.
+            "RUNTIME_DIRECTORY": str(lab.workdir / "run-nmfailover"),
+            "NMFAILOVER_HOOKS_DIR": "",  # never the machine's own hooks
+        }
+    )
     env.update({f"NMFAILOVER_{k.upper()}": v for k, v in overrides.items()})
     return env
 
@@ -50,8 +52,12 @@ class DaemonProcess:
     def __init__(self, lab: NMLab, log: Path, env: Mapping[str, str], echo: TextIO | None = None) -> None:
         self.lab = lab
         self.log = log
-        self.proc = lab.popen_host([sys.executable, "-m", "nmfailover", "run"], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = lab.popen_host(
+            [sys.executable, "-m", "nmfailover", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self._lines: list[str] = []
         self._echo = echo
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -82,8 +88,11 @@ class DaemonProcess:
         return wait_for(seen, timeout, f"log {pattern!r}")
 
     def wait_route(self, device: str, timeout: float = 20, family: int = 4) -> float:
-        return wait_for(lambda: self.lab.default_route(family) == device, timeout,
-                        f"IPv{family} default route on {device}")
+        return wait_for(
+            lambda: self.lab.default_route(family) == device,
+            timeout,
+            f"IPv{family} default route on {device}",
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if self.proc.poll() is None:
@@ -113,12 +122,15 @@ def run_demo(hold_down: float = 10.0) -> int:
         return 2
     timings: dict[str, float] = {}
     with NMLab(2) as lab:
-        _say("sandbox up: a real NetworkManager with uplinks 'primary' (wana) and 'backup' (wanb), "
-             "each behind its own simulated ISP")
+        _say(
+            "sandbox up: a real NetworkManager with uplinks 'primary' (wana) and 'backup' (wanb), "
+            "each behind its own simulated ISP"
+        )
         print(f"   default routes: {_routes(lab)}")
         log = Path(lab.workdir) / "nmfailover.log"
-        daemon = DaemonProcess(lab, log, daemon_env(lab, failback_hold_down=str(hold_down),
-                                                    log_level="INFO"), echo=sys.stdout)
+        daemon = DaemonProcess(
+            lab, log, daemon_env(lab, failback_hold_down=str(hold_down), log_level="INFO"), echo=sys.stdout
+        )
         try:
             daemon.wait_log(r"ready: ")
             print(f"   default routes: {_routes(lab)}")
@@ -137,7 +149,8 @@ def run_demo(hold_down: float = 10.0) -> int:
             daemon.kill()
     _say("results")
     print(f"   outage -> default route on the backup: {timings['failover']:.2f} s")
-    print(f"   heal -> default route on the primary:  {timings['failback']:.2f} s "
-          f"(hold-down {hold_down:g} s)")
+    print(
+        f"   heal -> default route on the primary:  {timings['failback']:.2f} s (hold-down {hold_down:g} s)"
+    )
     print("   sandbox removed; the machine's own network was never touched")
     return 0

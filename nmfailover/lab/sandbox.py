@@ -54,7 +54,7 @@ _PREFIXLEN4 = 26
 _NAME_PREFIX = "nmfo-"
 _OWNER_RE = re.compile(r"^nmfo-(\d+)-")
 _FAULT_TABLE = "nmfailover_fault"
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding nmfailover/
 # Extra places to look for tools: a non-login root shell may lack the sbin directories in PATH.
 _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 _NM_DISPATCHER = "/usr/lib/NetworkManager/nm-dispatcher"
@@ -379,7 +379,7 @@ class Topology:
         servers: list[tuple[Upstream, subprocess.Popen[Any]]] = []
         for up in self.upstreams:
             argv = [
-                _tool("ip"), "netns", "exec", up.netns, sys.executable, "-m", "nmfailover.sandbox_upstream",
+                _tool("ip"), "netns", "exec", up.netns, sys.executable, "-m", "nmfailover.lab.upstream",
                 "--state-dir", str(up.state_dir), "--resolver", up.resolver,
             ]  # fmt: skip
             with (up.state_dir / "server.log").open("ab") as log:
@@ -572,8 +572,14 @@ _DISPATCHER_WRAPPER = (
 class NMLab(Topology):
     """Topology whose host side is configured by a real NetworkManager on a private D-Bus bus."""
 
-    def __init__(self, uplinks: int = 2, *, dispatcher_dir: Path | None = None,
-                 extra_nm_config: str = "", bus_policy: Path | None = None) -> None:
+    def __init__(
+        self,
+        uplinks: int = 2,
+        *,
+        dispatcher_dir: Path | None = None,
+        extra_nm_config: str = "",
+        bus_policy: Path | None = None,
+    ) -> None:
         self._dispatcher_dir = dispatcher_dir
         # A D-Bus policy file to enforce on a bus configured like Debian's system bus; without one the
         # private bus lets everyone do everything.
@@ -667,7 +673,8 @@ class NMLab(Topology):
         if not dispatcher_dir.is_dir():
             raise FileNotFoundError(f"dispatcher_dir {dispatcher_dir} is not a directory")
         proc = self._spawn(
-            [_tool("unshare"), "--mount", "--uts", "--propagation", "private", "sh", "-c", _DISPATCHER_WRAPPER,
+            [_tool("unshare"), "--mount", "--uts", "--propagation", "private",
+             "sh", "-c", _DISPATCHER_WRAPPER,
              "sh", str(dispatcher_dir.resolve()), str(self._empty_dir), str(self._run_dir / "dbus"),
              _NM_DISPATCHER, "--persist", "--debug"],
             self.dispatcher_log,
@@ -682,7 +689,7 @@ class NMLab(Topology):
         if self._nm is not None and self._nm.poll() is None:
             raise RuntimeError("NetworkManager is already running")
         with self.nm_log.open("a") as log:
-            log.write(f"===== nmfailover.sandbox: starting NetworkManager at {time.time():.3f}\n")
+            log.write(f"===== nmfailover.lab.sandbox: starting NetworkManager at {time.time():.3f}\n")
         nm = self._spawn(
             [_tool("unshare"), "--mount", "--uts", "--propagation", "private", "sh", "-c", _NM_WRAPPER,
              "sh", str(self._run_dir), str(self._varlib_dir),
@@ -701,8 +708,10 @@ class NMLab(Topology):
         )
 
     def profiles_on_disk(self) -> dict[str, str]:
-        """A digest per file of NetworkManager's keyfile directory: what "nothing written to disk" is checked by."""
-        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(self.keyfile_dir.iterdir())}
+        """A digest per file of NetworkManager's keyfile directory: what "nothing written" is checked by."""
+        return {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(self.keyfile_dir.iterdir())
+        }
 
     def nmcli(self, *args: str, check: bool = True) -> str:
         """nmcli in the host namespace on the private bus; returns stdout."""

@@ -1,7 +1,7 @@
 """A simulated ISP's "internet": HTTP probe targets and a DNS resolver, run inside an upstream namespace.
 
-Started by nmfailover.sandbox as
-`ip netns exec UP python -m nmfailover.sandbox_upstream --state-dir DIR --resolver IP`.
+Started by nmfailover.lab.sandbox as
+`ip netns exec UP python -m nmfailover.lab.upstream --state-dir DIR --resolver IP`.
 
 State directory protocol (all plain files, so the test process needs no IPC):
 - `mode` (written by the lab, read on every HTTP request): `ok` (default), `portal`, `wrong-body`,

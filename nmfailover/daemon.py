@@ -1,0 +1,109 @@
+"""`nmfailover run`: wire NetworkManager, the probes, the engine, the control interface, hooks and systemd
+together, and turn the outcome into an exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+
+from loguru import logger
+
+from . import __version__, sdnotify
+from .bus import DBUS_LIBRARY
+from .config import Settings, uplink_variable
+from .control import ControlService
+from .engine import Engine, Operator, SwitchEvent, SwitchListener, role_name
+from .engine.probing import Prober
+from .errors import ConfigError, ControlError, NMError, ProfileError, TaskGaveUp
+from .hooks import SwitchHooks, Webhook
+from .nm import NetworkManagerClient, Profile
+from .probe import probe_round
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+CONTROL_MAX_SILENCE = 30.0
+
+
+async def connect(settings: Settings, client: NetworkManagerClient) -> list[Profile]:
+    """Connect and resolve the configured uplinks; a profile that does not exist is a ConfigError."""
+    await client.connect()
+    try:
+        return await client.resolve(settings.uplinks)
+    except ProfileError as exc:
+        raise ConfigError(uplink_variable(settings, exc.spec), str(exc)) from exc
+
+
+async def run_daemon(settings: Settings, prober: Prober = probe_round) -> int:
+    engine: Engine | None = None
+    client = NetworkManagerClient(on_event=lambda event: engine.on_nm_event(event) if engine else None)
+    try:
+        profiles = await connect(settings, client)
+    except NMError as exc:
+        logger.error("cannot start: {}", exc)
+        await client.close()
+        return EXIT_FAILURE
+    control = ControlService()
+    hooks = SwitchHooks(settings)
+    listeners: list[SwitchListener] = [control.on_switch, hooks.on_switch, _report_switch]
+    if settings.webhook_url:
+        listeners.append(Webhook(settings.webhook_url).on_switch)
+    engine = Engine(settings, client, profiles, prober, listeners=listeners,
+                    failback_guard=hooks.failback_guard if settings.failback_guard is not None else None)
+    operator = Operator(engine)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, engine.stop)
+    logger.info("nmfailover {} managing {} over {} ({})", __version__,
+                ", ".join(f"{role_name(i)}={p.id}" for i, p in enumerate(profiles)), DBUS_LIBRARY,
+                await client.version())
+    try:
+        # Before anything changes: a second instance must stop here, not fight the first over metrics.
+        await control.start(operator)
+    except ControlError as exc:
+        logger.error("cannot start: {}", exc)
+        await client.close()
+        return EXIT_FAILURE
+    supervisor = engine.supervisor
+    jobs = {
+        "control-bus": lambda: control.keep_connected(supervisor.liveness("control-bus", CONTROL_MAX_SILENCE)),
+        "systemd": lambda: systemd(engine, control.owned, sdnotify.watchdog_interval()),
+    }
+    try:
+        await engine.run(jobs)
+    except TaskGaveUp as exc:
+        logger.critical("{}", exc)
+        return EXIT_FAILURE
+    finally:
+        sdnotify.notify("STOPPING=1")
+        await control.close()
+        await client.close()
+    logger.info("stopped")
+    return EXIT_OK
+
+
+async def systemd(engine: Engine, owned: asyncio.Event, watchdog: float | None) -> None:
+    """READY=1 once the bus name is owned and the first round is decided; then the watchdog, petted only
+    while every supervised loop makes progress (a hung loop gets the daemon restarted, not just a hung
+    event loop)."""
+    await engine.ready.wait()
+    await owned.wait()
+    current = engine.current
+    where = engine.uplinks[current].role if current is not None else "no healthy uplink yet"
+    sdnotify.notify("READY=1", f"STATUS=traffic on {where}")
+    if watchdog is None:
+        await asyncio.Event().wait()  # nothing more to tell systemd
+        return
+    reported: Sequence[str] = []
+    while True:
+        stuck = engine.supervisor.stuck()
+        if not stuck:
+            sdnotify.notify("WATCHDOG=1")
+        elif stuck != reported:
+            logger.error("no progress from {}: not petting the systemd watchdog", ", ".join(stuck))
+        reported = stuck
+        await asyncio.sleep(watchdog / 2)
+
+
+async def _report_switch(event: SwitchEvent) -> None:
+    sdnotify.notify(f"STATUS=traffic on {event.state.lower()} ({event.device}) since {event.action}: "
+                    f"{event.reason}")

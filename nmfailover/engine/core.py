@@ -1,0 +1,200 @@
+"""The engine: owns which uplink carries traffic, folds the policy's decision into NetworkManager through
+the actuator, and runs every loop (probes, events, bus, timers, switch listeners) under one supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from loguru import logger
+
+from ..config import Settings
+from ..nm import LinkState, NMEvent, Profile
+from ..policy import Action, Decision, Health, PolicyParams, decide
+from .actuator import Actuator, NetworkManagerPort
+from .intake import IDLE_BEAT, EventIntake
+from .probing import ProbeScheduler, Prober
+from .state import Override, SwitchEvent, Uplink
+from .supervisor import Job, Supervisor
+
+SwitchListener = Callable[[SwitchEvent], Awaitable[None]]
+# Asked before failing back; False vetoes the failback for now (asked again a round later).
+FailbackGuard = Callable[[SwitchEvent], Awaitable[bool]]
+
+
+class Engine:
+    def __init__(self, settings: Settings, nm: NetworkManagerPort, profiles: Sequence[Profile], prober: Prober,
+                 *, listeners: Sequence[SwitchListener] = (), failback_guard: FailbackGuard | None = None,
+                 supervisor: Supervisor | None = None) -> None:
+        self.settings = settings
+        self.supervisor = supervisor or Supervisor()
+        self.clock = self.supervisor.clock
+        self.params = PolicyParams(settings.fail_count, settings.rise_count, settings.failback_hold_down)
+        self.uplinks = [Uplink(i, p, LinkState(uuid=p.uuid)) for i, p in enumerate(profiles)]
+        self.actuator = Actuator(settings, nm, self.uplinks)
+        self.scheduler = ProbeScheduler(settings, prober, self.params, self.supervisor, lambda: self.current,
+                                        self.reconcile)
+        self.intake = EventIntake(nm, self.uplinks, self.actuator, self.supervisor, self.reconcile)
+        self.current: int | None = None
+        self.last_switch_at: float | None = None
+        self.switches = 0
+        self.avoid: Override | None = None  # the failover test
+        self.pin: Override | None = None
+        self.ready = asyncio.Event()
+        self._listeners = tuple(listeners)
+        self._failback_guard = failback_guard
+        self._vetoed_until: float | None = None
+        self._apply_lock = asyncio.Lock()
+        self._deadlines_changed = asyncio.Event()
+        self._switched: asyncio.Queue[SwitchEvent] = asyncio.Queue()
+        self._stopping = asyncio.Event()
+
+    # -- life cycle ---------------------------------------------------------------------------------
+
+    def on_nm_event(self, event: NMEvent) -> None:
+        """The adapter's callback for every relevant NetworkManager signal; must not block."""
+        self.intake.put(event)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, extra_jobs: Mapping[str, Job] | None = None) -> None:
+        """First round, then every loop under supervision until stop(); restores the profiles' own values
+        on the way out, also when a loop gave up (TaskGaveUp, re-raised)."""
+        self.actuator.remember_priorities()
+        try:
+            await self.intake.refresh_links()
+            self.current = await self.actuator.current_route()
+            await asyncio.gather(*(self.scheduler.probe(u) for u in self.uplinks))
+            await self.reconcile()
+            self.ready.set()
+            where = self.uplinks[self.current].label if self.current is not None else "no uplink (none is healthy)"
+            logger.info("ready: traffic on {}; {}", where,
+                        ", ".join(f"{u.label} {u.health.health.value}" for u in self.uplinks))
+            jobs: dict[str, Job] = {}
+            for uplink in self.uplinks:
+                jobs[f"probe-{uplink.role}"] = _bind(self.scheduler.loop, uplink, f"probe-{uplink.role}")
+            jobs["nm-events"] = lambda: self.intake.events("nm-events")
+            jobs["nm-bus"] = lambda: self.intake.bus("nm-bus")
+            jobs["timers"] = self._timers
+            jobs["switch-listeners"] = self._notify_listeners
+            jobs.update(extra_jobs or {})
+            await self.supervisor.run(jobs, self._stopping)
+        finally:
+            await self.actuator.restore()
+
+    # -- deciding -----------------------------------------------------------------------------------
+
+    def decision(self, now: float) -> Decision:
+        """What the policy says now; reads state, changes nothing."""
+        avoid = self.avoid.index if self.avoid is not None and self.avoid.active(now) else None
+        pinned = self.pin.index if self.pin is not None and self.pin.active(now) else None
+        return decide([u.health for u in self.uplinks], self.current, now, self.params,
+                      names=[u.label for u in self.uplinks], pinned=pinned,
+                      avoid=frozenset() if avoid is None else frozenset({avoid}))
+
+    async def reconcile(self) -> None:
+        async with self._apply_lock:
+            self._deadlines_changed.set()
+            decision = self.decision(self.clock())
+            target = decision.preferred
+            if target is None or self.uplinks[target].health.health != Health.UP:
+                return  # with nothing healthy, nothing is changed
+            if target == self.current:
+                if self.actuator.applied_for != target:
+                    await self.actuator.apply(target)
+                return
+            event = self._switch_event(decision, target)
+            if decision.action == Action.FAILBACK and not await self._failback_allowed(event):
+                return
+            old = self.uplinks[self.current] if self.current is not None else None
+            cause = f"{old.label} {old.last_round.summary}" if (
+                old is not None and old.last_round is not None and decision.action == Action.FAILOVER
+            ) else decision.reason
+            logger.warning("{} -> switching to {}", cause, self.uplinks[target].label)
+            self.current = target
+            self.last_switch_at = self.clock()
+            self.switches += 1
+            self.actuator.applied_for = None
+            await self.actuator.apply(target)
+            self._switched.put_nowait(event)
+
+    async def _failback_allowed(self, event: SwitchEvent) -> bool:
+        if self._failback_guard is None:
+            return True
+        now = self.clock()
+        if self._vetoed_until is not None and now < self._vetoed_until:
+            return False
+        if await self._failback_guard(event):
+            self._vetoed_until = None
+            return True
+        # Ask again a round later, not on every probe result in between.
+        self._vetoed_until = now + self.settings.active_interval
+        logger.info("failback to {} vetoed by the guard hook; staying on {}", event.to_profile,
+                    event.from_profile)
+        return False
+
+    def _switch_event(self, decision: Decision, target: int) -> SwitchEvent:
+        new = self.uplinks[target]
+        old = self.uplinks[self.current] if self.current is not None else None
+        return SwitchEvent(
+            action=decision.action.value, state=new.role.upper(),
+            from_profile=old.profile.id if old else "", to_profile=new.profile.id,
+            from_device=(old.link.interface or "") if old else "", device=new.link.interface or "",
+            gateway4=new.link.gateway4 or "", gateway6=new.link.gateway6 or "",
+            reason=decision.reason, at=time.time(), uplinks=tuple(u.snapshot() for u in self.uplinks))
+
+    # -- loops --------------------------------------------------------------------------------------
+
+    def next_deadline(self, now: float) -> float | None:
+        """The earliest moment the decision may change without any new evidence."""
+        times = [self.decision(now).recheck_at, self._vetoed_until,
+                 self.avoid.until if self.avoid is not None else None,
+                 self.pin.until if self.pin is not None else None]
+        return min((t for t in times if t is not None), default=None)
+
+    async def _timers(self) -> None:
+        """Hold-down ends, failback vetoes, failover tests and pins that expire: decide again at that moment."""
+        live = self.supervisor.liveness("timers", IDLE_BEAT * 2)
+        while True:
+            live.beat()
+            self._deadlines_changed.clear()
+            now = self.clock()
+            deadline = self.next_deadline(now)
+            wait = IDLE_BEAT if deadline is None else min(IDLE_BEAT, max(0.0, deadline - now))
+            try:
+                async with asyncio.timeout(wait):
+                    await self._deadlines_changed.wait()
+                continue
+            except TimeoutError:
+                pass
+            now = self.clock()
+            if self.avoid is not None and not self.avoid.active(now):
+                logger.info("forced failover over; normal policy resumes")
+                self.avoid = None
+            if self.pin is not None and not self.pin.active(now):
+                logger.info("preference for {} expired", self.uplinks[self.pin.index].label)
+                self.pin = None
+            if deadline is not None and now >= deadline:
+                await self.reconcile()
+
+    async def _notify_listeners(self) -> None:
+        """Each switch to every listener, in the background: a slow hook never holds up the next switch."""
+        async with asyncio.TaskGroup() as group:
+            while True:
+                event = await self._switched.get()
+                for listener in self._listeners:
+                    group.create_task(_notify(listener, event))
+
+
+async def _notify(listener: SwitchListener, event: SwitchEvent) -> None:
+    try:
+        await listener(event)
+    except Exception as exc:  # noqa: BLE001 - a listener's failure must never stop switching
+        logger.opt(exception=exc).error("switch listener {} failed: {!r}", getattr(listener, "__qualname__", listener),
+                                        exc)
+
+
+def _bind(loop: Callable[[Uplink, str], Awaitable[None]], uplink: Uplink, name: str) -> Job:
+    return lambda: loop(uplink, name)

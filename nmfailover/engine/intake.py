@@ -1,0 +1,151 @@
+"""Event intake: NetworkManager's typed events (and the loss of our bus connection) become re-read links,
+immediate probes and a fresh decision."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from loguru import logger
+
+from ..errors import NMError, NMUnavailable
+from ..nm import (
+    ActiveConnectionsChanged,
+    CarrierChanged,
+    DevicesChanged,
+    DeviceStateChanged,
+    LinkState,
+    NMEvent,
+    NMStarted,
+    NMStopped,
+    ProfilesChanged,
+)
+from .actuator import Actuator, NetworkManagerPort
+from .state import Uplink
+from .supervisor import Supervisor
+
+BURST = 0.02  # the signals of one change arrive together: collect them, then act once
+IDLE_BEAT = 5.0  # an idle loop still proves it is alive this often
+RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class EventIntake:
+    def __init__(self, nm: NetworkManagerPort, uplinks: Sequence[Uplink], actuator: Actuator,
+                 supervisor: Supervisor, reconcile: Callable[[], Awaitable[None]]) -> None:
+        self.nm = nm
+        self.uplinks = uplinks
+        self.actuator = actuator
+        self.supervisor = supervisor
+        self._reconcile = reconcile
+        self._queue: asyncio.Queue[NMEvent] = asyncio.Queue()
+
+    def put(self, event: NMEvent) -> None:
+        """Called by the adapter from the bus reader; must not block."""
+        self._queue.put_nowait(event)
+
+    async def events(self, name: str) -> None:
+        live = self.supervisor.liveness(name, IDLE_BEAT + 60.0)
+        # (Re)started: whatever happened while nobody listened is in the links, so read them now.
+        await self.handle([ActiveConnectionsChanged()])
+        while True:
+            live.beat()
+            try:
+                async with asyncio.timeout(IDLE_BEAT):
+                    burst = [await self._queue.get()]
+            except TimeoutError:
+                continue
+            await asyncio.sleep(BURST)
+            while not self._queue.empty():
+                burst.append(self._queue.get_nowait())
+            live.beat()
+            await self.handle(burst)
+
+    async def handle(self, burst: Sequence[NMEvent]) -> None:
+        logger.debug("NetworkManager events: {}", burst)
+        presence = [e for e in burst if isinstance(e, NMStarted | NMStopped)]
+        match presence[-1] if presence else None:
+            case NMStopped():
+                logger.warning("NetworkManager left the bus; probing goes on, changes wait for its return")
+                return
+            case NMStarted():
+                logger.info("NetworkManager is back; re-reading links and re-applying the preference")
+                self.actuator.applied_for = None
+        try:
+            changed = await self.refresh_links()
+        except NMError as exc:
+            logger.warning("cannot read links after an event: {}", exc)
+            return
+        wake: set[int] = {u.index for u in changed}
+        for event in burst:
+            match event:
+                case CarrierChanged():
+                    # A carrier change shows in no link field NetworkManager reports yet: probe every uplink.
+                    wake.update(u.index for u in self.uplinks)
+                case DeviceStateChanged(device=device) | DevicesChanged(device=device):
+                    wake.update(u.index for u in self.uplinks if u.link.device == device)
+                case ProfilesChanged() | ActiveConnectionsChanged() | NMStarted() | NMStopped():
+                    pass
+        for index in wake:
+            self.uplinks[index].wake.set()
+        await self._reconcile()
+
+    async def refresh_links(self) -> list[Uplink]:
+        """Re-read every uplink's link; return those whose link changed in a way a probe should see."""
+        changed = []
+        for uplink in self.uplinks:
+            try:
+                link = await self.nm.link_state(uplink.profile.uuid)
+            except NMUnavailable:
+                raise
+            except NMError as exc:
+                logger.error("{}: cannot read its link: {}", uplink.label, exc)
+                link = LinkState(uuid=uplink.profile.uuid)
+            if link.device is None or uplink.missing:
+                await self._check_profile_exists(uplink)
+            old = uplink.link
+            if (link.device, link.interface, link.state, link.nameservers) != (
+                    old.device, old.interface, old.state, old.nameservers):
+                if old.state or link.state:
+                    logger.info("{}: link {} -> {}", uplink.label, old.state_name, link.state_name)
+                if link.activated and not old.activated:
+                    # A fresh activation brings back the profile's own metrics.
+                    self.actuator.applied_for = None
+                changed.append(uplink)
+            uplink.link = link
+        return changed
+
+    async def _check_profile_exists(self, uplink: Uplink) -> None:
+        exists = await self.nm.has_profile(uplink.profile.uuid)
+        if not exists and not uplink.missing:
+            logger.error("{}: its profile {!r} ({}) was deleted from NetworkManager; it counts as down until a "
+                         "profile with this UUID returns", uplink.label, uplink.profile.id, uplink.profile.uuid)
+        elif exists and uplink.missing:
+            logger.info("{}: its profile {!r} is back", uplink.label, uplink.profile.id)
+        uplink.missing = not exists
+
+    async def bus(self, name: str) -> None:
+        """Reconnect after the system bus connection is lost (a restarted dbus-daemon)."""
+        live = self.supervisor.liveness(name, IDLE_BEAT + 15.0)
+        while True:
+            # Waited on from a task of its own: a timeout must not cancel the library's own future.
+            lost = asyncio.ensure_future(self.nm.wait_for_disconnect())
+            try:
+                while not lost.done():
+                    live.beat()
+                    await asyncio.wait({lost}, timeout=IDLE_BEAT)
+            finally:
+                lost.cancel()
+            logger.warning("lost the system bus connection; reconnecting")
+            await self.nm.close()
+            attempt = 0
+            while True:
+                live.beat()
+                await asyncio.sleep(RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)])
+                attempt += 1
+                try:
+                    await self.nm.connect()
+                    break
+                except NMError as exc:
+                    logger.debug("reconnect attempt {} failed: {}", attempt, exc)
+            logger.info("reconnected to the system bus")
+            self.put(NMStarted())

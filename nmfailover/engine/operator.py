@@ -1,0 +1,111 @@
+"""The operator's API (what the control interface and the CLI expose): re-check, failover test, pin, and a
+status that only reads."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from loguru import logger
+
+from ..errors import InvalidRequest
+from ..policy import Health
+from .core import Engine
+from .state import Override, Uplink
+
+
+def _duration(seconds: float, *, zero_ok: bool) -> float:
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
+        rule = "a finite number of 0 or more" if zero_ok else "a finite number greater than 0"
+        raise InvalidRequest(f"seconds must be {rule}; got {seconds}")
+    return seconds
+
+
+class Operator:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def find_uplink(self, name: str) -> Uplink:
+        """An uplink by role (primary, backup...), profile id, UUID, configured name or interface."""
+        for uplink in self.engine.uplinks:
+            if name in (uplink.role, uplink.profile.id, uplink.profile.uuid, uplink.profile.spec,
+                        uplink.link.interface, uplink.profile.interface_name):
+                return uplink
+        known = ", ".join(f"{u.role} ({u.profile.id})" for u in self.engine.uplinks)
+        raise InvalidRequest(f"no uplink {name!r}; known: {known}")
+
+    async def recheck(self, interface: str = "", reason: str = "") -> int:
+        """Probe now: the uplinks on `interface`, or all when it names none of them. Returns how many."""
+        uplinks = self.engine.uplinks
+        chosen = [u for u in uplinks if interface and interface in (u.link.interface, u.profile.interface_name)]
+        logger.info("re-check requested{}{}", f" for {interface}" if interface else "",
+                    f" ({reason})" if reason else "")
+        for uplink in chosen or uplinks:
+            uplink.wake.set()
+        return len(chosen or uplinks)
+
+    async def force_failover(self, seconds: float) -> None:
+        """AstLinux's failover test: avoid the current uplink for a while without touching its link."""
+        _duration(seconds, zero_ok=False)
+        engine = self.engine
+        if engine.current is None:
+            raise InvalidRequest("no uplink carries traffic yet")
+        engine.avoid = Override(engine.current, engine.clock() + seconds)
+        logger.warning("forced failover: avoiding {} for {:g} s", engine.uplinks[engine.current].label, seconds)
+        await engine.reconcile()
+
+    async def end_force(self) -> None:
+        if self.engine.avoid is not None:
+            logger.info("forced failover ended early")
+        self.engine.avoid = None
+        await self.engine.reconcile()
+
+    async def prefer(self, name: str, seconds: float = 0) -> None:
+        """Pin an uplink (while it is healthy) until cleared, or for `seconds` if > 0."""
+        _duration(seconds, zero_ok=True)
+        uplink = self.find_uplink(name)
+        engine = self.engine
+        engine.pin = Override(uplink.index, engine.clock() + seconds if seconds else None)
+        logger.warning("preference pinned to {}{}", uplink.label, f" for {seconds:g} s" if seconds else "")
+        await engine.reconcile()
+
+    async def clear_preference(self) -> None:
+        engine = self.engine
+        if engine.pin is not None:
+            logger.info("preference for {} cleared", engine.uplinks[engine.pin.index].label)
+        engine.pin = None
+        await engine.reconcile()
+
+    def status(self) -> dict[str, Any]:
+        """Everything an operator wants to see, JSON-friendly; times are seconds since the epoch. Reads only."""
+        engine = self.engine
+        now, wall = engine.clock(), time.time()
+        decision = engine.decision(now)
+        hold_down = max(0.0, decision.recheck_at - now) if decision.recheck_at is not None else 0.0
+        avoid = engine.avoid if engine.avoid is not None and engine.avoid.active(now) else None
+        pin = engine.pin if engine.pin is not None and engine.pin.active(now) else None
+        return {
+            "preferred": engine.uplinks[engine.current].role if engine.current is not None else None,
+            "last_switch_at": None if engine.last_switch_at is None else wall - (now - engine.last_switch_at),
+            "switches": engine.switches,
+            "hold_down_remaining": round(hold_down, 3),
+            "forced_failover_remaining": round(avoid.remaining(now), 3) if avoid is not None else 0.0,
+            "pinned": engine.uplinks[pin.index].role if pin is not None else None,
+            "task_restarts": dict(engine.supervisor.restarts),
+            "uplinks": [_uplink_status(u, u.index == engine.current) for u in engine.uplinks],
+        }
+
+
+def _uplink_status(uplink: Uplink, carrying: bool) -> dict[str, Any]:
+    health, last = uplink.health, uplink.last_round
+    return {
+        "role": uplink.role, "profile": uplink.profile.id, "uuid": uplink.profile.uuid,
+        "device": uplink.link.interface, "link": uplink.link.state_name,
+        "health": "suspect" if health.suspect and health.health != Health.UNKNOWN else health.health.value,
+        "consecutive_failures": health.consecutive_failures,
+        "consecutive_successes": health.consecutive_successes,
+        "latency_ms": round(min(r.latency for r in last.results) * 1000, 1) if last and last.results else None,
+        "reason": last.summary if last else None,
+        "carrying_traffic": carrying,
+    }

@@ -1,0 +1,1 @@
+"""The sandbox, its upstream server and the demo; the daemon never imports it."""

@@ -1,0 +1,496 @@
+"""Engine wiring with fakes behind its Protocols (the real adapter is proven in test_nm/test_daemon), and
+its supervision: crashes restart a loop or end the engine, a stuck loop stops the watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from loguru import logger
+
+from nmfailover.config import load_settings
+from nmfailover.engine import Engine, Operator, SwitchEvent
+from nmfailover.engine.supervisor import Supervisor
+from nmfailover.errors import InvalidRequest, NMError, NMUnavailable, TaskGaveUp
+from nmfailover.nm import CarrierChanged, DeviceStateChanged, LinkState, Metrics, Profile
+from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target, parse_target
+
+SETTINGS = load_settings(
+    {
+        "NMFAILOVER_UPLINKS": "primary,backup",
+        "NMFAILOVER_PROBE_URLS": "http://192.0.2.10/generate_204",
+        "NMFAILOVER_ENV_FILE": "/dev/null",
+        "NMFAILOVER_PROBE_TIMEOUT": "0.01",
+        "NMFAILOVER_ACTIVE_INTERVAL": "0.05",
+        "NMFAILOVER_STANDBY_INTERVAL": "0.05",
+        "NMFAILOVER_SUSPECT_INTERVAL": "0.02",
+        "NMFAILOVER_FAILBACK_HOLD_DOWN": "0.2",
+    }
+)
+PROFILES = [
+    Profile(
+        spec=name,
+        uuid=f"uuid-{name}",
+        id=name,
+        interface_name=iface,
+        metric4=-1,
+        metric6=-1,
+        autoconnect_priority=0,
+        never_default=False,
+    )
+    for name, iface in (("primary", "wana"), ("backup", "wanb"))
+]
+
+
+@pytest.fixture(autouse=True)
+def private_runtime_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+
+
+class FakeNM:
+    def __init__(self) -> None:
+        self.links = {
+            p.uuid: LinkState(
+                uuid=p.uuid,
+                device=f"/dev/{p.interface_name}",
+                interface=p.interface_name,
+                state=100,
+                nameservers=("192.0.2.53",),
+            )
+            for p in PROFILES
+        }
+        self.metrics: dict[str, tuple[int, int]] = {f"/dev/{p.interface_name}": (-1, -1) for p in PROFILES}
+        self.priorities: dict[str, int] = {p.uuid: 0 for p in PROFILES}
+        self.calls: list[tuple[str, int]] = []
+        self.fail_writes = False
+        self.disconnected = asyncio.Event()
+
+    async def connect(self) -> None:
+        self.disconnected = asyncio.Event()
+
+    async def close(self) -> None:
+        pass
+
+    async def wait_for_disconnect(self) -> None:
+        await self.disconnected.wait()
+
+    async def link_state(self, uuid: str) -> LinkState:
+        return self.links[uuid]
+
+    async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool:
+        if self.fail_writes:
+            raise NMUnavailable("NetworkManager is not answering")
+        changed = self.metrics[device] != (metric4, metric6)
+        self.metrics[device] = (metric4, metric6)
+        self.calls.append((device, metric4))
+        return changed
+
+    async def set_autoconnect_priority(self, uuid: str, priority: int) -> bool:
+        if self.fail_writes:
+            raise NMError("Update2 failed")
+        self.priorities[uuid] = priority
+        return True
+
+    async def profile(self, uuid: str) -> Profile:
+        return next(p for p in PROFILES if p.uuid == uuid)
+
+    async def has_profile(self, uuid: str) -> bool:
+        return uuid in self.links
+
+    async def applied_metrics(self, device: str) -> Metrics:
+        return Metrics(*self.metrics[device])
+
+
+class FakeProber:
+    """Answers per interface from a switchable table; counts rounds."""
+
+    def __init__(self) -> None:
+        self.healthy = {"wana": True, "wanb": True}
+        self.rounds: list[str | None] = []
+        self.asked: list[tuple[str | None, list[str]]] = []
+
+    async def __call__(
+        self, link: Link, targets: Sequence[Target], timeout: float, needed: int
+    ) -> RoundResult:
+        self.rounds.append(link.interface)
+        self.asked.append((link.interface, [t.url for t in targets]))
+        if link.interface is None:
+            result = ProbeResult(targets[0], False, Reason.NO_DEVICE, 0.0, "no device")
+        elif self.healthy[link.interface]:
+            result = ProbeResult(targets[0], True, Reason.OK, 0.001, "HTTP 204")
+        else:
+            result = ProbeResult(targets[0], False, Reason.TIMEOUT, timeout, "no answer")
+        return RoundResult(ok=result.ok, results=(result,), needed=needed)
+
+
+async def wait_until(condition: object, timeout: float = 3.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():  # type: ignore[operator]
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+Harness = tuple[Engine, FakeNM, FakeProber, asyncio.Task[None]]
+
+
+async def start(engine: Engine) -> asyncio.Task[None]:
+    task = asyncio.create_task(engine.run())
+    await asyncio.wait_for(engine.ready.wait(), 2)
+    return task
+
+
+@pytest.fixture
+async def harness() -> Harness:
+    nm, prober = FakeNM(), FakeProber()
+    engine = Engine(SETTINGS, nm, PROFILES, prober)
+    return engine, nm, prober, await start(engine)
+
+
+@pytest.fixture
+async def slow_harness() -> Harness:
+    """Rounds only every 5 s: any round sooner was caused by an event, however loaded the machine."""
+    slow = SETTINGS.model_copy(update={"active_interval": 5.0, "standby_interval": 5.0, "suspect_interval": 5.0})
+    nm, prober = FakeNM(), FakeProber()
+    engine = Engine(slow, nm, PROFILES, prober)
+    return engine, nm, prober, await start(engine)
+
+
+async def stop(engine: Engine, task: asyncio.Task[None]) -> None:
+    engine.stop()
+    await task
+
+
+async def test_starts_on_primary_and_ranks_metrics(harness: Harness) -> None:
+    engine, nm, _, task = harness
+    assert engine.current == 0
+    assert nm.metrics == {"/dev/wana": (100, 100), "/dev/wanb": (200, 200)}
+    assert nm.priorities == {"uuid-primary": 2, "uuid-backup": 1}
+    await stop(engine, task)
+
+
+async def test_fails_over_new_preferred_first_then_back_and_restores(harness: Harness) -> None:
+    engine, nm, prober, task = harness
+    nm.calls.clear()
+    prober.healthy["wana"] = False
+    await wait_until(lambda: engine.current == 1)
+    await wait_until(lambda: nm.metrics == {"/dev/wanb": (100, 100), "/dev/wana": (200, 200)})
+    assert nm.calls[:2] == [("/dev/wanb", 100), ("/dev/wana", 200)]  # promote before demote
+    prober.healthy["wana"] = True
+    await wait_until(lambda: engine.current == 0)
+    assert engine.switches == 2
+    await stop(engine, task)
+    assert nm.metrics == {"/dev/wana": (-1, -1), "/dev/wanb": (-1, -1)}
+    assert nm.priorities == {"uuid-primary": 0, "uuid-backup": 0}
+
+
+async def test_failed_write_is_retried_and_never_crashes(harness: Harness) -> None:
+    engine, nm, prober, task = harness
+    nm.fail_writes = True
+    prober.healthy["wana"] = False
+    await wait_until(lambda: engine.current == 1)
+    await asyncio.sleep(0.15)
+    assert nm.metrics["/dev/wanb"] == (200, 200) and not task.done()
+    nm.fail_writes = False
+    await wait_until(lambda: nm.metrics["/dev/wanb"] == (100, 100))
+    assert engine.supervisor.restarts == dict.fromkeys(engine.supervisor.restarts, 0)  # a fault, not a crash
+    await stop(engine, task)
+
+
+async def test_device_state_event_triggers_immediate_probe_and_reactivation_reapplies(slow_harness: Harness) -> None:
+    engine, nm, prober, task = slow_harness
+    await asyncio.sleep(0.06)  # let the loops settle into their intervals
+    nm.links["uuid-primary"] = LinkState(uuid="uuid-primary", device="/dev/wana", interface="wana", state=20)
+    prober.rounds.clear()
+    engine.on_nm_event(DeviceStateChanged("/dev/wana", 20, 100))
+    await wait_until(lambda: None in prober.rounds, timeout=2)  # well before the 5 s interval
+    await wait_until(lambda: engine.current == 1)  # no device: down at once, no fail count
+    # NetworkManager re-activates the profile with its own metrics: the preference is put back.
+    nm.metrics["/dev/wana"] = (-1, -1)
+    nm.links["uuid-primary"] = LinkState(uuid="uuid-primary", device="/dev/wana", interface="wana", state=100)
+    engine.on_nm_event(DeviceStateChanged("/dev/wana", 100, 70))
+    await wait_until(lambda: nm.metrics["/dev/wana"] != (-1, -1))
+    await stop(engine, task)
+
+
+async def test_carrier_event_probes_every_uplink_at_once(slow_harness: Harness) -> None:
+    engine, _, prober, task = slow_harness
+    await asyncio.sleep(0.06)
+    prober.rounds.clear()
+    # No link field changes with the carrier: only the event's own type can explain these rounds.
+    engine.on_nm_event(CarrierChanged("/dev/wana", False))
+    await wait_until(lambda: {"wana", "wanb"} <= set(prober.rounds), timeout=2)  # well before the 5 s interval
+    await stop(engine, task)
+
+
+async def test_bus_loss_reconnects_and_reapplies(harness: Harness) -> None:
+    engine, nm, _, task = harness
+    nm.metrics["/dev/wana"] = (-1, -1)  # what a restarted NetworkManager would bring back
+    nm.disconnected.set()
+    await wait_until(lambda: nm.metrics["/dev/wana"] == (100, 100), timeout=3)
+    await stop(engine, task)
+
+
+async def test_forced_failover_moves_then_returns_by_itself() -> None:
+    nm, prober = FakeNM(), FakeProber()
+    events: list[str] = []
+
+    async def record(event: SwitchEvent) -> None:
+        events.append(f"{event.action}:{event.to_profile}")
+
+    engine = Engine(SETTINGS, nm, PROFILES, prober, listeners=[record])
+    operator = Operator(engine)
+    task = await start(engine)
+    with pytest.raises(InvalidRequest, match="greater than 0"):
+        await operator.force_failover(0)
+    await operator.force_failover(0.15)
+    assert engine.current == 1 and nm.metrics["/dev/wanb"] == (100, 100)
+    assert operator.status()["forced_failover_remaining"] > 0
+    await wait_until(lambda: engine.current == 0, timeout=2)
+    assert nm.metrics["/dev/wana"] == (100, 100)
+    await wait_until(lambda: len(events) >= 2)
+    assert events == ["avoid:backup", "failback:primary"]
+    await stop(engine, task)
+
+
+async def test_pin_and_clear(harness: Harness) -> None:
+    engine, _, prober, task = harness
+    operator = Operator(engine)
+    with pytest.raises(InvalidRequest, match="no uplink 'wanx'"):
+        await operator.prefer("wanx")
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(InvalidRequest, match="seconds must be"):
+            await operator.prefer("wanb", bad)
+    await operator.prefer("wanb")
+    assert engine.current == 1 and operator.status()["pinned"] == "backup"
+    prober.healthy["wanb"] = False  # a pin never holds traffic on a dead uplink
+    await wait_until(lambda: engine.current == 0)
+    prober.healthy["wanb"] = True
+    await wait_until(lambda: engine.current == 1)  # healthy again: the pin applies again
+    await operator.clear_preference()
+    await wait_until(lambda: engine.current == 0)
+    await stop(engine, task)
+
+
+async def test_timed_pin_expires_by_itself(harness: Harness) -> None:
+    engine, _, _, task = harness
+    operator = Operator(engine)
+    await operator.prefer("backup", 0.2)
+    assert engine.current == 1
+    await wait_until(lambda: engine.current == 0, timeout=3)
+    assert engine.pin is None and operator.status()["pinned"] is None
+    await stop(engine, task)
+
+
+async def test_guard_vetoes_failback_until_it_allows() -> None:
+    allow = False
+    asked: list[str] = []
+
+    async def guard(event: SwitchEvent) -> bool:
+        asked.append(event.action)
+        return allow
+
+    nm, prober = FakeNM(), FakeProber()
+    engine = Engine(SETTINGS, nm, PROFILES, prober, failback_guard=guard)
+    task = await start(engine)
+    prober.healthy["wana"] = False
+    await wait_until(lambda: engine.current == 1)
+    prober.healthy["wana"] = True
+    await wait_until(lambda: len(asked) >= 2, timeout=3)  # asked, vetoed, asked again later
+    assert engine.current == 1 and set(asked) == {"failback"}
+    allow = True
+    await wait_until(lambda: engine.current == 0, timeout=3)
+    await stop(engine, task)
+
+
+async def test_recheck_wakes_only_the_named_uplink(slow_harness: Harness) -> None:
+    engine, _, prober, task = slow_harness
+    operator = Operator(engine)
+    await asyncio.sleep(0.06)
+    prober.rounds.clear()
+    assert await operator.recheck("wanb", "dhcp4-change") == 1
+    await wait_until(lambda: "wanb" in prober.rounds, timeout=2)  # well before the 5 s interval
+    assert await operator.recheck("", "") == 2
+    status = operator.status()
+    assert [u["device"] for u in status["uplinks"]] == ["wana", "wanb"]
+    assert status["preferred"] == "primary" and status["uplinks"][0]["carrying_traffic"] is True
+    await stop(engine, task)
+
+
+async def test_status_only_reads() -> None:
+    nm, prober = FakeNM(), FakeProber()
+    engine = Engine(SETTINGS, nm, PROFILES, prober)
+    operator = Operator(engine)
+    task = await start(engine)
+    await operator.prefer("backup", 0.05)
+    await asyncio.sleep(0.1)  # the pin has expired, but only the engine's timer may act on that
+    engine.stop()
+    await task
+    pin = engine.pin
+    logged: list[str] = []
+    sink = logger.add(logged.append)
+    try:
+        first, second = operator.status(), operator.status()
+    finally:
+        logger.remove(sink)
+    assert first["pinned"] is None and engine.pin == pin and logged == []
+    assert {k: v for k, v in first.items() if k != "last_switch_at"} == {
+        k: v for k, v in second.items() if k != "last_switch_at"}
+
+
+async def test_nothing_healthy_at_start_changes_nothing() -> None:
+    nm, prober = FakeNM(), FakeProber()
+    prober.healthy.update(wana=False, wanb=False)
+    engine = Engine(SETTINGS, nm, PROFILES, prober)
+    task = await start(engine)
+    await asyncio.sleep(0.2)
+    assert nm.calls == [] and nm.priorities == {"uuid-primary": 0, "uuid-backup": 0}
+    prober.healthy["wanb"] = True  # only the backup comes up: traffic goes there
+    await wait_until(lambda: nm.metrics["/dev/wanb"] == (100, 100))
+    await stop(engine, task)
+
+
+async def test_steady_rounds_ask_the_quorum_in_rotation_and_doubt_asks_everyone() -> None:
+    urls = [f"http://192.0.2.{i}/generate_204" for i in (10, 11, 12)]
+    settings = SETTINGS.model_copy(update={"probe_targets": tuple(parse_target(u) for u in urls)})
+    nm, prober = FakeNM(), FakeProber()
+    engine = Engine(settings, nm, PROFILES, prober)
+    task = await start(engine)
+    assert [len(t) for i, t in prober.asked if i == "wana"] == [3]  # first round: no verdict yet
+    await wait_until(lambda: sum(i == "wana" for i, _ in prober.asked) >= 4)
+    lean = [t for i, t in prober.asked if i == "wana"][1:4]
+    assert [len(t) for t in lean] == [1, 1, 1] and len({t[0] for t in lean}) == 3  # every target in turn
+    prober.healthy["wana"] = False
+    await wait_until(lambda: engine.current == 1)
+    after = [t for i, t in prober.asked if i == "wana"]
+    failed_lean = next(n for n, t in enumerate(after) if n > 0 and len(t) == 3)
+    assert all(len(t) == 3 for t in after[failed_lean:])  # in doubt: every target, every round
+    await stop(engine, task)
+
+
+# -- supervision --------------------------------------------------------------------------------------
+
+
+class CrashingProber(FakeProber):
+    """Raises a bug-like exception on the chosen interface for the next `crashes` rounds."""
+
+    def __init__(self, interface: str, crashes: int) -> None:
+        super().__init__()
+        self.interface, self.crashes = interface, crashes
+
+    async def __call__(self, link: Link, targets: Sequence[Target], timeout: float, needed: int) -> RoundResult:
+        if link.interface == self.interface and self.crashes > 0 and self.rounds:
+            self.crashes -= 1
+            self.rounds.append("crash")
+            raise RuntimeError("injected crash in a probe round")
+        return await super().__call__(link, targets, timeout, needed)
+
+
+def capture_log() -> tuple[list[str], int]:
+    lines: list[str] = []
+    return lines, logger.add(lambda message: lines.append(str(message)), level="DEBUG")
+
+
+async def test_a_crashed_probe_loop_is_logged_and_runs_again() -> None:
+    nm, prober = FakeNM(), CrashingProber("wana", crashes=1)
+    engine = Engine(SETTINGS, nm, PROFILES, prober, supervisor=Supervisor(backoff=(0.05,)))
+    lines, sink = capture_log()
+    try:
+        task = await start(engine)
+        await wait_until(lambda: "crash" in prober.rounds)
+        crash_at = prober.rounds.index("crash")
+        # The uplink is probed again, so its death is still noticed.
+        await wait_until(lambda: "wana" in prober.rounds[crash_at + 1:])
+        prober.healthy["wana"] = False
+        await wait_until(lambda: engine.current == 1)
+        assert Operator(engine).status()["task_restarts"]["probe-primary"] == 1
+        await stop(engine, task)
+    finally:
+        logger.remove(sink)
+    text = "".join(lines)
+    assert "task probe-primary crashed" in text and "Traceback" in text and "injected crash" in text
+
+
+async def test_a_crashed_event_intake_is_logged_and_runs_again(slow_harness: Harness) -> None:
+    engine, nm, prober, task = slow_harness
+    original = nm.link_state
+    calls = 0
+
+    async def crash_once(uuid: str) -> LinkState:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KeyError("injected crash in the event intake")
+        return await original(uuid)
+
+    nm.link_state = crash_once  # type: ignore[method-assign]
+    lines, sink = capture_log()
+    try:
+        engine.on_nm_event(CarrierChanged("/dev/wana", False))
+        await wait_until(lambda: engine.supervisor.restarts.get("nm-events") == 1, timeout=3)
+        # Restarted: it re-reads the links and hears the next event.
+        await asyncio.sleep(0.6)  # the back-off
+        prober.rounds.clear()
+        engine.on_nm_event(CarrierChanged("/dev/wana", True))
+        await wait_until(lambda: {"wana", "wanb"} <= set(prober.rounds), timeout=3)  # before the 5 s interval
+    finally:
+        logger.remove(sink)
+    assert "task nm-events crashed" in "".join(lines) and "Traceback" in "".join(lines)
+    await stop(engine, task)
+
+
+async def test_a_loop_that_keeps_crashing_ends_the_engine_after_restoring() -> None:
+    nm, prober = FakeNM(), CrashingProber("wana", crashes=1000)
+    engine = Engine(SETTINGS, nm, PROFILES, prober, supervisor=Supervisor(backoff=(0.01,), budget=3))
+    task = await start(engine)
+    assert nm.metrics["/dev/wana"] == (100, 100)
+    with pytest.raises(TaskGaveUp, match="probe-primary crashed 4 times"):
+        await asyncio.wait_for(task, 5)
+    assert nm.metrics == {"/dev/wana": (-1, -1), "/dev/wanb": (-1, -1)}  # left as it was found
+
+
+async def test_a_stuck_probe_loop_is_named_and_stops_the_watchdog(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from nmfailover.daemon import systemd
+
+    hang = asyncio.Event()
+
+    class HangingProber(FakeProber):
+        async def __call__(self, link: Link, targets: Sequence[Target], timeout: float,
+                           needed: int) -> RoundResult:
+            if link.interface == "wanb" and hang.is_set():
+                await asyncio.Event().wait()  # a bug: a round that never ends
+            return await super().__call__(link, targets, timeout, needed)
+
+    address = tmp_path / "notify.sock"
+    monkeypatch.setenv("NOTIFY_SOCKET", str(address))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(address))
+        sock.setblocking(False)
+        nm, prober = FakeNM(), HangingProber()
+        engine = Engine(SETTINGS, nm, PROFILES, prober)
+        owned = asyncio.Event()
+        owned.set()
+        task = asyncio.create_task(engine.run({"systemd": lambda: systemd(engine, owned, 0.1)}))
+        await asyncio.wait_for(engine.ready.wait(), 2)
+
+        def received() -> list[str]:
+            found = []
+            while True:
+                try:
+                    found.append(sock.recv(4096).decode())
+                except BlockingIOError:
+                    return found
+
+        await asyncio.sleep(0.5)
+        assert any("WATCHDOG=1" in m for m in received()), "a healthy daemon pets the watchdog"
+        hang.set()
+        await wait_until(lambda: engine.supervisor.stuck() == ["probe-backup"], timeout=5)
+        received()
+        await asyncio.sleep(0.5)  # five watchdog periods
+        assert not any("WATCHDOG=1" in m for m in received()), "petted while a loop was stuck"
+        await stop(engine, task)
