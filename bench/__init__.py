@@ -1,1 +1,1 @@
-"""The failover benchmark; run it as `python bench/failover.py` (README "Benchmarks")."""
+"""The failover benchmark; run it as `python bench/failover.py` (see bench/README.md)."""

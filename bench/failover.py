@@ -6,7 +6,7 @@ resolver.
 
     python bench/failover.py [--runs 10] [--json out.json]
 
-Prints one table and writes the raw runs as JSON (default bench/results/<date>.json). See README "Benchmarks".
+Prints one table and writes the raw runs as JSON (default bench/results/<date>.json). See bench/README.md.
 This file is the plan: which parts run, in which order, and what goes into the JSON. Each part's runs are in
 bench/scenarios/, the lab observations in bench/measure.py, the methods compared in bench/methods.py and the
 table in bench/report.py.

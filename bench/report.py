@@ -1,4 +1,4 @@
-"""Reporting: quantiles of the raw runs and the markdown table README shows, one function per table section.
+"""Reporting: quantiles of the raw runs and the markdown table of bench/README.md, one function a section.
 
 Works on the JSON results alone, so `--table-from` can redraw the table of an earlier run.
 """

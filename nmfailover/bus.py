@@ -1,4 +1,4 @@
-"""The D-Bus library: dbus-fast where installed, else dbus-next (what Debian packages). Same API, same code."""
+"""The D-Bus library: dbus-fast where installed, else dbus-next (Debian's). Same API, same code."""
 
 from __future__ import annotations
 

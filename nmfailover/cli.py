@@ -49,55 +49,88 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nmfailover", description="Uplink failover for NetworkManager. Configured by "
-                     "NMFAILOVER_* environment variables (see the README).")
+    parser = _Parser(
+        prog="nmfailover",
+        description="Uplink failover for NetworkManager. Configured by "
+        "NMFAILOVER_* environment variables (see the README).",
+    )
     parser.add_argument("--version", action="version", version=f"nmfailover {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    commands.add_parser("run", help="run the failover daemon",
-                        description="Probe every uplink and keep the most preferred healthy one as the "
-                                    "default route. Stops on SIGTERM/SIGINT, restoring the profiles' metrics.")
-    check = commands.add_parser("check", help="probe every uplink once and print the results",
-                                description="Probe every uplink once. Exit 0 only if the most preferred "
-                                            "uplink is healthy.")
+    commands.add_parser(
+        "run",
+        help="run the failover daemon",
+        description="Probe every uplink and keep the most preferred healthy one as the "
+        "default route. Stops on SIGTERM/SIGINT, restoring the profiles' metrics.",
+    )
+    check = commands.add_parser(
+        "check",
+        help="probe every uplink once and print the results",
+        description="Probe every uplink once. Exit 0 only if the most preferred uplink is healthy.",
+    )
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    demo = commands.add_parser("demo", help="watch a failover in a sandbox (root; needs NetworkManager "
-                               "installed, not running)",
-                               description="Build a sandbox of a real NetworkManager with two simulated "
-                                           "uplinks, run the daemon in it, cut the primary's upstream, heal "
-                                           "it, print the measured times and remove everything. The "
-                                           "machine's own interfaces, routes and resolver are not touched.")
-    demo.add_argument("--hold-down", type=_seconds_arg(True), default=10.0, metavar="SECONDS",
-                      help="failback hold-down for the demo (default: 10)")
+    demo = commands.add_parser(
+        "demo",
+        help="watch a failover in a sandbox (root; needs NetworkManager installed, not running)",
+        description="Build a sandbox of a real NetworkManager with two simulated "
+        "uplinks, run the daemon in it, cut the primary's upstream, heal "
+        "it, print the measured times and remove everything. The "
+        "machine's own interfaces, routes and resolver are not touched.",
+    )
+    demo.add_argument(
+        "--hold-down",
+        type=_seconds_arg(True),
+        default=10.0,
+        metavar="SECONDS",
+        help="failback hold-down for the demo (default: 10)",
+    )
 
-    daemon_note = (f" Talks to the running daemon over {BUS_NAME} on the system bus; exit 3 if it is not "
-                   "running, 4 if the bus policy denies the call.")
-    status = commands.add_parser("status", help="show the running daemon's uplinks and state",
-                                 description="Show which uplink carries traffic, each uplink's health, "
-                                             "last probe and counts, the last switch and what is pending."
-                                             + daemon_note)
+    daemon_note = (
+        f" Talks to the running daemon over {BUS_NAME} on the system bus; exit 3 if it is not "
+        "running, 4 if the bus policy denies the call."
+    )
+    status = commands.add_parser(
+        "status",
+        help="show the running daemon's uplinks and state",
+        description="Show which uplink carries traffic, each uplink's health, "
+        "last probe and counts, the last switch and what is pending." + daemon_note,
+    )
     status.add_argument("--json", action="store_true", help="print the daemon's JSON status (see README)")
-    recheck = commands.add_parser("recheck", help="make the daemon probe now",
-                                  description="Ask the daemon to probe now instead of at its next round: "
-                                              "the uplink on INTERFACE, or every uplink." + daemon_note)
+    recheck = commands.add_parser(
+        "recheck",
+        help="make the daemon probe now",
+        description="Ask the daemon to probe now instead of at its next round: "
+        "the uplink on INTERFACE, or every uplink." + daemon_note,
+    )
     recheck.add_argument("--interface", default="", metavar="IF", help="only the uplink on this interface")
     recheck.add_argument("--reason", default="", help="why, for the daemon's log (default: none)")
-    test = commands.add_parser("test-failover", help="move traffic to the next uplink for a while",
-                               description="The failover test: traffic leaves the uplink carrying it for "
-                                           "SECONDS without touching that uplink's link, then normal policy "
-                                           "resumes by itself. Root or the D-Bus policy's group only."
-                                           + daemon_note)
+    test = commands.add_parser(
+        "test-failover",
+        help="move traffic to the next uplink for a while",
+        description="The failover test: traffic leaves the uplink carrying it for "
+        "SECONDS without touching that uplink's link, then normal policy "
+        "resumes by itself. Root or the D-Bus policy's group only." + daemon_note,
+    )
     length = test.add_mutually_exclusive_group()
-    length.add_argument("--seconds", type=_seconds_arg(False), default=60.0, metavar="N",
-                        help="how long (default: 60)")
+    length.add_argument(
+        "--seconds", type=_seconds_arg(False), default=60.0, metavar="N", help="how long (default: 60)"
+    )
     length.add_argument("--end", action="store_true", help="end a running test now")
-    prefer = commands.add_parser("prefer", help="pin an uplink (or --clear the pin)",
-                                 description="Keep traffic on UPLINK (a role like primary or backup, a "
-                                             "profile id, UUID or interface) while it is healthy, until "
-                                             "--clear or for --seconds. Root or the D-Bus policy's group "
-                                             "only." + daemon_note)
+    prefer = commands.add_parser(
+        "prefer",
+        help="pin an uplink (or --clear the pin)",
+        description="Keep traffic on UPLINK (a role like primary or backup, a "
+        "profile id, UUID or interface) while it is healthy, until "
+        "--clear or for --seconds. Root or the D-Bus policy's group "
+        "only." + daemon_note,
+    )
     prefer.add_argument("uplink", nargs="?", metavar="UPLINK")
-    prefer.add_argument("--seconds", type=_seconds_arg(True), default=0.0, metavar="N",
-                        help="drop the pin after N seconds (default: 0, until --clear)")
+    prefer.add_argument(
+        "--seconds",
+        type=_seconds_arg(True),
+        default=0.0,
+        metavar="N",
+        help="drop the pin after N seconds (default: 0, until --clear)",
+    )
     prefer.add_argument("--clear", action="store_true", help="drop the pin: normal policy resumes")
     return parser
 
@@ -127,19 +160,36 @@ async def _check(settings: Settings, as_json: bool) -> int:
         return EXIT_FAILURE
     finally:
         await client.close()
-    rounds = await asyncio.gather(*(
-        probe_round(Link(link.interface if link.activated else None, link.nameservers),
-                    settings.probe_targets, settings.probe_timeout, settings.probe_quorum)
-        for link in links))
+    rounds = await asyncio.gather(
+        *(
+            probe_round(
+                Link(link.interface if link.activated else None, link.nameservers),
+                settings.probe_targets,
+                settings.probe_timeout,
+                settings.probe_quorum,
+            )
+            for link in links
+        )
+    )
     rows = []
-    for index, (profile, link, result) in enumerate(zip(profiles, links, rounds)):
+    for index, (profile, link, result) in enumerate(zip(profiles, links, rounds, strict=True)):
         for probe in result.results:
-            rows.append({"uplink": role_name(index), "profile": profile.id, "device": link.interface or "-",
-                         "target": probe.target.url, "result": "ok" if probe.ok else "FAIL",
-                         "latency_ms": round(probe.latency * 1000), "reason": probe.reason.value,
-                         "detail": probe.detail})
-    verdicts = [{"uplink": role_name(i), "profile": p.id, "healthy": r.ok, "summary": r.summary}
-                for i, (p, r) in enumerate(zip(profiles, rounds))]
+            rows.append(
+                {
+                    "uplink": role_name(index),
+                    "profile": profile.id,
+                    "device": link.interface or "-",
+                    "target": probe.target.url,
+                    "result": "ok" if probe.ok else "FAIL",
+                    "latency_ms": round(probe.latency * 1000),
+                    "reason": probe.reason.value,
+                    "detail": probe.detail,
+                }
+            )
+    verdicts = [
+        {"uplink": role_name(i), "profile": p.id, "healthy": r.ok, "summary": r.summary}
+        for i, (p, r) in enumerate(zip(profiles, rounds, strict=True))
+    ]
     if as_json:
         print(json.dumps({"probes": rows, "uplinks": verdicts}, indent=2))
     else:
@@ -173,11 +223,20 @@ def print_status(status: dict[str, Any]) -> None:
         print(f"pinned to: {status['pinned']}")
     if status["hold_down_remaining"]:
         print(f"failback hold-down: {status['hold_down_remaining']:.0f} s left")
-    rows = [{"": "*" if u["carrying_traffic"] else "", "uplink": u["role"], "profile": u["profile"],
-             "device": u["device"] or "-", "link": u["link"], "health": u["health"],
-             "latency": "-" if u["latency_ms"] is None else f"{u['latency_ms']:g} ms",
-             "fail/ok": f"{u['consecutive_failures']}/{u['consecutive_successes']}",
-             "last probe": u["reason"] or "-"} for u in uplinks]
+    rows = [
+        {
+            "": "*" if u["carrying_traffic"] else "",
+            "uplink": u["role"],
+            "profile": u["profile"],
+            "device": u["device"] or "-",
+            "link": u["link"],
+            "health": u["health"],
+            "latency": "-" if u["latency_ms"] is None else f"{u['latency_ms']:g} ms",
+            "fail/ok": f"{u['consecutive_failures']}/{u['consecutive_successes']}",
+            "last probe": u["reason"] or "-",
+        }
+        for u in uplinks
+    ]
     columns = list(rows[0]) if rows else []
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     print()
@@ -214,7 +273,9 @@ async def _client(args: argparse.Namespace) -> int:
 
 
 def _run_client(args: argparse.Namespace) -> int:
-    if args.command == "prefer" and (args.clear == (args.uplink is not None) or (args.clear and args.seconds)):
+    if args.command == "prefer" and (
+        args.clear == (args.uplink is not None) or (args.clear and args.seconds)
+    ):
         raise UsageError("nmfailover prefer: give either UPLINK [--seconds N] or --clear")
     try:
         return asyncio.run(_client(args))
@@ -222,8 +283,10 @@ def _run_client(args: argparse.Namespace) -> int:
         print(f"nmfailover: the daemon is not running (no {BUS_NAME} on the system bus)", file=sys.stderr)
         return EXIT_NOT_RUNNING
     except ControlAccessDenied as exc:
-        print(f"nmfailover: access denied by the D-Bus policy (root or the nmfailover group only): {exc}",
-              file=sys.stderr)
+        print(
+            f"nmfailover: access denied by the D-Bus policy (root or the nmfailover group only): {exc}",
+            file=sys.stderr,
+        )
         return EXIT_DENIED
     except ControlCallFailed as exc:
         print(f"nmfailover: {exc}", file=sys.stderr)

@@ -45,9 +45,13 @@ _PEER = "org.freedesktop.DBus.Peer"
 _PROPERTIES = "org.freedesktop.DBus.Properties"
 _REQUEST_NAME_DO_NOT_QUEUE = 0x4
 _PRIMARY_OWNER, _ALREADY_OWNER = 1, 4
-_DOCTYPE = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
-            ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n')
-INTROSPECTION = _DOCTYPE + f"""<node>
+_DOCTYPE = (
+    '<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
+    ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n'
+)
+INTROSPECTION = (
+    _DOCTYPE
+    + f"""<node>
   <interface name="{INTERFACE}">
     <method name="Status"><arg name="status_json" type="s" direction="out"/></method>
     <method name="Recheck">
@@ -83,6 +87,7 @@ INTROSPECTION = _DOCTYPE + f"""<node>
   </interface>
 </node>
 """
+)
 # So that `busctl tree` and d-feet can walk down to the object.
 _PARENTS = {"/": "net", "/net": "nmfailover", "/net/nmfailover": "Failover1"}
 
@@ -95,7 +100,9 @@ class ControlService:
         self._operator: Operator | None = None
         self._bus: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._methods: dict[str, tuple[str, Callable[[Operator, list[Any]], Awaitable[tuple[str, list[Any]]]]]] = {
+        self._methods: dict[
+            str, tuple[str, Callable[[Operator, list[Any]], Awaitable[tuple[str, list[Any]]]]]
+        ] = {
             "Status": ("", _status),
             "Recheck": ("ss", _recheck),
             "ForceFailover": ("d", _force_failover),
@@ -127,12 +134,15 @@ class ControlService:
         except ControlAccessDenied as exc:
             raise ControlError(
                 f"not allowed to own {BUS_NAME} on the system bus ({exc}); install "
-                f"packaging/dbus/{BUS_NAME}.conf as /etc/dbus-1/system.d/{BUS_NAME}.conf") from None
+                f"packaging/dbus/{BUS_NAME}.conf as /etc/dbus-1/system.d/{BUS_NAME}.conf"
+            ) from None
         except ControlCallFailed as exc:
             raise ControlError(f"cannot own {BUS_NAME} on the system bus: {exc}") from None
         if result not in (_PRIMARY_OWNER, _ALREADY_OWNER):
-            raise ControlError(f"{BUS_NAME} is already owned on the system bus{await _owner_pid(bus)}: "
-                               "is another nmfailover running?")
+            raise ControlError(
+                f"{BUS_NAME} is already owned on the system bus{await _owner_pid(bus)}: "
+                "is another nmfailover running?"
+            )
 
     async def close(self) -> None:
         self.owned.clear()
@@ -174,10 +184,16 @@ class ControlService:
         """A switch listener: broadcast the Switched signal."""
         if self._bus is None:
             return
-        await self._bus.send(Message(
-            message_type=MessageType.SIGNAL, path=OBJECT_PATH, interface=INTERFACE, member="Switched",
-            signature="ssss", body=[event.from_profile, event.to_profile, event.reason,
-                                    json.dumps(event.as_dict())]))
+        await self._bus.send(
+            Message(
+                message_type=MessageType.SIGNAL,
+                path=OBJECT_PATH,
+                interface=INTERFACE,
+                member="Switched",
+                signature="ssss",
+                body=[event.from_profile, event.to_profile, event.reason, json.dumps(event.as_dict())],
+            )
+        )
 
     # -- calls --------------------------------------------------------------------------------------
 
@@ -203,7 +219,9 @@ class ControlService:
             reply = Message.new_error(msg, ERROR_INVALID_ARGS, str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug in a call must never take the daemon down
             logger.opt(exception=exc).error("control: {} failed: {!r}", msg.member, exc)
-            reply = Message.new_error(msg, ERROR_FAILED, f"internal error in {msg.member}: {type(exc).__name__}")
+            reply = Message.new_error(
+                msg, ERROR_FAILED, f"internal error in {msg.member}: {type(exc).__name__}"
+            )
         self._reply(msg, reply)
 
     async def _answer(self, msg: Any) -> Any:
@@ -216,8 +234,11 @@ class ControlService:
             return Message.new_method_return(msg, "a{sv}", [{}])
         method = self._methods.get(member) if interface in (None, INTERFACE) else None
         if method is None or self._operator is None:
-            return Message.new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod",
-                                     f"no method {interface or ''}.{member} on {OBJECT_PATH}")
+            return Message.new_error(
+                msg,
+                "org.freedesktop.DBus.Error.UnknownMethod",
+                f"no method {interface or ''}.{member} on {OBJECT_PATH}",
+            )
         expected, handler = method
         if signature != expected:
             raise InvalidRequest(f"{member} takes arguments ({expected}), got ({signature})")
@@ -275,11 +296,20 @@ async def _connect(timeout: float) -> Any:
         raise ControlError(f"cannot connect to the system bus: {exc}") from exc
 
 
-async def _call(bus: Any, dest: str, path: str, interface: str, member: str, signature: str = "",
-                body: Sequence[Any] = (), timeout: float = CALL_TIMEOUT) -> list[Any]:
+async def _call(
+    bus: Any,
+    dest: str,
+    path: str,
+    interface: str,
+    member: str,
+    signature: str = "",
+    body: Sequence[Any] = (),
+    timeout: float = CALL_TIMEOUT,
+) -> list[Any]:
     """The reply body; an error reply as the matching ControlError."""
-    msg = Message(destination=dest, path=path, interface=interface, member=member, signature=signature,
-                  body=list(body))
+    msg = Message(
+        destination=dest, path=path, interface=interface, member=member, signature=signature, body=list(body)
+    )
     try:
         async with asyncio.timeout(timeout):
             reply = await bus.call(msg)
@@ -292,8 +322,10 @@ async def _call(bus: Any, dest: str, path: str, interface: str, member: str, sig
     if reply.message_type != MessageType.ERROR:
         return list(reply.body)
     text = str(reply.body[0]) if reply.body else reply.error_name
-    if reply.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
-                            "org.freedesktop.DBus.Error.NameHasNoOwner"):
+    if reply.error_name in (
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+    ):
         raise DaemonNotRunning(text)
     if reply.error_name == "org.freedesktop.DBus.Error.AccessDenied":
         raise ControlAccessDenied(text)
@@ -310,8 +342,9 @@ async def _owner_pid(bus: Any) -> str:
         return ""
 
 
-async def call_daemon(member: str, signature: str = "", body: Sequence[Any] = (),
-                      timeout: float = CALL_TIMEOUT) -> list[Any]:
+async def call_daemon(
+    member: str, signature: str = "", body: Sequence[Any] = (), timeout: float = CALL_TIMEOUT
+) -> list[Any]:
     """Call a method of the running daemon (the CLI's side): the reply body, or DaemonNotRunning,
     ControlAccessDenied, ControlCallFailed or ControlError (bus unreachable, no answer in time)."""
     bus = await _connect(timeout)

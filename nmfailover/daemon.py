@@ -47,15 +47,25 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round) -> int:
     listeners: list[SwitchListener] = [control.on_switch, hooks.on_switch, _report_switch]
     if settings.webhook_url:
         listeners.append(Webhook(settings.webhook_url).on_switch)
-    engine = Engine(settings, client, profiles, prober, listeners=listeners,
-                    failback_guard=hooks.failback_guard if settings.failback_guard is not None else None)
+    engine = Engine(
+        settings,
+        client,
+        profiles,
+        prober,
+        listeners=listeners,
+        failback_guard=hooks.failback_guard if settings.failback_guard is not None else None,
+    )
     operator = Operator(engine)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.stop)
-    logger.info("nmfailover {} managing {} over {} ({})", __version__,
-                ", ".join(f"{role_name(i)}={p.id}" for i, p in enumerate(profiles)), DBUS_LIBRARY,
-                await client.version())
+    logger.info(
+        "nmfailover {} managing {} over {} ({})",
+        __version__,
+        ", ".join(f"{role_name(i)}={p.id}" for i, p in enumerate(profiles)),
+        DBUS_LIBRARY,
+        await client.version(),
+    )
     try:
         # Before anything changes: a second instance must stop here, not fight the first over metrics.
         await control.start(operator)
@@ -65,7 +75,9 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round) -> int:
         return EXIT_FAILURE
     supervisor = engine.supervisor
     jobs = {
-        "control-bus": lambda: control.keep_connected(supervisor.liveness("control-bus", CONTROL_MAX_SILENCE)),
+        "control-bus": lambda: control.keep_connected(
+            supervisor.liveness("control-bus", CONTROL_MAX_SILENCE)
+        ),
         "systemd": lambda: systemd(engine, control.owned, sdnotify.watchdog_interval()),
     }
     try:
@@ -105,5 +117,6 @@ async def systemd(engine: Engine, owned: asyncio.Event, watchdog: float | None) 
 
 
 async def _report_switch(event: SwitchEvent) -> None:
-    sdnotify.notify(f"STATUS=traffic on {event.state.lower()} ({event.device}) since {event.action}: "
-                    f"{event.reason}")
+    sdnotify.notify(
+        f"STATUS=traffic on {event.state.lower()} ({event.device}) since {event.action}: {event.reason}"
+    )

@@ -82,31 +82,53 @@ def hook_args(state: str, event: SwitchEvent) -> list[str]:
         secondary = old
     else:
         secondary = uplinks[1]
-    return [state, primary.interface, primary.gateway4, secondary.interface, secondary.gateway4,
-            secondary.gateway6]
+    return [
+        state,
+        primary.interface,
+        primary.gateway4,
+        secondary.interface,
+        secondary.gateway4,
+        secondary.gateway6,
+    ]
 
 
 def hook_env(event: SwitchEvent) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NMFAILOVER_") and k not in _HIDDEN}
     env.setdefault("PATH", _DEFAULT_PATH)
-    env.update({
-        "NMFAILOVER_STATE": event.state, "NMFAILOVER_ACTION": event.action,
-        "NMFAILOVER_FROM": event.from_profile, "NMFAILOVER_TO": event.to_profile,
-        "NMFAILOVER_FROM_DEVICE": event.from_device, "NMFAILOVER_DEVICE": event.device,
-        "NMFAILOVER_GATEWAY4": event.gateway4, "NMFAILOVER_GATEWAY6": event.gateway6,
-        "NMFAILOVER_REASON": event.reason, "NMFAILOVER_AT": iso(event.at),
-    })
+    env.update(
+        {
+            "NMFAILOVER_STATE": event.state,
+            "NMFAILOVER_ACTION": event.action,
+            "NMFAILOVER_FROM": event.from_profile,
+            "NMFAILOVER_TO": event.to_profile,
+            "NMFAILOVER_FROM_DEVICE": event.from_device,
+            "NMFAILOVER_DEVICE": event.device,
+            "NMFAILOVER_GATEWAY4": event.gateway4,
+            "NMFAILOVER_GATEWAY6": event.gateway6,
+            "NMFAILOVER_REASON": event.reason,
+            "NMFAILOVER_AT": iso(event.at),
+        }
+    )
     return env
 
 
-async def execute(path: Path, argv: Sequence[str], env: dict[str, str], timeout: float) -> tuple[int | None, str]:
+async def execute(
+    path: Path, argv: Sequence[str], env: dict[str, str], timeout: float
+) -> tuple[int | None, str]:
     """Run path; (exit status or None on timeout, its output). The whole process group dies at the timeout."""
     # Output goes to a file, not a pipe: a background child that keeps a pipe open would make a finished
     # hook look hung.
     with tempfile.TemporaryFile() as output:
         proc = await asyncio.create_subprocess_exec(
-            str(path), *argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env,
-            cwd="/", start_new_session=True)
+            str(path),
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+        )
         try:
             code: int | None = await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
@@ -176,16 +198,16 @@ class SwitchHooks:
     async def _run(self, path: Path, event: SwitchEvent) -> None:
         started = time.monotonic()
         try:
-            code, text = await execute(path, hook_args(event.state, event), hook_env(event),
-                                       self.timeout)
+            code, text = await execute(path, hook_args(event.state, event), hook_env(event), self.timeout)
         except OSError as exc:
             logger.warning("hook {} could not run: {}", path, exc)
             return
         took = time.monotonic() - started
         if code is None:
             _log_output(path.name, text, "WARNING")
-            logger.warning("hook {} timed out after {:g} s; killed it and its process group", path,
-                           self.timeout)
+            logger.warning(
+                "hook {} timed out after {:g} s; killed it and its process group", path, self.timeout
+            )
         elif code != 0:
             _log_output(path.name, text, "WARNING")
             logger.warning("hook {} failed with exit status {} after {:.1f} s", path, code, took)
@@ -204,15 +226,19 @@ class SwitchHooks:
             logger.warning("failback guard {} not run ({}); allowing the failback", path, problem)
             return True
         try:
-            code, text = await execute(path, hook_args("FAILBACK", event), hook_env(event),
-                                       self.guard_timeout)
+            code, text = await execute(
+                path, hook_args("FAILBACK", event), hook_env(event), self.guard_timeout
+            )
         except OSError as exc:
             logger.warning("failback guard {} could not run ({}); allowing the failback", path, exc)
             return True
         _log_output(path.name, text)
         if code is None:
-            logger.warning("failback guard {} timed out after {:g} s; that vetoes the failback for now", path,
-                           self.guard_timeout)
+            logger.warning(
+                "failback guard {} timed out after {:g} s; that vetoes the failback for now",
+                path,
+                self.guard_timeout,
+            )
             return False
         if code != 0:
             logger.info("failback guard {} exited {}: failback to {} vetoed", path, code, event.to_profile)
@@ -228,12 +254,21 @@ class Webhook:
         self.delays = delays  # before each retry
 
     def body(self, event: SwitchEvent) -> bytes:
-        return json.dumps({
-            "event": "switch", "action": event.action, "state": event.state,
-            "from": event.from_profile, "to": event.to_profile, "from_device": event.from_device,
-            "device": event.device, "reason": event.reason, "host": socket.gethostname(),
-            "at": iso(event.at), "sent_at": iso(time.time()),
-        }).encode()
+        return json.dumps(
+            {
+                "event": "switch",
+                "action": event.action,
+                "state": event.state,
+                "from": event.from_profile,
+                "to": event.to_profile,
+                "from_device": event.from_device,
+                "device": event.device,
+                "reason": event.reason,
+                "host": socket.gethostname(),
+                "at": iso(event.at),
+                "sent_at": iso(time.time()),
+            }
+        ).encode()
 
     async def on_switch(self, event: SwitchEvent) -> None:
         """A switch listener; the engine runs it in the background, so retries never hold up a switch."""
@@ -243,8 +278,12 @@ class Webhook:
         attempts = len(self.delays) + 1
         for attempt in range(attempts):
             if attempt:
-                logger.info("webhook attempt {} failed: {}; retrying in {:g} s", attempt, problem,
-                            self.delays[attempt - 1])
+                logger.info(
+                    "webhook attempt {} failed: {}; retrying in {:g} s",
+                    attempt,
+                    problem,
+                    self.delays[attempt - 1],
+                )
                 await asyncio.sleep(self.delays[attempt - 1])
             try:
                 status = await post_json(link, self.url, self.body(event), self.timeout)

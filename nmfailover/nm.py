@@ -38,23 +38,47 @@ CALL_TIMEOUT = 10.0
 # NM sends legacy keys next to their replacements and, given both, prefers the legacy one: an edited
 # dict sent back with them intact would silently lose changes. Drop a legacy key only when its
 # replacement is present, so nothing is lost on versions that lack the replacement.
-_LEGACY_KEYS = {"addresses": "address-data", "address-labels": "address-data", "routes": "route-data",
-                "dns": "dns-data"}
+_LEGACY_KEYS = {
+    "addresses": "address-data",
+    "address-labels": "address-data",
+    "routes": "route-data",
+    "dns": "dns-data",
+}
 
-DEVICE_STATES = {10: "unmanaged", 20: "unavailable", 30: "disconnected", 40: "preparing", 50: "configuring",
-                 60: "need-auth", 70: "ip-config", 80: "ip-check", 90: "secondaries", 100: "activated",
-                 110: "deactivating", 120: "failed"}
+DEVICE_STATES = {
+    10: "unmanaged",
+    20: "unavailable",
+    30: "disconnected",
+    40: "preparing",
+    50: "configuring",
+    60: "need-auth",
+    70: "ip-config",
+    80: "ip-check",
+    90: "secondaries",
+    100: "activated",
+    110: "deactivating",
+    120: "failed",
+}
 
 Settings = dict[str, dict[str, Any]]
 
 
-ERROR_UNAVAILABLE = frozenset({"org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NoReply",
-                               "org.freedesktop.DBus.Error.Disconnected",
-                               "org.freedesktop.DBus.Error.NameHasNoOwner"})
-ERROR_DENIED = frozenset({"org.freedesktop.DBus.Error.AccessDenied",
-                          "org.freedesktop.NetworkManager.PermissionDenied",
-                          "org.freedesktop.NetworkManager.Settings.PermissionDenied",
-                          "org.freedesktop.NetworkManager.Device.PermissionDenied"})
+ERROR_UNAVAILABLE = frozenset(
+    {
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NoReply",
+        "org.freedesktop.DBus.Error.Disconnected",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+    }
+)
+ERROR_DENIED = frozenset(
+    {
+        "org.freedesktop.DBus.Error.AccessDenied",
+        "org.freedesktop.NetworkManager.PermissionDenied",
+        "org.freedesktop.NetworkManager.Settings.PermissionDenied",
+        "org.freedesktop.NetworkManager.Device.PermissionDenied",
+    }
+)
 ERROR_NO_SUCH_PROFILE = "org.freedesktop.NetworkManager.Settings.InvalidConnection"
 ERROR_VERSION_MISMATCH = "org.freedesktop.NetworkManager.Device.VersionIdMismatch"
 
@@ -64,7 +88,7 @@ ERROR_VERSION_MISMATCH = "org.freedesktop.NetworkManager.Device.VersionIdMismatc
 
 @dataclass(frozen=True)
 class CarrierChanged:
-    """A wired device's carrier: NetworkManager acts on a lost one only seconds later, this arrives at once."""
+    """A wired device's carrier: NetworkManager acts on a lost one seconds later, this comes at once."""
 
     device: str
     carrier: bool
@@ -107,28 +131,35 @@ class NMStopped:
     pass
 
 
-NMEvent = (CarrierChanged | DeviceStateChanged | DevicesChanged | ProfilesChanged | ActiveConnectionsChanged
-           | NMStarted | NMStopped)
+NMEvent = (
+    CarrierChanged
+    | DeviceStateChanged
+    | DevicesChanged
+    | ProfilesChanged
+    | ActiveConnectionsChanged
+    | NMStarted
+    | NMStopped
+)
 
 
 @dataclass(frozen=True)
 class Profile:
-    spec: str                   # as the user wrote it
+    spec: str  # as the user wrote it
     uuid: str
     id: str
     interface_name: str | None  # connection.interface-name, if the profile is bound to one
-    metric4: int                # the profile's own ipv4.route-metric (-1: NM's default)
+    metric4: int  # the profile's own ipv4.route-metric (-1: NM's default)
     metric6: int
     autoconnect_priority: int
-    never_default: bool         # ipv4.never-default: such a profile can never carry the default route
+    never_default: bool  # ipv4.never-default: such a profile can never carry the default route
 
 
 @dataclass(frozen=True)
 class LinkState:
     uuid: str
-    device: str | None = None     # D-Bus path of the device the profile is active on
+    device: str | None = None  # D-Bus path of the device the profile is active on
     interface: str | None = None  # the IP interface to bind probes to
-    state: int = 0                # device state; 0 when the profile is not active anywhere
+    state: int = 0  # device state; 0 when the profile is not active anywhere
     nameservers: tuple[str, ...] = ()
     gateway4: str | None = None
     gateway6: str | None = None
@@ -164,8 +195,11 @@ def _strip_legacy(settings: Settings) -> Settings:
 
 
 def _nameservers(ip4: dict[str, Any], ip6: dict[str, Any]) -> tuple[str, ...]:
-    found = [str(_unwrap(entry["address"])) for entry in _unwrap(ip4.get("NameserverData", [])) or []
-             if "address" in entry]
+    found = [
+        str(_unwrap(entry["address"]))
+        for entry in _unwrap(ip4.get("NameserverData", [])) or []
+        if "address" in entry
+    ]
     found += [str(ipaddress.IPv6Address(bytes(raw))) for raw in _unwrap(ip6.get("Nameservers", [])) or []]
     return tuple(found)
 
@@ -191,8 +225,14 @@ class NetworkManagerClient:
         bus.add_message_handler(self._handle_message)
         name_owner = f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{NM_BUS}'"
         for rule in (f"type='signal',sender='{NM_BUS}'", name_owner):
-            await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                             "AddMatch", "s", [rule])
+            await self._call(
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus",
+                "AddMatch",
+                "s",
+                [rule],
+            )
 
     async def close(self) -> None:
         if self._bus is not None:
@@ -215,12 +255,26 @@ class NetworkManagerClient:
         if event is not None:
             self._on_event(event)
 
-    async def _call(self, dest: str, path: str, interface: str, member: str, signature: str = "",
-                    body: Sequence[Any] = (), timeout: float = CALL_TIMEOUT) -> list[Any]:
+    async def _call(
+        self,
+        dest: str,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        timeout: float = CALL_TIMEOUT,
+    ) -> list[Any]:
         if self._bus is None or not self._bus.connected:
             raise NMUnavailable("not connected to the system bus")
-        msg = Message(destination=dest, path=path, interface=interface, member=member,
-                      signature=signature, body=list(body))
+        msg = Message(
+            destination=dest,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=list(body),
+        )
         try:
             async with asyncio.timeout(timeout):
                 reply = await self._bus.call(msg)
@@ -234,8 +288,9 @@ class NetworkManagerClient:
             raise _error(member, reply.error_name, str(reply.body[0]) if reply.body else "")
         return list(reply.body)
 
-    async def _nm(self, path: str, interface: str, member: str, signature: str = "",
-                  body: Sequence[Any] = ()) -> list[Any]:
+    async def _nm(
+        self, path: str, interface: str, member: str, signature: str = "", body: Sequence[Any] = ()
+    ) -> list[Any]:
         return await self._call(NM_BUS, path, interface, member, signature, body)
 
     async def _get_all(self, path: str, interface: str) -> dict[str, Any]:
@@ -305,14 +360,19 @@ class NetworkManagerClient:
                 raise ProfileError(spec, f"matches several profiles ({names}); use a profile id or UUID")
             profile = _profile(spec, matches[0])
             if profile.never_default:
-                raise ProfileError(spec, f"profile {profile.id!r} has ipv4.never-default=yes, so it can "
-                                         "never carry the default route")
+                raise ProfileError(
+                    spec,
+                    f"profile {profile.id!r} has ipv4.never-default=yes, so it can "
+                    "never carry the default route",
+                )
             resolved.append(profile)
         seen: dict[str, str] = {}
         for profile in resolved:
             if profile.uuid in seen:
-                raise ProfileError(profile.spec, f"is the same profile as {seen[profile.uuid]!r} "
-                                                 f"({profile.id}, {profile.uuid})")
+                raise ProfileError(
+                    profile.spec,
+                    f"is the same profile as {seen[profile.uuid]!r} ({profile.id}, {profile.uuid})",
+                )
             seen[profile.uuid] = profile.spec
         return resolved
 
@@ -344,7 +404,8 @@ class NetworkManagerClient:
         ip4 = await self._get_all(str(props.get("Ip4Config", "/")), IFACE_IP4)
         ip6 = await self._get_all(str(props.get("Ip6Config", "/")), IFACE_IP6)
         return LinkState(
-            uuid=uuid, device=device,
+            uuid=uuid,
+            device=device,
             interface=str(props.get("IpInterface") or props.get("Interface") or "") or None,
             state=int(props.get("State", 0)),
             nameservers=_nameservers(ip4, ip6),
@@ -364,15 +425,19 @@ class NetworkManagerClient:
         for attempt in (1, 2):
             settings, version_id = await self._nm(device, IFACE_DEVICE, "GetAppliedConnection", "u", [0])
             wanted = {"ipv4": metric4, "ipv6": metric6}
-            stale = {family: value for family, value in wanted.items()
-                     if family in settings and _metric(settings, family) != value}
+            stale = {
+                family: value
+                for family, value in wanted.items()
+                if family in settings and _metric(settings, family) != value
+            }
             if not stale:
                 return False
             for family, value in stale.items():
                 settings[family]["route-metric"] = Variant("x", value)
             try:
-                await self._nm(device, IFACE_DEVICE, "Reapply", "a{sa{sv}}tu",
-                               [_strip_legacy(settings), version_id, 0])
+                await self._nm(
+                    device, IFACE_DEVICE, "Reapply", "a{sa{sv}}tu", [_strip_legacy(settings), version_id, 0]
+                )
                 return True
             except NMError as exc:
                 # Someone else changed the device between our read and write: read again once.
@@ -387,8 +452,13 @@ class NetworkManagerClient:
         if _unwrap(settings["connection"].get("autoconnect-priority", 0)) == priority:
             return False
         settings["connection"]["autoconnect-priority"] = Variant("i", priority)
-        await self._nm(path, IFACE_CONNECTION, "Update2", "a{sa{sv}}ua{sv}",
-                       [_strip_legacy(settings), UPDATE2_IN_MEMORY | UPDATE2_NO_REAPPLY, {}])
+        await self._nm(
+            path,
+            IFACE_CONNECTION,
+            "Update2",
+            "a{sa{sv}}ua{sv}",
+            [_strip_legacy(settings), UPDATE2_IN_MEMORY | UPDATE2_NO_REAPPLY, {}],
+        )
         return True
 
     async def profile(self, uuid: str) -> Profile:
@@ -438,11 +508,17 @@ def _event(msg: Any) -> NMEvent | None:
     if interface == IFACE_NM and member in ("DeviceAdded", "DeviceRemoved"):
         return DevicesChanged(str(body[0]), member == "DeviceAdded")
     if (interface == IFACE_SETTINGS and member in ("ConnectionRemoved", "NewConnection")) or (
-            interface == IFACE_CONNECTION and member in ("Updated", "Removed")):
+        interface == IFACE_CONNECTION and member in ("Updated", "Removed")
+    ):
         return ProfilesChanged(str(body[0]) if interface == IFACE_SETTINGS else msg.path)
     if interface == IFACE_PROPERTIES and body and body[0] == IFACE_WIRED and "Carrier" in body[1]:
         return CarrierChanged(msg.path, bool(_unwrap(body[1]["Carrier"])))
-    if (interface == IFACE_PROPERTIES and msg.path == NM_PATH and body and body[0] == IFACE_NM
-            and "ActiveConnections" in body[1]):
+    if (
+        interface == IFACE_PROPERTIES
+        and msg.path == NM_PATH
+        and body
+        and body[0] == IFACE_NM
+        and "ActiveConnections" in body[1]
+    ):
         return ActiveConnectionsChanged()
     return None

@@ -21,7 +21,7 @@ def _file(uuid: str) -> Path:
 
 
 def original_priority(uuid: str, current: int) -> int:
-    """The value to restore for this profile: the one remembered by an earlier run, else `current` (remembered now)."""
+    """The value to restore: the one an earlier run remembered, else `current` (remembered now)."""
     path = _file(uuid)
     try:
         return int(path.read_text())

@@ -25,7 +25,9 @@ def notify(*states: str) -> bool:
     message = "\n".join(state.replace("\n", " ") for state in states).encode()
     try:
         # Non-blocking: a service manager that stops reading must never freeze the daemon's event loop.
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
+        with socket.socket(
+            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        ) as sock:
             sock.connect(address)
             sock.sendall(message)
     except OSError:

@@ -12,8 +12,9 @@ from nmfailover.lab.sandbox import NMLab
 
 
 @contextmanager
-def running_daemon(lab: NMLab, log: Path, env_extra: dict[str, str] | None = None,
-                   **overrides: str) -> Iterator[DaemonProcess]:
+def running_daemon(
+    lab: NMLab, log: Path, env_extra: dict[str, str] | None = None, **overrides: str
+) -> Iterator[DaemonProcess]:
     daemon = DaemonProcess(lab, log, {**daemon_env(lab, **overrides), **(env_extra or {})})
     try:
         daemon.wait_log(r"managing primary=")

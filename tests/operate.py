@@ -95,9 +95,16 @@ class SignalRecorder:
             return False
 
         bus.add_message_handler(handler)
-        await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                               interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-                               body=[f"type='signal',interface='{INTERFACE}'"]))
+        await bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="AddMatch",
+                signature="s",
+                body=[f"type='signal',interface='{INTERFACE}'"],
+            )
+        )
         self._ready.set()
         await self._stop.wait()
         bus.disconnect()

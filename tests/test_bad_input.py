@@ -45,7 +45,9 @@ class Case:
     argv: tuple[str, ...] = ("run", "check")  # for settings: each command in turn
 
     def label(self) -> str:
-        shown = {k: (v if v is None or len(v) <= 20 else v[:12] + f"...({len(v)})") for k, v in self.env.items()}
+        shown = {
+            k: (v if v is None or len(v) <= 20 else v[:12] + f"...({len(v)})") for k, v in self.env.items()
+        }
         return " ".join([*(f"{k}={v!r}" for k, v in shown.items()), *self.argv])
 
 
@@ -67,11 +69,27 @@ ENV_CASES: list[Case] = [
     Case(UPLINKS, {"PRIMARY_CONNECTION": "primary"}),  # both ways at once
     *(Case("PRIMARY_CONNECTION", legacy(PRIMARY_CONNECTION=v)) for v in ("", " ", None)),
     *(Case("PRIMARY_CONNECTION", legacy(PRIMARY_CONNECTION=v)) for v in ("nosuch", "nodefault", *HOSTILE)),
-    *(Case("BACKUP_CONNECTION", legacy(BACKUP_CONNECTION=v)) for v in ("", None, "primary", "nosuch", *HOSTILE)),
+    *(
+        Case("BACKUP_CONNECTION", legacy(BACKUP_CONNECTION=v))
+        for v in ("", None, "primary", "nosuch", *HOSTILE)
+    ),
     *(Case("FALLBACK_CONNECTION", legacy(FALLBACK_CONNECTION=v)) for v in ("primary", "nosuch", "nodefault")),
-    *bad("NMFAILOVER_PROBE_URLS", "", " ", ",", "ftp://target1.test/", "target1.test", "http://", "http:///x",
-         "http://target1.test:99999/", "http://target1.test/ 99", "http://target1.test/ abc",
-         "http://target1.test/generate_204 204,", "http://$(touch {marker})/", "http://a\nb/"),
+    *bad(
+        "NMFAILOVER_PROBE_URLS",
+        "",
+        " ",
+        ",",
+        "ftp://target1.test/",
+        "target1.test",
+        "http://",
+        "http:///x",
+        "http://target1.test:99999/",
+        "http://target1.test/ 99",
+        "http://target1.test/ abc",
+        "http://target1.test/generate_204 204,",
+        "http://$(touch {marker})/",
+        "http://a\nb/",
+    ),
     *bad("NMFAILOVER_PROBE_TIMEOUT", *NOT_POSITIVE, "2", "10"),
     *bad("NMFAILOVER_PROBE_QUORUM", "", "0", "-1", "1.5", "abc", "4"),
     *bad("NMFAILOVER_ACTIVE_INTERVAL", *NOT_POSITIVE_SHORT, "inf"),
@@ -89,13 +107,31 @@ ENV_CASES: list[Case] = [
     *bad("NMFAILOVER_LOG_LEVEL", "", "verbose", "5", "$(touch {marker})"),
     *bad("NMFAILOVER_HOOKS_DIR", "/nonexistent/hooks.d", "{files}/not-a-dir", "$(touch {marker})"),
     *bad("NMFAILOVER_HOOK_TIMEOUT", *NOT_POSITIVE_SHORT),
-    *bad("NMFAILOVER_FAILBACK_GUARD", "relative/guard", "/nonexistent/guard", "{files}/not-executable", "{files}",
-         "$(touch {marker})"),
+    *bad(
+        "NMFAILOVER_FAILBACK_GUARD",
+        "relative/guard",
+        "/nonexistent/guard",
+        "{files}/not-executable",
+        "{files}",
+        "$(touch {marker})",
+    ),
     *bad("NMFAILOVER_FAILBACK_GUARD_TIMEOUT", "", "0", "abc", "inf"),
-    *bad("NMFAILOVER_WEBHOOK_URL", "ftp://192.0.2.1/", "http://", "192.0.2.1/hook", "http://192.0.2.1:99999/",
-         "http://$(touch {marker})/", "http://a\nb/"),
-    *bad("NMFAILOVER_ENV_FILE", "/nonexistent/nmfailover.env", "{files}", "{files}/bad-line.env",
-         "{files}/latin1.env"),
+    *bad(
+        "NMFAILOVER_WEBHOOK_URL",
+        "ftp://192.0.2.1/",
+        "http://",
+        "192.0.2.1/hook",
+        "http://192.0.2.1:99999/",
+        "http://$(touch {marker})/",
+        "http://a\nb/",
+    ),
+    *bad(
+        "NMFAILOVER_ENV_FILE",
+        "/nonexistent/nmfailover.env",
+        "{files}",
+        "{files}/bad-line.env",
+        "{files}/latin1.env",
+    ),
     Case("NMFAILOVER_FAIL_COUNT", {"NMFAILOVER_ENV_FILE": "{files}/bad-value.env"}),
     Case("NMFAILOVER_FAIL_COUNTS", {"NMFAILOVER_ENV_FILE": "{files}/typo.env"}),
     *bad("NMFAILOVER_FAIL_COUNTS", "3"),  # a typo must not fall back to the default silently
@@ -123,7 +159,10 @@ CLIENT_CASES: list[Case] = [
     Case("--interface", argv=("recheck", "--interface")),
     Case("--reason", argv=("recheck", "--reason")),
     Case("extra", argv=("recheck", "extra")),
-    *(Case("--seconds", argv=("test-failover", "--seconds", v)) for v in ("", "abc", "0", "-1", "nan", "inf")),
+    *(
+        Case("--seconds", argv=("test-failover", "--seconds", v))
+        for v in ("", "abc", "0", "-1", "nan", "inf")
+    ),
     Case("--end", argv=("test-failover", "--seconds", "5", "--end")),
     Case("extra", argv=("test-failover", "extra")),
     Case("prefer", argv=("prefer",)),
@@ -159,8 +198,11 @@ class Bench:
     baseline: dict[str, Any] = field(default_factory=dict)  # NetworkManager as every case must leave it
 
     def fill(self, text: str) -> str:
-        return (text.replace("{marker}", str(self.marker)).replace("{files}", str(self.files))
-                .replace("{primary_uuid}", self.primary_uuid))
+        return (
+            text.replace("{marker}", str(self.marker))
+            .replace("{files}", str(self.files))
+            .replace("{primary_uuid}", self.primary_uuid)
+        )
 
     def env(self, case: Case) -> dict[str, str]:
         env = daemon_env(self.lab)
@@ -176,10 +218,20 @@ class Bench:
         return {
             "routes": (lab.default_routes(4), lab.default_routes(6)),
             # NetworkManager's own view of each device: its routes with the metrics it applied.
-            "devices": lab.nmcli("-t", "-f", "GENERAL.DEVICE,GENERAL.STATE,IP4.ROUTE,IP6.ROUTE", "device", "show"),
-            "profiles": lab.nmcli("-t", "-f", "connection.id,connection.uuid,connection.autoconnect-priority,"
-                                  "ipv4.route-metric,ipv6.route-metric,ipv4.never-default", "connection", "show",
-                                  "primary", "backup", "nodefault"),
+            "devices": lab.nmcli(
+                "-t", "-f", "GENERAL.DEVICE,GENERAL.STATE,IP4.ROUTE,IP6.ROUTE", "device", "show"
+            ),
+            "profiles": lab.nmcli(
+                "-t",
+                "-f",
+                "connection.id,connection.uuid,connection.autoconnect-priority,"
+                "ipv4.route-metric,ipv6.route-metric,ipv4.never-default",
+                "connection",
+                "show",
+                "primary",
+                "backup",
+                "nodefault",
+            ),
             "keyfiles": lab.profiles_on_disk(),
         }
 
@@ -203,9 +255,26 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
     (files / "typo.env").write_text("NMFAILOVER_FAIL_COUNTS=3\n")
     with NMLab(2) as lab:
         # Applying it would never give a default route: naming it as an uplink must be refused.
-        lab.nmcli("connection", "add", "type", "ethernet", "ifname", "wanz", "con-name", "nodefault",
-                  "autoconnect", "no", "ipv4.method", "manual", "ipv4.addresses", "198.51.100.2/24",
-                  "ipv4.never-default", "yes", "ipv6.method", "disabled")
+        lab.nmcli(
+            "connection",
+            "add",
+            "type",
+            "ethernet",
+            "ifname",
+            "wanz",
+            "con-name",
+            "nodefault",
+            "autoconnect",
+            "no",
+            "ipv4.method",
+            "manual",
+            "ipv4.addresses",
+            "198.51.100.2/24",
+            "ipv4.never-default",
+            "yes",
+            "ipv6.method",
+            "disabled",
+        )
         uuid = lab.nmcli("-g", "connection.uuid", "connection", "show", "primary").strip()
         bench = Bench(lab, files, files / "pwned", uuid)
         bench.baseline = bench.nm_state()
@@ -213,8 +282,13 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
 
 
 def start_cli(bench: Bench, argv: tuple[str, ...], env: Mapping[str, str]) -> subprocess.Popen[str]:
-    return bench.lab.popen_host([sys.executable, "-m", "nmfailover", *(bench.fill(a) for a in argv)], env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return bench.lab.popen_host(
+        [sys.executable, "-m", "nmfailover", *(bench.fill(a) for a in argv)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
@@ -295,12 +369,18 @@ def test_hostile_interface_name_for_recheck_is_harmless(bench: Bench, daemon: No
 
 
 @pytest.mark.parametrize("case", _ids(DEMO_CASES))
-def test_bad_demo_argument_is_refused_without_building_a_sandbox(case: Case, monkeypatch: pytest.MonkeyPatch,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_demo_argument_is_refused_without_building_a_sandbox(
+    case: Case, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from nmfailover.lab import demo
 
     reached: list[float] = []
-    monkeypatch.setattr(demo, "run_demo", lambda hold_down=10.0: reached.append(hold_down) or 0)
+
+    def run_demo(hold_down: float = 10.0) -> int:
+        reached.append(hold_down)
+        return 0
+
+    monkeypatch.setattr(demo, "run_demo", run_demo)
     code = cli.main(list(case.argv))
     lines = capsys.readouterr().err.strip().splitlines()
     assert not reached, "the sandbox would have been built"
@@ -323,7 +403,9 @@ def _options() -> dict[str, set[str]]:
         choices = getattr(action, "choices", None)
         if isinstance(choices, dict):
             for name, sub in choices.items():
-                commands[name] = {o for a in sub._actions for o in a.option_strings if o not in ("-h", "--help")}
+                commands[name] = {
+                    o for a in sub._actions for o in a.option_strings if o not in ("-h", "--help")
+                }
     return commands
 
 
@@ -332,13 +414,17 @@ def test_every_command_and_option_is_in_the_catalogue() -> None:
     for command, options in _options().items():
         argvs = [c.argv for c in cases if c.argv[:1] == (command,)]
         assert argvs, f"no bad-input case for `nmfailover {command}`"
-        missing = {o for o in options if not any(o in a or any(x.startswith(o + "=") for x in a) for a in argvs)}
+        missing = {
+            o for o in options if not any(o in a or any(x.startswith(o + "=") for x in a) for a in argvs)
+        }
         assert not missing, f"`nmfailover {command}`: no bad-input case for {sorted(missing)}"
 
 
 def test_catalogue_size() -> None:
     runs = 2 * len(ENV_CASES) + len(CLI_CASES) + len(CLIENT_CASES) + len(RECHECK_HARMLESS) + len(DEMO_CASES)
-    print(f"bad-input catalogue: {len(ENV_CASES)} settings cases (each under run and check), "
-          f"{len(CLI_CASES) + len(CLIENT_CASES) + len(DEMO_CASES)} argument cases, {len(RECHECK_HARMLESS)} "
-          f"harmless recheck names: {runs} invocations")
+    print(
+        f"bad-input catalogue: {len(ENV_CASES)} settings cases (each under run and check), "
+        f"{len(CLI_CASES) + len(CLIENT_CASES) + len(DEMO_CASES)} argument cases, {len(RECHECK_HARMLESS)} "
+        f"harmless recheck names: {runs} invocations"
+    )
     assert len(ENV_CASES) >= 100

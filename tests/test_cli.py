@@ -18,11 +18,13 @@ def cli(lab: NMLab, *args: str, **overrides: str) -> subprocess.CompletedProcess
 
 
 def test_version_and_usage_errors() -> None:
-    run = subprocess.run([sys.executable, "-m", "nmfailover", "--version"], capture_output=True, text=True,
-                         check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "nmfailover", "--version"], capture_output=True, text=True, check=False
+    )
     assert run.returncode == 0 and run.stdout.strip() == f"nmfailover {__version__}"
-    bad = subprocess.run([sys.executable, "-m", "nmfailover", "frobnicate"], capture_output=True, text=True,
-                         check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "nmfailover", "frobnicate"], capture_output=True, text=True, check=False
+    )
     assert bad.returncode == 2 and "invalid choice: 'frobnicate'" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
 
@@ -49,6 +51,8 @@ def test_unknown_profile_exits_2_before_touching_networkmanager(nmlab: NMLab) ->
     for command in ("run", "check"):
         result = cli(nmlab, command, uplinks="primary,nosuch")
         assert result.returncode == 2
-        assert result.stderr.strip() == ("nmfailover: NMFAILOVER_UPLINKS: 'nosuch': no NetworkManager profile "
-                                         "has this id, UUID or interface name")
+        assert result.stderr.strip() == (
+            "nmfailover: NMFAILOVER_UPLINKS: 'nosuch': no NetworkManager profile "
+            "has this id, UUID or interface name"
+        )
     assert (nmlab.default_routes(4), nmlab.default_routes(6)) == routes

@@ -36,8 +36,10 @@ def test_status_and_signal_follow_a_real_failover(lab: NMLab, tmp_path: Path) ->
     stopped = cli(lab, "status")
     assert (stopped.returncode, stopped.stdout, stopped.stderr) == (3, "", NOT_RUNNING)
 
-    with running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="2") as daemon, \
-            SignalRecorder(lab.bus_address) as recorder:
+    with (
+        running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="2") as daemon,
+        SignalRecorder(lab.bus_address) as recorder,
+    ):
         daemon.wait_log(r"ready: traffic on primary")
         before = status(lab)
         assert before["preferred"] == "primary" and before["switches"] == 0
@@ -49,7 +51,11 @@ def test_status_and_signal_follow_a_real_failover(lab: NMLab, tmp_path: Path) ->
         primary, backup = after["uplinks"]
         assert after["preferred"] == "backup" and after["switches"] == 1
         assert abs(after["last_switch_at"] - time.time()) < 10
-        assert (primary["health"], primary["carrying_traffic"], backup["carrying_traffic"]) == ("down", False, True)
+        assert (primary["health"], primary["carrying_traffic"], backup["carrying_traffic"]) == (
+            "down",
+            False,
+            True,
+        )
         assert primary["consecutive_failures"] >= 2 and "failed" in primary["reason"]
         assert backup["latency_ms"] > 0 and backup["device"] == "wanb"
         table = cli(lab, "status").stdout
@@ -62,9 +68,17 @@ def test_status_and_signal_follow_a_real_failover(lab: NMLab, tmp_path: Path) ->
         assert (member, from_, to) == ("Switched", "primary", "backup")
         assert "primary (wana) is down" in reason
         assert json.loads(details) | {"at": 0} == {
-            "action": "failover", "state": "BACKUP", "from_profile": "primary", "to_profile": "backup",
-            "from_device": "wana", "device": "wanb", "gateway4": "192.0.2.65", "gateway6": "2001:db8:b::1",
-            "reason": reason, "at": 0}
+            "action": "failover",
+            "state": "BACKUP",
+            "from_profile": "primary",
+            "to_profile": "backup",
+            "from_device": "wana",
+            "device": "wanb",
+            "gateway4": "192.0.2.65",
+            "gateway6": "2001:db8:b::1",
+            "reason": reason,
+            "at": 0,
+        }
 
         lab.upstreams[0].heal()
         daemon.wait_route("wana", timeout=20)
@@ -105,7 +119,9 @@ def test_prefer_pins_and_clear_releases(lab: NMLab, tmp_path: Path) -> None:
         daemon.wait_log(r"ready: traffic on primary")
         unknown = cli(lab, "prefer", "nosuch")
         assert unknown.returncode == 2
-        assert unknown.stderr == ("nmfailover: no uplink 'nosuch'; known: primary (primary), backup (backup)\n")
+        assert unknown.stderr == (
+            "nmfailover: no uplink 'nosuch'; known: primary (primary), backup (backup)\n"
+        )
 
         assert cli(lab, "prefer", "backup").returncode == 0
         daemon.wait_route("wanb", timeout=3)
@@ -161,8 +177,18 @@ def test_non_root_may_read_but_not_change(lab: NMLab, tmp_path: Path) -> None:
             assert _as_nobody(lab, *changing.split())[0] == 4, changing
 
         # A second client, busctl, for the same rules on the wire.
-        busctl = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "busctl", "--system",
-                  "call", "net.nmfailover.Failover1", "/net/nmfailover/Failover1", "net.nmfailover.Failover1"]
+        busctl = [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "busctl",
+            "--system",
+            "call",
+            "net.nmfailover.Failover1",
+            "/net/nmfailover/Failover1",
+            "net.nmfailover.Failover1",
+        ]
         denied = lab.host(*busctl, "ForceFailover", "d", "30", check=False)
         assert denied.returncode != 0 and "Access denied" in denied.stderr
         allowed = lab.host(*busctl, "Status", check=False)
@@ -179,12 +205,16 @@ def test_the_policy_group_may_change_things(tmp_path: Path) -> None:
     policy = tmp_path / "policy.conf"
     policy.write_text(POLICY.read_text().replace('group="nmfailover"', 'group="nogroup"'))
     _require_lab()
-    with NMLab(2, bus_policy=policy) as lab, running_daemon(lab, tmp_path / "daemon.log",
-                                                            failback_hold_down="1") as daemon:
+    with (
+        NMLab(2, bus_policy=policy) as lab,
+        running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="1") as daemon,
+    ):
         daemon.wait_log(r"ready: traffic on primary")
         assert cli(lab, "status").returncode == 0
         assert _as_nobody(lab, "test-failover", "--seconds", "2") == (
-            0, "failover test: traffic avoids the current uplink for 2 s\n")
+            0,
+            "failover test: traffic avoids the current uplink for 2 s\n",
+        )
         daemon.wait_route("wanb", timeout=3)
         daemon.wait_route("wana", timeout=6)
 
@@ -198,33 +228,51 @@ def test_second_instance_and_bad_calls_are_refused(lab: NMLab, tmp_path: Path) -
             assert second.proc.wait(20) == 1
         finally:
             second.kill()
-        assert re.search(r"cannot start: net\.nmfailover\.Failover1 is already owned on the system bus "
-                         r"\(pid \d+\): is another nmfailover running\?", second.text()), second.text()
+        assert re.search(
+            r"cannot start: net\.nmfailover\.Failover1 is already owned on the system bus "
+            r"\(pid \d+\): is another nmfailover running\?",
+            second.text(),
+        ), second.text()
         assert "route metric" not in second.text()
 
-        call = ["busctl", "--system", "call", "net.nmfailover.Failover1", "/net/nmfailover/Failover1",
-                "net.nmfailover.Failover1"]
-        for args, error in ((["ForceFailover", "d", "nan"], "seconds must be a finite number"),
-                            (["ForceFailover", "d", "0"], "seconds must be greater than 0"),
-                            (["Prefer", "s", "backup"], "Prefer takes arguments (sd), got (s)"),
-                            (["Nosuch"], "no method net.nmfailover.Failover1.Nosuch")):
+        call = [
+            "busctl",
+            "--system",
+            "call",
+            "net.nmfailover.Failover1",
+            "/net/nmfailover/Failover1",
+            "net.nmfailover.Failover1",
+        ]
+        for args, error in (
+            (["ForceFailover", "d", "nan"], "seconds must be a finite number"),
+            (["ForceFailover", "d", "0"], "seconds must be a finite number greater than 0"),
+            (["Prefer", "s", "backup"], "Prefer takes arguments (sd), got (s)"),
+            (["Nosuch"], "no method net.nmfailover.Failover1.Nosuch"),
+        ):
             result = lab.host(*call, *args, check=False)
             assert result.returncode != 0 and error in result.stderr, (args, result.stderr)
         assert daemon.proc.poll() is None and lab.default_route(4) == "wana"
-        assert cli(lab, "recheck", "--interface", "wanb", "--reason", "testing").stdout == "re-checking 1 uplink(s)\n"
+        assert (
+            cli(lab, "recheck", "--interface", "wanb", "--reason", "testing").stdout
+            == "re-checking 1 uplink(s)\n"
+        )
         daemon.wait_log(r"re-check requested for wanb \(testing\)")
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["test-failover", "--seconds", "0"], "--seconds: must be a number greater than 0; got '0'"),
-    (["test-failover", "--seconds", "inf"], "--seconds: must be a number greater than 0; got 'inf'"),
-    (["prefer"], "give either UPLINK [--seconds N] or --clear"),
-    (["prefer", "backup", "--clear"], "give either UPLINK [--seconds N] or --clear"),
-    (["prefer", "backup", "--seconds", "-1"], "--seconds: must be a number of 0 or more; got '-1'"),
-    (["recheck", "extra"], "unrecognized arguments: extra"),
-])
-def test_usage_errors_exit_2_with_one_line(argv: list[str], message: str,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["test-failover", "--seconds", "0"], "--seconds: must be a number greater than 0; got '0'"),
+        (["test-failover", "--seconds", "inf"], "--seconds: must be a number greater than 0; got 'inf'"),
+        (["prefer"], "give either UPLINK [--seconds N] or --clear"),
+        (["prefer", "backup", "--clear"], "give either UPLINK [--seconds N] or --clear"),
+        (["prefer", "backup", "--seconds", "-1"], "--seconds: must be a number of 0 or more; got '-1'"),
+        (["recheck", "extra"], "unrecognized arguments: extra"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert nmfailover_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
@@ -232,6 +280,11 @@ def test_usage_errors_exit_2_with_one_line(argv: list[str], message: str,
 
 @pytest.mark.parametrize("command", ["status", "recheck", "test-failover", "prefer"])
 def test_every_command_has_help(command: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "nmfailover", command, "--help"], capture_output=True,
-                            text=True, timeout=20, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "nmfailover", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
     assert result.returncode == 0 and "exit 3 if it is not running" in " ".join(result.stdout.split())

@@ -17,7 +17,6 @@ pytestmark = pytest.mark.lab
 HOLD_DOWN = 4.0
 
 
-
 def test_silent_outage_fails_over_and_back_then_sigterm_restores(nmlab: NMLab, tmp_path: Path) -> None:
     before4, before6 = nmlab.default_routes(4), nmlab.default_routes(6)
     on_disk = nmlab.profiles_on_disk()
@@ -102,6 +101,6 @@ def test_systemd_notify_ready_watchdog_and_stopping(nmlab: NMLab, tmp_path: Path
             assert "STATUS=traffic on primary" in ready
             assert sum("WATCHDOG=1" in m for m in messages) >= 1
             assert daemon.stop() == 0
-            rest = []
+            rest: list[str] = []
             while "STOPPING=1" not in "".join(rest):
                 rest.append(sock.recv(4096).decode())

@@ -68,7 +68,9 @@ def dispatched() -> Iterator[tuple[NMLab, Stamps]]:
         Path(str(directory) + ".stamps").unlink(missing_ok=True)
 
 
-def test_link_events_trigger_a_recheck_within_a_second(dispatched: tuple[NMLab, Stamps], tmp_path: Path) -> None:
+def test_link_events_trigger_a_recheck_within_a_second(
+    dispatched: tuple[NMLab, Stamps], tmp_path: Path
+) -> None:
     lab, stamps = dispatched
     with running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="1") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
@@ -98,7 +100,12 @@ def test_link_events_trigger_a_recheck_within_a_second(dispatched: tuple[NMLab, 
 def test_hostile_profile_names_are_only_data(dispatched: tuple[NMLab, Stamps], tmp_path: Path) -> None:
     lab, stamps = dispatched
     canary = tmp_path / "pwned"
-    names = [f"$(touch {canary}1)", f"eth0; touch {canary}2", f"`touch {canary}3`", f"x' \"; touch {canary}4 #"]
+    names = [
+        f"$(touch {canary}1)",
+        f"eth0; touch {canary}2",
+        f"`touch {canary}3`",
+        f"x' \"; touch {canary}4 #",
+    ]
     with running_daemon(lab, tmp_path / "daemon.log") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
         current = "backup"
@@ -126,7 +133,9 @@ def _bus_daemon_pid(lab: NMLab) -> int:
     raise AssertionError("the lab's dbus-daemon is not running")
 
 
-def test_the_hook_returns_at_once_without_a_daemon_or_with_a_hung_bus(dispatched: tuple[NMLab, Stamps]) -> None:
+def test_the_hook_returns_at_once_without_a_daemon_or_with_a_hung_bus(
+    dispatched: tuple[NMLab, Stamps],
+) -> None:
     lab, stamps = dispatched
     # Through the real dispatcher with no daemon running: the event's scripts finish at once.
     begun = time.time()

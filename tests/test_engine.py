@@ -152,7 +152,9 @@ async def harness() -> Harness:
 @pytest.fixture
 async def slow_harness() -> Harness:
     """Rounds only every 5 s: any round sooner was caused by an event, however loaded the machine."""
-    slow = SETTINGS.model_copy(update={"active_interval": 5.0, "standby_interval": 5.0, "suspect_interval": 5.0})
+    slow = SETTINGS.model_copy(
+        update={"active_interval": 5.0, "standby_interval": 5.0, "suspect_interval": 5.0}
+    )
     nm, prober = FakeNM(), FakeProber()
     engine = Engine(slow, nm, PROFILES, prober)
     return engine, nm, prober, await start(engine)
@@ -199,7 +201,9 @@ async def test_failed_write_is_retried_and_never_crashes(harness: Harness) -> No
     await stop(engine, task)
 
 
-async def test_device_state_event_triggers_immediate_probe_and_reactivation_reapplies(slow_harness: Harness) -> None:
+async def test_device_state_event_triggers_immediate_probe_and_reactivation_reapplies(
+    slow_harness: Harness,
+) -> None:
     engine, nm, prober, task = slow_harness
     await asyncio.sleep(0.06)  # let the loops settle into their intervals
     nm.links["uuid-primary"] = LinkState(uuid="uuid-primary", device="/dev/wana", interface="wana", state=20)
@@ -221,7 +225,9 @@ async def test_carrier_event_probes_every_uplink_at_once(slow_harness: Harness) 
     prober.rounds.clear()
     # No link field changes with the carrier: only the event's own type can explain these rounds.
     engine.on_nm_event(CarrierChanged("/dev/wana", False))
-    await wait_until(lambda: {"wana", "wanb"} <= set(prober.rounds), timeout=2)  # well before the 5 s interval
+    await wait_until(
+        lambda: {"wana", "wanb"} <= set(prober.rounds), timeout=2
+    )  # well before the 5 s interval
     await stop(engine, task)
 
 
@@ -337,7 +343,8 @@ async def test_status_only_reads() -> None:
         logger.remove(sink)
     assert first["pinned"] is None and engine.pin == pin and logged == []
     assert {k: v for k, v in first.items() if k != "last_switch_at"} == {
-        k: v for k, v in second.items() if k != "last_switch_at"}
+        k: v for k, v in second.items() if k != "last_switch_at"
+    }
 
 
 async def test_nothing_healthy_at_start_changes_nothing() -> None:
@@ -380,7 +387,9 @@ class CrashingProber(FakeProber):
         super().__init__()
         self.interface, self.crashes = interface, crashes
 
-    async def __call__(self, link: Link, targets: Sequence[Target], timeout: float, needed: int) -> RoundResult:
+    async def __call__(
+        self, link: Link, targets: Sequence[Target], timeout: float, needed: int
+    ) -> RoundResult:
         if link.interface == self.interface and self.crashes > 0 and self.rounds:
             self.crashes -= 1
             self.rounds.append("crash")
@@ -402,7 +411,7 @@ async def test_a_crashed_probe_loop_is_logged_and_runs_again() -> None:
         await wait_until(lambda: "crash" in prober.rounds)
         crash_at = prober.rounds.index("crash")
         # The uplink is probed again, so its death is still noticed.
-        await wait_until(lambda: "wana" in prober.rounds[crash_at + 1:])
+        await wait_until(lambda: "wana" in prober.rounds[crash_at + 1 :])
         prober.healthy["wana"] = False
         await wait_until(lambda: engine.current == 1)
         assert Operator(engine).status()["task_restarts"]["probe-primary"] == 1
@@ -451,8 +460,9 @@ async def test_a_loop_that_keeps_crashing_ends_the_engine_after_restoring() -> N
     assert nm.metrics == {"/dev/wana": (-1, -1), "/dev/wanb": (-1, -1)}  # left as it was found
 
 
-async def test_a_stuck_probe_loop_is_named_and_stops_the_watchdog(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_stuck_probe_loop_is_named_and_stops_the_watchdog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import socket
 
     from nmfailover.daemon import systemd
@@ -460,8 +470,9 @@ async def test_a_stuck_probe_loop_is_named_and_stops_the_watchdog(tmp_path: Path
     hang = asyncio.Event()
 
     class HangingProber(FakeProber):
-        async def __call__(self, link: Link, targets: Sequence[Target], timeout: float,
-                           needed: int) -> RoundResult:
+        async def __call__(
+            self, link: Link, targets: Sequence[Target], timeout: float, needed: int
+        ) -> RoundResult:
             if link.interface == "wanb" and hang.is_set():
                 await asyncio.Event().wait()  # a bug: a round that never ends
             return await super().__call__(link, targets, timeout, needed)

@@ -27,7 +27,6 @@ FLAP_HALF_PERIOD = 2.0
 FLAP_HOLD_DOWN = 30.0  # the default: the scenario is about it
 
 
-
 def preferred(lab: NMLab, device: str, other: str) -> bool:
     """Both families' default routes: `device` at the base metric, `other` one step behind."""
     return all(lab.default_routes(family) == [(device, 100), (other, 200)] for family in (4, 6))
@@ -50,21 +49,30 @@ def recreate_uplink_device(lab: NMLab, up: Upstream) -> None:
     """Build a deleted uplink's veth pair again as the lab does; NetworkManager sees a new device."""
     wait_for(lambda: up.iface not in lab.nmcli("-g", "DEVICE", "device"), 10, f"{up.iface} gone from NM")
     lab.host("ip", "link", "add", up.iface, "type", "veth", "peer", "name", "gw", "netns", up.netns)
-    for argv in (["address", "add", f"{up.gateway4}/26", "dev", "gw"],
-                 ["address", "add", f"{up.gateway6}/64", "dev", "gw", "nodad"],
-                 ["link", "set", "gw", "up"]):
+    for argv in (
+        ["address", "add", f"{up.gateway4}/26", "dev", "gw"],
+        ["address", "add", f"{up.gateway6}/64", "dev", "gw", "nodad"],
+        ["link", "set", "gw", "up"],
+    ):
         subprocess.run(["ip", "-n", up.netns, *argv], check=True, timeout=10)
     lab.host("ip", "link", "set", up.iface, "up")
     # An externally created veth stays unmanaged until told otherwise (see the lab recipe).
-    wait_for(lambda: lab.nmcli("device", "set", up.iface, "managed", "yes", check=False) == "" and
-             up.iface in lab.nmcli("-g", "DEVICE", "device"), 10, f"{up.iface} managed again")
+    wait_for(
+        lambda: (
+            lab.nmcli("device", "set", up.iface, "managed", "yes", check=False) == ""
+            and up.iface in lab.nmcli("-g", "DEVICE", "device")
+        ),
+        10,
+        f"{up.iface} managed again",
+    )
 
 
 # -- NetworkManager restarts -------------------------------------------------------------------------------
 
 
-def test_networkmanager_restart_while_on_primary_reapplies_and_keeps_working(nmlab: NMLab,
-                                                                            tmp_path: Path) -> None:
+def test_networkmanager_restart_while_on_primary_reapplies_and_keeps_working(
+    nmlab: NMLab, tmp_path: Path
+) -> None:
     with running_daemon(nmlab, tmp_path / "daemon.log", failback_hold_down=HOLD_DOWN) as daemon:
         daemon.wait_log(r"ready: traffic on primary")
         wait_preferred(nmlab, "wana", "wanb", 5)
@@ -78,8 +86,9 @@ def test_networkmanager_restart_while_on_primary_reapplies_and_keeps_working(nml
         assert daemon.stop() == 0
 
 
-def test_networkmanager_restart_while_failed_over_keeps_backup_then_fails_back(nmlab: NMLab,
-                                                                              tmp_path: Path) -> None:
+def test_networkmanager_restart_while_failed_over_keeps_backup_then_fails_back(
+    nmlab: NMLab, tmp_path: Path
+) -> None:
     primary = nmlab.upstreams[0]
     with running_daemon(nmlab, tmp_path / "daemon.log", failback_hold_down=HOLD_DOWN) as daemon:
         daemon.wait_log(r"ready: traffic on primary")
@@ -119,7 +128,9 @@ def test_uplink_device_disappears_and_comes_back(nmlab: NMLab, tmp_path: Path) -
         assert daemon.stop() == 0
 
 
-def test_uplink_profile_deleted_while_running_the_rest_is_still_managed(nmlab3: NMLab, tmp_path: Path) -> None:
+def test_uplink_profile_deleted_while_running_the_rest_is_still_managed(
+    nmlab3: NMLab, tmp_path: Path
+) -> None:
     with running_daemon(nmlab3, tmp_path / "daemon.log") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
         nmlab3.nmcli("connection", "delete", "backup")
@@ -142,7 +153,9 @@ def test_uplink_profile_deleted_is_logged_once_and_applying_goes_on(nmlab3: NMLa
         assert "could not apply the preference" not in text
 
 
-def test_an_unrelated_connection_going_down_and_up_leaves_traffic_alone(nmlab3: NMLab, tmp_path: Path) -> None:
+def test_an_unrelated_connection_going_down_and_up_leaves_traffic_alone(
+    nmlab3: NMLab, tmp_path: Path
+) -> None:
     # wanc's profile is not an uplink here: think of a VPN or a Wi-Fi coming and going on a laptop.
     with running_daemon(nmlab3, tmp_path / "daemon.log", uplinks="primary,backup") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
@@ -180,8 +193,10 @@ def test_flapping_primary_switches_a_bounded_number_of_times(nmlab: NMLab, tmp_p
             primary.heal()
             time.sleep(FLAP_HALF_PERIOD)
         during = switches(daemon)
-        print(f"flapping primary: {during} switches in {FLAP_SECONDS:g} s "
-              f"({FLAP_SECONDS / (2 * FLAP_HALF_PERIOD):.0f} down/up cycles)")
+        print(
+            f"flapping primary: {during} switches in {FLAP_SECONDS:g} s "
+            f"({FLAP_SECONDS / (2 * FLAP_HALF_PERIOD):.0f} down/up cycles)"
+        )
         # Down at least every few seconds, the primary never serves a whole hold-down of health, so the
         # only switch there can be is the first failover.
         assert during <= 1, daemon.text()
@@ -193,7 +208,9 @@ def test_flapping_primary_switches_a_bounded_number_of_times(nmlab: NMLab, tmp_p
         assert switches(daemon) == 2 * during
         if during:
             back = next(log_time(line) for line in lines if "-> switching to primary" in line)
-            up = max(log_time(line) for line in lines if "primary (wana) up:" in line and log_time(line) < back)
+            up = max(
+                log_time(line) for line in lines if "primary (wana) up:" in line and log_time(line) < back
+            )
             assert back - up >= FLAP_HOLD_DOWN
         assert daemon.stop() == 0
 
@@ -259,17 +276,26 @@ def test_sigkill_in_the_middle_of_a_failover_leaves_a_recoverable_state(nmlab: N
     for profile in nmlab.profiles:
         nmlab.nmcli("connection", "up", profile)
     # The profiles say -1: NetworkManager's ethernet default 100, bumped by at most 50 to keep them apart.
-    wait_for(lambda: {dev for dev, metric in nmlab.default_routes(4) + nmlab.default_routes(6)
-                      if 100 <= metric <= 150} == {"wana", "wanb"}, 15, "the profiles' own metrics")
+    wait_for(
+        lambda: (
+            {dev for dev, metric in nmlab.default_routes(4) + nmlab.default_routes(6) if 100 <= metric <= 150}
+            == {"wana", "wanb"}
+        ),
+        15,
+        "the profiles' own metrics",
+    )
     assert [dev for dev, _ in before[0]] == [dev for dev, _ in nmlab.default_routes(4)]
     assert nmlab.profiles_on_disk() == on_disk
 
 
-def test_after_sigkill_a_restarted_daemon_restores_the_saved_autoconnect_priority(nmlab: NMLab,
-                                                                                  tmp_path: Path) -> None:
+def test_after_sigkill_a_restarted_daemon_restores_the_saved_autoconnect_priority(
+    nmlab: NMLab, tmp_path: Path
+) -> None:
     def priorities() -> list[str]:
-        return [nmlab.nmcli("-g", "connection.autoconnect-priority", "connection", "show", p).strip()
-                for p in nmlab.profiles]
+        return [
+            nmlab.nmcli("-g", "connection.autoconnect-priority", "connection", "show", p).strip()
+            for p in nmlab.profiles
+        ]
 
     saved = priorities()
     assert saved == ["0", "0"]
@@ -284,8 +310,9 @@ def test_after_sigkill_a_restarted_daemon_restores_the_saved_autoconnect_priorit
 
 
 @pytest.mark.parametrize(("delay", "healthy"), [(0.5, True), (1.5, False)])
-def test_slow_target_just_under_and_just_over_the_timeout(nmlab: NMLab, tmp_path: Path, delay: float,
-                                                           healthy: bool) -> None:
+def test_slow_target_just_under_and_just_over_the_timeout(
+    nmlab: NMLab, tmp_path: Path, delay: float, healthy: bool
+) -> None:
     with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:  # probe timeout: the default 1 s
         daemon.wait_log(r"ready: traffic on primary")
         nmlab.upstreams[0].set_http_mode(f"slow:{delay:g}")

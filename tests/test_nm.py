@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from nmfailover.nm import NetworkManagerClient, ProfileError
+from nmfailover.errors import NMAccessDenied, NMError, NMUnavailable, ProfileError
 from nmfailover.lab.sandbox import NMLab
+from nmfailover.nm import (
+    ERROR_NO_SUCH_PROFILE,
+    CarrierChanged,
+    DeviceStateChanged,
+    NetworkManagerClient,
+    NMEvent,
+    NMStarted,
+    NMStopped,
+)
 
 pytestmark = pytest.mark.lab
-
 
 
 @pytest.fixture
 async def client(nmlab: NMLab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[NetworkManagerClient]:
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", nmlab.bus_address)
-    events: list[str] = []
+    events: list[NMEvent] = []
     nm = NetworkManagerClient(on_event=events.append)
     nm.events = events  # type: ignore[attr-defined]
     await nm.connect()
@@ -120,16 +130,70 @@ async def test_autoconnect_priority_in_memory_only(nmlab: NMLab, client: Network
 async def test_follows_link_events_and_networkmanager_restart(
     nmlab: NMLab, client: NetworkManagerClient
 ) -> None:
-    events: list[str] = client.events  # type: ignore[attr-defined]
+    events: list[NMEvent] = client.events  # type: ignore[attr-defined]
     primary, backup = await client.resolve(["primary", "backup"])
+    device = (await client.link_state(backup.uuid)).device
     nmlab.upstreams[1].cut_cable()
-    await wait_until(lambda: any("activated ->" in e for e in events))
+    # The carrier first (at once), then NetworkManager's own verdict on the device.
+    await wait_until(lambda: CarrierChanged(str(device), False) in events)
+    await wait_until(
+        lambda: any(
+            isinstance(e, DeviceStateChanged) and e.device == device and e.old_state == 100 for e in events
+        )
+    )
     assert not (await client.link_state(backup.uuid)).activated
     nmlab.upstreams[1].restore_cable()
 
     await asyncio.to_thread(nmlab.restart_nm)
-    await wait_until(lambda: "networkmanager-stopped" in events and "networkmanager-started" in events)
+    await wait_until(lambda: NMStopped() in events and NMStarted() in events)
     # The same client keeps working against the new NetworkManager.
     link = await client.link_state(primary.uuid)
     assert link.activated and link.interface == "wana"
     assert os.environ["DBUS_SYSTEM_BUS_ADDRESS"] == nmlab.bus_address
+
+
+async def test_a_missing_profile_is_told_apart_from_other_errors(client: NetworkManagerClient) -> None:
+    assert await client.has_profile("00000000-0000-4000-8000-000000000000") is False
+    with pytest.raises(NMError) as raised:
+        await client.profile("00000000-0000-4000-8000-000000000000")
+    assert raised.value.dbus_error == ERROR_NO_SUCH_PROFILE
+    assert not isinstance(raised.value, NMUnavailable | NMAccessDenied)
+
+
+def test_a_refused_change_is_access_denied_not_a_deleted_profile(nmlab: NMLab) -> None:
+    """As an unprivileged user (the sandbox's NetworkManager authorizes root only), a change is refused:
+    reported as NMAccessDenied with NetworkManager's error name, while the profile still counts as present."""
+    script = """
+import asyncio, sys
+from nmfailover.errors import NMAccessDenied
+from nmfailover.nm import NetworkManagerClient
+
+async def main() -> None:
+    nm = NetworkManagerClient()
+    await nm.connect()
+    (backup,) = await nm.resolve(["backup"])
+    print("exists", await nm.has_profile(backup.uuid))
+    try:
+        await nm.set_autoconnect_priority(backup.uuid, 9)
+        print("changed")
+    except NMAccessDenied as exc:
+        print("denied", exc.dbus_error)
+    await nm.close()
+
+asyncio.run(main())
+"""
+    out = nmlab.host(
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        sys.executable,
+        "-c",
+        script,
+        env=dict(nmlab.env, PYTHONPATH=str(Path(__file__).parents[1])),
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    assert lines[0] == "exists True", out.stdout
+    assert lines[1].startswith("denied org.freedesktop"), out.stdout

@@ -62,8 +62,11 @@ def test_example_env_file_lists_every_setting_with_its_default(tmp_path: Path) -
     hooks = tmp_path / "hooks.d"
     hooks.mkdir()
     uncommented = tmp_path / "nmfailover.env"
-    uncommented.write_text(re.sub(r"^#(NMFAILOVER_)", r"\1", text, flags=re.MULTILINE)
-                           .replace("=/etc/nmfailover/hooks.d\n", f"={hooks}\n"))
+    uncommented.write_text(
+        re.sub(r"^#(NMFAILOVER_)", r"\1", text, flags=re.MULTILINE).replace(
+            "=/etc/nmfailover/hooks.d\n", f"={hooks}\n"
+        )
+    )
     settings = load_settings({"NMFAILOVER_ENV_FILE": str(uncommented)})
     defaults = load_settings({"NMFAILOVER_ENV_FILE": "", "NMFAILOVER_UPLINKS": "Fiber,Hotspot"})
     assert settings.hooks_dir == hooks and defaults.hooks_dir == Path("/etc/nmfailover/hooks.d")
@@ -72,9 +75,15 @@ def test_example_env_file_lists_every_setting_with_its_default(tmp_path: Path) -
 
 def test_unit_and_scripts_are_well_formed() -> None:
     unit = (PACKAGING / "nmfailover.service").read_text()
-    for line in ("Type=notify", "NotifyAccess=main", "ExecStart=/opt/nmfailover/bin/nmfailover run",
-                 "EnvironmentFile=-/etc/nmfailover/nmfailover.env", "Restart=on-failure",
-                 "CapabilityBoundingSet=CAP_NET_RAW", "WantedBy=multi-user.target"):
+    for line in (
+        "Type=notify",
+        "NotifyAccess=main",
+        "ExecStart=/opt/nmfailover/bin/nmfailover run",
+        "EnvironmentFile=-/etc/nmfailover/nmfailover.env",
+        "Restart=on-failure",
+        "CapabilityBoundingSet=CAP_NET_RAW",
+        "WantedBy=multi-user.target",
+    ):
         assert re.search(rf"^{re.escape(line)}$", unit, re.MULTILINE), line
     assert re.search(r"^WatchdogSec=\d+", unit, re.MULTILINE)
     scripts = [PACKAGING / "build-deb", *(PACKAGING / "deb").iterdir()]
@@ -83,8 +92,9 @@ def test_unit_and_scripts_are_well_formed() -> None:
         subprocess.run([shell, "-n", str(script)], check=True)
     if shutil.which("systemd-analyze"):
         unit = str(PACKAGING / "nmfailover.service")
-        result = subprocess.run(["systemd-analyze", "verify", "--man=no", unit],
-                                check=False, capture_output=True, text=True)
+        result = subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", unit], check=False, capture_output=True, text=True
+        )
         # Outside the installed package, verify complains that ExecStart's binary is missing; a problem
         # with a directive comes as "FILE:LINE: ...".
         errors = re.findall(r"^.*\.service:\d+: .*$", result.stderr, re.MULTILINE)
@@ -110,8 +120,12 @@ def debian_mirror() -> str:
                     key, colon, value = line.partition(":")
                     if colon and not line.startswith(("#", " ", "\t")):
                         fields[key.strip().lower()] = value.split()
-                if ("deb" in fields.get("types", []) and SUITE in fields.get("suites", [])
-                        and fields.get("enabled", ["yes"]) != ["no"] and fields.get("uris")):
+                if (
+                    "deb" in fields.get("types", [])
+                    and SUITE in fields.get("suites", [])
+                    and fields.get("enabled", ["yes"]) != ["no"]
+                    and fields.get("uris")
+                ):
                     return fields["uris"][0]
         else:
             for line in text.splitlines():
@@ -135,12 +149,16 @@ class Chroot:
     def path(self, inside: str) -> Path:
         return self.root / inside.lstrip("/")
 
-    def run(self, *command: str, check: bool = True,
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *command: str, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
         env = ["env", "-i", f"PATH={CHROOT_PATH}", "LC_ALL=C.UTF-8", "DEBIAN_FRONTEND=noninteractive"]
         full = ("chroot", str(self.root), *env, *command)
-        return _run(*full, timeout=timeout) if check else subprocess.run(
-            full, check=False, capture_output=True, text=True, timeout=timeout)
+        return (
+            _run(*full, timeout=timeout)
+            if check
+            else subprocess.run(full, check=False, capture_output=True, text=True, timeout=timeout)
+        )
 
 
 @contextlib.contextmanager
@@ -219,8 +237,11 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build = _run(str(PACKAGING / "build-deb"), str(out))
     # build-deb passes on the build backend's deprecation warnings (pip -q would hide them): stale
     # packaging metadata is fixed while it is still only a warning.
-    deprecations = [line for line in (build.stdout + build.stderr).splitlines()
-                    if re.search("deprecat", line, re.IGNORECASE)]
+    deprecations = [
+        line
+        for line in (build.stdout + build.stderr).splitlines()
+        if re.search("deprecat", line, re.IGNORECASE)
+    ]
     assert not deprecations, "\n".join(deprecations)
     built = Path(build.stdout.strip().splitlines()[-1])
     print(f"\nbuild-deb: {time.monotonic() - started:.0f} s, {built.stat().st_size / 1e6:.1f} MB")
@@ -302,8 +323,11 @@ def test_deb_installs_runs_and_removes_cleanly(deb: Path, debian: Chroot) -> Non
     if (PACKAGING / "dbus/net.nmfailover.Failover1.conf").exists():
         assert _mode(policy) == (0, 0, "0o644")
     examples = debian.path("/usr/share/doc/nmfailover/examples")
-    shipped = [*(PACKAGING / "hooks.d").glob("*"), PACKAGING / "non-root.conf",
-               PACKAGING / "polkit/50-nmfailover.rules"]
+    shipped = [
+        *(PACKAGING / "hooks.d").glob("*"),
+        PACKAGING / "non-root.conf",
+        PACKAGING / "polkit/50-nmfailover.rules",
+    ]
     for example in shipped:
         assert (examples / example.relative_to(PACKAGING)).read_bytes() == example.read_bytes(), example
     assert os.readlink(debian.path("/usr/bin/nmfailover")) == "/opt/nmfailover/bin/nmfailover"
@@ -322,17 +346,24 @@ def test_deb_installs_runs_and_removes_cleanly(deb: Path, debian: Chroot) -> Non
     assert version is not None
     assert debian.run("nmfailover", "--version").stdout.strip() == f"nmfailover {version[1]}"
     assert "usage: nmfailover check" in debian.run("nmfailover", "check", "--help").stdout
-    debian.run("/opt/nmfailover/bin/python", "-c",
-               "import importlib, pkgutil, nmfailover\n"
-               "for m in pkgutil.walk_packages(nmfailover.__path__, 'nmfailover.'):\n"
-               "    if m.name != 'nmfailover.__main__': importlib.import_module(m.name)")
+    debian.run(
+        "/opt/nmfailover/bin/python",
+        "-c",
+        "import importlib, pkgutil, nmfailover\n"
+        "for m in pkgutil.walk_packages(nmfailover.__path__, 'nmfailover.'):\n"
+        "    if m.name != 'nmfailover.__main__': importlib.import_module(m.name)",
+    )
     # A real probe round over loopback, so a dependency the probes load lazily cannot be missing.
     with _http_204() as url:
-        debian.run("/opt/nmfailover/bin/python", "-c",
-                   "import asyncio, sys\n"
-                   "from nmfailover.probe import Link, Target, probe_round\n"
-                   "result = asyncio.run(probe_round(Link('lo'), [Target(sys.argv[1], 204)], 5.0, 1))\n"
-                   "sys.exit(not result.ok and result.summary)", url)
+        debian.run(
+            "/opt/nmfailover/bin/python",
+            "-c",
+            "import asyncio, sys\n"
+            "from nmfailover.probe import Link, Target, probe_round\n"
+            "result = asyncio.run(probe_round(Link('lo'), [Target(sys.argv[1], 204)], 5.0, 1))\n"
+            "sys.exit(not result.ok and result.summary)",
+            url,
+        )
     # postinst compiled the byte code the read-only service could not write.
     site = debian.path("/opt/nmfailover/lib/python3.11/site-packages")
     assert list((site / "nmfailover/__pycache__").glob("cli.*"))
@@ -375,7 +406,10 @@ def test_maintainer_scripts_never_start_or_enable_the_service(deb: Path, debian:
         assert calls("dpkg", "-i", f"/tmp/{deb.name}") == ["daemon-reload"]
         assert calls("dpkg", "-i", f"/tmp/{deb.name}") == ["daemon-reload", "try-restart nmfailover.service"]
         assert calls("dpkg", "-r", "nmfailover") == [
-            "stop nmfailover.service", "disable --quiet nmfailover.service", "daemon-reload"]
+            "stop nmfailover.service",
+            "disable --quiet nmfailover.service",
+            "daemon-reload",
+        ]
         assert calls("dpkg", "-P", "nmfailover") == ["daemon-reload"]
     finally:
         fake.unlink()

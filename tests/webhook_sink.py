@@ -15,8 +15,14 @@ async def main(out: Path, port: int, hang: bool) -> None:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             if hang:
                 await asyncio.sleep(3600)
-            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
             body = await asyncio.wait_for(reader.readexactly(length), 10)
             with out.open("a", encoding="utf-8") as f:
                 f.write(f"{writer.get_extra_info('peername')[0]}\t{body.decode()}\n")

@@ -6,5 +6,14 @@ from .operator import Operator
 from .state import SwitchEvent, Uplink, UplinkView, role_name
 from .supervisor import Supervisor
 
-__all__ = ["Engine", "FailbackGuard", "Operator", "Supervisor", "SwitchEvent", "SwitchListener", "Uplink",
-           "UplinkView", "role_name"]
+__all__ = [
+    "Engine",
+    "FailbackGuard",
+    "Operator",
+    "Supervisor",
+    "SwitchEvent",
+    "SwitchListener",
+    "Uplink",
+    "UplinkView",
+    "role_name",
+]

@@ -43,7 +43,8 @@ class Actuator:
         if self.settings.manage_autoconnect_priority:
             self._original_priority = {
                 u.profile.uuid: runstate.original_priority(u.profile.uuid, u.profile.autoconnect_priority)
-                for u in self.uplinks}
+                for u in self.uplinks
+            }
 
     async def current_route(self) -> int | None:
         """The uplink NetworkManager routes through now, so a restart mid-failover keeps the hold-down."""
@@ -68,26 +69,36 @@ class Actuator:
         settings = self.settings
         ranking = [self.uplinks[preferred]] + [u for u in self.uplinks if u.index != preferred]
         ranked = [(u, settings.metric_base + rank * settings.metric_step) for rank, u in enumerate(ranking)]
-        live = [(u, u.link.device, metric) for u, metric in ranked
-                if u.link.activated and u.link.device is not None]
+        live = [
+            (u, u.link.device, metric)
+            for u, metric in ranked
+            if u.link.activated and u.link.device is not None
+        ]
         try:
             for uplink, device, metric in live:
                 started = time.perf_counter()
                 if await self.nm.set_route_metrics(device, metric, metric):
-                    logger.info("{}: route metric {} applied in {:.0f} ms", uplink.label, metric,
-                                (time.perf_counter() - started) * 1000)
+                    logger.info(
+                        "{}: route metric {} applied in {:.0f} ms",
+                        uplink.label,
+                        metric,
+                        (time.perf_counter() - started) * 1000,
+                    )
             for uplink, device, metric in live:
                 applied = await self.nm.applied_metrics(device)
                 if {applied.metric4, applied.metric6} - {None} != {metric}:
-                    raise NMError(f"{uplink.label} runs with metrics {applied.metric4}/{applied.metric6}, "
-                                  f"expected {metric}")
+                    raise NMError(
+                        f"{uplink.label} runs with metrics {applied.metric4}/{applied.metric6}, "
+                        f"expected {metric}"
+                    )
             if settings.manage_autoconnect_priority:
                 for rank, (uplink, _) in enumerate(ranked):
                     if not uplink.missing:
                         await self.nm.set_autoconnect_priority(uplink.profile.uuid, len(ranked) - rank)
         except NMError as exc:
-            logger.error("could not apply the preference for {}: {} (will retry)",
-                         self.uplinks[preferred].label, exc)
+            logger.error(
+                "could not apply the preference for {}: {} (will retry)", self.uplinks[preferred].label, exc
+            )
             return
         self.applied_for = preferred
 
@@ -100,8 +111,9 @@ class Actuator:
                 if link.activated and link.device is not None:
                     await self.nm.set_route_metrics(link.device, saved.metric4, saved.metric6)
                 if uplink.profile.uuid in self._original_priority:
-                    await self.nm.set_autoconnect_priority(uplink.profile.uuid,
-                                                           self._original_priority[uplink.profile.uuid])
+                    await self.nm.set_autoconnect_priority(
+                        uplink.profile.uuid, self._original_priority[uplink.profile.uuid]
+                    )
                     runstate.forget_priority(uplink.profile.uuid)
                 logger.info("{}: restored its profile's own route metrics", uplink.label)
             except NMError as exc:

@@ -14,7 +14,7 @@ from ..nm import LinkState, NMEvent, Profile
 from ..policy import Action, Decision, Health, PolicyParams, decide
 from .actuator import Actuator, NetworkManagerPort
 from .intake import IDLE_BEAT, EventIntake
-from .probing import ProbeScheduler, Prober
+from .probing import Prober, ProbeScheduler
 from .state import Override, SwitchEvent, Uplink
 from .supervisor import Job, Supervisor
 
@@ -24,17 +24,26 @@ FailbackGuard = Callable[[SwitchEvent], Awaitable[bool]]
 
 
 class Engine:
-    def __init__(self, settings: Settings, nm: NetworkManagerPort, profiles: Sequence[Profile], prober: Prober,
-                 *, listeners: Sequence[SwitchListener] = (), failback_guard: FailbackGuard | None = None,
-                 supervisor: Supervisor | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        nm: NetworkManagerPort,
+        profiles: Sequence[Profile],
+        prober: Prober,
+        *,
+        listeners: Sequence[SwitchListener] = (),
+        failback_guard: FailbackGuard | None = None,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self.settings = settings
         self.supervisor = supervisor or Supervisor()
         self.clock = self.supervisor.clock
         self.params = PolicyParams(settings.fail_count, settings.rise_count, settings.failback_hold_down)
         self.uplinks = [Uplink(i, p, LinkState(uuid=p.uuid)) for i, p in enumerate(profiles)]
         self.actuator = Actuator(settings, nm, self.uplinks)
-        self.scheduler = ProbeScheduler(settings, prober, self.params, self.supervisor, lambda: self.current,
-                                        self.reconcile)
+        self.scheduler = ProbeScheduler(
+            settings, prober, self.params, self.supervisor, lambda: self.current, self.reconcile
+        )
         self.intake = EventIntake(nm, self.uplinks, self.actuator, self.supervisor, self.reconcile)
         self.current: int | None = None
         self.last_switch_at: float | None = None
@@ -69,9 +78,16 @@ class Engine:
             await asyncio.gather(*(self.scheduler.probe(u) for u in self.uplinks))
             await self.reconcile()
             self.ready.set()
-            where = self.uplinks[self.current].label if self.current is not None else "no uplink (none is healthy)"
-            logger.info("ready: traffic on {}; {}", where,
-                        ", ".join(f"{u.label} {u.health.health.value}" for u in self.uplinks))
+            where = (
+                self.uplinks[self.current].label
+                if self.current is not None
+                else "no uplink (none is healthy)"
+            )
+            logger.info(
+                "ready: traffic on {}; {}",
+                where,
+                ", ".join(f"{u.label} {u.health.health.value}" for u in self.uplinks),
+            )
             jobs: dict[str, Job] = {}
             for uplink in self.uplinks:
                 jobs[f"probe-{uplink.role}"] = _bind(self.scheduler.loop, uplink, f"probe-{uplink.role}")
@@ -90,9 +106,15 @@ class Engine:
         """What the policy says now; reads state, changes nothing."""
         avoid = self.avoid.index if self.avoid is not None and self.avoid.active(now) else None
         pinned = self.pin.index if self.pin is not None and self.pin.active(now) else None
-        return decide([u.health for u in self.uplinks], self.current, now, self.params,
-                      names=[u.label for u in self.uplinks], pinned=pinned,
-                      avoid=frozenset() if avoid is None else frozenset({avoid}))
+        return decide(
+            [u.health for u in self.uplinks],
+            self.current,
+            now,
+            self.params,
+            names=[u.label for u in self.uplinks],
+            pinned=pinned,
+            avoid=frozenset() if avoid is None else frozenset({avoid}),
+        )
 
     async def reconcile(self) -> None:
         async with self._apply_lock:
@@ -109,9 +131,11 @@ class Engine:
             if decision.action == Action.FAILBACK and not await self._failback_allowed(event):
                 return
             old = self.uplinks[self.current] if self.current is not None else None
-            cause = f"{old.label} {old.last_round.summary}" if (
-                old is not None and old.last_round is not None and decision.action == Action.FAILOVER
-            ) else decision.reason
+            cause = (
+                f"{old.label} {old.last_round.summary}"
+                if (old is not None and old.last_round is not None and decision.action == Action.FAILOVER)
+                else decision.reason
+            )
             logger.warning("{} -> switching to {}", cause, self.uplinks[target].label)
             self.current = target
             self.last_switch_at = self.clock()
@@ -131,31 +155,42 @@ class Engine:
             return True
         # Ask again a round later, not on every probe result in between.
         self._vetoed_until = now + self.settings.active_interval
-        logger.info("failback to {} vetoed by the guard hook; staying on {}", event.to_profile,
-                    event.from_profile)
+        logger.info(
+            "failback to {} vetoed by the guard hook; staying on {}", event.to_profile, event.from_profile
+        )
         return False
 
     def _switch_event(self, decision: Decision, target: int) -> SwitchEvent:
         new = self.uplinks[target]
         old = self.uplinks[self.current] if self.current is not None else None
         return SwitchEvent(
-            action=decision.action.value, state=new.role.upper(),
-            from_profile=old.profile.id if old else "", to_profile=new.profile.id,
-            from_device=(old.link.interface or "") if old else "", device=new.link.interface or "",
-            gateway4=new.link.gateway4 or "", gateway6=new.link.gateway6 or "",
-            reason=decision.reason, at=time.time(), uplinks=tuple(u.snapshot() for u in self.uplinks))
+            action=decision.action.value,
+            state=new.role.upper(),
+            from_profile=old.profile.id if old else "",
+            to_profile=new.profile.id,
+            from_device=(old.link.interface or "") if old else "",
+            device=new.link.interface or "",
+            gateway4=new.link.gateway4 or "",
+            gateway6=new.link.gateway6 or "",
+            reason=decision.reason,
+            at=time.time(),
+            uplinks=tuple(u.snapshot() for u in self.uplinks),
+        )
 
     # -- loops --------------------------------------------------------------------------------------
 
     def next_deadline(self, now: float) -> float | None:
         """The earliest moment the decision may change without any new evidence."""
-        times = [self.decision(now).recheck_at, self._vetoed_until,
-                 self.avoid.until if self.avoid is not None else None,
-                 self.pin.until if self.pin is not None else None]
+        times = [
+            self.decision(now).recheck_at,
+            self._vetoed_until,
+            self.avoid.until if self.avoid is not None else None,
+            self.pin.until if self.pin is not None else None,
+        ]
         return min((t for t in times if t is not None), default=None)
 
     async def _timers(self) -> None:
-        """Hold-down ends, failback vetoes, failover tests and pins that expire: decide again at that moment."""
+        """Hold-downs, failback vetoes, failover tests and pins that run out: decide again at that moment."""
         live = self.supervisor.liveness("timers", IDLE_BEAT * 2)
         while True:
             live.beat()
@@ -192,8 +227,9 @@ async def _notify(listener: SwitchListener, event: SwitchEvent) -> None:
     try:
         await listener(event)
     except Exception as exc:  # noqa: BLE001 - a listener's failure must never stop switching
-        logger.opt(exception=exc).error("switch listener {} failed: {!r}", getattr(listener, "__qualname__", listener),
-                                        exc)
+        logger.opt(exception=exc).error(
+            "switch listener {} failed: {!r}", getattr(listener, "__qualname__", listener), exc
+        )
 
 
 def _bind(loop: Callable[[Uplink, str], Awaitable[None]], uplink: Uplink, name: str) -> Job:

@@ -30,8 +30,14 @@ RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class EventIntake:
-    def __init__(self, nm: NetworkManagerPort, uplinks: Sequence[Uplink], actuator: Actuator,
-                 supervisor: Supervisor, reconcile: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        nm: NetworkManagerPort,
+        uplinks: Sequence[Uplink],
+        actuator: Actuator,
+        supervisor: Supervisor,
+        reconcile: Callable[[], Awaitable[None]],
+    ) -> None:
         self.nm = nm
         self.uplinks = uplinks
         self.actuator = actuator
@@ -104,7 +110,11 @@ class EventIntake:
                 await self._check_profile_exists(uplink)
             old = uplink.link
             if (link.device, link.interface, link.state, link.nameservers) != (
-                    old.device, old.interface, old.state, old.nameservers):
+                old.device,
+                old.interface,
+                old.state,
+                old.nameservers,
+            ):
                 if old.state or link.state:
                     logger.info("{}: link {} -> {}", uplink.label, old.state_name, link.state_name)
                 if link.activated and not old.activated:
@@ -117,8 +127,13 @@ class EventIntake:
     async def _check_profile_exists(self, uplink: Uplink) -> None:
         exists = await self.nm.has_profile(uplink.profile.uuid)
         if not exists and not uplink.missing:
-            logger.error("{}: its profile {!r} ({}) was deleted from NetworkManager; it counts as down until a "
-                         "profile with this UUID returns", uplink.label, uplink.profile.id, uplink.profile.uuid)
+            logger.error(
+                "{}: its profile {!r} ({}) was deleted from NetworkManager; it counts as down until a "
+                "profile with this UUID returns",
+                uplink.label,
+                uplink.profile.id,
+                uplink.profile.uuid,
+            )
         elif exists and uplink.missing:
             logger.info("{}: its profile {!r} is back", uplink.label, uplink.profile.id)
         uplink.missing = not exists

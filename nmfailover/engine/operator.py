@@ -29,8 +29,14 @@ class Operator:
     def find_uplink(self, name: str) -> Uplink:
         """An uplink by role (primary, backup...), profile id, UUID, configured name or interface."""
         for uplink in self.engine.uplinks:
-            if name in (uplink.role, uplink.profile.id, uplink.profile.uuid, uplink.profile.spec,
-                        uplink.link.interface, uplink.profile.interface_name):
+            if name in (
+                uplink.role,
+                uplink.profile.id,
+                uplink.profile.uuid,
+                uplink.profile.spec,
+                uplink.link.interface,
+                uplink.profile.interface_name,
+            ):
                 return uplink
         known = ", ".join(f"{u.role} ({u.profile.id})" for u in self.engine.uplinks)
         raise InvalidRequest(f"no uplink {name!r}; known: {known}")
@@ -38,9 +44,14 @@ class Operator:
     async def recheck(self, interface: str = "", reason: str = "") -> int:
         """Probe now: the uplinks on `interface`, or all when it names none of them. Returns how many."""
         uplinks = self.engine.uplinks
-        chosen = [u for u in uplinks if interface and interface in (u.link.interface, u.profile.interface_name)]
-        logger.info("re-check requested{}{}", f" for {interface}" if interface else "",
-                    f" ({reason})" if reason else "")
+        chosen = [
+            u for u in uplinks if interface and interface in (u.link.interface, u.profile.interface_name)
+        ]
+        logger.info(
+            "re-check requested{}{}",
+            f" for {interface}" if interface else "",
+            f" ({reason})" if reason else "",
+        )
         for uplink in chosen or uplinks:
             uplink.wake.set()
         return len(chosen or uplinks)
@@ -52,7 +63,9 @@ class Operator:
         if engine.current is None:
             raise InvalidRequest("no uplink carries traffic yet")
         engine.avoid = Override(engine.current, engine.clock() + seconds)
-        logger.warning("forced failover: avoiding {} for {:g} s", engine.uplinks[engine.current].label, seconds)
+        logger.warning(
+            "forced failover: avoiding {} for {:g} s", engine.uplinks[engine.current].label, seconds
+        )
         await engine.reconcile()
 
     async def end_force(self) -> None:
@@ -78,7 +91,7 @@ class Operator:
         await engine.reconcile()
 
     def status(self) -> dict[str, Any]:
-        """Everything an operator wants to see, JSON-friendly; times are seconds since the epoch. Reads only."""
+        """What an operator wants to see, JSON-friendly; times are seconds since the epoch. Reads only."""
         engine = self.engine
         now, wall = engine.clock(), time.time()
         decision = engine.decision(now)
@@ -100,12 +113,17 @@ class Operator:
 def _uplink_status(uplink: Uplink, carrying: bool) -> dict[str, Any]:
     health, last = uplink.health, uplink.last_round
     return {
-        "role": uplink.role, "profile": uplink.profile.id, "uuid": uplink.profile.uuid,
-        "device": uplink.link.interface, "link": uplink.link.state_name,
+        "role": uplink.role,
+        "profile": uplink.profile.id,
+        "uuid": uplink.profile.uuid,
+        "device": uplink.link.interface,
+        "link": uplink.link.state_name,
         "health": "suspect" if health.suspect and health.health != Health.UNKNOWN else health.health.value,
         "consecutive_failures": health.consecutive_failures,
         "consecutive_successes": health.consecutive_successes,
-        "latency_ms": round(min(r.latency for r in last.results) * 1000, 1) if last and last.results else None,
+        "latency_ms": round(min(r.latency for r in last.results) * 1000, 1)
+        if last and last.results
+        else None,
         "reason": last.summary if last else None,
         "carrying_traffic": carrying,
     }

@@ -20,8 +20,15 @@ MIN_ROUND_GAP = 0.05
 
 
 class ProbeScheduler:
-    def __init__(self, settings: Settings, prober: Prober, params: PolicyParams, supervisor: Supervisor,
-                 current: Callable[[], int | None], after_round: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        prober: Prober,
+        params: PolicyParams,
+        supervisor: Supervisor,
+        current: Callable[[], int | None],
+        after_round: Callable[[], Awaitable[None]],
+    ) -> None:
         self.settings = settings
         self.prober = prober
         self.params = params
@@ -41,14 +48,18 @@ class ProbeScheduler:
         return self.settings.standby_interval
 
     def max_silence(self) -> float:
-        """How long a healthy loop can go between two rounds: the longest interval plus a round, twice over."""
-        longest = max(self.settings.active_interval, self.settings.standby_interval, self.settings.suspect_interval)
+        """How long a healthy loop may go without a round: the longest interval plus a round, twice."""
+        longest = max(
+            self.settings.active_interval, self.settings.standby_interval, self.settings.suspect_interval
+        )
         return 2 * (longest + self.settings.probe_timeout) + 1.0
 
     async def loop(self, uplink: Uplink, name: str) -> None:
         live = self.supervisor.liveness(name, self.max_silence())
         # Start to start from the last round, whoever ran it (the first round, or this loop before a crash).
-        last_start = uplink.probed_at if uplink.probed_at is not None else self.clock() - self.interval(uplink)
+        last_start = (
+            uplink.probed_at if uplink.probed_at is not None else self.clock() - self.interval(uplink)
+        )
         while True:
             # Intervals run start to start: a round that takes longer is followed at once by the next.
             delay = last_start + self.interval(uplink) - self.clock()
@@ -83,8 +94,9 @@ class ProbeScheduler:
     async def probe(self, uplink: Uplink) -> None:
         uplink.probed_at = self.clock()
         link = Link(uplink.link.interface if uplink.link.activated else None, uplink.link.nameservers)
-        result = await self.prober(link, self.round_targets(uplink), self.settings.probe_timeout,
-                                   self.settings.probe_quorum)
+        result = await self.prober(
+            link, self.round_targets(uplink), self.settings.probe_timeout, self.settings.probe_quorum
+        )
         before = uplink.health
         uplink.last_round = result
         uplink.health = observe(before, result.ok, self.clock(), self.params, hard=result.hard_failure)
@@ -92,5 +104,10 @@ class ProbeScheduler:
             verdict = "up" if uplink.health.health == Health.UP else "down"
             logger.info("{} {}: {}", uplink.label, verdict, result.summary)
         elif before.health == Health.UP and not result.ok:
-            logger.warning("{} failing ({}/{}): {}", uplink.label, uplink.health.consecutive_failures,
-                           self.params.fail_count, result.summary)
+            logger.warning(
+                "{} failing ({}/{}): {}",
+                uplink.label,
+                uplink.health.consecutive_failures,
+                self.params.fail_count,
+                result.summary,
+            )

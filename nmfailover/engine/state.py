@@ -39,8 +39,14 @@ class Uplink:
         return f"{self.role} ({self.link.interface or self.profile.interface_name or self.profile.id})"
 
     def snapshot(self) -> UplinkView:
-        return UplinkView(self.role, self.profile.id, self.link.interface or self.profile.interface_name or "",
-                          self.link.gateway4 or "", self.link.gateway6 or "", self.link.nameservers)
+        return UplinkView(
+            self.role,
+            self.profile.id,
+            self.link.interface or self.profile.interface_name or "",
+            self.link.gateway4 or "",
+            self.link.gateway6 or "",
+            self.link.nameservers,
+        )
 
 
 @dataclass(frozen=True)

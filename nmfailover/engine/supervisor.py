@@ -42,8 +42,14 @@ class Liveness:
 
 
 class Supervisor:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, *, backoff: tuple[float, ...] = BACKOFF,
-                 budget: int = CRASH_BUDGET, window: float = CRASH_WINDOW) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        backoff: tuple[float, ...] = BACKOFF,
+        budget: int = CRASH_BUDGET,
+        window: float = CRASH_WINDOW,
+    ) -> None:
         self.clock = clock
         self.backoff = backoff
         self.budget = budget
@@ -86,8 +92,10 @@ class Supervisor:
             while crashes and crashes[0] < now - self.window:
                 crashes.popleft()
             if len(crashes) > self.budget:
-                raise TaskGaveUp(f"task {name} crashed {len(crashes)} times within {self.window:g} s; "
-                                 "stopping so that the service manager restarts the daemon")
+                raise TaskGaveUp(
+                    f"task {name} crashed {len(crashes)} times within {self.window:g} s; "
+                    "stopping so that the service manager restarts the daemon"
+                )
             self.restarts[name] += 1
             delay = self.backoff[min(len(crashes), len(self.backoff)) - 1]
             logger.warning("restarting task {} in {:g} s (restart {})", name, delay, self.restarts[name])

@@ -1,0 +1,59 @@
+"""A real daemon process against a real NetworkManager, with a bug injected into the primary's probe loop:
+every crash is logged with its traceback and the loop restarted, and when it keeps crashing the daemon puts
+the profiles' own values back and exits non-zero, so that systemd restarts it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nmfailover.lab.demo import daemon_env
+from nmfailover.lab.sandbox import NMLab
+
+pytestmark = pytest.mark.lab
+
+INJECT = """
+import sys
+import nmfailover.probe as probe
+
+real = probe.probe_round
+rounds = {"wana": 0}
+
+async def crashing(link, targets, timeout, needed):
+    if link.interface == "wana":
+        rounds["wana"] += 1
+        if rounds["wana"] > 1:  # the first round decides the start; every later one hits the bug
+            raise RuntimeError("injected crash in the primary's probe loop")
+    return await real(link, targets, timeout, needed)
+
+probe.probe_round = crashing
+from nmfailover.cli import main  # after the patch: the daemon takes its prober when imported
+sys.exit(main(["run"]))
+"""
+
+
+def test_a_probe_loop_that_keeps_crashing_ends_the_daemon_non_zero_after_restoring(
+    nmlab: NMLab, tmp_path: Path
+) -> None:
+    env = dict(daemon_env(nmlab), PYTHONPATH=str(Path(__file__).parents[1]))
+    before = nmlab.default_routes(4)
+    proc = nmlab.popen_host(
+        [sys.executable, "-c", INJECT], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _, log = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    print(log[-6000:], file=sys.stderr)
+    assert proc.returncode == 1
+    assert "ready: traffic on primary" in log
+    assert log.count("task probe-primary crashed: RuntimeError") == 6
+    assert log.count("Traceback") == 6 and "injected crash" in log
+    for restart, delay in enumerate(("0.5", "1", "2", "5", "10"), start=1):
+        assert f"restarting task probe-primary in {delay} s (restart {restart})" in log
+    assert "probe-primary crashed 6 times within 300 s" in log
+    assert "primary (wana): restored its profile's own route metrics" in log
+    assert nmlab.default_routes(4) == before  # left as it was found
