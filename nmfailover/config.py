@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     fail_count: Count = 2
     rise_count: Count = 3
     failback_hold_down: HoldDown = 30.0
+    # Route-flap damping: each further failure of an uplink within the window doubles its hold-down,
+    # up to this cap, so a primary that dies every few minutes is not taken back every time.
+    failback_hold_down_max: HoldDown = 960.0
+    flap_window: Seconds = 3600.0
     metric_base: Metric = 100
     metric_step: Count = 100  # its upper bound depends on the base and the number of uplinks
     manage_autoconnect_priority: Flag = True
@@ -241,6 +245,12 @@ class Settings(BaseSettings):
                     "NMFAILOVER_PROBE_TIMEOUT",
                     f"must be shorter than {name} ({interval} s); got {self.probe_timeout}",
                 )
+        if self.failback_hold_down_max < self.failback_hold_down:
+            raise ConfigError(
+                "NMFAILOVER_FAILBACK_HOLD_DOWN_MAX",
+                f"must not be shorter than NMFAILOVER_FAILBACK_HOLD_DOWN ({self.failback_hold_down} s); "
+                f"got {self.failback_hold_down_max}",
+            )
         if self.suspect_interval > self.active_interval:
             raise ConfigError(
                 "NMFAILOVER_SUSPECT_INTERVAL",

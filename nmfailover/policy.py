@@ -15,6 +15,7 @@ class Health(StrEnum):
     UNKNOWN = "unknown"
     UP = "up"
     DOWN = "down"
+    PORTAL = "portal"  # a captive portal answers instead of the internet: unusable, but not broken
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,10 @@ class PolicyParams:
     fail_count: int
     rise_count: int
     failback_hold_down: float
+    # Route-flap damping (the idea of RFC 2439): each further failure within the window doubles the
+    # hold-down, up to the cap; failures older than the window no longer count.
+    max_hold_down: float | None = None  # None: no damping beyond failback_hold_down
+    flap_window: float = 3600.0
 
     def __post_init__(self) -> None:
         # A zero count would make a state unreachable or flip on no evidence at all.
@@ -31,6 +36,10 @@ class PolicyParams:
             raise ValueError(f"rise_count must be >= 1, got {self.rise_count}")
         if self.failback_hold_down < 0:
             raise ValueError(f"failback_hold_down must be >= 0, got {self.failback_hold_down}")
+        if self.max_hold_down is not None and self.max_hold_down < self.failback_hold_down:
+            raise ValueError(f"max_hold_down must be >= failback_hold_down, got {self.max_hold_down}")
+        if self.flap_window <= 0:
+            raise ValueError(f"flap_window must be > 0, got {self.flap_window}")
 
 
 @dataclass(frozen=True)
@@ -39,46 +48,70 @@ class UplinkHealth:
     consecutive_failures: int = 0
     consecutive_successes: int = 0
     changed_at: float | None = None
+    downs: tuple[float, ...] = ()  # when it went from up to down, within the flap window
 
     @property
     def suspect(self) -> bool:
         """True while the verdict may be about to change, so the controller should probe faster."""
         if self.health is Health.UP:
             return self.consecutive_failures > 0
-        if self.health is Health.DOWN:
+        if self.health in (Health.DOWN, Health.PORTAL):
             return self.consecutive_successes > 0
         return True
 
 
 def observe(
-    state: UplinkHealth, ok: bool, now: float, params: PolicyParams, *, hard: bool = False
+    state: UplinkHealth,
+    ok: bool,
+    now: float,
+    params: PolicyParams,
+    *,
+    hard: bool = False,
+    portal: bool = False,
 ) -> UplinkHealth:
-    """Fold one probe round into `state`."""
+    """Fold one probe round into `state`. `portal`: the round failed because a captive portal answered."""
     if ok:
         failures, successes = 0, state.consecutive_successes + 1
     else:
         failures, successes = state.consecutive_failures + 1, 0
+    failed = Health.PORTAL if portal else Health.DOWN
 
     health = state.health
     if health is Health.UNKNOWN:
         # At start-up one round is enough: waiting rise_count rounds would leave the machine without a route.
-        health = Health.UP if ok else Health.DOWN
+        health = Health.UP if ok else failed
     elif not ok and hard:
         # The link is physically gone; counting more rounds would only delay the inevitable failover.
         health = Health.DOWN
     elif health is Health.UP and failures >= params.fail_count:
-        health = Health.DOWN
-    elif health is Health.DOWN and successes >= params.rise_count:
+        health = failed
+    elif health in (Health.DOWN, Health.PORTAL) and not ok:
+        health = failed  # a portal that goes away, or appears on a dead link, is seen at once
+    elif health in (Health.DOWN, Health.PORTAL) and successes >= params.rise_count:
         health = Health.UP
 
     changed_at = now if health is not state.health else state.changed_at
+    downs = tuple(t for t in state.downs if now - t < params.flap_window)
+    if state.health is Health.UP and health is Health.DOWN:
+        downs += (now,)  # a portal is the user's to click through, not a flap
     return replace(
         state,
         health=health,
         consecutive_failures=failures,
         consecutive_successes=successes,
         changed_at=changed_at,
+        downs=downs,
     )
+
+
+def hold_down(state: UplinkHealth, now: float, params: PolicyParams) -> tuple[float, str]:
+    """How long `state`'s uplink must stay up before traffic moves back to it, and why."""
+    base = params.failback_hold_down
+    recent = sum(1 for t in state.downs if now - t < params.flap_window)
+    if params.max_hold_down is None or recent <= 1:
+        return base, "the configured hold-down"
+    seconds = min(base * 2 ** (recent - 1), params.max_hold_down)
+    return seconds, f"{recent} failures in the last {_secs(params.flap_window)}"
 
 
 class Action(StrEnum):
@@ -121,12 +154,19 @@ def decide(
         raise ValueError(f"current uplink {current} out of range for {len(uplinks)} uplinks")
 
     up = [i for i, u in enumerate(uplinks) if u.health is Health.UP]
+    # An uplink with a failed round since its last success may be dying too (both uplinks often fail
+    # together): traffic never moves to it, it stays where it is until the doubt is settled.
+    proven = [i for i in up if i == current or uplinks[i].consecutive_failures == 0]
     # A forced test must never cut the internet, so an avoided uplink is still better than none.
-    candidates = [i for i in up if i not in avoid] or up
+    candidates = [i for i in proven if i not in avoid] or proven
 
-    if not up:
+    if not candidates:
         if current is None:
             return Decision(None, Action.KEEP, "no uplink is healthy")
+        if up:
+            return Decision(
+                current, Action.KEEP, f"no other uplink is proven healthy; keeping {names[current]}"
+            )
         return Decision(current, Action.KEEP, f"no uplink is healthy; keeping {names[current]}")
 
     # Requiring a candidate (not merely UP) lets a forced test failover override a pin.
@@ -142,33 +182,34 @@ def decide(
     if current in avoid and best not in avoid:
         return Decision(best, Action.AVOID, f"avoiding {names[current]}; moving to {names[best]}")
 
-    if uplinks[current].health is Health.DOWN:
-        return Decision(best, Action.FAILOVER, f"{names[current]} is down; moving to {names[best]}")
+    if uplinks[current].health in (Health.DOWN, Health.PORTAL):
+        state = "down" if uplinks[current].health is Health.DOWN else "behind a captive portal"
+        return Decision(best, Action.FAILOVER, f"{names[current]} is {state}; moving to {names[best]}")
 
     # Among uplinks more preferred than current, take the most preferred one that has served its
     # hold-down: a still-settling primary must not keep us off an already settled backup.
-    hold = params.failback_hold_down
     target, target_since = current, 0.0
-    settling: list[tuple[int, float]] = []  # (index, UP since) of those still inside the hold-down
+    settling: list[tuple[int, float, float]] = []  # (index, UP since, hold-down) of those still settling
     for i in candidates:
         if i >= current:
             break
         since = uplinks[i].changed_at
         if since is None:
             continue  # no proof of stability, and no expiry to wake up for
+        hold, _ = hold_down(uplinks[i], now, params)
         if now - since >= hold:
             target, target_since = i, since
             break
-        settling.append((i, since))
+        settling.append((i, since, hold))
 
     # The earliest-settling one is what the next decision hinges on, so that is the one to wake up for.
-    first = min(settling, key=lambda s: s[1], default=None)
-    recheck_at = None if first is None else first[1] + hold
+    first = min(settling, key=lambda s: s[1] + s[2], default=None)
+    recheck_at = None if first is None else first[1] + first[2]
     if target != current:
         reason = f"{names[target]} healthy for {_secs(now - target_since)}; moving back"
         return Decision(target, Action.FAILBACK, reason, recheck_at)
     if first is not None:
-        i, since = first
+        i, since, hold = first
         reason = f"{names[i]} healthy for {_secs(now - since)} of {_secs(hold)} hold-down"
         return Decision(current, Action.KEEP, reason, recheck_at)
 

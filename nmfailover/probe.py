@@ -113,6 +113,11 @@ class RoundResult:
         return f"{failed.total()}/{total} targets failed ({reasons})"
 
     @property
+    def portal(self) -> bool:
+        """Every target answered, but not as expected: a captive portal (or a proxy) stands in the way."""
+        return not self.ok and bool(self.results) and all(r.reason is Reason.UNEXPECTED for r in self.results)
+
+    @property
     def hard_failure(self) -> bool:
         return bool(self.results) and all(r.reason is Reason.NO_DEVICE for r in self.results)
 

@@ -50,7 +50,8 @@ def private_runtime_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 class FakeNM:
-    def __init__(self) -> None:
+    def __init__(self, profiles: Sequence[Profile] = PROFILES) -> None:
+        self.profiles = profiles
         self.links = {
             p.uuid: LinkState(
                 uuid=p.uuid,
@@ -59,10 +60,10 @@ class FakeNM:
                 state=100,
                 nameservers=("192.0.2.53",),
             )
-            for p in PROFILES
+            for p in profiles
         }
-        self.metrics: dict[str, tuple[int, int]] = {f"/dev/{p.interface_name}": (-1, -1) for p in PROFILES}
-        self.priorities: dict[str, int] = {p.uuid: 0 for p in PROFILES}
+        self.metrics: dict[str, tuple[int, int]] = {f"/dev/{p.interface_name}": (-1, -1) for p in profiles}
+        self.priorities: dict[str, int] = {p.uuid: 0 for p in profiles}
         self.calls: list[tuple[str, int]] = []
         self.fail_writes = False
         self.disconnected = asyncio.Event()
@@ -94,7 +95,7 @@ class FakeNM:
         return True
 
     async def profile(self, uuid: str) -> Profile:
-        return next(p for p in PROFILES if p.uuid == uuid)
+        return next(p for p in self.profiles if p.uuid == uuid)
 
     async def has_profile(self, uuid: str) -> bool:
         return uuid in self.links
@@ -505,3 +506,74 @@ async def test_a_stuck_probe_loop_is_named_and_stops_the_watchdog(
         await asyncio.sleep(0.5)  # five watchdog periods
         assert not any("WATCHDOG=1" in m for m in received()), "petted while a loop was stuck"
         await stop(engine, task)
+
+
+async def test_the_third_uplink_takes_over_as_fast_as_the_second() -> None:
+    """Standby uplinks are probed only every 5 s; while the uplink carrying traffic is in doubt, the next
+    candidate is asked at once, so each takeover in a cascade is as quick as the first."""
+    fallback = Profile("fallback", "uuid-fallback", "fallback", "wanc", -1, -1, 0, False)
+    profiles = [*PROFILES, fallback]
+    settings = SETTINGS.model_copy(
+        update={"standby_interval": 5.0, "failback_hold_down": 60.0, "failback_hold_down_max": 60.0}
+    )
+    nm, prober = FakeNM(profiles), FakeProber()
+    prober.healthy["wanc"] = True
+    engine = Engine(settings, nm, profiles, prober)
+    task = await start(engine)
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0.1)
+    prober.healthy["wana"] = False
+    started = loop.time()
+    await wait_until(lambda: engine.current == 1, timeout=2)
+    second = loop.time() - started
+    await asyncio.sleep(0.2)
+    prober.healthy["wanb"] = False
+    started = loop.time()
+    await wait_until(lambda: engine.current == 2, timeout=4)
+    third = loop.time() - started
+    assert third < 1.0, f"the third uplink took {third:.2f} s (the second {second:.2f} s), standby every 5 s"
+    await stop(engine, task)
+
+
+async def test_both_dying_together_switch_nowhere_until_one_returns() -> None:
+    nm, prober = FakeNM(), FakeProber()
+    switches: list[str] = []
+
+    async def record(event: SwitchEvent) -> None:
+        switches.append(event.to_profile)
+
+    engine = Engine(SETTINGS, nm, PROFILES, prober, listeners=[record])
+    task = await start(engine)
+    prober.healthy.update(wana=False, wanb=False)
+    await wait_until(lambda: all(u.health.health.value == "down" for u in engine.uplinks))
+    await asyncio.sleep(0.2)
+    assert switches == [] and engine.current == 0
+    prober.healthy["wanb"] = True
+    await wait_until(lambda: engine.current == 1)
+    await stop(engine, task)
+
+
+async def test_a_standby_that_died_silently_is_found_out_before_traffic_moves_to_it() -> None:
+    fallback = Profile("fallback", "uuid-fallback", "fallback", "wanc", -1, -1, 0, False)
+    profiles = [*PROFILES, fallback]
+    settings = SETTINGS.model_copy(
+        update={"standby_interval": 5.0, "failback_hold_down": 60.0, "failback_hold_down_max": 60.0}
+    )
+    nm, prober = FakeNM(profiles), FakeProber()
+    prober.healthy["wanc"] = True
+    moves: list[str] = []
+
+    async def record(event: SwitchEvent) -> None:
+        moves.append(event.to_profile)
+
+    engine = Engine(settings, nm, profiles, prober, listeners=[record])
+    task = await start(engine)
+    prober.healthy["wana"] = False
+    await wait_until(lambda: engine.current == 1, timeout=2)
+    await asyncio.sleep(0.2)
+    # The fallback's last verdict (up) is seconds old; it has died since, and now the backup dies too.
+    prober.healthy.update(wanb=False, wanc=False)
+    await wait_until(lambda: engine.uplinks[1].health.health.value == "down", timeout=2)
+    await asyncio.sleep(0.3)
+    assert moves == ["backup"], "traffic moved to an uplink nobody had checked since it died"
+    await stop(engine, task)

@@ -6,9 +6,11 @@ hold-down is shortened (HOLD_DOWN); where it waits for the backup to be re-probe
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +26,8 @@ pytestmark = pytest.mark.lab
 HOLD_DOWN = "3"
 FLAP_SECONDS = 60.0
 FLAP_HALF_PERIOD = 2.0
-FLAP_HOLD_DOWN = 30.0  # the default: the scenario is about it
+FLAP_HOLD_DOWN = 4.0
+FLAP_HOLD_DOWN_MAX = 32.0  # reached after 4 failures within the hour
 
 
 def preferred(lab: NMLab, device: str, other: str) -> bool:
@@ -184,7 +187,12 @@ def test_uplink_profile_renamed_while_running_is_still_managed(nmlab: NMLab, tmp
 
 def test_flapping_primary_switches_a_bounded_number_of_times(nmlab: NMLab, tmp_path: Path) -> None:
     primary = nmlab.upstreams[0]
-    with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:  # defaults, hold-down included
+    with running_daemon(
+        nmlab,
+        tmp_path / "daemon.log",
+        failback_hold_down=str(FLAP_HOLD_DOWN),
+        failback_hold_down_max=str(FLAP_HOLD_DOWN_MAX),
+    ) as daemon:
         daemon.wait_log(r"ready: traffic on primary")
         started = time.monotonic()
         while time.monotonic() - started < FLAP_SECONDS:
@@ -202,8 +210,9 @@ def test_flapping_primary_switches_a_bounded_number_of_times(nmlab: NMLab, tmp_p
         assert during <= 1, daemon.text()
         if during:
             assert nmlab.default_route(4) == "wanb"
-        # Once it stays healthy, traffic returns: one hold-down after its last "up" verdict, not sooner.
-        wait_preferred(nmlab, "wana", "wanb", FLAP_HOLD_DOWN + 15)
+        # Once it stays healthy, traffic returns, but only after the damped hold-down: a dozen failures
+        # within the hour have doubled it up to its cap, not after the plain one.
+        wait_preferred(nmlab, "wana", "wanb", FLAP_HOLD_DOWN_MAX + 15)
         lines = daemon.text().splitlines()
         assert switches(daemon) == 2 * during
         if during:
@@ -211,7 +220,7 @@ def test_flapping_primary_switches_a_bounded_number_of_times(nmlab: NMLab, tmp_p
             up = max(
                 log_time(line) for line in lines if "primary (wana) up:" in line and log_time(line) < back
             )
-            assert back - up >= FLAP_HOLD_DOWN
+            assert back - up >= FLAP_HOLD_DOWN_MAX
         assert daemon.stop() == 0
 
 
@@ -326,10 +335,18 @@ def test_slow_target_just_under_and_just_over_the_timeout(
         assert daemon.stop() == 0
 
 
-def test_captive_portal_redirect_counts_as_down(nmlab: NMLab, tmp_path: Path) -> None:
+def test_captive_portal_is_its_own_state_and_no_flap(nmlab: NMLab, tmp_path: Path) -> None:
     with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
         nmlab.upstreams[0].set_http_mode("portal")
         wait_preferred(nmlab, "wanb", "wana", 15)
-        assert re.search(r"primary \(wana\) down: 3/3 targets failed \(unexpected-response\)", daemon.text())
+        assert re.search(
+            r"primary \(wana\) portal: 3/3 targets failed \(unexpected-response\)", daemon.text()
+        )
+        status = json.loads(
+            nmlab.host(sys.executable, "-m", "nmfailover", "status", "--json", env=nmlab.env).stdout
+        )
+        primary = status["uplinks"][0]
+        assert primary["health"] == "portal" and not primary["carrying_traffic"]
+        assert primary["hold_down_reason"] == "the configured hold-down"  # not counted as a failure
         assert daemon.stop() == 0

@@ -11,6 +11,7 @@ from nmfailover.policy import (
     PolicyParams,
     UplinkHealth,
     decide,
+    hold_down,
     observe,
 )
 
@@ -28,8 +29,10 @@ KEEP, INITIAL, FAILOVER, FAILBACK, PIN, AVOID = (
 P = PolicyParams(fail_count=3, rise_count=2, failback_hold_down=30.0)
 
 
-def H(health: Health, f: int = 0, s: int = 0, at: float | None = 5.0) -> UplinkHealth:
-    return UplinkHealth(health, consecutive_failures=f, consecutive_successes=s, changed_at=at)
+def H(
+    health: Health, f: int = 0, s: int = 0, at: float | None = 5.0, downs: tuple[float, ...] = ()
+) -> UplinkHealth:
+    return UplinkHealth(health, consecutive_failures=f, consecutive_successes=s, changed_at=at, downs=downs)
 
 
 NEW = UplinkHealth()
@@ -64,10 +67,10 @@ OBSERVE_CASES: list[tuple[str, UplinkHealth, bool, bool, PolicyParams, UplinkHea
     ("up-ok-resets-failures", H(UP, 2, 0), True, False, P, H(UP, 0, 1, 5.0)),
     ("up-fail-first", H(UP, 0, 7), False, False, P, H(UP, 1, 0, 5.0)),
     ("up-fail-one-below", H(UP, 1, 0), False, False, P, H(UP, 2, 0, 5.0)),
-    ("up-fail-at-threshold", H(UP, 2, 0), False, False, P, H(DOWN, 3, 0, 10.0)),
-    ("up-hard-down-at-once", H(UP, 0, 9), False, True, P, H(DOWN, 1, 0, 10.0)),
+    ("up-fail-at-threshold", H(UP, 2, 0), False, False, P, H(DOWN, 3, 0, 10.0, (10.0,))),
+    ("up-hard-down-at-once", H(UP, 0, 9), False, True, P, H(DOWN, 1, 0, 10.0, (10.0,))),
     ("up-ok-hard-ignored", H(UP, 1, 0), True, True, P, H(UP, 0, 1, 5.0)),
-    ("up-fail-count-1", H(UP, 0, 3), False, False, PolicyParams(1, 5, 0.0), H(DOWN, 1, 0, 10.0)),
+    ("up-fail-count-1", H(UP, 0, 3), False, False, PolicyParams(1, 5, 0.0), H(DOWN, 1, 0, 10.0, (10.0,))),
     ("down-fail-stays-kept", H(DOWN, 3, 0), False, False, P, H(DOWN, 4, 0, 5.0)),
     ("down-fail-resets-successes", H(DOWN, 0, 1), False, False, P, H(DOWN, 1, 0, 5.0)),
     ("down-ok-one-below", H(DOWN, 4, 0), True, False, P, H(DOWN, 0, 1, 5.0)),
@@ -98,7 +101,7 @@ def test_observe_counts_rounds_exactly_to_fail_count() -> None:
         state = observe(state, False, float(t), P)
         healths.append(state.health)
     assert healths == [UP, UP, DOWN, DOWN]
-    assert state == H(DOWN, 4, 0, 3.0)
+    assert state == H(DOWN, 4, 0, 3.0, (3.0,))
 
 
 SUSPECT_CASES: list[tuple[str, UplinkHealth, bool]] = [
@@ -413,3 +416,186 @@ def test_scenario_three_uplink_cascade() -> None:
         (71.0, 1, FAILBACK),  # backup UP at 41 + 30
         (81.0, 0, FAILBACK),  # primary UP at 51 + 30
     ]
+
+
+# --- captive portals, flap damping, failing candidates -------------------------------------------
+
+PORTAL = Health.PORTAL
+DAMPED = PolicyParams(
+    fail_count=3, rise_count=2, failback_hold_down=30.0, max_hold_down=200.0, flap_window=3600.0
+)
+
+PORTAL_CASES: list[tuple[str, UplinkHealth, bool, UplinkHealth]] = [
+    # id, before, ok, after (portal rounds, at now=10)
+    ("unknown-portal-at-once", NEW, False, H(PORTAL, 1, 0, 10.0)),
+    ("up-portal-counts-like-a-failure", H(UP, 0, 4), False, H(UP, 1, 0, 5.0)),
+    ("up-portal-at-threshold-no-flap", H(UP, 2, 0), False, H(PORTAL, 3, 0, 10.0)),
+    ("down-turns-portal-at-once", H(DOWN, 3, 0, 0.0, (0.0,)), False, H(PORTAL, 4, 0, 10.0, (0.0,))),
+    ("portal-stays", H(PORTAL, 3, 0), False, H(PORTAL, 4, 0, 5.0)),
+    ("portal-ok-one-below", H(PORTAL, 3, 0), True, H(PORTAL, 0, 1, 5.0)),
+    ("portal-ok-at-threshold", H(PORTAL, 0, 1), True, H(UP, 0, 2, 10.0)),
+]
+
+
+@pytest.mark.parametrize(
+    ("before", "ok", "after"), [c[1:] for c in PORTAL_CASES], ids=[c[0] for c in PORTAL_CASES]
+)
+def test_observe_portal(before: UplinkHealth, ok: bool, after: UplinkHealth) -> None:
+    assert observe(before, ok, 10.0, P, portal=not ok) == after
+
+
+def test_portal_gone_on_a_dead_link_is_down_at_once() -> None:
+    assert observe(H(PORTAL, 4, 0), False, 10.0, P).health is DOWN
+
+
+def test_downs_older_than_the_window_are_forgotten() -> None:
+    params = PolicyParams(1, 1, 30.0, 200.0, flap_window=100.0)
+    state = H(UP, 0, 1, 0.0, (10.0, 60.0))
+    after = observe(state, False, 120.0, params)  # 10.0 is 110 s old: out of the window
+    assert after.downs == (60.0, 120.0)
+
+
+HOLD_DOWN_CASES: list[tuple[str, tuple[float, ...], float, PolicyParams, tuple[float, str]]] = [
+    # id, downs, now, params, (seconds, why)
+    ("never-down", (), 1000.0, DAMPED, (30.0, "the configured hold-down")),
+    ("one-down", (900.0,), 1000.0, DAMPED, (30.0, "the configured hold-down")),
+    ("two-downs-double", (800.0, 900.0), 1000.0, DAMPED, (60.0, "2 failures in the last 3600s")),
+    ("three-downs-quadruple", (700.0, 800.0, 900.0), 1000.0, DAMPED, (120.0, "3 failures in the last 3600s")),
+    ("capped", (1.0, 2.0, 3.0, 4.0, 5.0), 1000.0, DAMPED, (200.0, "5 failures in the last 3600s")),
+    ("old-downs-decay", (0.0, 10.0, 900.0), 3700.0, DAMPED, (30.0, "the configured hold-down")),
+    ("no-damping-configured", (1.0, 2.0, 3.0), 10.0, P, (30.0, "the configured hold-down")),
+]
+
+
+@pytest.mark.parametrize(
+    ("downs", "now", "params", "expected"),
+    [c[1:] for c in HOLD_DOWN_CASES],
+    ids=[c[0] for c in HOLD_DOWN_CASES],
+)
+def test_hold_down(
+    downs: tuple[float, ...], now: float, params: PolicyParams, expected: tuple[float, str]
+) -> None:
+    assert hold_down(H(UP, downs=downs), now, params) == expected
+
+
+def test_params_reject_a_cap_below_the_hold_down_and_an_empty_window() -> None:
+    with pytest.raises(ValueError, match="max_hold_down"):
+        PolicyParams(1, 1, 30.0, 29.0)
+    with pytest.raises(ValueError, match="flap_window"):
+        PolicyParams(1, 1, 30.0, 60.0, 0.0)
+
+
+FAILING = H(UP, 1, 0, 0.0)  # up, but its last round failed
+TWICE_DOWN = (50.0, 90.0)
+
+MORE_DECIDE_CASES: list[tuple[str, list[UplinkHealth], int | None, float, dict[str, object], Decision]] = [
+    # both die at once: the backup's first failure keeps traffic where it is
+    (
+        "both-failing-no-switch",
+        [D, FAILING],
+        0,
+        100,
+        {},
+        keep(0, "no other uplink is proven healthy; keeping primary"),
+    ),
+    (
+        "failing-backup-skipped-for-fallback",
+        [D, FAILING, U()],
+        0,
+        100,
+        {},
+        Decision(2, FAILOVER, "primary is down; moving to fallback"),
+    ),
+    (
+        "failing-primary-no-failback",
+        [H(UP, 1, 0, 0.0), U()],
+        1,
+        100,
+        {},
+        keep(1, "backup is the best healthy uplink"),
+    ),
+    (
+        "failing-pin-ignored",
+        [U(), FAILING],
+        0,
+        100,
+        {"pinned": 1},
+        keep(0, "primary is the best healthy uplink"),
+    ),
+    ("failing-current-kept", [FAILING, U()], 0, 100, {}, keep(0, "primary is the best healthy uplink")),
+    # a captive portal is left like a dead link
+    (
+        "portal-fails-over",
+        [H(PORTAL, 3, 0, 0.0), U()],
+        0,
+        100,
+        {},
+        Decision(1, FAILOVER, "primary is behind a captive portal; moving to backup"),
+    ),
+    (
+        "portal-never-a-target",
+        [H(PORTAL, 3, 0, 0.0), U()],
+        1,
+        1000,
+        {},
+        keep(1, "backup is the best healthy uplink"),
+    ),
+    # damping: two recent failures double the hold-down
+    (
+        "damped-hold-down-keeps",
+        [H(UP, at=100, downs=TWICE_DOWN), U()],
+        1,
+        150,
+        {"params": DAMPED},
+        keep(1, "primary healthy for 50s of 60s hold-down", 160),
+    ),
+    (
+        "damped-hold-down-served",
+        [H(UP, at=100, downs=TWICE_DOWN), U()],
+        1,
+        160,
+        {"params": DAMPED},
+        Decision(0, FAILBACK, "primary healthy for 60s; moving back"),
+    ),
+    (
+        "undamped-same-history",
+        [H(UP, at=100, downs=TWICE_DOWN), U()],
+        1,
+        130,
+        {},
+        Decision(0, FAILBACK, "primary healthy for 30s; moving back"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("uplinks", "current", "now", "kwargs", "expected"),
+    [c[1:] for c in MORE_DECIDE_CASES],
+    ids=[c[0] for c in MORE_DECIDE_CASES],
+)
+def test_decide_failing_portal_damping(
+    uplinks: list[UplinkHealth],
+    current: int | None,
+    now: float,
+    kwargs: dict[str, object],
+    expected: Decision,
+) -> None:
+    names = N2 if len(uplinks) == 2 else N3
+    params = kwargs.pop("params", P)
+    assert decide(uplinks, current, now, params, names=names, **kwargs) == expected  # type: ignore[arg-type]
+
+
+def test_scenario_both_die_together_then_backup_returns() -> None:
+    """Both uplinks die at the same moment: no switch to the dying backup; traffic moves when it recovers."""
+    ups = [H(UP, 0, 5, 0.0), H(UP, 0, 5, 0.0)]
+    current = 0
+    moves = []
+    for t in range(1, 6):  # every round fails on both
+        ups = [observe(u, False, float(t), P) for u in ups]
+        decision = decide(ups, current, float(t), P, names=N2)
+        if decision.preferred != current:
+            moves.append(t)
+    assert moves == [] and [u.health for u in ups] == [DOWN, DOWN]
+    for t in range(6, 8):  # only the backup comes back
+        ups = [observe(ups[0], False, float(t), P), observe(ups[1], True, float(t), P)]
+    assert decide(ups, current, 8.0, P, names=N2).preferred == 1

@@ -38,7 +38,13 @@ class Engine:
         self.settings = settings
         self.supervisor = supervisor or Supervisor()
         self.clock = self.supervisor.clock
-        self.params = PolicyParams(settings.fail_count, settings.rise_count, settings.failback_hold_down)
+        self.params = PolicyParams(
+            settings.fail_count,
+            settings.rise_count,
+            settings.failback_hold_down,
+            settings.failback_hold_down_max,
+            settings.flap_window,
+        )
         self.uplinks = [Uplink(i, p, LinkState(uuid=p.uuid)) for i, p in enumerate(profiles)]
         self.actuator = Actuator(settings, nm, self.uplinks)
         self.scheduler = ProbeScheduler(
@@ -119,6 +125,7 @@ class Engine:
     async def reconcile(self) -> None:
         async with self._apply_lock:
             self._deadlines_changed.set()
+            self._refresh_next_candidate()
             decision = self.decision(self.clock())
             target = decision.preferred
             if target is None or self.uplinks[target].health.health != Health.UP:
@@ -143,6 +150,23 @@ class Engine:
             self.actuator.applied_for = None
             await self.actuator.apply(target)
             self._switched.put_nowait(event)
+            # Its loop may be waiting out a standby interval: from now on it is watched at the active pace.
+            self.uplinks[target].wake.set()
+
+    def _refresh_next_candidate(self) -> None:
+        """While the current uplink is in doubt, the one traffic would move to is probed at once: a backup
+        last asked a standby interval ago may be dead too, and a later takeover (the third uplink after the
+        second) must be as quick as the first."""
+        current = self.uplinks[self.current] if self.current is not None else None
+        if current is None or not current.health.suspect:
+            return
+        now = self.clock()
+        for uplink in self.uplinks:
+            if uplink is current or uplink.health.health in (Health.DOWN, Health.PORTAL):
+                continue
+            if uplink.probed_at is None or now - uplink.probed_at >= self.settings.suspect_interval:
+                uplink.wake.set()
+            return
 
     async def _failback_allowed(self, event: SwitchEvent) -> bool:
         if self._failback_guard is None:

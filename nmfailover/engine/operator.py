@@ -10,7 +10,7 @@ from typing import Any
 from loguru import logger
 
 from ..errors import InvalidRequest
-from ..policy import Health
+from ..policy import Health, hold_down
 from .core import Engine
 from .state import Override, Uplink
 
@@ -95,22 +95,25 @@ class Operator:
         engine = self.engine
         now, wall = engine.clock(), time.time()
         decision = engine.decision(now)
-        hold_down = max(0.0, decision.recheck_at - now) if decision.recheck_at is not None else 0.0
+        settling = max(0.0, decision.recheck_at - now) if decision.recheck_at is not None else 0.0
         avoid = engine.avoid if engine.avoid is not None and engine.avoid.active(now) else None
         pin = engine.pin if engine.pin is not None and engine.pin.active(now) else None
         return {
             "preferred": engine.uplinks[engine.current].role if engine.current is not None else None,
             "last_switch_at": None if engine.last_switch_at is None else wall - (now - engine.last_switch_at),
             "switches": engine.switches,
-            "hold_down_remaining": round(hold_down, 3),
+            "hold_down_remaining": round(settling, 3),
             "forced_failover_remaining": round(avoid.remaining(now), 3) if avoid is not None else 0.0,
             "pinned": engine.uplinks[pin.index].role if pin is not None else None,
             "task_restarts": dict(engine.supervisor.restarts),
-            "uplinks": [_uplink_status(u, u.index == engine.current) for u in engine.uplinks],
+            "uplinks": [
+                _uplink_status(u, u.index == engine.current, hold_down(u.health, now, engine.params))
+                for u in engine.uplinks
+            ],
         }
 
 
-def _uplink_status(uplink: Uplink, carrying: bool) -> dict[str, Any]:
+def _uplink_status(uplink: Uplink, carrying: bool, hold: tuple[float, str]) -> dict[str, Any]:
     health, last = uplink.health, uplink.last_round
     return {
         "role": uplink.role,
@@ -126,4 +129,6 @@ def _uplink_status(uplink: Uplink, carrying: bool) -> dict[str, Any]:
         else None,
         "reason": last.summary if last else None,
         "carrying_traffic": carrying,
+        "hold_down": hold[0],  # what a failback to it would wait for now, and why
+        "hold_down_reason": hold[1],
     }

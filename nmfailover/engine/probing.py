@@ -99,10 +99,11 @@ class ProbeScheduler:
         )
         before = uplink.health
         uplink.last_round = result
-        uplink.health = observe(before, result.ok, self.clock(), self.params, hard=result.hard_failure)
+        uplink.health = observe(
+            before, result.ok, self.clock(), self.params, hard=result.hard_failure, portal=result.portal
+        )
         if uplink.health.health != before.health:
-            verdict = "up" if uplink.health.health == Health.UP else "down"
-            logger.info("{} {}: {}", uplink.label, verdict, result.summary)
+            logger.info("{} {}: {}", uplink.label, uplink.health.health.value, result.summary)
         elif before.health == Health.UP and not result.ok:
             logger.warning(
                 "{} failing ({}/{}): {}",
