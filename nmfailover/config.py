@@ -1,11 +1,12 @@
 """Settings from NMFAILOVER_* environment variables and an optional env file."""
 
 import enum
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, NamedTuple, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -90,6 +91,47 @@ Metric = Annotated[
 Flag = Annotated[bool, BeforeValidator(_flag)]
 
 
+class ListenAddress(NamedTuple):
+    """Where the metrics are served: a loopback IP address (IPv6 without brackets) and a TCP port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+_LISTEN_EXAMPLE = "like 127.0.0.1:9469 or [::1]:9469"
+
+
+def _listen_address(value: str) -> ListenAddress | None:
+    text = value.strip()
+    if not text:
+        return None
+    host, colon, port_text = text.rpartition(":")
+    if not colon or not host:
+        raise ValueError(f"must be ADDRESS:PORT, {_LISTEN_EXAMPLE}; got {value!r}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        address = None
+    # A name such as localhost is refused rather than looked up: what it resolves to can change.
+    if address is None or (address.version == 6) != bracketed:
+        raise ValueError(
+            f"must be an IP address and port, IPv6 in brackets, {_LISTEN_EXAMPLE}; got {value!r}"
+        )
+    if not address.is_loopback:
+        raise ValueError(
+            f"must be a loopback address, {_LISTEN_EXAMPLE}: the metrics are served without "
+            f"authentication (scrape them through node_exporter or a proxy); got {value!r}"
+        )
+    port = int(port_text) if port_text.isascii() and port_text.isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise ValueError(f"must end in a port from 1 to 65535, {_LISTEN_EXAMPLE}; got {value!r}")
+    return ListenAddress(str(address), port)
+
+
 def _variable_name(field_name: str) -> str:
     return PREFIX + field_name.upper()
 
@@ -114,7 +156,15 @@ class Settings(BaseSettings):
 
     uplinks: tuple[str, ...]
     probe_targets: tuple[Target, ...] = Field(DEFAULT_TARGETS, validation_alias="NMFAILOVER_PROBE_URLS")
+    # The ceiling of each probe's timeout; the timeout itself follows the target's answer times through the
+    # uplink (SRTT + 4 RTTVAR), never below the floor.
     probe_timeout: Seconds = 1.0
+    probe_timeout_min: Seconds = 0.25  # capped by probe_timeout: a short ceiling means a fixed timeout
+    # A round whose probes time out while the device receives at least this many bytes per second is slow
+    # (a full queue), not failed; 0 turns this off (e.g. on a LAN flooded with multicast).
+    busy_rx_rate: Annotated[int, _checked(int, lambda n: n >= 0, "must be a whole number of 0 or more")] = (
+        32768
+    )
     probe_quorum: Count = 1
     active_interval: Seconds = Field(
         2.0, validation_alias=AliasChoices("NMFAILOVER_ACTIVE_INTERVAL", "PRIMARY_CHECK_INTERVAL_IN_SECONDS")
@@ -143,8 +193,18 @@ class Settings(BaseSettings):
     # The daemon decides nothing else while it waits for the guard, hence a short default.
     failback_guard_timeout: Seconds = 2.0
     webhook_url: str | None = None
+    # Both off by default: the metrics name the uplinks and their devices, and are served without
+    # authentication, hence loopback only.
+    metrics_listen: ListenAddress | None = None
+    metrics_textfile: Path | None = None
+    metrics_textfile_interval: Seconds = 15.0
 
     _legacy_uplinks: bool = PrivateAttr(default=False)
+
+    @property
+    def timeout_floor(self) -> float:
+        """The shortest a probe's timeout gets, however fast the link answers."""
+        return min(self.probe_timeout_min, self.probe_timeout)
 
     @property
     def legacy_uplink_variables(self) -> bool:
@@ -222,6 +282,29 @@ class Settings(BaseSettings):
             hostname = urlsplit(value).hostname or ""
             if any(c.isspace() or not c.isprintable() for c in value) or not _HOST.fullmatch(hostname):
                 raise ValueError(f"has characters no URL host or path may hold; got {value!r}")
+        return value
+
+    @field_validator("metrics_listen", mode="before")
+    @classmethod
+    def _check_metrics_listen(cls, value: object) -> object:
+        return _listen_address(value) if isinstance(value, str) else value
+
+    @field_validator("metrics_textfile", mode="before")
+    @classmethod
+    def _check_metrics_textfile(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            path = Path(value)
+            if not path.is_absolute():
+                raise ValueError(f"must be an absolute path; got {value!r}")
+            if path.suffix != ".prom":
+                # node_exporter's textfile collector reads *.prom and nothing else.
+                raise ValueError(f"must end in .prom; got {value!r}")
+            if not path.parent.is_dir():
+                raise ValueError(f"no such directory: {str(path.parent)!r}")
+            if path.is_dir():
+                raise ValueError(f"is a directory; name a file in it; got {value!r}")
         return value
 
     @field_validator("log_level", mode="before")

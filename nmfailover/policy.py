@@ -114,6 +114,30 @@ def hold_down(state: UplinkHealth, now: float, params: PolicyParams) -> tuple[fl
     return seconds, f"{recent} failures in the last {_secs(params.flap_window)}"
 
 
+@dataclass(frozen=True)
+class RttEstimate:
+    """Smoothed answer time of one target through one uplink and its variation (RFC 6298's estimator)."""
+
+    srtt: float | None = None
+    rttvar: float = 0.0
+
+
+def rtt_sample(estimate: RttEstimate, rtt: float) -> RttEstimate:
+    """Fold one answer time in. Only answers count, never timeouts (Karn's rule)."""
+    if estimate.srtt is None:
+        return RttEstimate(rtt, rtt / 2)
+    rttvar = 0.75 * estimate.rttvar + 0.25 * abs(estimate.srtt - rtt)
+    return RttEstimate(0.875 * estimate.srtt + 0.125 * rtt, rttvar)
+
+
+def probe_timeout(estimate: RttEstimate, floor: float, ceiling: float) -> float:
+    """How long a healthy answer can take: SRTT + 4 RTTVAR, within [floor, ceiling]; the ceiling until a
+    first answer has been seen."""
+    if estimate.srtt is None:
+        return ceiling
+    return min(ceiling, max(floor, estimate.srtt + 4 * estimate.rttvar))
+
+
 class Action(StrEnum):
     KEEP = "keep"
     INITIAL = "initial"

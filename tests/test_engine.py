@@ -577,3 +577,52 @@ async def test_a_standby_that_died_silently_is_found_out_before_traffic_moves_to
     await asyncio.sleep(0.3)
     assert moves == ["backup"], "traffic moved to an uplink nobody had checked since it died"
     await stop(engine, task)
+
+
+async def test_timeouts_follow_each_links_answer_times() -> None:
+    settings = SETTINGS.model_copy(update={"probe_timeout": 0.04, "probe_timeout_min": 0.02})
+    nm, prober = FakeNM(), FakeProber()
+    timeouts: list[float] = []
+    answer = prober.__call__
+
+    async def recording(link: Link, targets: Sequence[Target], timeout: float, needed: int) -> RoundResult:
+        if link.interface == "wana":
+            timeouts.append(timeout)
+        return await answer(link, targets, timeout, needed)
+
+    engine = Engine(settings, nm, PROFILES, recording)
+    task = await start(engine)
+    await wait_until(lambda: len(timeouts) >= 3)
+    # No answer seen yet: the ceiling; then the link answered in 1 ms: the floor.
+    assert timeouts[0] == 0.04 and timeouts[2] == 0.02
+    assert Operator(engine).status()["uplinks"][0]["probe_timeout_ms"] == 20
+    await stop(engine, task)
+
+
+async def test_a_busy_link_whose_probes_time_out_is_slow_not_dead() -> None:
+    nm, prober = FakeNM(), FakeProber()
+    receiving = {"wana": True}
+    counters = {"wana": 0, "wanb": 0}
+
+    def rx(interface: str | None) -> int | None:
+        if interface is None:
+            return None
+        if receiving.get(interface):
+            counters[interface] += 1_000_000  # a download keeps arriving: 1 MB between any two reads
+        return counters[interface]
+
+    moves: list[str] = []
+
+    async def record(event: SwitchEvent) -> None:
+        moves.append(event.to_profile)
+
+    engine = Engine(SETTINGS, nm, PROFILES, prober, listeners=[record], rx_counter=rx)
+    task = await start(engine)
+    prober.healthy["wana"] = False  # every probe through the primary times out: its queue is full
+    await asyncio.sleep(0.5)  # ten rounds and more
+    assert moves == [] and engine.current == 0
+    assert Operator(engine).status()["uplinks"][0]["busy_rx_bytes"] == 1_000_000
+    receiving["wana"] = False  # and now nothing arrives any more: dead, as fast as ever
+    await wait_until(lambda: engine.current == 1, timeout=1)
+    assert moves == ["backup"]
+    await stop(engine, task)

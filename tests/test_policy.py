@@ -9,10 +9,13 @@ from nmfailover.policy import (
     Decision,
     Health,
     PolicyParams,
+    RttEstimate,
     UplinkHealth,
     decide,
     hold_down,
     observe,
+    probe_timeout,
+    rtt_sample,
 )
 
 UNKNOWN, UP, DOWN = Health.UNKNOWN, Health.UP, Health.DOWN
@@ -599,3 +602,38 @@ def test_scenario_both_die_together_then_backup_returns() -> None:
     for t in range(6, 8):  # only the backup comes back
         ups = [observe(ups[0], False, float(t), P), observe(ups[1], True, float(t), P)]
     assert decide(ups, current, 8.0, P, names=N2).preferred == 1
+
+
+# --- answer times and timeouts -------------------------------------------------------------------
+
+RTT_CASES: list[tuple[str, RttEstimate, float, RttEstimate]] = [
+    # id, before, sample, after (RFC 6298: first sample sets SRTT and RTTVAR = R/2; then 1/8 and 1/4 gains)
+    ("first-sample", RttEstimate(), 0.02, RttEstimate(0.02, 0.01)),
+    ("steady", RttEstimate(0.02, 0.0), 0.02, RttEstimate(0.02, 0.0)),
+    ("slower", RttEstimate(0.02, 0.0), 0.1, RttEstimate(0.03, 0.02)),
+    ("faster", RttEstimate(0.1, 0.04), 0.02, RttEstimate(0.09, 0.05)),
+]
+
+
+@pytest.mark.parametrize(
+    ("before", "sample", "after"), [c[1:] for c in RTT_CASES], ids=[c[0] for c in RTT_CASES]
+)
+def test_rtt_sample(before: RttEstimate, sample: float, after: RttEstimate) -> None:
+    got = rtt_sample(before, sample)
+    assert got.srtt == pytest.approx(after.srtt) and got.rttvar == pytest.approx(after.rttvar)
+
+
+TIMEOUT_CASES: list[tuple[str, RttEstimate, float]] = [
+    # id, estimate, timeout within floor 0.25 and ceiling 1.0
+    ("no-answer-yet-ceiling", RttEstimate(), 1.0),
+    ("fast-link-floor", RttEstimate(0.02, 0.005), 0.25),
+    ("slower-link-srtt-plus-4-var", RttEstimate(0.2, 0.05), 0.4),
+    ("jittery-link-capped", RttEstimate(0.5, 0.3), 1.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("estimate", "expected"), [c[1:] for c in TIMEOUT_CASES], ids=[c[0] for c in TIMEOUT_CASES]
+)
+def test_probe_timeout(estimate: RttEstimate, expected: float) -> None:
+    assert probe_timeout(estimate, 0.25, 1.0) == pytest.approx(expected)

@@ -14,7 +14,7 @@ from ..nm import LinkState, NMEvent, Profile
 from ..policy import Action, Decision, Health, PolicyParams, decide
 from .actuator import Actuator, NetworkManagerPort
 from .intake import IDLE_BEAT, EventIntake
-from .probing import Prober, ProbeScheduler
+from .probing import Prober, ProbeScheduler, RxCounter
 from .state import Override, SwitchEvent, Uplink
 from .supervisor import Job, Supervisor
 
@@ -34,6 +34,7 @@ class Engine:
         listeners: Sequence[SwitchListener] = (),
         failback_guard: FailbackGuard | None = None,
         supervisor: Supervisor | None = None,
+        rx_counter: RxCounter | None = None,
     ) -> None:
         self.settings = settings
         self.supervisor = supervisor or Supervisor()
@@ -48,7 +49,7 @@ class Engine:
         self.uplinks = [Uplink(i, p, LinkState(uuid=p.uuid)) for i, p in enumerate(profiles)]
         self.actuator = Actuator(settings, nm, self.uplinks)
         self.scheduler = ProbeScheduler(
-            settings, prober, self.params, self.supervisor, lambda: self.current, self.reconcile
+            settings, prober, self.params, self.supervisor, lambda: self.current, self.reconcile, rx_counter
         )
         self.intake = EventIntake(nm, self.uplinks, self.actuator, self.supervisor, self.reconcile)
         self.current: int | None = None

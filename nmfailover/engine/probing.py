@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from loguru import logger
 
 from ..config import Settings
-from ..policy import Health, PolicyParams, observe
-from ..probe import Link, RoundResult, Target
+from ..policy import Health, PolicyParams, RttEstimate, observe, probe_timeout, rtt_sample
+from ..probe import Link, Reason, RoundResult, Target
 from .state import Uplink
 from .supervisor import Supervisor
 
 Prober = Callable[[Link, Sequence[Target], float, int], Awaitable[RoundResult]]
 
 MIN_ROUND_GAP = 0.05
+RxCounter = Callable[[str | None], int | None]
 
 
 class ProbeScheduler:
@@ -28,6 +30,7 @@ class ProbeScheduler:
         supervisor: Supervisor,
         current: Callable[[], int | None],
         after_round: Callable[[], Awaitable[None]],
+        rx_counter: RxCounter | None = None,
     ) -> None:
         self.settings = settings
         self.prober = prober
@@ -36,10 +39,16 @@ class ProbeScheduler:
         self.clock = supervisor.clock
         self._current = current
         self._after_round = after_round
+        self._rx_counter = rx_counter or rx_bytes
+        self._rx_counter = rx_counter or rx_bytes
 
     def interval(self, uplink: Uplink) -> float:
         if uplink.health.suspect:
-            return self.settings.suspect_interval
+            # Confirm as soon as the link's own answer time allows: a doubt is settled in two timeouts.
+            return min(
+                self.settings.suspect_interval,
+                self.round_timeout(uplink, self.round_targets(uplink, peek=True)),
+            )
         # Uplinks we would rather be on are watched as closely as the one carrying traffic, so a recovered
         # primary is noticed in seconds; the rest (often metered) less often.
         current = self._current()
@@ -81,24 +90,61 @@ class ProbeScheduler:
             live.beat()
             await self._after_round()
 
-    def round_targets(self, uplink: Uplink) -> Sequence[Target]:
+    def round_timeout(self, uplink: Uplink, targets: Sequence[Target]) -> float:
+        """The longest of the targets' own timeouts, from their answer times through this uplink."""
+        floor, ceiling = self.settings.timeout_floor, self.settings.probe_timeout
+        return max(probe_timeout(uplink.rtt.get(t.url, RttEstimate()), floor, ceiling) for t in targets)
+
+    def round_targets(self, uplink: Uplink, *, peek: bool = False) -> Sequence[Target]:
         """Every target while anything is in doubt; on a steadily healthy uplink only as many as the quorum,
         in rotation, which cuts probe traffic (backups are often metered) without slowing detection: a
         failed lean round makes the uplink suspect, and the next round asks every target at once."""
         targets = self.settings.probe_targets
         if uplink.health.health != Health.UP or uplink.health.suspect:
             return targets
-        uplink.rotation += 1
-        return [targets[(uplink.rotation + i) % len(targets)] for i in range(self.settings.probe_quorum)]
+        rotation = uplink.rotation + 1
+        if not peek:
+            uplink.rotation = rotation
+        return [targets[(rotation + i) % len(targets)] for i in range(self.settings.probe_quorum)]
 
     async def probe(self, uplink: Uplink) -> None:
         uplink.probed_at = self.clock()
-        link = Link(uplink.link.interface if uplink.link.activated else None, uplink.link.nameservers)
+        interface = uplink.link.interface if uplink.link.activated else None
+        targets = self.round_targets(uplink)
+        timeout = self.round_timeout(uplink, targets)
+        received_before = self._rx_counter(interface)
+        started = self.clock()
         result = await self.prober(
-            link, self.round_targets(uplink), self.settings.probe_timeout, self.settings.probe_quorum
+            Link(interface, uplink.link.nameservers), targets, timeout, self.settings.probe_quorum
         )
+        received_after = self._rx_counter(interface)
+        received = (
+            received_after - received_before
+            if received_before is not None and received_after is not None
+            else 0
+        )
+        uplink.last_round, uplink.round_timeout = result, timeout
+        for answer in result.results:
+            if answer.ok:
+                uplink.rtt[answer.target.url] = rtt_sample(
+                    uplink.rtt.get(answer.target.url, RttEstimate()), answer.latency
+                )
+        # Busy is not dead: answers that time out while the device keeps receiving traffic only show a
+        # full queue (bufferbloat under the user's own download), so the round proves nothing either way.
+        rate = self.settings.busy_rx_rate
+        busy = (
+            not result.ok
+            and rate > 0
+            and received >= rate * max(self.clock() - started, timeout)
+            and all(r.reason is Reason.TIMEOUT for r in result.results)
+        )
+        uplink.busy_rx = received if busy else None
         before = uplink.health
-        uplink.last_round = result
+        if busy:
+            logger.info(
+                "{} slow, not failed: {} while it received {} bytes", uplink.label, result.summary, received
+            )
+            return
         uplink.health = observe(
             before, result.ok, self.clock(), self.params, hard=result.hard_failure, portal=result.portal
         )
@@ -112,3 +158,13 @@ class ProbeScheduler:
                 self.params.fail_count,
                 result.summary,
             )
+
+
+def rx_bytes(interface: str | None) -> int | None:
+    """The device's received-bytes counter, or None when there is no device to read."""
+    if interface is None:
+        return None
+    try:
+        return int(Path(f"/sys/class/net/{interface}/statistics/rx_bytes").read_text())
+    except (OSError, ValueError):
+        return None

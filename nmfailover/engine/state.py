@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..nm import LinkState, Profile
-from ..policy import UplinkHealth
+from ..policy import RttEstimate, UplinkHealth
 from ..probe import RoundResult
 
 ROLE_NAMES = ("primary", "backup", "fallback")
@@ -26,6 +26,9 @@ class Uplink:
     health: UplinkHealth = field(default_factory=UplinkHealth)
     last_round: RoundResult | None = None
     probed_at: float | None = None  # monotonic start of the last round
+    rtt: dict[str, RttEstimate] = field(default_factory=dict)  # per target URL
+    round_timeout: float | None = None  # what the last round allowed each answer
+    busy_rx: int | None = None  # bytes the device received during the last round, if it timed out busy
     rotation: int = 0  # which targets a lean round asks next
     missing: bool = False  # its profile was deleted from NetworkManager
     wake: asyncio.Event = field(default_factory=asyncio.Event)
