@@ -343,8 +343,13 @@ async def test_status_only_reads() -> None:
     finally:
         logger.remove(sink)
     assert first["pinned"] is None and engine.pin == pin and logged == []
-    assert {k: v for k, v in first.items() if k != "last_switch_at"} == {
-        k: v for k, v in second.items() if k != "last_switch_at"
+    clocks = {
+        "last_switch_at",
+        "hold_down_remaining",
+        "forced_failover_remaining",
+    }  # read off a running clock
+    assert {k: v for k, v in first.items() if k not in clocks} == {
+        k: v for k, v in second.items() if k not in clocks
     }
 
 
@@ -624,5 +629,27 @@ async def test_a_busy_link_whose_probes_time_out_is_slow_not_dead() -> None:
     assert Operator(engine).status()["uplinks"][0]["busy_rx_bytes"] == 1_000_000
     receiving["wana"] = False  # and now nothing arrives any more: dead, as fast as ever
     await wait_until(lambda: engine.current == 1, timeout=1)
-    assert moves == ["backup"]
+    await wait_until(lambda: moves == ["backup"])  # listeners hear of it in the background
+    await stop(engine, task)
+
+
+async def test_a_confirming_round_waits_twice_as_long() -> None:
+    settings = SETTINGS.model_copy(update={"probe_timeout": 0.04, "probe_timeout_min": 0.01})
+    nm, prober = FakeNM(), FakeProber()
+    timeouts: list[tuple[bool, float]] = []
+    answer = prober.__call__
+
+    async def recording(link: Link, targets: Sequence[Target], timeout: float, needed: int) -> RoundResult:
+        result = await answer(link, targets, timeout, needed)
+        if link.interface == "wana":
+            timeouts.append((result.ok, timeout))
+        return result
+
+    engine = Engine(settings, nm, PROFILES, recording)
+    task = await start(engine)
+    await wait_until(lambda: len(timeouts) >= 3)
+    prober.healthy["wana"] = False
+    await wait_until(lambda: engine.current == 1)
+    first_failure = next(i for i, (ok, _) in enumerate(timeouts) if not ok)
+    assert timeouts[first_failure][1] == 0.01 and timeouts[first_failure + 1][1] == 0.02
     await stop(engine, task)

@@ -91,9 +91,13 @@ class ProbeScheduler:
             await self._after_round()
 
     def round_timeout(self, uplink: Uplink, targets: Sequence[Target]) -> float:
-        """The longest of the targets' own timeouts, from their answer times through this uplink."""
+        """The longest of the targets' own timeouts, from their answer times through this uplink, doubled
+        for each round that has just failed (TCP's back-off): a sudden detour or a slow moment passes the
+        confirming round, a dead link fails it just as surely."""
         floor, ceiling = self.settings.timeout_floor, self.settings.probe_timeout
-        return max(probe_timeout(uplink.rtt.get(t.url, RttEstimate()), floor, ceiling) for t in targets)
+        own = max(probe_timeout(uplink.rtt.get(t.url, RttEstimate()), floor, ceiling) for t in targets)
+        backoff = 2 ** min(uplink.health.consecutive_failures, 8) if uplink.health.health is Health.UP else 1
+        return min(ceiling, own * backoff)
 
     def round_targets(self, uplink: Uplink, *, peek: bool = False) -> Sequence[Target]:
         """Every target while anything is in doubt; on a steadily healthy uplink only as many as the quorum,
