@@ -182,6 +182,16 @@ class Settings(BaseSettings):
     # up to this cap, so a primary that dies every few minutes is not taken back every time.
     failback_hold_down_max: HoldDown = 960.0
     flap_window: Seconds = 3600.0
+    # Brownout: over this window, at least this share of lost answers (percent), or a median answer time
+    # this many times the uplink's usual one, makes it degraded; traffic then moves if a better uplink is
+    # healthy.
+    brownout_window: Seconds = 20.0
+    brownout_loss: Annotated[
+        float, _checked(float, lambda x: 0 < x <= 100, "must be a percentage above 0, at most 100")
+    ] = 50.0
+    brownout_latency: Annotated[
+        float, _checked(float, lambda x: 1 < x < float("inf"), "must be a number above 1")
+    ] = 5.0
     metric_base: Metric = 100
     metric_step: Count = 100  # its upper bound depends on the base and the number of uplinks
     manage_autoconnect_priority: Flag = True

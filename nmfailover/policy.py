@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+MIN_LATENCY_RISE = 0.1  # seconds: 5x of a few milliseconds is no brownout
+BASELINE_GAIN = 16  # the usual answer time moves by 1/16 of each new fastest answer
+
 
 class Health(StrEnum):
     UNKNOWN = "unknown"
@@ -27,6 +30,12 @@ class PolicyParams:
     # hold-down, up to the cap; failures older than the window no longer count.
     max_hold_down: float | None = None  # None: no damping beyond failback_hold_down
     flap_window: float = 3600.0
+    # Brownout: over the window, this share of lost answers, or a median answer time this many times the
+    # uplink's usual one, makes it degraded (given enough answers to judge by).
+    brownout_window: float = 20.0
+    brownout_loss: float = 0.5
+    brownout_latency: float = 5.0
+    brownout_min_samples: int = 6
 
     def __post_init__(self) -> None:
         # A zero count would make a state unreachable or flip on no evidence at all.
@@ -43,12 +52,31 @@ class PolicyParams:
 
 
 @dataclass(frozen=True)
+class Sample:
+    at: float
+    ok: bool
+    latency: float
+
+
+@dataclass(frozen=True)
+class Quality:
+    loss: float  # 0..1 over the brownout window
+    p50: float | None  # answer times (seconds) over the window
+    p95: float | None
+    samples: int
+    degraded: str | None  # why it is degraded, or None
+
+
+@dataclass(frozen=True)
 class UplinkHealth:
     health: Health = Health.UNKNOWN
     consecutive_failures: int = 0
     consecutive_successes: int = 0
     changed_at: float | None = None
     downs: tuple[float, ...] = ()  # when it went from up to down, within the flap window
+    samples: tuple[Sample, ...] = ()  # answers (or their absence) within the brownout window
+    baseline: float | None = None  # its usual answer time, learnt while it is not degraded
+    degraded_at: float | None = None  # when it was last found degraded
 
     @property
     def suspect(self) -> bool:
@@ -102,6 +130,49 @@ def observe(
         changed_at=changed_at,
         downs=downs,
     )
+
+
+def _percentile(ordered: Sequence[float], share: float) -> float | None:
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else None
+
+
+def quality(state: UplinkHealth, now: float, params: PolicyParams) -> Quality:
+    """Loss and answer times over the brownout window, and whether they make the uplink degraded."""
+    window = [s for s in state.samples if now - s.at < params.brownout_window]
+    if not window:
+        return Quality(0.0, None, None, 0, None)
+    loss = sum(not s.ok for s in window) / len(window)
+    answered = sorted(s.latency for s in window if s.ok)
+    p50, p95 = _percentile(answered, 0.5), _percentile(answered, 0.95)
+    why = None
+    if len(window) >= params.brownout_min_samples:
+        baseline = state.baseline
+        if loss >= params.brownout_loss:
+            why = f"{loss:.0%} of answers lost over {_secs(params.brownout_window)}"
+        elif (
+            p50 is not None
+            and baseline is not None
+            and p50 >= params.brownout_latency * baseline
+            and p50 - baseline >= MIN_LATENCY_RISE
+        ):
+            why = (
+                f"answers take {p50 * 1000:.0f} ms, {p50 / baseline:.0f}x its usual {baseline * 1000:.0f} ms"
+            )
+    return Quality(loss, p50, p95, len(window), why)
+
+
+def record(
+    state: UplinkHealth, answers: Sequence[tuple[bool, float]], now: float, params: PolicyParams
+) -> UplinkHealth:
+    """Add one round's answers, as (ok, seconds), to the brownout window and the usual answer time."""
+    samples = tuple(s for s in state.samples if now - s.at < params.brownout_window)
+    state = replace(state, samples=samples + tuple(Sample(now, ok, latency) for ok, latency in answers))
+    degraded = quality(state, now, params).degraded is not None
+    fastest = min((latency for ok, latency in answers if ok), default=None)
+    baseline = state.baseline
+    if fastest is not None and not degraded:
+        baseline = fastest if baseline is None else baseline + (fastest - baseline) / BASELINE_GAIN
+    return replace(state, baseline=baseline, degraded_at=now if degraded else state.degraded_at)
 
 
 def hold_down(state: UplinkHealth, now: float, params: PolicyParams) -> tuple[float, str]:
@@ -210,6 +281,15 @@ def decide(
         state = "down" if uplinks[current].health is Health.DOWN else "behind a captive portal"
         return Decision(best, Action.FAILOVER, f"{names[current]} is {state}; moving to {names[best]}")
 
+    degraded = {
+        i: why for i, u in enumerate(uplinks) if (why := quality(u, now, params).degraded) is not None
+    }
+    if current in degraded:
+        better = [i for i in candidates if i != current and i not in degraded]
+        if better:
+            reason = f"{names[current]} is degraded ({degraded[current]}); moving to {names[better[0]]}"
+            return Decision(better[0], Action.FAILOVER, reason)
+
     # Among uplinks more preferred than current, take the most preferred one that has served its
     # hold-down: a still-settling primary must not keep us off an already settled backup.
     target, target_since = current, 0.0
@@ -218,8 +298,10 @@ def decide(
         if i >= current:
             break
         since = uplinks[i].changed_at
-        if since is None:
+        if since is None or i in degraded:
             continue  # no proof of stability, and no expiry to wake up for
+        # Healthy means up and not degraded: a brownout that ends starts its hold-down afresh.
+        since = max(since, uplinks[i].degraded_at or since)
         hold, _ = hold_down(uplinks[i], now, params)
         if now - since >= hold:
             target, target_since = i, since
@@ -241,4 +323,8 @@ def decide(
         return Decision(current, Action.KEEP, f"no alternative to avoided {names[current]}; keeping it")
     if current == best:
         return Decision(current, Action.KEEP, f"{names[current]} is the best healthy uplink")
+    if best in degraded:
+        return Decision(
+            current, Action.KEEP, f"{names[best]} is degraded ({degraded[best]}); keeping {names[current]}"
+        )
     return Decision(current, Action.KEEP, f"keeping {names[current]} ({uplinks[current].health})")

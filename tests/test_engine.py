@@ -653,3 +653,43 @@ async def test_a_confirming_round_waits_twice_as_long() -> None:
     first_failure = next(i for i, (ok, _) in enumerate(timeouts) if not ok)
     assert timeouts[first_failure][1] == 0.01 and timeouts[first_failure + 1][1] == 0.02
     await stop(engine, task)
+
+
+class LossyProber(FakeProber):
+    """The primary loses every n-th answer (n = 0: none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.every = 0
+        self.count = 0
+
+    async def __call__(
+        self, link: Link, targets: Sequence[Target], timeout: float, needed: int
+    ) -> RoundResult:
+        if link.interface == "wana" and self.every:
+            self.count += 1
+            self.healthy["wana"] = self.count % self.every != 0
+        return await super().__call__(link, targets, timeout, needed)
+
+
+@pytest.mark.parametrize(
+    ("every", "moves"), [(5, []), (2, ["backup"])], ids=["20pct-loss-stays", "50pct-loss-moves"]
+)
+async def test_brownout_moves_traffic_and_light_loss_never_does(every: int, moves: list[str]) -> None:
+    settings = SETTINGS.model_copy(update={"brownout_window": 1.0, "failback_hold_down": 60.0})
+    nm, prober = FakeNM(), LossyProber()
+    seen: list[str] = []
+
+    async def record(event: SwitchEvent) -> None:
+        seen.append(event.to_profile)
+
+    engine = Engine(settings, nm, PROFILES, prober, listeners=[record])
+    task = await start(engine)
+    await asyncio.sleep(0.3)
+    prober.every = every
+    await asyncio.sleep(2.0)
+    assert seen == moves
+    status = Operator(engine).status()["uplinks"][0]
+    assert status["loss_pct"] == pytest.approx(100 / every, abs=12)
+    assert status["health"] in (("degraded", "suspect") if moves else ("up", "suspect"))
+    await stop(engine, task)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -9,12 +10,16 @@ from nmfailover.policy import (
     Decision,
     Health,
     PolicyParams,
+    Quality,
     RttEstimate,
+    Sample,
     UplinkHealth,
     decide,
     hold_down,
     observe,
     probe_timeout,
+    quality,
+    record,
     rtt_sample,
 )
 
@@ -637,3 +642,114 @@ TIMEOUT_CASES: list[tuple[str, RttEstimate, float]] = [
 )
 def test_probe_timeout(estimate: RttEstimate, expected: float) -> None:
     assert probe_timeout(estimate, 0.25, 1.0) == pytest.approx(expected)
+
+
+# --- brownouts -----------------------------------------------------------------------------------
+
+BROWN = PolicyParams(fail_count=3, rise_count=2, failback_hold_down=30.0, brownout_window=20.0)
+
+
+def window(pattern: str, latency: float = 0.02, end: float = 100.0) -> tuple[Sample, ...]:
+    """One sample a second ending at `end`: '+' answered in `latency`, '-' lost."""
+    return tuple(
+        Sample(end - len(pattern) + 1 + i, c == "+", latency if c == "+" else 1.0)
+        for i, c in enumerate(pattern)
+    )
+
+
+QUALITY_CASES: list[tuple[str, UplinkHealth, Quality]] = [
+    ("no-samples", H(UP), Quality(0.0, None, None, 0, None)),
+    (
+        "clean",
+        replace(H(UP), samples=window("++++++++++"), baseline=0.02),
+        Quality(0.0, 0.02, 0.02, 10, None),
+    ),
+    (
+        "light-loss-20pct",
+        replace(H(UP), samples=window("++-+++++-+"), baseline=0.02),
+        Quality(0.2, 0.02, 0.02, 10, None),
+    ),
+    (
+        "heavy-loss-50pct",
+        replace(H(UP), samples=window("+-+-+-+-+-"), baseline=0.02),
+        Quality(0.5, 0.02, 0.02, 10, "50% of answers lost over 20s"),
+    ),
+    (
+        "too-few-to-judge",
+        replace(H(UP), samples=window("+--+-"), baseline=0.02),
+        Quality(0.6, 0.02, 0.02, 5, None),
+    ),
+    (
+        "old-samples-forgotten",
+        replace(H(UP), samples=window("----------", end=70.0) + window("++++++")),
+        Quality(0.0, 0.02, 0.02, 6, None),
+    ),
+    (
+        "slow-answers",
+        replace(H(UP), samples=window("++++++", latency=0.3), baseline=0.05),
+        Quality(0.0, 0.3, 0.3, 6, "answers take 300 ms, 6x its usual 50 ms"),
+    ),
+    (
+        "slow-but-fast-link-no-brownout",
+        replace(H(UP), samples=window("++++++", latency=0.03), baseline=0.005),
+        Quality(0.0, 0.03, 0.03, 6, None),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"), [c[1:] for c in QUALITY_CASES], ids=[c[0] for c in QUALITY_CASES]
+)
+def test_quality(state: UplinkHealth, expected: Quality) -> None:
+    assert quality(state, 100.0, BROWN) == expected
+
+
+def test_record_learns_the_usual_answer_time_only_while_not_degraded() -> None:
+    state = record(H(UP), [(True, 0.02)], 1.0, BROWN)
+    assert state.baseline == 0.02 and state.degraded_at is None
+    state = record(state, [(True, 0.036)], 2.0, BROWN)
+    assert state.baseline == pytest.approx(0.021)  # 1/16 of the way
+    for t in range(3, 9):  # half the answers lost: degraded, and the usual time stays put
+        state = record(state, [(t % 2 == 0, 0.5)], float(t), BROWN)
+    assert state.degraded_at == 8.0 and state.baseline == pytest.approx(0.021 + (0.5 - 0.021) / 16, abs=0.05)
+
+
+DEGRADED = replace(H(UP, at=0.0), samples=window("+-+-+-+-+-"), baseline=0.02, degraded_at=100.0)
+RECOVERED = replace(H(UP, at=0.0), samples=window("++++++++++"), baseline=0.02, degraded_at=80.0)
+
+BROWN_DECIDE_CASES: list[tuple[str, list[UplinkHealth], int, Decision]] = [
+    (
+        "degraded-primary-moves",
+        [DEGRADED, U()],
+        0,
+        Decision(1, FAILOVER, "primary is degraded (50% of answers lost over 20s); moving to backup"),
+    ),
+    ("both-degraded-stays", [DEGRADED, DEGRADED], 0, keep(0, "primary is the best healthy uplink")),
+    (
+        "degraded-primary-no-failback",
+        [DEGRADED, U()],
+        1,
+        keep(1, "primary is degraded (50% of answers lost over 20s); keeping backup"),
+    ),
+    (
+        "recovered-waits-a-hold-down",
+        [RECOVERED, U()],
+        1,
+        keep(1, "primary healthy for 20s of 30s hold-down", 110),
+    ),
+    (
+        "light-loss-keeps",
+        [replace(U(), samples=window("++-+++++-+"), baseline=0.02), U()],
+        0,
+        keep(0, "primary is the best healthy uplink"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("uplinks", "current", "expected"),
+    [c[1:] for c in BROWN_DECIDE_CASES],
+    ids=[c[0] for c in BROWN_DECIDE_CASES],
+)
+def test_decide_brownout(uplinks: list[UplinkHealth], current: int, expected: Decision) -> None:
+    assert decide(uplinks, current, 100.0, BROWN, names=N2) == expected

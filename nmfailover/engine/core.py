@@ -45,6 +45,9 @@ class Engine:
             settings.failback_hold_down,
             settings.failback_hold_down_max,
             settings.flap_window,
+            settings.brownout_window,
+            settings.brownout_loss / 100,
+            settings.brownout_latency,
         )
         self.uplinks = [Uplink(i, p, LinkState(uuid=p.uuid)) for i, p in enumerate(profiles)]
         self.actuator = Actuator(settings, nm, self.uplinks)

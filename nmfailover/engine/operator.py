@@ -10,7 +10,7 @@ from typing import Any
 from loguru import logger
 
 from ..errors import InvalidRequest
-from ..policy import Health, hold_down
+from ..policy import Health, Quality, hold_down, quality
 from .core import Engine
 from .state import Override, Uplink
 
@@ -107,21 +107,36 @@ class Operator:
             "pinned": engine.uplinks[pin.index].role if pin is not None else None,
             "task_restarts": dict(engine.supervisor.restarts),
             "uplinks": [
-                _uplink_status(u, u.index == engine.current, hold_down(u.health, now, engine.params))
+                _uplink_status(
+                    u,
+                    u.index == engine.current,
+                    hold_down(u.health, now, engine.params),
+                    quality(u.health, now, engine.params),
+                )
                 for u in engine.uplinks
             ],
         }
 
 
-def _uplink_status(uplink: Uplink, carrying: bool, hold: tuple[float, str]) -> dict[str, Any]:
+def _uplink_status(uplink: Uplink, carrying: bool, hold: tuple[float, str], fit: Quality) -> dict[str, Any]:
     health, last = uplink.health, uplink.last_round
+    if health.suspect and health.health != Health.UNKNOWN:
+        state = "suspect"
+    elif health.health is Health.UP and fit.degraded is not None:
+        state = "degraded"
+    else:
+        state = health.health.value
     return {
         "role": uplink.role,
         "profile": uplink.profile.id,
         "uuid": uplink.profile.uuid,
         "device": uplink.link.interface,
         "link": uplink.link.state_name,
-        "health": "suspect" if health.suspect and health.health != Health.UNKNOWN else health.health.value,
+        "health": state,
+        "degraded": fit.degraded,  # why, or null
+        "loss_pct": round(fit.loss * 100, 1),
+        "rtt_p50_ms": round(fit.p50 * 1000, 1) if fit.p50 is not None else None,
+        "rtt_p95_ms": round(fit.p95 * 1000, 1) if fit.p95 is not None else None,
         "consecutive_failures": health.consecutive_failures,
         "consecutive_successes": health.consecutive_successes,
         "latency_ms": round(min(r.latency for r in last.results) * 1000, 1)

@@ -10,7 +10,7 @@ from pathlib import Path
 from loguru import logger
 
 from ..config import Settings
-from ..policy import Health, PolicyParams, RttEstimate, observe, probe_timeout, rtt_sample
+from ..policy import Health, PolicyParams, RttEstimate, observe, probe_timeout, record, rtt_sample
 from ..probe import Link, Reason, RoundResult, Target
 from .state import Uplink
 from .supervisor import Supervisor
@@ -136,12 +136,8 @@ class ProbeScheduler:
         # Busy is not dead: answers that time out while the device keeps receiving traffic only show a
         # full queue (bufferbloat under the user's own download), so the round proves nothing either way.
         rate = self.settings.busy_rx_rate
-        busy = (
-            not result.ok
-            and rate > 0
-            and received >= rate * max(self.clock() - started, timeout)
-            and all(r.reason is Reason.TIMEOUT for r in result.results)
-        )
+        loaded = rate > 0 and received >= rate * max(self.clock() - started, timeout)
+        busy = loaded and not result.ok and all(r.reason is Reason.TIMEOUT for r in result.results)
         uplink.busy_rx = received if busy else None
         before = uplink.health
         if busy:
@@ -149,9 +145,14 @@ class ProbeScheduler:
                 "{} slow, not failed: {} while it received {} bytes", uplink.label, result.summary, received
             )
             return
+        now = self.clock()
         uplink.health = observe(
-            before, result.ok, self.clock(), self.params, hard=result.hard_failure, portal=result.portal
+            before, result.ok, now, self.params, hard=result.hard_failure, portal=result.portal
         )
+        if not loaded:
+            # Answer times under the user's own download show the queue, not the line: no brownout evidence.
+            answers = [(r.ok, r.latency) for r in result.results if r.ok or r.reason is Reason.TIMEOUT]
+            uplink.health = record(uplink.health, answers, now, self.params)
         if uplink.health.health != before.health:
             logger.info("{} {}: {}", uplink.label, uplink.health.health.value, result.summary)
         elif before.health == Health.UP and not result.ok:
