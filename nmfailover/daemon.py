@@ -47,6 +47,13 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round) -> int:
     listeners: list[SwitchListener] = [control.on_switch, hooks.on_switch, _report_switch]
     if settings.webhook_url:
         listeners.append(Webhook(settings.webhook_url).on_switch)
+    metrics = None
+    if settings.metrics_listen is not None or settings.metrics_textfile is not None:
+        # Imported only when asked for: a daemon that exports nothing does not load prometheus_client.
+        from .metrics import Metrics
+
+        metrics = Metrics(lambda: operator.status())
+        listeners.append(metrics.on_switch)
     engine = Engine(
         settings,
         client,
@@ -80,6 +87,8 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round) -> int:
         ),
         "systemd": lambda: systemd(engine, control.owned, sdnotify.watchdog_interval()),
     }
+    if metrics is not None:
+        jobs.update(metrics.jobs(settings))
     try:
         await engine.run(jobs)
     except TaskGaveUp as exc:

@@ -93,6 +93,7 @@ class ProbeResult:
     reason: Reason
     latency: float  # seconds from start to verdict
     detail: str
+    payload: int = 0  # bytes it sent and received above UDP and TCP
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,10 @@ class RoundResult:
         failed = collections.Counter(r.reason for r in self.results if not r.ok)
         reasons = ", ".join(str(reason) for reason, _ in failed.most_common())
         return f"{failed.total()}/{total} targets failed ({reasons})"
+
+    @property
+    def payload(self) -> int:
+        return sum(r.payload for r in self.results)
 
     @property
     def portal(self) -> bool:
@@ -179,7 +184,9 @@ async def probe(link: Link, target: Target, timeout: float) -> ProbeResult:
     except Exception as exc:  # noqa: BLE001 - a probe reports; it must not take the daemon down
         reason, detail = blame(exc, progress, timeout)
     detail = " ".join(detail.split())[:200]
-    return ProbeResult(target, reason is Reason.OK, reason, time.monotonic() - start, detail)
+    return ProbeResult(
+        target, reason is Reason.OK, reason, time.monotonic() - start, detail, progress.payload
+    )
 
 
 async def probe_round(link: Link, targets: Sequence[Target], timeout: float, needed: int) -> RoundResult:

@@ -74,6 +74,7 @@ class Progress:
     host: str = ""
     peer: str = ""
     asked: list[str] = field(default_factory=list)  # nameservers queried
+    payload: int = 0  # bytes sent and received above UDP and TCP (DNS datagrams and the HTTP stream)
 
 
 def _bound_socket(interface: str, family: int, kind: int) -> socket.socket:
@@ -104,7 +105,11 @@ def _sockaddr(address: str, port: int, interface: str) -> tuple[Any, ...]:
 
 
 async def _exchange(
-    interface: str, nameserver: str, queries: Sequence[dns.message.Message], deadline: float
+    interface: str,
+    nameserver: str,
+    queries: Sequence[dns.message.Message],
+    deadline: float,
+    progress: Progress,
 ) -> list[dns.message.Message]:
     """Send all queries at once from one bound socket; the replies that arrived in time, in query order."""
     loop = asyncio.get_running_loop()
@@ -115,13 +120,16 @@ async def _exchange(
         # Connected UDP: the kernel drops datagrams from anyone else and reports ICMP unreachable to us.
         await loop.sock_connect(sock, address)
         for query in queries:
-            await loop.sock_sendall(sock, query.to_wire())
+            wire = query.to_wire()
+            await loop.sock_sendall(sock, wire)
+            progress.payload += len(wire)
         try:
             while len(replies) < len(queries):
                 # Some resolvers never answer AAAA: once one answer is in, wait only briefly for the rest.
                 until = deadline if not replies else min(deadline, loop.time() + DNS_STRAGGLER)
                 async with asyncio.timeout_at(until):
                     wire = await loop.sock_recv(sock, 65535)
+                progress.payload += len(wire)
                 try:
                     reply = dns.message.from_wire(wire)
                 except dns.exception.DNSException:
@@ -150,7 +158,7 @@ async def _resolve(
         budget = (deadline - loop.time()) * DNS_SHARE / (len(nameservers) - i)
         queries = [dns.message.make_query(host, t) for t in (dns.rdatatype.A, dns.rdatatype.AAAA)]
         try:
-            replies = await _exchange(interface, nameserver, queries, loop.time() + budget)
+            replies = await _exchange(interface, nameserver, queries, loop.time() + budget, progress)
         except TimeoutError:
             problems.append(f"no answer from {nameserver}")
             continue
@@ -196,12 +204,15 @@ class _Stream(httpcore.AsyncNetworkStream):
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         async with asyncio.timeout(timeout):
-            return await self._reader.read(max_bytes)
+            data = await self._reader.read(max_bytes)
+        self._progress.payload += len(data)
+        return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         async with asyncio.timeout(timeout):
             self._writer.write(buffer)
             await self._writer.drain()
+        self._progress.payload += len(buffer)
 
     async def aclose(self) -> None:
         # abort, not close: a TLS close waits for the peer's close_notify, which a bad uplink may never send.

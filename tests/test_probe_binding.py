@@ -29,7 +29,7 @@ a = json.loads(sys.argv[1])
 r = asyncio.run(probe_round(Link(a["iface"], tuple(a["ns"])), [parse_target(t) for t in a["targets"]],
                             a["timeout"], a["needed"]))
 results = [{"reason": x.reason, "latency": x.latency, "detail": x.detail} for x in r.results]
-print(json.dumps({"ok": r.ok, "summary": r.summary, "results": results}))
+print(json.dumps({"ok": r.ok, "summary": r.summary, "results": results, "payload": r.payload}))
 """
 
 _POST_SCRIPT = """
@@ -100,6 +100,8 @@ def test_probe_of_backup_leaves_through_backup_device(topology: Topology) -> Non
     assert (dns_b, http_b) == (2, 1)  # A and AAAA, one GET
     method, host, path, _local, peer = b.http_log()[-1].split("\t")
     assert (method, host, path, peer) == ("GET", "target1.test", "/generate_204", b.address4)
+    # Counted above UDP and TCP: two DNS queries and their answers, one GET and its 204.
+    assert 250 <= result["payload"] <= 1500, result["payload"]
     assert {line.split("\t")[2] for line in b.dns_log()[-2:]} == {b.address4}
 
 

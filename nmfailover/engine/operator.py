@@ -146,6 +146,8 @@ def _uplink_status(uplink: Uplink, carrying: bool, hold: tuple[float, str], fit:
         "carrying_traffic": carrying,
         "rtt_ms": {url: round(e.srtt * 1000, 1) for url, e in uplink.rtt.items() if e.srtt is not None},
         "probe_timeout_ms": round(uplink.round_timeout * 1000) if uplink.round_timeout is not None else None,
+        "probe_bytes": uplink.probe_payload,  # above UDP/TCP: the wire adds about 40-60 bytes a packet
+        "failed_rounds": uplink.failed_rounds,
         "busy_rx_bytes": uplink.busy_rx,  # set when the last round timed out while the link was busy
         "hold_down": hold[0],  # what a failback to it would wait for now, and why
         "hold_down_reason": hold[1],

@@ -128,6 +128,8 @@ class ProbeScheduler:
             else 0
         )
         uplink.last_round, uplink.round_timeout = result, timeout
+        uplink.probe_payload += result.payload
+        uplink.failed_rounds += not result.ok
         for answer in result.results:
             if answer.ok:
                 uplink.rtt[answer.target.url] = rtt_sample(
@@ -151,8 +153,9 @@ class ProbeScheduler:
         )
         if not loaded:
             # Answer times under the user's own download show the queue, not the line: no brownout evidence.
-            answers = [(r.ok, r.latency) for r in result.results if r.ok or r.reason is Reason.TIMEOUT]
-            uplink.health = record(uplink.health, answers, now, self.params)
+            if not result.portal:  # a portal's answers are wrong, not lost
+                answers = [(r.ok, r.latency) for r in result.results]
+                uplink.health = record(uplink.health, answers, now, self.params)
         if uplink.health.health != before.health:
             logger.info("{} {}: {}", uplink.label, uplink.health.health.value, result.summary)
         elif before.health == Health.UP and not result.ok:

@@ -29,6 +29,8 @@ class Uplink:
     rtt: dict[str, RttEstimate] = field(default_factory=dict)  # per target URL
     round_timeout: float | None = None  # what the last round allowed each answer
     busy_rx: int | None = None  # bytes the device received during the last round, if it timed out busy
+    probe_payload: int = 0  # bytes our probes sent and received through it (above UDP/TCP) since start
+    failed_rounds: int = 0
     rotation: int = 0  # which targets a lean round asks next
     missing: bool = False  # its profile was deleted from NetworkManager
     wake: asyncio.Event = field(default_factory=asyncio.Event)

@@ -1,0 +1,366 @@
+"""`nmfailover notify`: the desktop notice. An agent in the user's graphical session that listens for the
+daemon's Switched signal on the system bus and shows one notification per switch through
+org.freedesktop.Notifications on the session bus. Each notification replaces the previous one, and while
+the uplinks flap (more than `flap_count` switches within `flap_window` seconds) it becomes a summary,
+"nmfailover: 5 switches in the last minute, now on backup (wwan0)", updated in place.
+
+Plain D-Bus messages over nmfailover.bus, like control.py. The daemon may restart (signals count only from
+the current owner of its bus name, followed through NameOwnerChanged) and the system bus may go away
+(reconnected with back-off); the session bus going away ends the agent (exit 1), as the session is over.
+It needs no settings and no privileges: anyone may receive the signal under the shipped D-Bus policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import html
+import json
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from .bus import BusType, Message, MessageBus, MessageType, Variant
+from .control import BUS_NAME, INTERFACE, OBJECT_PATH
+from .errors import NmfailoverError
+
+FLAP_COUNT = 3
+FLAP_WINDOW = 60.0
+CALL_TIMEOUT = 5.0
+RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
+APP_NAME = "nmfailover"
+# Owned on the session bus so that one session never runs two agents (autostart and a user unit both on).
+AGENT_NAME = "net.nmfailover.Notify"
+EXIT_OK, EXIT_FAILURE = 0, 1
+
+_DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
+_NOTIFICATIONS = (
+    "org.freedesktop.Notifications",
+    "/org/freedesktop/Notifications",
+    "org.freedesktop.Notifications",
+)
+# The bus delivers only the signals of the name's current owner: any local user may send a signal with
+# our interface and path, and must not be able to put words on the desktop.
+SWITCHED_MATCH = (
+    f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',member='Switched',path='{OBJECT_PATH}'"
+)
+OWNER_MATCH = (
+    "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+    f"member='NameOwnerChanged',arg0='{BUS_NAME}'"
+)
+_REQUEST_NAME_DO_NOT_QUEUE = 0x4
+_PRIMARY_OWNER = 1
+_URGENCY_NORMAL = 1
+
+
+class NoticeError(NmfailoverError):
+    """A bus is unreachable or a call on it failed."""
+
+
+class AgentRunning(NoticeError):
+    """Another agent already serves this session."""
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One Switched signal, as much as a notice needs of it."""
+
+    from_profile: str
+    to_profile: str
+    reason: str
+    action: str
+    role: str  # of the uplink now carrying traffic: primary, backup, ...
+    device: str
+
+    @classmethod
+    def from_signal(cls, body: Sequence[Any]) -> Switch:
+        from_profile, to_profile, reason, details_json = (str(part) for part in body)
+        try:
+            details = json.loads(details_json)
+        except ValueError:
+            details = None
+        if not isinstance(details, dict):
+            details = {}  # a daemon of another version: the profile ids still tell enough
+        return cls(
+            from_profile,
+            to_profile,
+            reason,
+            str(details.get("action", "")),
+            str(details.get("state", "")).lower(),
+            str(details.get("device", "")),
+        )
+
+    @property
+    def where(self) -> str:
+        name = self.role or self.to_profile
+        return f"{name} ({self.device})" if self.device else name
+
+
+@dataclass(frozen=True)
+class Notice:
+    summary: str
+    body: str
+    icon: str
+
+
+class NoticeBoard:
+    """What to show for each switch: pure, with the clock passed in."""
+
+    def __init__(
+        self,
+        flap_count: int = FLAP_COUNT,
+        flap_window: float = FLAP_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.flap_count = flap_count
+        self.flap_window = flap_window
+        self._clock = clock
+        self._recent: deque[float] = deque()
+
+    def notice(self, switch: Switch) -> Notice | None:
+        """The notice for `switch`, or None for a start on the primary (the daemon started, nothing moved)."""
+        if switch.action == "initial" and switch.role == "primary":
+            return None
+        now = self._clock()
+        self._recent.append(now)
+        while self._recent and self._recent[0] <= now - self.flap_window:
+            self._recent.popleft()
+        if len(self._recent) > self.flap_count:
+            window = "minute" if self.flap_window == 60 else f"{self.flap_window:g} s"
+            return Notice(
+                f"{APP_NAME}: {len(self._recent)} switches in the last {window}, now on {switch.where}",
+                f"The uplinks are flapping. Last switch: {switch.reason}",
+                "network-error",
+            )
+        if switch.action == "failback":
+            summary = f"{APP_NAME}: back on {switch.where}"
+        elif switch.action == "initial":
+            summary = f"{APP_NAME}: starting on {switch.where}"
+        else:
+            summary = f"{APP_NAME}: now on {switch.where}"
+        return Notice(summary, switch.reason, "network-transmit-receive")
+
+
+class NoticeAgent:
+    def __init__(self, board: NoticeBoard) -> None:
+        self.board = board
+        self._switches: asyncio.Queue[Switch] = asyncio.Queue()
+        self._owner: str | None = None  # unique name of the daemon's connection
+        self._owner_changes = 0
+        self._session: Any = None
+        self._markup: bool | None = None
+        self._last_id = 0
+
+    async def run(self) -> None:
+        """Until cancelled; NoticeError when the session bus is unreachable or lost, AgentRunning when
+        another agent serves the session."""
+        self._session = await _connect(BusType.SESSION, "session")
+        try:
+            (result,) = await _call(
+                self._session, *_DBUS, "RequestName", "su", [AGENT_NAME, _REQUEST_NAME_DO_NOT_QUEUE]
+            )
+            if result != _PRIMARY_OWNER:
+                raise AgentRunning(f"another agent owns {AGENT_NAME} on the session bus")
+            logger.info("showing nmfailover's switches as desktop notifications")
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._watch_system_bus())
+                group.create_task(self._show_notices())
+                group.create_task(self._session_lost())
+        finally:
+            self._session.disconnect()
+
+    async def _session_lost(self) -> None:
+        try:
+            await self._session.wait_for_disconnect()
+        except Exception as exc:  # noqa: BLE001 - however it ended, it has ended
+            raise NoticeError(f"lost the session bus: {exc}") from exc
+        raise NoticeError("lost the session bus")
+
+    # -- the system bus -----------------------------------------------------------------------------
+
+    async def _watch_system_bus(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                bus = await self._subscribe()
+            except NoticeError as exc:
+                delay = RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)]
+                attempt += 1
+                # Once at warning, then quietly: a system bus that stays away is logged by the system.
+                (logger.warning if attempt == 1 else logger.debug)(
+                    "system bus: {}; trying again in {:g} s (attempt {})", exc, delay, attempt
+                )
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            logger.info(
+                "listening for switches on the system bus (daemon {})",
+                "running" if self._owner else "not running",
+            )
+            try:
+                await bus.wait_for_disconnect()
+            except Exception as exc:  # noqa: BLE001 - any end of the connection means reconnecting
+                logger.debug("system bus connection ended: {!r}", exc)
+            finally:
+                bus.disconnect()  # a no-op once it is lost; when cancelled, the agent is stopping
+            logger.warning("lost the system bus; reconnecting")
+            self._owner = None
+
+    async def _subscribe(self) -> Any:
+        bus = await _connect(BusType.SYSTEM, "system")
+        bus.add_message_handler(self._on_system_message)
+        try:
+            for rule in (OWNER_MATCH, SWITCHED_MATCH):
+                await _call(bus, *_DBUS, "AddMatch", "s", [rule])
+            changes = self._owner_changes
+            try:
+                (owner,) = await _call(bus, *_DBUS, "GetNameOwner", "s", [BUS_NAME])
+            except _CallFailed as exc:
+                if exc.error_name != "org.freedesktop.DBus.Error.NameHasNoOwner":
+                    raise
+                owner = None
+            # A NameOwnerChanged that came while we waited is newer than the answer.
+            if changes == self._owner_changes:
+                self._owner = owner
+        except BaseException:
+            bus.disconnect()
+            raise
+        return bus
+
+    def _on_system_message(self, msg: Any) -> bool:
+        if msg.message_type != MessageType.SIGNAL:
+            return False
+        if (
+            msg.sender == "org.freedesktop.DBus"
+            and msg.interface == "org.freedesktop.DBus"
+            and msg.member == "NameOwnerChanged"
+            and msg.signature == "sss"
+            and msg.body[0] == BUS_NAME
+        ):
+            new_owner = msg.body[2] or None
+            self._owner, self._owner_changes = new_owner, self._owner_changes + 1
+            logger.info("the daemon {}", "started" if new_owner else "stopped")
+        elif msg.interface == INTERFACE and msg.member == "Switched" and msg.path == OBJECT_PATH:
+            # Signals sent to us directly bypass the bus's match rules: check the sender here as well.
+            if msg.sender != self._owner:
+                logger.warning(
+                    "ignored a Switched signal from {}, which does not own {}", msg.sender, BUS_NAME
+                )
+            elif msg.signature != "ssss":
+                logger.warning("ignored a Switched signal with arguments ({})", msg.signature)
+            else:
+                self._switches.put_nowait(Switch.from_signal(msg.body))
+        return False
+
+    # -- the session bus ----------------------------------------------------------------------------
+
+    async def _show_notices(self) -> None:
+        # One at a time: each Notify must name the id the previous one got.
+        while True:
+            switch = await self._switches.get()
+            notice = self.board.notice(switch)
+            if notice is None:
+                continue
+            try:
+                self._last_id = await self._notify(notice)
+                logger.info("notice {}: {}", self._last_id, notice.summary)
+            except NoticeError as exc:
+                logger.warning("could not show {!r}: {}", notice.summary, exc)
+
+    async def _notify(self, notice: Notice) -> int:
+        body = html.escape(notice.body, quote=False) if await self._body_markup() else notice.body
+        hints = {"urgency": Variant("y", _URGENCY_NORMAL), "category": Variant("s", "network")}
+        (notification_id,) = await _call(
+            self._session,
+            *_NOTIFICATIONS,
+            "Notify",
+            "susssasa{sv}i",
+            [APP_NAME, self._last_id, notice.icon, notice.summary, body, [], hints, -1],
+        )
+        return int(notification_id)
+
+    async def _body_markup(self) -> bool:
+        # A server with body markup reads "&" and "<" in a profile name as markup; one without shows
+        # entities as they are. So escape exactly when the server says it reads markup.
+        if self._markup is None:
+            try:
+                (capabilities,) = await _call(self._session, *_NOTIFICATIONS, "GetCapabilities")
+            except NoticeError:
+                return False  # no notification server yet: ask again next time
+            self._markup = "body-markup" in capabilities
+        return self._markup
+
+
+class _CallFailed(NoticeError):
+    def __init__(self, error_name: str, text: str) -> None:
+        super().__init__(f"{error_name}: {text}")
+        self.error_name = error_name
+
+
+async def _connect(bus_type: BusType, which: str) -> Any:
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT):
+            return await MessageBus(bus_type=bus_type).connect()
+    except Exception as exc:  # noqa: BLE001 - the libraries raise many kinds here; all mean the same
+        raise NoticeError(f"cannot connect to the {which} bus: {exc}") from exc
+
+
+async def _call(
+    bus: Any, dest: str, path: str, interface: str, member: str, signature: str = "", body: Sequence[Any] = ()
+) -> list[Any]:
+    msg = Message(
+        destination=dest, path=path, interface=interface, member=member, signature=signature, body=list(body)
+    )
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT):
+            reply = await bus.call(msg)
+    except TimeoutError:
+        raise NoticeError(f"{member}: no answer within {CALL_TIMEOUT:g} s") from None
+    except (OSError, EOFError, ConnectionError) as exc:
+        raise NoticeError(f"{member}: bus connection lost: {exc}") from exc
+    if reply is None:
+        raise NoticeError(f"{member}: bus connection lost")
+    if reply.message_type == MessageType.ERROR:
+        raise _CallFailed(reply.error_name, str(reply.body[0]) if reply.body else "")
+    return list(reply.body)
+
+
+async def run_agent(board: NoticeBoard) -> int:
+    """`nmfailover notify`: 0 on SIGTERM/SIGINT or when another agent serves the session, 1 when the
+    session bus is unreachable or lost."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = asyncio.ensure_future(NoticeAgent(board).run())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({agent, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not agent.done():
+        agent.cancel()
+        await asyncio.gather(agent, return_exceptions=True)
+        logger.info("stopped")
+        return EXIT_OK
+    error = agent.exception()
+    # The task group wraps what its tasks raise.
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    if isinstance(error, AgentRunning):
+        logger.info("{}; nothing to do", error)
+        return EXIT_OK
+    if isinstance(error, NoticeError):
+        logger.error("{}", error)
+        return EXIT_FAILURE
+    raise error if error is not None else AssertionError("the agent ended without an error")
+
+
+def count_arg(text: str) -> int:
+    """argparse type for --flap-count: a whole number of 1 or more."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more; got {text!r}")
+    return int(text)
