@@ -1,5 +1,7 @@
 """Command line: `nmfailover run` (the daemon), `nmfailover check` (one probe round, a table, an exit code)
-and the clients of the running daemon's control interface (status, recheck, test-failover, prefer).
+and the clients of the running daemon's control interface (status, recheck, test-failover, prefer);
+`install-system-files` and `doctor` set a pip/pipx installation up and check a machine (system_files.py,
+doctor.py).
 
 Exit codes: 0 success; 1 runtime failure (NetworkManager or the bus unreachable, preferred uplink unhealthy
 for `check`, name already owned for `run`); 2 bad configuration or usage; 3 the daemon is not running;
@@ -10,17 +12,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, system_files
 from .config import Settings, load_settings
 from .control import BUS_NAME, call_daemon
 from .daemon import connect, run_daemon
+from .doctor import run as run_doctor
 from .engine import role_name
 from .errors import (
     ConfigError,
@@ -33,6 +38,7 @@ from .errors import (
 )
 from .log import setup_logging
 from .nm import NetworkManagerClient
+from .notify import FLAP_COUNT, FLAP_WINDOW, NoticeBoard, count_arg, run_agent
 from .probe import Link, probe_round
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_DENIED = 0, 1, 2, 3, 4
@@ -46,6 +52,20 @@ class UsageError(NmfailoverError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # argparse would list every command; the nearest one is what a typo needs. One line, with the
+        # usage folded in, as every usage error here is one line.
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            names = list(action.choices)
+            close = difflib.get_close_matches(str(value), names, n=1)
+            prefixed = [n for n in names if value and n.startswith(str(value))]
+            if not close and len(prefixed) == 1:  # "install" for install-system-files
+                close = prefixed
+            hint = f"; did you mean {close[0]!r}?" if close else ";"
+            usage = " ".join(self.format_usage().split())
+            raise UsageError(f"{self.prog}: unknown command {value!r}{hint} {usage}")
+        super()._check_value(action, value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +152,71 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop the pin after N seconds (default: 0, until --clear)",
     )
     prefer.add_argument("--clear", action="store_true", help="drop the pin: normal policy resumes")
+    notify = commands.add_parser(
+        "notify",
+        help="show every switch as a desktop notification (runs in your desktop session)",
+        description="Listen for the daemon's Switched signal on the system bus and show one desktop "
+        "notification per switch, each replacing the last; while the uplinks flap, one summary. "
+        "Started by the shipped XDG autostart entry or systemd user unit; needs no settings.",
+    )
+    notify.add_argument(
+        "--flap-count",
+        type=count_arg,
+        default=FLAP_COUNT,
+        metavar="N",
+        help=f"more switches than N within --flap-window are summed up (default: {FLAP_COUNT})",
+    )
+    notify.add_argument(
+        "--flap-window",
+        type=_seconds_arg(False),
+        default=FLAP_WINDOW,
+        metavar="SECONDS",
+        help=f"the window --flap-count looks back over (default: {FLAP_WINDOW:g})",
+    )
+    _add_setup_commands(commands)
     return parser
+
+
+def _add_setup_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    """install-system-files and doctor: setting a machine up, and checking it."""
+    install = commands.add_parser(
+        "install-system-files",
+        help="put the unit, D-Bus policy, dispatcher hook and env file in place (pip/pipx installs)",
+        description="Install what a pip or pipx installation lacks: the systemd unit (running this "
+        "installation's nmfailover), the D-Bus policy, the NetworkManager dispatcher hook, the env file "
+        "(never replaced once there), the man page and shell completions. Root only. Changes nothing "
+        "that was edited since, unless --force.",
+    )
+    install.add_argument(
+        "--root",
+        type=system_files.directory_arg,
+        metavar="DIR",
+        help="write under DIR instead of / (an image, a test); nothing is reloaded",
+    )
+    install.add_argument(
+        "--non-root",
+        action="store_true",
+        help="also the polkit rule and the drop-in that run the service as the user nmfailover",
+    )
+    install.add_argument("--force", action="store_true", help="replace files that were changed locally")
+    install.add_argument(
+        "--remove",
+        action="store_true",
+        help="remove the files it installed that are unchanged, and say what it leaves",
+    )
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the installation and the machine, one line per check with a fix",
+        description="Check the settings, NetworkManager, the D-Bus policy, the dispatcher hook, the "
+        "unit, the configured profiles, and probe each uplink once. Changes nothing. Exit 0 only if "
+        "every check passed.",
+    )
+    doctor.add_argument(
+        "--root",
+        type=system_files.directory_arg,
+        metavar="DIR",
+        help="look for the system files under DIR (as install-system-files --root wrote them)",
+    )
 
 
 def _seconds_arg(zero_ok: bool) -> Callable[[str], float]:
@@ -303,6 +387,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .lab.demo import run_demo  # the sandbox is no part of the daemon
 
             return run_demo(args.hold_down)
+        if args.command == "install-system-files":
+            if args.remove and (args.force or args.non_root):
+                raise UsageError(
+                    "nmfailover install-system-files: --remove takes neither --force nor --non-root"
+                )
+            return system_files.run_command(
+                args.root, remove_files=args.remove, non_root=args.non_root, force=args.force
+            )
+        if args.command == "doctor":
+            # Settings are one of its checks: it reads them itself and reports what is wrong. Its lines
+            # are the report; the library's debug logging would only bury them.
+            setup_logging("WARNING")
+            return run_doctor(args.root or Path("/"))
+        if args.command == "notify":
+            # A user's session agent: the daemon's settings are none of its business.
+            setup_logging("INFO")
+            return asyncio.run(run_agent(NoticeBoard(args.flap_count, args.flap_window)))
         if args.command in CLIENT_COMMANDS:
             # A client needs no settings: it must work from any shell, and from a hook.
             return _run_client(args)

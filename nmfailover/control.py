@@ -293,7 +293,9 @@ async def _connect(timeout: float) -> Any:
         async with asyncio.timeout(timeout):
             return await MessageBus(bus_type=BusType.SYSTEM).connect()
     except Exception as exc:  # noqa: BLE001 - the libraries raise many kinds here; all mean the same
-        raise ControlError(f"cannot connect to the system bus: {exc}") from exc
+        from .system_files import bus_connect_error  # names the socket and what to check
+
+        raise ControlError(bus_connect_error(exc)) from exc
 
 
 async def _call(

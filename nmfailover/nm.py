@@ -220,7 +220,9 @@ class NetworkManagerClient:
             async with asyncio.timeout(CALL_TIMEOUT):
                 bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         except Exception as exc:
-            raise NMUnavailable(f"cannot connect to the system bus: {exc}") from exc
+            from .system_files import bus_connect_error  # names the socket and what to check
+
+            raise NMUnavailable(bus_connect_error(exc)) from exc
         self._bus = bus
         bus.add_message_handler(self._handle_message)
         name_owner = f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{NM_BUS}'"
@@ -354,7 +356,15 @@ class NetworkManagerClient:
                 by_iface = [s for s in by_iface if _unwrap(s["connection"]["uuid"]) in active[spec]]
             matches = by_uuid or by_id or by_iface
             if not matches:
-                raise ProfileError(spec, "no NetworkManager profile has this id, UUID or interface name")
+                # The ids to choose from, capped: hundreds of saved Wi-Fi profiles still make one line.
+                ids = sorted({str(_unwrap(s["connection"]["id"])) for s in profiles})
+                more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+                known = (
+                    f"existing profiles: {', '.join(map(repr, ids[:10]))}{more}" if ids else "there are none"
+                )
+                raise ProfileError(
+                    spec, f"no NetworkManager profile has this id, UUID or interface name; {known}"
+                )
             if len(matches) > 1:
                 names = ", ".join(repr(_unwrap(s["connection"]["id"])) for s in matches)
                 raise ProfileError(spec, f"matches several profiles ({names}); use a profile id or UUID")

@@ -101,6 +101,25 @@ ENV_CASES: list[Case] = [
     *bad("NMFAILOVER_FAIL_COUNT", "", "0", "-1", "2.5", "abc", "1e3"),
     *bad("NMFAILOVER_RISE_COUNT", "", "0", "-1", "2.5", "abc"),
     *bad("NMFAILOVER_FAILBACK_HOLD_DOWN", "", "abc", "-1", "nan", "inf"),
+    *bad("NMFAILOVER_FAILBACK_HOLD_DOWN_MAX", "", "abc", "-1", "inf", "10"),  # 10: below the hold-down
+    *bad("NMFAILOVER_FLAP_WINDOW", *NOT_POSITIVE_SHORT),
+    *bad("NMFAILOVER_PROBE_TIMEOUT_MIN", *NOT_POSITIVE_SHORT),
+    *bad("NMFAILOVER_BUSY_RX_RATE", "", "abc", "-1", "1.5"),
+    *bad("NMFAILOVER_BROWNOUT_WINDOW", *NOT_POSITIVE_SHORT),
+    *bad("NMFAILOVER_BROWNOUT_LOSS", "", "abc", "0", "-5", "101"),
+    *bad("NMFAILOVER_BROWNOUT_LATENCY", "", "abc", "1", "0.5", "inf"),
+    *bad(
+        "NMFAILOVER_METRICS_LISTEN",
+        "0.0.0.0:9469",
+        "192.0.2.1:9469",
+        "localhost:9469",
+        "127.0.0.1",
+        "127.0.0.1:99999",
+    ),
+    *bad(
+        "NMFAILOVER_METRICS_TEXTFILE", "relative.prom", "/nonexistent/nmfailover.prom", "{files}/metrics.txt"
+    ),
+    *bad("NMFAILOVER_METRICS_TEXTFILE_INTERVAL", *NOT_POSITIVE_SHORT),
     *bad("NMFAILOVER_METRIC_BASE", "", "abc", "-1", "1.5", "4294967296", "4294967295"),
     *bad("NMFAILOVER_METRIC_STEP", "", "abc", "0", "-100", "4294967295"),
     *bad("NMFAILOVER_MANAGE_AUTOCONNECT_PRIORITY", "", "maybe", "2", "on", "$(touch {marker})"),
@@ -149,6 +168,19 @@ CLI_CASES: list[Case] = [
     Case("extra", argv=("check", "extra")),
     Case("--json", argv=("check", "--json=yes")),
     Case("--bogus", argv=("check", "--bogus")),
+    Case("stauts", argv=("stauts",)),
+    Case("--root", argv=("install-system-files", "--root", "/nonexistent")),
+    Case("--root", argv=("install-system-files", "--root")),
+    Case("--remove", argv=("install-system-files", "--remove", "--force")),
+    Case("--remove", argv=("install-system-files", "--remove", "--non-root")),
+    Case("--non-root", argv=("install-system-files", "--non-root=yes")),
+    Case("extra", argv=("install-system-files", "extra")),
+    Case("--root", argv=("doctor", "--root", "/nonexistent")),
+    Case("--root", argv=("doctor", "--root")),
+    Case("extra", argv=("doctor", "extra")),
+    *(Case("--flap-count", argv=("notify", "--flap-count", v)) for v in ("", "0", "-1", "abc")),
+    *(Case("--flap-window", argv=("notify", "--flap-window", v)) for v in ("", "0", "abc", "inf")),
+    Case("extra", argv=("notify", "extra")),
 ]
 
 # Commands that talk to the running daemon: a daemon runs for these (its steady state is the baseline).
