@@ -39,6 +39,9 @@ BASH_COMPLETION = PurePosixPath("/usr/local/share/bash-completion/completions/nm
 ZSH_COMPLETION = PurePosixPath("/usr/local/share/zsh/site-functions/_nmfailover")
 POLKIT_RULE = PurePosixPath("/etc/polkit-1/rules.d/50-nmfailover.rules")
 NON_ROOT_DROP_IN = PurePosixPath("/etc/systemd/system/nmfailover.service.d/non-root.conf")
+NOTIFY_USER_UNIT = PurePosixPath("/etc/systemd/user/nmfailover-notify.service")
+NOTIFY_AUTOSTART = PurePosixPath("/etc/xdg/autostart/nmfailover-notify.desktop")
+PACKAGED_EXECUTABLE = "/opt/nmfailover/bin/nmfailover"  # what the shipped files run; a pip install differs
 MANIFEST = PurePosixPath("/var/lib/nmfailover/system-files.json")
 # Where the .deb puts the same files: doctor accepts either.
 PACKAGED_DBUS_POLICY = PurePosixPath("/usr/share/dbus-1/system.d/net.nmfailover.Failover1.conf")
@@ -83,6 +86,18 @@ def data_file(name: str) -> bytes:
 
 def _shipped(name: str) -> Callable[[Path], bytes]:
     return lambda _executable: data_file(name)
+
+
+def _running(name: str) -> Callable[[Path], bytes]:
+    """A shipped file whose command is the package's executable, pointed at this installation's."""
+
+    def render(executable: Path) -> bytes:
+        text = data_file(name).decode()
+        if PACKAGED_EXECUTABLE not in text:
+            raise SystemFilesError(f"the shipped {name} does not run {PACKAGED_EXECUTABLE}")
+        return text.replace(PACKAGED_EXECUTABLE, systemd_quote(str(executable))).encode()
+
+    return render
 
 
 def _generated(kind: str) -> Callable[[Path], bytes]:
@@ -168,6 +183,8 @@ SYSTEM_FILES: tuple[SystemFile, ...] = (
     SystemFile(MANPAGE, "man page", 0o644, _generated("man")),
     SystemFile(BASH_COMPLETION, "bash completion", 0o644, _generated("bash")),
     SystemFile(ZSH_COMPLETION, "zsh completion", 0o644, _generated("zsh")),
+    SystemFile(NOTIFY_USER_UNIT, "desktop notice, user unit", 0o644, _running("nmfailover-notify.service")),
+    SystemFile(NOTIFY_AUTOSTART, "desktop notice, autostart", 0o644, _running("nmfailover-notify.desktop")),
     SystemFile(POLKIT_RULE, "polkit rule", 0o644, _shipped("50-nmfailover.rules"), non_root=True),
     SystemFile(
         NON_ROOT_DROP_IN, "drop-in: run as user nmfailover", 0o644, _shipped("non-root.conf"), non_root=True

@@ -28,6 +28,8 @@ SOURCES = {
     "nmfailover.env": REPO / "packaging/nmfailover.env",
     "50-nmfailover.rules": REPO / "packaging/polkit/50-nmfailover.rules",
     "non-root.conf": REPO / "packaging/non-root.conf",
+    "nmfailover-notify.service": REPO / "packaging/nmfailover-notify.service",
+    "nmfailover-notify.desktop": REPO / "packaging/nmfailover-notify.desktop",
 }
 EXECUTABLE = Path(sys.executable).parent / "nmfailover"
 DEFAULT_FILES = [f for f in SYSTEM_FILES if not f.non_root]
@@ -371,3 +373,10 @@ def test_the_wheel_carries_the_files_themselves(tmp_path: Path) -> None:
             info = archive.getinfo(f"nmfailover/data/{name}")
             assert not stat.S_ISLNK(info.external_attr >> 16), name
             assert archive.read(info) == source.read_bytes(), name
+
+
+def test_the_desktop_notice_runs_this_installation(tmp_path: Path) -> None:
+    assert cli.main(["install-system-files", "--root", str(tmp_path)]) == 0
+    for path in (system_files.NOTIFY_USER_UNIT, system_files.NOTIFY_AUTOSTART):
+        text = system_files.under_root(tmp_path, path).read_text()
+        assert f"{EXECUTABLE} notify" in text and system_files.PACKAGED_EXECUTABLE not in text, path
