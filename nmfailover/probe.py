@@ -94,6 +94,7 @@ class ProbeResult:
     latency: float  # seconds from start to verdict
     detail: str
     payload: int = 0  # bytes it sent and received above UDP and TCP
+    unanswered: bool = False  # it failed because nothing came back in time (DNS or HTTP), not by an error
 
 
 @dataclass(frozen=True)
@@ -183,9 +184,18 @@ async def probe(link: Link, target: Target, timeout: float) -> ProbeResult:
             reason, detail = await _fetch(link, target, progress, deadline)
     except Exception as exc:  # noqa: BLE001 - a probe reports; it must not take the daemon down
         reason, detail = blame(exc, progress, timeout)
+        unanswered = isinstance(exc, TimeoutError) or (isinstance(exc, LinkError) and exc.unanswered)
+    else:
+        unanswered = False
     detail = " ".join(detail.split())[:200]
     return ProbeResult(
-        target, reason is Reason.OK, reason, time.monotonic() - start, detail, progress.payload
+        target,
+        reason is Reason.OK,
+        reason,
+        time.monotonic() - start,
+        detail,
+        progress.payload,
+        unanswered or reason is Reason.TIMEOUT,
     )
 
 

@@ -60,10 +60,11 @@ class Link:
 class LinkError(NmfailoverError):
     """A request could not be made through the link; `detail` is one line for the log."""
 
-    def __init__(self, reason: Reason, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str, *, unanswered: bool = False) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.unanswered = unanswered  # nothing came back at all (as opposed to a refusal or an error)
 
 
 @dataclass
@@ -151,6 +152,7 @@ async def _resolve(
         raise LinkError(Reason.DNS, f"no nameservers for {interface}")
     loop = asyncio.get_running_loop()
     problems: list[str] = []
+    silent = 0  # nameservers that sent nothing back
     for i, nameserver in enumerate(nameservers):
         progress.asked.append(nameserver)
         # A fair share of the time per nameserver, and DNS never eats the whole probe: a silent resolver
@@ -161,6 +163,7 @@ async def _resolve(
             replies = await _exchange(interface, nameserver, queries, loop.time() + budget, progress)
         except TimeoutError:
             problems.append(f"no answer from {nameserver}")
+            silent += 1
             continue
         except OSError as exc:
             problems.append(f"{nameserver}: {_why(exc)}")
@@ -183,7 +186,7 @@ async def _resolve(
             return addresses
         errors = sorted({dns.rcode.to_text(r.rcode()) for r in replies} - {"NOERROR"})
         problems.append(f"{nameserver}: {', '.join(errors) or 'no A/AAAA records'}")
-    raise LinkError(Reason.DNS, f"{host}: " + "; ".join(problems))
+    raise LinkError(Reason.DNS, f"{host}: " + "; ".join(problems), unanswered=silent == len(nameservers))
 
 
 def _is_ip(host: str) -> bool:

@@ -28,7 +28,8 @@ from nmfailover.probe import Link, parse_target, probe_round
 a = json.loads(sys.argv[1])
 r = asyncio.run(probe_round(Link(a["iface"], tuple(a["ns"])), [parse_target(t) for t in a["targets"]],
                             a["timeout"], a["needed"]))
-results = [{"reason": x.reason, "latency": x.latency, "detail": x.detail} for x in r.results]
+results = [{"reason": x.reason, "latency": x.latency, "detail": x.detail, "unanswered": x.unanswered}
+           for x in r.results]
 print(json.dumps({"ok": r.ok, "summary": r.summary, "results": results, "payload": r.payload}))
 """
 
@@ -120,6 +121,9 @@ def test_failure_follows_the_probed_device_not_the_default_route(topology: Topol
     assert bad["summary"] == "3/3 targets failed (dns)"
     assert reasons(by_address) == ["timeout"], by_address
     assert good["ok"], good
+    # Silence, at whichever step: what a full queue looks like too (the engine then asks the link's counters).
+    assert all(r["unanswered"] for r in bad["results"] + by_address["results"])
+    assert not any(r["unanswered"] for r in good["results"])
 
     # And the other way round: the default route's upstream dies, the backup still answers.
     a.blackhole()
@@ -140,6 +144,16 @@ def test_other_uplinks_resolver_is_not_reachable(topology: Topology) -> None:
     assert a.resolver in result["results"][0]["detail"]
     # Had the query followed the default route, upstream a would have answered it.
     assert a.dns_queries() == before
+
+
+def test_a_refused_connection_is_an_answer_not_silence(topology: Topology) -> None:
+    b = upstream(topology, "wanb")
+    b.refuse()
+    try:
+        refused = run_probe(topology, "wanb", [b.resolver], timeout=1.0)
+    finally:
+        b.heal()
+    assert reasons(refused) == ["connect"] and not refused["results"][0]["unanswered"], refused
 
 
 def test_missing_device_is_no_device(topology: Topology) -> None:

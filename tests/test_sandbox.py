@@ -15,7 +15,9 @@ import dns.message
 import dns.rcode
 import pytest
 
+from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import (
+    BULK_ADDRESS,
     LAB_PROBE_URLS,
     TARGET_ADDRESSES,
     NMLab,
@@ -228,6 +230,118 @@ def test_http_modes(topology: Topology) -> None:
     assert a.http_requests() == 4
     with pytest.raises(ValueError, match="unknown HTTP mode"):
         a.set_http_mode("sideways")
+
+
+# -- load: a rate-limited uplink with a deep queue, saturated by a bulk download ------------------------------
+
+RATE_KBIT = 4000
+QUEUE_MS = 1500
+PROBE_URL = f"http://{TARGET_ADDRESSES[1]}/success.txt"
+
+
+def rx_rate_mbit(lab: Topology, iface: str, seconds: float) -> float:
+    """Megabits per second the host received on `iface` over the next `seconds` (link-layer bytes)."""
+    rx0, t0 = lab.iface_bytes(iface)[0], time.monotonic()
+    time.sleep(seconds)
+    rx1, t1 = lab.iface_bytes(iface)[0], time.monotonic()
+    return (rx1 - rx0) * 8 / (t1 - t0) / 1e6
+
+
+def test_rate_limit_and_bulk_download_make_seconds_of_queue_on_that_uplink_only(topology: Topology) -> None:
+    a = topology.upstreams[0]
+    assert a.queue_stats() is None
+    a.unlimit()  # harmless without a limit
+    assert topology.fetch_seconds("wana", PROBE_URL) < 0.2
+    a.rate_limit(RATE_KBIT, QUEUE_MS)
+    try:
+        assert topology.fetch_seconds("wana", PROBE_URL) < 0.2  # a limit alone queues nothing
+        with topology.bulk_download(0) as download:
+            filled = a.wait_queue(1.0, timeout=30)
+            throughput = rx_rate_mbit(topology, "wana", 5)
+            stats = a.queue_stats()
+            loaded = [topology.fetch_seconds("wana", PROBE_URL) for _ in range(3)]
+            other = topology.fetch_seconds("wanb", PROBE_URL)
+            assert download.running
+            assert download.starts == 1  # one transfer, never ended
+        assert not download.running
+        print(
+            f"\nqueue >= 1 s after {filled:.1f} s; {throughput:.2f} Mbit/s on wana over 5 s; queue {stats}; "
+            f"GET through wana {', '.join(f'{t:.2f}' for t in loaded)} s; through wanb {other:.3f} s"
+        )
+        assert stats is not None
+        assert stats.rate_bytes == RATE_KBIT * 1000 // 8
+        assert stats.drops > 0 or stats.delay >= 1.0  # full: the sender fills it until it overflows
+        assert 0.9 * RATE_KBIT / 1000 <= throughput <= 1.05 * RATE_KBIT / 1000
+        # Connect and answer both wait behind the queue: well over the 1 s a probe is given by default.
+        assert min(loaded) > 0.8
+        assert max(loaded) < 2 * QUEUE_MS / 1000 + 1
+        assert other < 0.2
+        # Once the download stops, the queue drains at the limited rate and latency is back to normal.
+        wait_for(lambda: getattr(a.queue_stats(), "backlog_bytes", 1) == 0, QUEUE_MS / 1000 + 2, "the drain")
+        assert topology.fetch_seconds("wana", PROBE_URL) < 0.2
+    finally:
+        a.unlimit()
+    assert a.queue_stats() is None
+    with pytest.raises(ValueError, match="positive"):
+        a.rate_limit(0, QUEUE_MS)
+
+
+def test_blackhole_stops_a_bulk_download_once_the_queue_drains_and_heal_resumes_it(
+    topology: Topology,
+) -> None:
+    a = topology.upstreams[0]
+    a.rate_limit(RATE_KBIT, QUEUE_MS)
+    try:
+        with topology.bulk_download(0) as download:
+            a.wait_queue(1.0, timeout=30)
+            queued = a.queue_stats()
+            assert queued is not None
+            samples: list[tuple[float, int, int]] = []  # seconds since the cut, rx bytes, queued bytes
+            cut = time.monotonic()
+            a.blackhole()
+            while (now := time.monotonic() - cut) < queued.delay + 3:
+                stats = a.queue_stats()
+                samples.append((now, topology.iface_bytes("wana")[0], stats.backlog_bytes if stats else -1))
+                time.sleep(0.05)
+            drained = next(t for t, _, backlog in samples if backlog == 0)
+            # A sample that saw more than stray neighbour discovery arrive since the one before.
+            last_rx = max(
+                t for (t, rx, _), (_, prev, _) in zip(samples[1:], samples, strict=False) if rx - prev > 500
+            )
+            quiet = samples[-1][1] - next(rx for t, rx, _ in samples if t >= drained + 1)
+            print(
+                f"\nqueue at the cut {queued.delay:.2f} s; drained {drained:.2f} s after the cut; "
+                f"last rx {last_rx:.2f} s after the cut; {quiet} bytes in the last {samples[-1][0] - drained - 1:.1f} s"
+            )
+            assert drained <= queued.delay + 0.5
+            assert (
+                last_rx <= drained + 0.3
+            )  # nothing beyond the router sends anything, retransmissions included
+            assert quiet < 500
+            a.heal()
+            before = topology.iface_bytes("wana")[0]
+            # The stalled transfer recovers or is restarted (after BulkDownload.STALL_SECONDS).
+            wait_for(
+                lambda: topology.iface_bytes("wana")[0] - before > 200_000, 20, "the download to resume", 0.2
+            )
+            assert download.running
+    finally:
+        a.heal()
+        a.unlimit()
+
+
+def test_bulk_download_restarts_transfers_that_end_and_stops_after_its_seconds(topology: Topology) -> None:
+    b = topology.upstreams[1]
+    rx0 = topology.iface_bytes("wanb")[0]
+    with topology.bulk_download(1, 3, url=f"http://{BULK_ADDRESS}/bulk?bytes=1000000") as download:
+        wait_for(lambda: download.starts >= 3, 10, "three transfers")
+        download.wait()
+        assert not download.running
+    assert download.exits.count(0) >= 3
+    assert topology.iface_bytes("wanb")[0] - rx0 >= 3_000_000
+    assert b.http_requests() == 0  # served by the bulk source behind the router, not by the targets
+    with pytest.raises(ValueError, match="uplink_index"):
+        topology.bulk_download(2)
 
 
 def test_failed_construction_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ from loguru import logger
 
 from ..config import Settings
 from ..policy import Health, PolicyParams, RttEstimate, observe, probe_timeout, record, rtt_sample
-from ..probe import Link, Reason, RoundResult, Target
+from ..probe import Link, RoundResult, Target
 from .state import Uplink
 from .supervisor import Supervisor
 
@@ -139,7 +139,7 @@ class ProbeScheduler:
         # full queue (bufferbloat under the user's own download), so the round proves nothing either way.
         rate = self.settings.busy_rx_rate
         loaded = rate > 0 and received >= rate * max(self.clock() - started, timeout)
-        busy = loaded and not result.ok and all(r.reason is Reason.TIMEOUT for r in result.results)
+        busy = loaded and not result.ok and all(r.unanswered for r in result.results)
         uplink.busy_rx = received if busy else None
         before = uplink.health
         if busy:

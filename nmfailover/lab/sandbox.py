@@ -11,6 +11,18 @@ Topology (uplink a / b / c):
        |  veth
     upstream ns X: gw 192.0.2.1 .65 .129, 2001:db8:X::1; on lo: the shared targets 203.0.113.10-12 and
        2001:db8:ffff::10-12, and the uplink's own resolver 203.0.113.53 / .54 / .55
+
+Load: `Upstream.rate_limit()` puts a token bucket with a deep queue on the router's side of the link (what
+the ISP sends toward the host: the download direction), and `Topology.bulk_download()` keeps that link
+saturated from the host namespace, so probes through it wait behind seconds of queued data (bufferbloat).
+The download comes from a server one hop further (created on first use):
+
+    upstream ns X: isp 198.51.100.1/30
+       |  veth
+    bulk-source ns X: net 198.51.100.2/30 (BULK_ADDRESS), default via .1; HTTP /bulk
+
+A server in the upstream namespace itself could not fill that queue: the kernel holds a local sender to a
+millisecond or so of data in its own device queues (TCP small queues); a forwarded flow is not held back.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +56,12 @@ LAB_PROBE_URLS: str = (
     "http://target3.test/generate_204 204"
 )
 PROFILE_NAMES: tuple[str, ...] = ("primary", "backup", "fallback")
+# What bulk_download() fetches: an endless stream from the bulk source behind each upstream's router (the
+# same address behind every upstream, like the targets), by address: the host namespace has no resolver.
+BULK_ADDRESS: str = "198.51.100.2"
+BULK_URL: str = f"http://{BULK_ADDRESS}/bulk"
+_BULK_GATEWAY = "198.51.100.1"
+_BULK_PREFIXLEN = 30
 
 # name, host address, gateway, IPv6 prefix, resolver
 _PLAN: tuple[tuple[str, str, str, str, str], ...] = (
@@ -184,6 +203,21 @@ def lab_available() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class QueueStats:
+    """Counters of an upstream's rate limiter (its queue toward the host)."""
+
+    rate_bytes: int  # the limit, bytes per second
+    backlog_bytes: int  # waiting in the queue now
+    sent_bytes: int  # passed on toward the host so far
+    drops: int  # packets dropped because the queue was full
+
+    @property
+    def delay(self) -> float:
+        """Seconds a packet joining the queue now waits before it leaves toward the host."""
+        return self.backlog_bytes / self.rate_bytes if self.rate_bytes > 0 else 0.0
+
+
 @dataclass
 class Upstream:
     """One simulated ISP: its router (`gw` in `netns`) and the internet behind it."""
@@ -198,28 +232,43 @@ class Upstream:
     resolver: str
     state_dir: Path
 
-    def _nft(self, rules: Sequence[str]) -> None:
+    def _nft(
+        self, rules: Sequence[str], output_rules: Sequence[str] = (), forward_rules: Sequence[str] = ()
+    ) -> None:
         # Declare-then-delete-then-create in one transaction: atomically replaces any earlier fault,
         # and works whether or not the table exists.
         script = [f"table inet {_FAULT_TABLE}", f"delete table inet {_FAULT_TABLE}"]
-        if rules:
-            script += [
-                f"table inet {_FAULT_TABLE} {{",
-                "  chain input {",
-                "    type filter hook input priority filter; policy accept;",
-                *(f"    {rule}" for rule in rules),
-                "  }",
-                "}",
-            ]
+        hooks = (("input", rules), ("output", output_rules), ("forward", forward_rules))
+        chains = [(hook, hook_rules) for hook, hook_rules in hooks if hook_rules]
+        if chains:
+            script.append(f"table inet {_FAULT_TABLE} {{")
+            for hook, hook_rules in chains:
+                script += [
+                    f"  chain {hook} {{",
+                    f"    type filter hook {hook} priority filter; policy accept;",
+                    *(f"    {rule}" for rule in hook_rules),
+                    "  }",
+                ]
+            script.append("}")
         _run(
             [_tool("ip"), "netns", "exec", self.netns, _tool("nft"), "-f", "-"],
             input="\n".join(script) + "\n",
         )
 
     def blackhole(self) -> None:
-        """Silent upstream death: targets and resolver never answer; link and gateway stay up."""
-        # The resolver is inside 203.0.113.0/24, so these two rules cover it.
-        self._nft(["ip daddr 203.0.113.0/24 drop", "ip6 daddr 2001:db8:ffff::/48 drop"])
+        """Silent upstream death: targets and resolver never answer; link and gateway stay up.
+
+        Everything beyond the router goes quiet both ways, the bulk source included, and what the targets
+        were sending stops too (a bulk download gets nothing more, not even a retransmission); only what
+        already sits in the router's queue toward the host (see rate_limit) still arrives, as it would
+        from a real ISP whose backbone just died.
+        """
+        # The resolver is inside 203.0.113.0/24, so these rules cover it; forwarded is the bulk source.
+        self._nft(
+            ["ip daddr 203.0.113.0/24 drop", "ip6 daddr 2001:db8:ffff::/48 drop"],
+            ["ip saddr 203.0.113.0/24 drop", "ip6 saddr 2001:db8:ffff::/48 drop"],
+            ["drop"],
+        )
 
     def refuse(self) -> None:
         """Targets answer every TCP connection with a RST (connection refused)."""
@@ -243,6 +292,58 @@ class Upstream:
 
     def restore_cable(self) -> None:
         _run([_tool("ip"), "-n", self.netns, "link", "set", "gw", "up"])
+
+    def _tc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return _run([_tool("tc"), "-n", self.netns, *args], check=check, timeout=10)
+
+    def rate_limit(self, rate_kbit: int, queue_ms: int) -> None:
+        """Shape what the upstream sends toward the host (the download direction) to `rate_kbit`, with a
+        FIFO `queue_ms` deep in front of the link: a saturating download then delays every other answer
+        on this uplink by up to `queue_ms` (bufferbloat, as on DSL or 4G). Replaces an earlier limit."""
+        if rate_kbit <= 0 or queue_ms <= 0:
+            raise ValueError(f"rate_kbit and queue_ms must be positive; got {rate_kbit}, {queue_ms}")
+        # 10 ms worth of tokens, and at least two full-size frames or nothing would ever pass.
+        burst = max(rate_kbit * 1000 // 8 // 100, 3200)
+        self._tc(
+            "qdisc", "replace", "dev", "gw", "root",
+            "tbf", "rate", f"{rate_kbit}kbit", "burst", str(burst), "latency", f"{queue_ms}ms",
+        )  # fmt: skip
+
+    def unlimit(self) -> None:
+        """Undo rate_limit (the queued data is dropped); a no-op without one."""
+        if self.queue_stats() is not None:
+            self._tc("qdisc", "del", "dev", "gw", "root")
+
+    def queue_stats(self) -> QueueStats | None:
+        """The rate limiter's counters, or None without one (or with the router's device gone)."""
+        proc = self._tc("-s", "-j", "qdisc", "show", "dev", "gw", check=False)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            return None
+        for qdisc in json.loads(proc.stdout):
+            if qdisc.get("kind") == "tbf" and qdisc.get("root"):
+                return QueueStats(
+                    rate_bytes=int(qdisc.get("options", {}).get("rate", 0)),
+                    backlog_bytes=int(qdisc.get("backlog", 0)),
+                    sent_bytes=int(qdisc.get("bytes", 0)),
+                    drops=int(qdisc.get("drops", 0)),
+                )
+        return None
+
+    def wait_queue(self, delay: float, timeout: float = 30) -> float:
+        """Wait until the rate limiter holds at least `delay` seconds of data; returns the seconds waited."""
+        started = time.monotonic()
+        last: QueueStats | None = None
+
+        def deep() -> bool:
+            nonlocal last
+            last = self.queue_stats()
+            return last is not None and last.delay >= delay
+
+        try:
+            _wait_for(f"{delay:g} s of queue toward {self.iface}", deep, timeout, interval=0.1)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; last: {last}") from None
+        return time.monotonic() - started
 
     def set_http_mode(self, mode: str) -> None:
         """`ok`, `portal`, `wrong-body` or `slow:SECONDS`; takes effect with the next request."""
@@ -274,6 +375,122 @@ class Upstream:
         return self._lines("dns.log")
 
 
+class BulkDownload:
+    """Downloads that keep one uplink saturated: curl in the host namespace, bound to the uplink's device
+    (so it goes out there whatever the default route), fetching an endless stream (BULK_URL); each is
+    restarted whenever it ends or stalls, until stop(). A context manager (stops on exit).
+
+    Made by Topology.bulk_download(); `starts` counts the curl runs, `exits` their exit codes.
+    """
+
+    # A transfer that stalls (e.g. across blackhole and heal) is given up and started afresh, instead of
+    # waiting out TCP's retransmission backoff.
+    STALL_SECONDS = 5
+    STALL_BYTES_PER_SECOND = 1000
+    CONNECT_TIMEOUT = 5
+    RESTART_DELAY = 0.2
+
+    def __init__(
+        self, netns: str, iface: str, url: str, streams: int = 1, seconds: float | None = None
+    ) -> None:
+        if streams < 1:
+            raise ValueError(f"streams must be 1 or more, got {streams}")
+        self.netns = netns
+        self.iface = iface
+        self.url = url
+        self.streams = streams
+        self.seconds = seconds
+        self.starts = 0
+        self.exits: list[int] = []
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._threads: list[threading.Thread] = []
+        self._deadline: float | None = None
+
+    def argv(self) -> list[str]:
+        return [
+            _tool("ip"), "netns", "exec", self.netns,
+            _tool("curl"), "--silent", "--output", "/dev/null", "--interface", f"if!{self.iface}",
+            "--connect-timeout", str(self.CONNECT_TIMEOUT),
+            "--speed-time", str(self.STALL_SECONDS), "--speed-limit", str(self.STALL_BYTES_PER_SECOND),
+            self.url,
+        ]  # fmt: skip
+
+    def start(self) -> Self:
+        if self._threads:
+            raise RuntimeError("this download was already started")
+        argv = self.argv()  # a missing curl fails here, not in a thread
+        if self.seconds is not None:
+            self._deadline = time.monotonic() + self.seconds
+        for n in range(self.streams):
+            thread = threading.Thread(
+                target=self._loop, args=(argv,), name=f"bulk-{self.iface}-{n}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+        return self
+
+    def _remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def _finished(self) -> bool:
+        remaining = self._remaining()
+        return self._stop_event.is_set() or (remaining is not None and remaining <= 0)
+
+    def _loop(self, argv: list[str]) -> None:
+        while not self._finished():
+            with self._lock:
+                if self._stop_event.is_set():
+                    return
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+                self._procs.add(proc)
+                self.starts += 1
+            started = time.monotonic()
+            while proc.poll() is None and not self._finished():
+                self._stop_event.wait(0.1)
+            _stop([proc], grace=2)
+            with self._lock:
+                self._procs.discard(proc)
+                self.exits.append(proc.returncode)
+            if time.monotonic() - started < 1:
+                self._stop_event.wait(self.RESTART_DELAY)  # no tight loop while the target is unreachable
+
+    @property
+    def running(self) -> bool:
+        """True while any stream is meant to be running (between start and stop or the end of `seconds`)."""
+        return any(t.is_alive() for t in self._threads) and not self._finished()
+
+    def wait(self) -> None:
+        """Block until the `seconds` given at the start have passed (then the download has stopped)."""
+        if self.seconds is None:
+            raise RuntimeError("a download without `seconds` runs until stop()")
+        for thread in self._threads:
+            thread.join()
+
+    def stop(self) -> None:
+        """Stop every stream and wait for its curl to be gone. Idempotent."""
+        with self._lock:
+            self._stop_event.set()
+            procs = list(self._procs)
+        _stop(procs, grace=2)
+        for thread in self._threads:
+            thread.join(10)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 _LIVE: set[Topology] = set()
 
 
@@ -302,6 +519,8 @@ class Topology:
         self._configure_host = configure_host
         self._uplinks = uplinks
         self._procs: list[subprocess.Popen[Any]] = []
+        self._downloads: list[BulkDownload] = []
+        self._bulk_sources: set[str] = set()
         self._netns: list[str] = []
         self._closed = False
         _LIVE.add(self)
@@ -373,28 +592,59 @@ class Topology:
             self._batch(self.host_netns, host_cmds)
         self._start_upstream_servers()
 
-    def _start_upstream_servers(self) -> None:
+    def _launch_server(self, netns: str, state_dir: Path, *args: str) -> subprocess.Popen[Any]:
+        """nmfailover.lab.upstream in `netns`, logging to state_dir/server.log; see _wait_servers."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
-        servers: list[tuple[Upstream, subprocess.Popen[Any]]] = []
-        for up in self.upstreams:
-            argv = [
-                _tool("ip"), "netns", "exec", up.netns, sys.executable, "-m", "nmfailover.lab.upstream",
-                "--state-dir", str(up.state_dir), "--resolver", up.resolver,
-            ]  # fmt: skip
-            with (up.state_dir / "server.log").open("ab") as log:
-                proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-            self._procs.append(proc)
-            servers.append((up, proc))
+        argv = [_tool("ip"), "netns", "exec", netns, sys.executable, "-m", "nmfailover.lab.upstream",
+                "--state-dir", str(state_dir), *args]  # fmt: skip
+        with (state_dir / "server.log").open("ab") as log:
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self._procs.append(proc)
+        return proc
 
+    @staticmethod
+    def _wait_servers(what: str, servers: Sequence[tuple[Path, subprocess.Popen[Any]]]) -> None:
         def ready() -> bool:
-            for up, proc in servers:
+            for state_dir, proc in servers:
                 if proc.poll() is not None:
-                    log = (up.state_dir / "server.log").read_text(errors="replace")
-                    raise RuntimeError(f"upstream {up.name} server exited {proc.returncode}: {log}")
-            return all((up.state_dir / "ready").exists() for up, _ in servers)
+                    log = (state_dir / "server.log").read_text(errors="replace")
+                    raise RuntimeError(f"{what} ({state_dir.name}) exited {proc.returncode}: {log}")
+            return all((state_dir / "ready").exists() for state_dir, _ in servers)
 
-        _wait_for("upstream servers", ready, timeout=15)
+        _wait_for(what, ready, timeout=15)
+
+    def _start_upstream_servers(self) -> None:
+        servers = [
+            (up.state_dir, self._launch_server(up.netns, up.state_dir, "--resolver", up.resolver))
+            for up in self.upstreams
+        ]
+        self._wait_servers("upstream servers", servers)
+
+    def _bulk_source(self, up: Upstream) -> None:
+        """The namespace behind `up`'s router serving /bulk at BULK_ADDRESS (see the module's docstring)."""
+        if up.name in self._bulk_sources:
+            return
+        ip = _tool("ip")
+        netns = f"{self.host_netns.removesuffix('-host')}-{up.name}-net"
+        state_dir = self.workdir / f"bulk-source-{up.name}"
+        state_dir.mkdir()
+        self._add_netns(netns)
+        _run(
+            [ip, "-n", up.netns, "link", "add", "isp", "type", "veth", "peer", "name", "net", "netns", netns]
+        )
+        self._batch(up.netns, [f"address add {_BULK_GATEWAY}/{_BULK_PREFIXLEN} dev isp", "link set isp up"])
+        self._batch(
+            netns,
+            [
+                f"address add {BULK_ADDRESS}/{_BULK_PREFIXLEN} dev net",
+                "link set net up",
+                f"route add default via {_BULK_GATEWAY} dev net",
+            ],
+        )
+        _run([ip, "netns", "exec", up.netns, _tool("sysctl"), "-qw", "net.ipv4.ip_forward=1"])
+        self._wait_servers("bulk source", [(state_dir, self._launch_server(netns, state_dir))])
+        self._bulk_sources.add(up.name)
 
     # -- running things in the host namespace ---------------------------------------------------
 
@@ -430,6 +680,32 @@ class Topology:
         self._procs.append(proc)
         return proc
 
+    def bulk_download(
+        self, uplink_index: int, seconds: float | None = None, *, streams: int = 1, url: str = BULK_URL
+    ) -> BulkDownload:
+        """Start a download through uplink `uplink_index` from the bulk source behind its router (see
+        BulkDownload); stop it with stop() or by leaving the `with` block. It ends by itself after `seconds`
+        if given, and with the lab. With the upstream's rate_limit() it saturates the link at once, and fills
+        the queue as TCP's window grows (a 1.5 s queue at 4 Mbit/s: about 10 s); Upstream.wait_queue()
+        waits for that."""
+        if not 0 <= uplink_index < len(self.upstreams):
+            raise ValueError(f"uplink_index must be 0..{len(self.upstreams) - 1}, got {uplink_index}")
+        up = self.upstreams[uplink_index]
+        self._bulk_source(up)
+        download = BulkDownload(self.host_netns, up.iface, url, streams, seconds)
+        self._downloads.append(download)
+        return download.start()
+
+    def fetch_seconds(self, iface: str, url: str, timeout: float = 10) -> float:
+        """Seconds a plain HTTP GET of `url` takes from the host namespace through `iface` (curl's
+        time_total: connect, request, whole answer); CommandError if it fails or takes over `timeout`."""
+        out = self.host(
+            _tool("curl"), "--silent", "--show-error", "--output", "/dev/null", "--interface", f"if!{iface}",
+            "--max-time", f"{timeout:g}", "--write-out", "%{time_total}", url,
+            timeout=timeout + 10,
+        ).stdout  # fmt: skip
+        return float(out.strip())
+
     # -- observing the host namespace -----------------------------------------------------------
 
     def _ip_json(self, *args: str) -> list[dict[str, Any]]:
@@ -441,6 +717,11 @@ class Topology:
         """(rx_packets, tx_packets) of a host-namespace device."""
         stats = self._ip_json("-s", "link", "show", "dev", iface)[0]["stats64"]
         return int(stats["rx"]["packets"]), int(stats["tx"]["packets"])
+
+    def iface_bytes(self, iface: str) -> tuple[int, int]:
+        """(rx_bytes, tx_bytes) of a host-namespace device."""
+        stats = self._ip_json("-s", "link", "show", "dev", iface)[0]["stats64"]
+        return int(stats["rx"]["bytes"]), int(stats["tx"]["bytes"])
 
     def default_routes(self, family: int = 4) -> list[tuple[str, int]]:
         """(device, metric) of the host namespace's default routes, lowest metric first."""
@@ -460,6 +741,9 @@ class Topology:
         """Kill every process, delete every namespace and the temp dir. Idempotent, never raises."""
         if self._closed:
             return
+        for download in self._downloads:
+            with contextlib.suppress(Exception):
+                download.stop()
         with contextlib.suppress(Exception):
             _stop(self._procs)
         for name in reversed(self._netns):

@@ -1,7 +1,8 @@
 """A simulated ISP's "internet": HTTP probe targets and a DNS resolver, run inside an upstream namespace.
 
 Started by nmfailover.lab.sandbox as
-`ip netns exec UP python -m nmfailover.lab.upstream --state-dir DIR --resolver IP`.
+`ip netns exec UP python -m nmfailover.lab.upstream --state-dir DIR --resolver IP`, and without
+`--resolver` (HTTP only) as the bulk source behind the upstream's router.
 
 State directory protocol (all plain files, so the test process needs no IPC):
 - `mode` (written by the lab, read on every HTTP request): `ok` (default), `portal`, `wrong-body`,
@@ -9,6 +10,11 @@ State directory protocol (all plain files, so the test process needs no IPC):
 - `http.log`: one line per HTTP request: `METHOD<TAB>HOST<TAB>PATH<TAB>LOCAL-ADDRESS<TAB>PEER-ADDRESS`.
 - `dns.log`: one line per DNS query: `QNAME<TAB>QTYPE<TAB>PEER-ADDRESS`.
 - `ready`: created once every socket listens.
+
+Besides the probe pages, `GET /bulk` streams zeros until the client closes (or `?bytes=N` of them), for
+loading a link: sent with a loss-based congestion control (`?cc=NAME`, default cubic) that keeps sending
+until the queue in front of the link overflows, which is what makes bufferbloat, whatever the machine's
+default (often BBR, which would keep the queue short). The probe-page modes do not apply to it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import socket
 from pathlib import Path
 from typing import cast
+from urllib.parse import parse_qs
 
 import dns.exception
 import dns.flags
@@ -45,6 +52,9 @@ LOGIN_BODY = (
     b'<body><form action="http://portal.example/login"><input name="user"></form></body></html>\n'
 )
 REASONS = {200: "OK", 204: "No Content", 302: "Found", 400: "Bad Request", 404: "Not Found"}
+BULK_PATH = "/bulk"
+BULK_CHUNK = bytes(64 * 1024)
+BULK_CONGESTION_CONTROL = "cubic"
 # Bounded so a half-open client can neither pin a task forever nor feed us unlimited headers.
 HEADER_TIMEOUT = 10.0
 MAX_HEADER_LINES = 100
@@ -89,6 +99,36 @@ async def _answer(state_dir: Path, path: str) -> bytes:
     return _response(404, b"not found\n")
 
 
+def _bulk_params(query: str) -> tuple[int | None, str]:
+    """(bytes to send or None for endless, congestion control) from /bulk's query string."""
+    params = parse_qs(query)
+    count = params.get("bytes", [""])[-1]
+    cc = params.get("cc", [BULK_CONGESTION_CONTROL])[-1]
+    return (int(count) if count.isdigit() else None), cc
+
+
+async def _send_bulk(writer: asyncio.StreamWriter, method: str, query: str) -> None:
+    count, cc = _bulk_params(query)
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        # Needs CAP_NET_ADMIN for an algorithm not in tcp_allowed_congestion_control; the lab runs as root.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode("ascii", "replace"))
+    headers = ["HTTP/1.1 200 OK", "Content-Type: application/octet-stream", "Connection: close"]
+    if count is not None:
+        headers.append(f"Content-Length: {count}")
+    writer.write(("\r\n".join(headers) + "\r\n\r\n").encode("ascii"))
+    if method == "HEAD":
+        return
+    remaining = count
+    while remaining is None or remaining > 0:
+        chunk = BULK_CHUNK if remaining is None or remaining >= len(BULK_CHUNK) else BULK_CHUNK[:remaining]
+        writer.write(chunk)
+        await writer.drain()  # the pace of the link: blocks while the socket buffer is full
+        if remaining is not None:
+            remaining -= len(chunk)
+
+
 async def _handle_http(state_dir: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         async with asyncio.timeout(HEADER_TIMEOUT):
@@ -109,10 +149,14 @@ async def _handle_http(state_dir: Path, reader: asyncio.StreamReader, writer: as
         else:
             method, target, _version = parts
             _append(state_dir / "http.log", [method, host, target, str(local[0]), str(peer[0])])
-            response = await _answer(state_dir, target.split("?", 1)[0])
-            if method == "HEAD":
-                response = response.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
-            writer.write(response)
+            path, _, query = target.partition("?")
+            if path == BULK_PATH:
+                await _send_bulk(writer, method, query)
+            else:
+                response = await _answer(state_dir, path)
+                if method == "HEAD":
+                    response = response.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+                writer.write(response)
         await writer.drain()
     except (TimeoutError, ConnectionError):
         pass
@@ -163,7 +207,7 @@ class _DNSProtocol(asyncio.DatagramProtocol):
         self.transport.sendto(wire, addr)
 
 
-async def serve(state_dir: Path, resolver: str, http_port: int = 80, dns_port: int = 53) -> None:
+async def serve(state_dir: Path, resolver: str | None, http_port: int = 80, dns_port: int = 53) -> None:
     loop = asyncio.get_running_loop()
     server = await asyncio.start_server(
         lambda r, w: _handle_http(state_dir, r, w),
@@ -171,10 +215,11 @@ async def serve(state_dir: Path, resolver: str, http_port: int = 80, dns_port: i
         port=http_port,
         reuse_address=True,
     )
-    family = socket.AF_INET6 if ":" in resolver else socket.AF_INET
-    await loop.create_datagram_endpoint(
-        lambda: _DNSProtocol(state_dir), local_addr=(resolver, dns_port), family=family
-    )
+    if resolver is not None:
+        family = socket.AF_INET6 if ":" in resolver else socket.AF_INET
+        await loop.create_datagram_endpoint(
+            lambda: _DNSProtocol(state_dir), local_addr=(resolver, dns_port), family=family
+        )
     (state_dir / "ready").write_text("ready\n", encoding="utf-8")
     async with server:
         await server.serve_forever()
@@ -183,7 +228,7 @@ async def serve(state_dir: Path, resolver: str, http_port: int = 80, dns_port: i
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--state-dir", type=Path, required=True)
-    parser.add_argument("--resolver", required=True, help="address to serve DNS on (UDP 53)")
+    parser.add_argument("--resolver", help="address to serve DNS on (UDP 53); without it, HTTP only")
     parser.add_argument("--http-port", type=int, default=80)
     parser.add_argument("--dns-port", type=int, default=53)
     args = parser.parse_args(argv)
