@@ -621,14 +621,26 @@ async def test_a_busy_link_whose_probes_time_out_is_slow_not_dead() -> None:
     async def record(event: SwitchEvent) -> None:
         moves.append(event.to_profile)
 
-    engine = Engine(SETTINGS, nm, PROFILES, prober, listeners=[record], rx_counter=rx)
+    timeouts: list[float] = []
+    answer = prober.__call__
+
+    async def recording(link: Link, targets: Sequence[Target], timeout: float, needed: int) -> RoundResult:
+        if link.interface == "wana":
+            timeouts.append(timeout)
+        return await answer(link, targets, timeout, needed)
+
+    settings = SETTINGS.model_copy(update={"probe_timeout": 0.04, "probe_timeout_min": 0.01})
+    engine = Engine(settings, nm, PROFILES, recording, listeners=[record], rx_counter=rx)
     task = await start(engine)
     prober.healthy["wana"] = False  # every probe through the primary times out: its queue is full
     await asyncio.sleep(0.5)  # ten rounds and more
     assert moves == [] and engine.current == 0
     assert Operator(engine).status()["uplinks"][0]["busy_rx_bytes"] == 1_000_000
     receiving["wana"] = False  # and now nothing arrives any more: dead, as fast as ever
+    asked = len(timeouts)
     await wait_until(lambda: engine.current == 1, timeout=1)
+    # Traffic that stops dead is no slow moment: the confirming round gets no extra patience.
+    assert timeouts[asked : asked + 2] == [0.01, 0.01], timeouts[asked - 2 :]
     await wait_until(lambda: moves == ["backup"])  # listeners hear of it in the background
     await stop(engine, task)
 

@@ -43,12 +43,12 @@ class ProbeScheduler:
         self._rx_counter = rx_counter or rx_bytes
 
     def interval(self, uplink: Uplink) -> float:
-        if uplink.health.suspect:
-            # Confirm as soon as the link's own answer time allows: a doubt is settled in two timeouts.
-            return min(
-                self.settings.suspect_interval,
-                self.round_timeout(uplink, self.round_targets(uplink, peek=True)),
-            )
+        # A busy link's probes prove nothing either way: ask again soon, so that the moment its traffic
+        # stops arriving (a cut under load) is the moment the rounds start to count.
+        if uplink.health.suspect or uplink.busy_rx is not None:
+            # Confirm as soon as the round that raised the doubt has timed out: start to start, its timeout.
+            last = uplink.round_timeout if uplink.round_timeout is not None else self.settings.probe_timeout
+            return min(self.settings.suspect_interval, last)
         # Uplinks we would rather be on are watched as closely as the one carrying traffic, so a recovered
         # primary is noticed in seconds; the rest (often metered) less often.
         current = self._current()
@@ -96,20 +96,20 @@ class ProbeScheduler:
         confirming round, a dead link fails it just as surely."""
         floor, ceiling = self.settings.timeout_floor, self.settings.probe_timeout
         own = max(probe_timeout(uplink.rtt.get(t.url, RttEstimate()), floor, ceiling) for t in targets)
-        backoff = 2 ** min(uplink.health.consecutive_failures, 8) if uplink.health.health is Health.UP else 1
+        # No patience for a link whose traffic has just stopped dead: that is how a cut under load looks.
+        doubt = uplink.health.health is Health.UP and not uplink.went_silent
+        backoff = 2 ** min(uplink.health.consecutive_failures, 8) if doubt else 1
         return min(ceiling, own * backoff)
 
-    def round_targets(self, uplink: Uplink, *, peek: bool = False) -> Sequence[Target]:
+    def round_targets(self, uplink: Uplink) -> Sequence[Target]:
         """Every target while anything is in doubt; on a steadily healthy uplink only as many as the quorum,
         in rotation, which cuts probe traffic (backups are often metered) without slowing detection: a
         failed lean round makes the uplink suspect, and the next round asks every target at once."""
         targets = self.settings.probe_targets
         if uplink.health.health != Health.UP or uplink.health.suspect:
             return targets
-        rotation = uplink.rotation + 1
-        if not peek:
-            uplink.rotation = rotation
-        return [targets[(rotation + i) % len(targets)] for i in range(self.settings.probe_quorum)]
+        uplink.rotation += 1
+        return [targets[(uplink.rotation + i) % len(targets)] for i in range(self.settings.probe_quorum)]
 
     async def probe(self, uplink: Uplink) -> None:
         uplink.probed_at = self.clock()
@@ -140,6 +140,9 @@ class ProbeScheduler:
         rate = self.settings.busy_rx_rate
         loaded = rate > 0 and received >= rate * max(self.clock() - started, timeout)
         busy = loaded and not result.ok and all(r.unanswered for r in result.results)
+        uplink.went_silent = (
+            not result.ok and not loaded and (uplink.busy_rx is not None or uplink.went_silent)
+        )
         uplink.busy_rx = received if busy else None
         before = uplink.health
         if busy:

@@ -29,6 +29,7 @@ class Uplink:
     rtt: dict[str, RttEstimate] = field(default_factory=dict)  # per target URL
     round_timeout: float | None = None  # what the last round allowed each answer
     busy_rx: int | None = None  # bytes the device received during the last round, if it timed out busy
+    went_silent: bool = False  # it was busy, and its traffic stopped with its probes unanswered
     probe_payload: int = 0  # bytes our probes sent and received through it (above UDP/TCP) since start
     failed_rounds: int = 0
     rotation: int = 0  # which targets a lean round asks next
