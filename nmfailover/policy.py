@@ -145,7 +145,9 @@ def quality(state: UplinkHealth, now: float, params: PolicyParams) -> Quality:
     answered = sorted(s.latency for s in window if s.ok)
     p50, p95 = _percentile(answered, 0.5), _percentile(answered, 0.95)
     why = None
-    if len(window) >= params.brownout_min_samples:
+    # Sustained means over most of the window: a few slow or lost answers right after a change prove little.
+    sustained = now - window[0].at >= params.brownout_window / 2
+    if len(window) >= params.brownout_min_samples and sustained:
         baseline = state.baseline
         if loss >= params.brownout_loss:
             why = f"{loss:.0%} of answers lost over {_secs(params.brownout_window)}"

@@ -27,7 +27,7 @@ from tests.daemon import running_daemon
 pytestmark = pytest.mark.lab
 
 RATE_KBIT = 4000
-QUEUE_MS = 1500
+QUEUE_MS = 1200  # 1-2 s of queueing is common on DSL, cable and 4G; probes time out behind it
 LOAD_SECONDS = 300.0  # how long the saturated primary must keep the traffic
 QUEUE_READY = 1.0  # seconds of queue the download must have built before the test proper starts
 SETTLE_SECONDS = 10.0  # load before the cut: the daemon has seen the busy link for a few rounds

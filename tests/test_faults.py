@@ -120,7 +120,7 @@ def test_uplink_device_disappears_and_comes_back(nmlab: NMLab, tmp_path: Path) -
         took = daemon.wait_route("wanb", timeout=10)
         assert took < 3, f"took {took:.1f} s to leave a deleted device"
         daemon.wait_log(r"primary \(wana\) down")
-        assert nmlab.default_routes(4) == [("wanb", 100)]
+        wait_for(lambda: nmlab.default_routes(4) == [("wanb", 100)], 5, "the backup at the base metric")
 
         recreate_uplink_device(nmlab, primary)
         nmlab.nmcli("connection", "up", "primary")
@@ -328,7 +328,9 @@ def test_slow_target_just_under_and_just_over_the_timeout(
         if healthy:
             time.sleep(7)  # three active rounds and then some
             assert preferred(nmlab, "wana", "wanb")
-            assert "primary (wana) failing" not in daemon.text()
+            # Its timeouts follow its answer times: the first slow answers may raise a doubt, which the
+            # confirming round (with the full timeout) settles, and the timeouts then grow to fit.
+            assert "switching" not in daemon.text() and "primary (wana) down" not in daemon.text()
         else:
             wait_preferred(nmlab, "wanb", "wana", 15)
             assert re.search(r"primary \(wana\) down: 3/3 targets failed \(timeout\)", daemon.text())

@@ -650,9 +650,9 @@ BROWN = PolicyParams(fail_count=3, rise_count=2, failback_hold_down=30.0, browno
 
 
 def window(pattern: str, latency: float = 0.02, end: float = 100.0) -> tuple[Sample, ...]:
-    """One sample a second ending at `end`: '+' answered in `latency`, '-' lost."""
+    """One sample every 2 s ending at `end`: '+' answered in `latency`, '-' lost."""
     return tuple(
-        Sample(end - len(pattern) + 1 + i, c == "+", latency if c == "+" else 1.0)
+        Sample(end - 2 * (len(pattern) - 1 - i), c == "+", latency if c == "+" else 1.0)
         for i, c in enumerate(pattern)
     )
 
@@ -709,9 +709,12 @@ def test_record_learns_the_usual_answer_time_only_while_not_degraded() -> None:
     assert state.baseline == 0.02 and state.degraded_at is None
     state = record(state, [(True, 0.036)], 2.0, BROWN)
     assert state.baseline == pytest.approx(0.021)  # 1/16 of the way
-    for t in range(3, 9):  # half the answers lost: degraded, and the usual time stays put
-        state = record(state, [(t % 2 == 0, 0.5)], float(t), BROWN)
-    assert state.degraded_at == 8.0 and state.baseline == pytest.approx(0.021 + (0.5 - 0.021) / 16, abs=0.05)
+    for t in range(3, 15):  # two answers in three lost, for over half the window: degraded
+        state = record(state, [(t % 3 == 0, 0.5)], float(t), BROWN)
+        if t == 12:
+            learnt = state.baseline
+    assert state.degraded_at == 14.0
+    assert state.baseline == learnt  # the slow answers of a brownout teach nothing about the usual time
 
 
 DEGRADED = replace(H(UP, at=0.0), samples=window("+-+-+-+-+-"), baseline=0.02, degraded_at=100.0)

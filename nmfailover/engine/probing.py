@@ -91,15 +91,15 @@ class ProbeScheduler:
             await self._after_round()
 
     def round_timeout(self, uplink: Uplink, targets: Sequence[Target]) -> float:
-        """The longest of the targets' own timeouts, from their answer times through this uplink, doubled
-        for each round that has just failed (TCP's back-off): a sudden detour or a slow moment passes the
-        confirming round, a dead link fails it just as surely."""
+        """The longest of the targets' own timeouts, from their answer times through this uplink; a round
+        that confirms a doubt waits the full NMFAILOVER_PROBE_TIMEOUT: a server or a path that has just
+        become slower passes it (and its answer times teach the new pace), a dead link fails it as surely."""
         floor, ceiling = self.settings.timeout_floor, self.settings.probe_timeout
-        own = max(probe_timeout(uplink.rtt.get(t.url, RttEstimate()), floor, ceiling) for t in targets)
         # No patience for a link whose traffic has just stopped dead: that is how a cut under load looks.
-        doubt = uplink.health.health is Health.UP and not uplink.went_silent
-        backoff = 2 ** min(uplink.health.consecutive_failures, 8) if doubt else 1
-        return min(ceiling, own * backoff)
+        doubt = uplink.health.health is Health.UP and uplink.health.consecutive_failures > 0
+        if doubt and not uplink.went_silent:
+            return ceiling
+        return max(probe_timeout(uplink.rtt.get(t.url, RttEstimate()), floor, ceiling) for t in targets)
 
     def round_targets(self, uplink: Uplink) -> Sequence[Target]:
         """Every target while anything is in doubt; on a steadily healthy uplink only as many as the quorum,
