@@ -142,7 +142,7 @@ def _judge(target: Target, status: int, location: str | None, body: bytes, peer:
 async def _fetch(link: Link, target: Target, progress: Progress, deadline: float) -> tuple[Reason, str]:
     # A client and transport per probe: every round must really connect, never reuse a keep-alive from an
     # earlier round, and nothing stays open between rounds.
-    transport = BoundTransport(link, deadline, progress)
+    transport = BoundTransport(link, deadline, progress, https=target.url.lower().startswith("https:"))
     async with (
         client(transport) as http,
         http.stream("GET", target.url, headers={"Cache-Control": "no-cache"}) as response,

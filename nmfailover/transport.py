@@ -303,6 +303,10 @@ class _BoundBackend(httpcore.AsyncNetworkBackend):
 _ssl_context: ssl.SSLContext | None = None
 
 
+def _is_https(url: str) -> bool:
+    return url.lower().startswith("https:")
+
+
 def _tls() -> ssl.SSLContext:
     # Loading the CA store takes milliseconds of blocking work; do it once.
     global _ssl_context
@@ -355,9 +359,13 @@ class BoundTransport(httpx.AsyncBaseTransport):
     `progress` follows the requests' steps for blame(); give each transport its own.
     """
 
-    def __init__(self, link: Link, deadline: float, progress: Progress | None = None) -> None:
+    def __init__(
+        self, link: Link, deadline: float, progress: Progress | None = None, *, https: bool = True
+    ) -> None:
         backend = _BoundBackend(link, Progress() if progress is None else progress, deadline)
-        self._pool = httpcore.AsyncConnectionPool(network_backend=backend, ssl_context=_tls(), retries=0)
+        # The CA store costs megabytes of memory for good: only load it once an https URL needs it.
+        tls = _tls() if https else None
+        self._pool = httpcore.AsyncConnectionPool(network_backend=backend, ssl_context=tls, retries=0)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.AsyncByteStream)
@@ -447,7 +455,7 @@ async def post_json(link: Link, url: str, body: bytes, timeout: float) -> int:
     try:
         async with (
             asyncio.timeout_at(deadline),
-            client(BoundTransport(link, deadline, progress)) as http,
+            client(BoundTransport(link, deadline, progress, https=_is_https(url))) as http,
             http.stream("POST", url, content=body, headers=headers) as response,
         ):
             return response.status_code

@@ -187,7 +187,9 @@ def peer(monkeypatch: pytest.MonkeyPatch) -> Callable[[Respond], list[httpx.Requ
             seen.append(request)
             return respond(request)
 
-        def transport(link: Link, deadline: float, progress: object = None) -> httpx.MockTransport:
+        def transport(
+            link: Link, deadline: float, progress: object = None, *, https: bool = True
+        ) -> httpx.MockTransport:
             return httpx.MockTransport(handle)
 
         monkeypatch.setattr(probe_module, "BoundTransport", transport)
