@@ -270,15 +270,10 @@ class Settings(BaseSettings):
     @field_validator("failback_guard", mode="before")
     @classmethod
     def _check_guard(cls, value: object) -> object:
-        if isinstance(value, str):
-            if not value.strip():
-                return None
-            path = Path(value)
-            if not path.is_absolute():
-                raise ValueError(f"must be an absolute path; got {value!r}")
-            if not path.is_file() or not os.access(path, os.X_OK):
-                raise ValueError(f"must be an executable file; got {value!r}")
-        return value
+        path = _absolute_path(value)
+        if path is not None and (not path.is_file() or not os.access(path, os.X_OK)):
+            raise ValueError(f"must be an executable file; got {value!r}")
+        return path if isinstance(value, str) else value
 
     @field_validator("webhook_url", mode="before")
     @classmethod
@@ -302,12 +297,8 @@ class Settings(BaseSettings):
     @field_validator("metrics_textfile", mode="before")
     @classmethod
     def _check_metrics_textfile(cls, value: object) -> object:
-        if isinstance(value, str):
-            if not value.strip():
-                return None
-            path = Path(value)
-            if not path.is_absolute():
-                raise ValueError(f"must be an absolute path; got {value!r}")
+        path = _absolute_path(value)
+        if path is not None:
             if path.suffix != ".prom":
                 # node_exporter's textfile collector reads *.prom and nothing else.
                 raise ValueError(f"must end in .prom; got {value!r}")
@@ -315,7 +306,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"no such directory: {str(path.parent)!r}")
             if path.is_dir():
                 raise ValueError(f"is a directory; name a file in it; got {value!r}")
-        return value
+        return path if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -364,6 +355,15 @@ class Settings(BaseSettings):
                 f"apart: the last would get {highest}, above {MAX_METRIC}; got {self.metric_base}",
             )
         return self
+
+
+def _absolute_path(value: object) -> Path | None:
+    """A path setting given as text: None when empty (the feature is off), else it must be absolute."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    if not Path(value).is_absolute():
+        raise ValueError(f"must be an absolute path; got {value!r}")
+    return Path(value)
 
 
 def _known_variables() -> frozenset[str]:
