@@ -143,9 +143,10 @@ def test_default_route_carries_traffic_out_of_wana(topology: Topology) -> None:
     for target in TARGET_ADDRESSES:
         assert http_get(topology, target)["result"] == 204
     assert http_get(topology, "2001:db8:ffff::11", "/success.txt")["body"] == "success\n"
-    # IPv6 housekeeping (MLD reports) may add a packet or two on either link; four requests are dozens.
-    assert topology.iface_counters("wana")[1] - tx_a >= 20
-    assert topology.iface_counters("wana")[0] - rx_a >= 20
+    # IPv6 housekeeping (MLD reports) may add a packet or two on either link. Each request is at least
+    # three packets each way (handshake, request or response, close); GRO and delayed ACKs merge the rest.
+    assert topology.iface_counters("wana")[1] - tx_a >= 12
+    assert topology.iface_counters("wana")[0] - rx_a >= 12
     assert topology.iface_counters("wanb")[1] - tx_b <= 3
     assert (a.http_requests(), b.http_requests()) == (4, 0)
     assert a.http_log()[0].split("\t")[-1] == "192.0.2.2"
