@@ -4,7 +4,7 @@ Everything runs in the sandbox (nmfailover/lab/sandbox.py): a real NetworkManage
 simulated uplinks in network namespaces. Needs root; touches none of the machine's own interfaces, routes or
 resolver.
 
-    python bench/failover.py [--runs 10] [--json out.json]
+    python bench/failover.py [--runs 10] [--soak-runs 5] [--only PARTS] [--json out.json]
 
 Prints one table and writes the raw runs as JSON (default bench/results/<date>.json). See bench/README.md.
 This file is the plan: which parts run, in which order, and what goes into the JSON. Each part's runs are in
@@ -33,6 +33,7 @@ from bench.common import (
     FAILBACK_HOLD_DOWN,
     FOOTPRINT_SECONDS,
     NM_CONNECTIVITY,
+    NM_CONNECTIVITY_FAST,
     NM_INTERVAL,
     Attempts,
     Results,
@@ -40,10 +41,10 @@ from bench.common import (
 )
 from bench.measure import LoadMeter, machine
 from bench.report import header, summarise
-from bench.scenarios import actuation, disruption, failback, failover, footprint, nm_check
+from bench.scenarios import actuation, brownout, disruption, failback, failover, footprint, load, nm_check
 from nmfailover.lab.sandbox import lab_available
 
-PARTS = ("failover", "nm", "failback", "actuation", "disruption", "footprint")
+PARTS = ("failover", "nm", "load", "brownout", "failback", "actuation", "disruption", "footprint")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +53,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="raw runs (default bench/results/<date>.json)")
     parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts to run (default: all)")
     parser.add_argument("--nm-triggered-runs", type=int, default=3)
+    parser.add_argument(
+        "--soak-runs",
+        type=int,
+        default=5,
+        help="runs per method of the fault-free minutes under load and light loss (default 5)",
+    )
+    parser.add_argument(
+        "--load-seconds", type=float, default=120.0, help="saturated primary, no fault: seconds per run"
+    )
+    parser.add_argument(
+        "--light-loss-seconds", type=float, default=60.0, help="light loss, no switch wanted: seconds per run"
+    )
     parser.add_argument("--footprint-seconds", type=float, default=FOOTPRINT_SECONDS)
     parser.add_argument(
         "--table-from", type=Path, metavar="JSON", help="only print the table of an earlier run"
@@ -107,6 +120,10 @@ def run_parts(args: argparse.Namespace, parts: set[str], results: Results, attem
         failover.part(results, args.runs, workdir, attempts)
     if "nm" in parts:
         nm_check.part_triggered(results, args.nm_triggered_runs, attempts)
+    if "load" in parts:
+        load.part(results, args.runs, args.soak_runs, args.load_seconds, workdir, attempts)
+    if "brownout" in parts:
+        brownout.part(results, args.runs, args.soak_runs, args.light_loss_seconds, workdir, attempts)
     if "failback" in parts:
         failback.part(results, args.runs, workdir, attempts)
     if "disruption" in parts:
@@ -132,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         "date": today,
         "machine": machine(),
         "runs_per_scenario": args.runs,
+        "soak_runs_per_method": args.soak_runs,
         "settings": {
             "nmfailover": "defaults (only UPLINKS, PROBE_URLS, ENV_FILE set); "
             f"failback cycles with FAILBACK_HOLD_DOWN={FAILBACK_HOLD_DOWN:g}",
             "nm_connectivity": NM_CONNECTIVITY,
+            "nm_connectivity_fast": NM_CONNECTIVITY_FAST,
         },
     }
     attempts = Attempts()

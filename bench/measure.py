@@ -82,6 +82,23 @@ class RouteStory:
         return RouteStory(first, settled, no_route, len(after))
 
 
+@dataclass
+class Soak:
+    """What the default route did over a stretch with the primary meant to stay in use."""
+
+    # Moves from one uplink to the other: a gap without any route that ends where it began is none.
+    switches: int
+    off_primary: float  # seconds the route was not on the primary (on the backup or none at all)
+
+    @staticmethod
+    def of(watch: RouteWatch, primary: str = "wana") -> Soak:
+        uplinks = [r for _, r in watch.changes if r not in (None, "?")]
+        switches = sum(a != b for a, b in zip(uplinks, uplinks[1:], strict=False))
+        ends = [t for t, _ in watch.changes[1:]] + [watch.last_seen]
+        off = sum(end - t for (t, r), end in zip(watch.changes, ends, strict=False) if r != primary)
+        return Soak(switches, off)
+
+
 def nm_log_offset(lab: NMLab) -> int:
     return lab.nm_log.stat().st_size
 
@@ -103,13 +120,15 @@ def log_lines(text: str, pattern: str) -> list[str]:
     return [line for line in text.splitlines() if re.search(pattern, line)]
 
 
-def inject(lab: NMLab, scenario: str) -> float:
-    """Apply the fault to the primary's upstream; returns the moment just before it (the clock starts)."""
+def inject(lab: NMLab, scenario: str, loss: int = 0) -> float:
+    """Apply the fault to the primary's upstream (`loss`: the percentage for "lossy"); returns the moment
+    just before it (the clock starts)."""
     up = lab.upstreams[0]
     faults: dict[str, Callable[[], None]] = {
         "blackhole": up.blackhole,
         "refuse": up.refuse,
         "cable": up.cut_cable,
+        "lossy": lambda: up.lossy(loss),
     }
     action = faults[scenario]
     started = now()

@@ -1,4 +1,4 @@
-"""The three methods compared, each started in a lab: nmfailover, the virtual-failover method, NM's check."""
+"""The methods compared, each started in a lab: nmfailover, the virtual-failover method, NM's check."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.common import BENCH_DIR
+from bench.common import BENCH_DIR, NM_CONNECTIVITY, NM_CONNECTIVITY_FAST, NMC, NMC_FAST, NMF, VF
 from nmfailover.lab.demo import DaemonProcess, daemon_env
 from nmfailover.lab.sandbox import TARGET_ADDRESSES, NMLab
 
@@ -100,3 +100,27 @@ def trigger_nm_check(lab: NMLab) -> subprocess.Popen[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+# -- any of them ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running(method: str, workdir: Path) -> Iterator[NMLab]:
+    """A fresh lab with `method` in charge of the default route, yielded once the method is ready."""
+    config = {NMC: NM_CONNECTIVITY, NMC_FAST: NM_CONNECTIVITY_FAST}.get(method, "")
+    with NMLab(2, extra_nm_config=config) as lab:
+        if method == NMF:
+            with daemon_in(lab, workdir / "nmfailover.log"):
+                yield lab
+        elif method == VF:
+            vf = VirtualFailover(lab)
+            try:
+                if vf.event("ready", 30) is None:
+                    raise RuntimeError("alt_virtual_failover never got ready: " + "\n".join(vf.lines))
+                yield lab
+            finally:
+                vf.stop()
+        else:
+            wait_nm_full(lab)
+            yield lab

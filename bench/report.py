@@ -5,6 +5,7 @@ Works on the JSON results alone, so `--table-from` can redraw the table of an ea
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,14 +13,20 @@ from typing import Any
 from bench.common import (
     DEFAULT_HOLD_DOWN,
     FAILBACK_HOLD_DOWN,
+    FAILOVER_METHODS,
     METHOD_TITLES,
     METHODS,
+    NM_FAST_INTERVAL,
     NM_INTERVAL,
     NMC,
+    NMC_FAST,
     NMF,
     POLL,
     SCENARIOS,
+    STRESS_METHODS,
     VF,
+    VF_BACKUP_INTERVAL,
+    VF_PRIMARY_INTERVAL,
     Results,
     Run,
     fmt,
@@ -28,6 +35,12 @@ from bench.common import (
 # median, p90, worst and n (the number of runs; 0 for a derived figure)
 Quantiles = dict[str, float]
 Summary = dict[str, Any]
+
+RATIO_NAMES = {
+    VF: "virtual-failover",
+    NMC_FAST: f"NM connectivity check ({NM_FAST_INTERVAL:g} s)",
+    NMC: "NM connectivity check",
+}
 
 SCENARIO_TITLES = {
     "blackhole": "Failover: silent upstream death (blackhole)",
@@ -43,6 +56,12 @@ def quantiles(values: list[float]) -> Quantiles | None:
     # p90 by the nearest-rank method: with 10 runs it is the 9th, never an interpolation past the data.
     p90 = ordered[max(0, -(-9 * len(ordered) // 10) - 1)]
     return {"median": statistics.median(ordered), "p90": p90, "worst": ordered[-1], "n": len(ordered)}
+
+
+def censored(values: list[float | None]) -> Quantiles | None:
+    """Quantiles where a run that never got there within its limit (None) counts as endless, not as absent:
+    leaving it out would make a method that often fails look fast."""
+    return quantiles([math.inf if v is None else v for v in values])
 
 
 def derived_nm(latency: float) -> Quantiles:
@@ -68,13 +87,32 @@ class Table:
             return
         self.lines.append(f"| {label} | {fmt(q['median'])} | {fmt(q['p90'])} | {fmt(q['worst'])} | {note} |")
 
+    def count(self, label: str, q: Quantiles | None, note: str = "") -> None:
+        """A row of counts (switches), not times."""
+        cells = ["-"] * 3 if q is None else [f"{q[k]:g}" for k in ("median", "p90", "worst")]
+        self.lines.append(f"| {label} | {' | '.join(cells)} | {note} |")
+
     def ratio(self, label: str, a: Quantiles | None, b: Quantiles | None) -> None:
         if a is None or b is None:
             return
-        r = [a[k] / b[k] if b[k] else float("nan") for k in ("median", "p90", "worst")]
+        # A run that never got there, or nothing to divide by, has no meaningful ratio.
+        r = [
+            a[k] / b[k] if b[k] and math.isfinite(a[k]) and math.isfinite(b[k]) else math.nan
+            for k in ("median", "p90", "worst")
+        ]
+        if all(math.isnan(x) for x in r):
+            return
+        cells = ["-" if math.isnan(x) else f"{x:.2f}" for x in r]
         # A tiny ratio would print as 0.00: one more digit keeps it readable.
-        worst = f"{r[2]:.3f}" if min(r) < 0.01 else f"{r[2]:.2f}"
-        self.lines.append(f"| {label} | {r[0]:.2f} | {r[1]:.2f} | {worst} | |")
+        if min((x for x in r if not math.isnan(x)), default=1.0) < 0.01 and not math.isnan(r[2]):
+            cells[2] = f"{r[2]:.3f}"
+        self.lines.append(f"| {label} | {' | '.join(cells)} | |")
+
+    def ratios(self, q: dict[str, Quantiles | None]) -> None:
+        """nmfailover against each baseline in `q`."""
+        for base in (VF, NMC_FAST, NMC):
+            if base in q:
+                self.ratio(f"ratio nmfailover / {RATIO_NAMES[base]}", q.get(NMF), q[base])
 
     def text(self) -> str:
         head = ["| scenario / method | median | p90 | worst | notes |", "| --- | --- | --- | --- | --- |"]
@@ -109,24 +147,25 @@ def failover_section(t: Table, results: Results, summary: Summary) -> None:
         t.title(SCENARIO_TITLES[scenario])
         q: dict[str, Quantiles | None] = {
             m: quantiles([r["failover"] for r in runs.get(m, []) if r["failover"] is not None])
-            for m in METHODS
+            for m in FAILOVER_METHODS
         }
-        failed = {m: sum(r["failover"] is None for r in runs.get(m, [])) for m in METHODS}
+        failed = {m: sum(r["failover"] is None for r in runs.get(m, [])) for m in FAILOVER_METHODS}
         note = ""
         # A fault at a random moment of a 300 s period is derived, not timed (see scenarios/nm_check.py).
         if scenario != "cable" and trig.get(scenario):
             q[NMC], note = _nm_derived(trig[scenario], results.get("nm_periodic"), scenario)
-        for m in METHODS:
+        for m in FAILOVER_METHODS:
             qm = q[m]
-            extra = f"{qm['n']} runs" if qm and qm["n"] else ""
+            if qm is None and not runs.get(m):
+                continue  # not run this time (another part, or results from before it took part)
+            extra = [f"{qm['n']} runs"] if qm and qm["n"] else []
             if failed[m]:
-                extra += f"; {failed[m]} runs never failed over"
-            dead = sum(len(r.get("deactivations", [])) for r in runs.get(m, []))
+                extra.append(f"{failed[m]} runs never failed over")
             if runs.get(m):
-                extra += f"; link deactivations caused: {dead}"
-            t.row(METHOD_TITLES[m], qm, note if m == NMC and note else extra)
-        t.ratio("ratio nmfailover / virtual-failover", q[NMF], q[VF])
-        t.ratio("ratio nmfailover / NM connectivity check", q[NMF], q[NMC])
+                dead = sum(len(r.get("deactivations", [])) for r in runs[m])
+                extra.append(f"link deactivations caused: {dead}")
+            t.row(METHOD_TITLES[m], qm, note if m == NMC and note else "; ".join(extra))
+        t.ratios(q)
         summary[scenario] = q
 
 
@@ -208,17 +247,88 @@ def disruption_section(t: Table, results: Results, summary: Summary) -> None:
     summary["disruption"] = dis
 
 
+def load_section(t: Table, results: Results, summary: Summary) -> None:
+    ul = results.get("under_load")
+    if not ul:
+        return
+    load = (
+        f"{ul['rate_kbit'] / 1000:g} Mbit/s with a {ul['queue_ms'] / 1000:g} s queue, kept full by a download"
+    )
+    q: dict[str, Quantiles | None] = {}
+    if any(ul["failover"].values()):
+        t.title(f"Failover under load: primary at {load}, then a silent cut (blackhole)")
+        for m in STRESS_METHODS:
+            runs = ul["failover"].get(m, [])
+            if not runs:
+                continue
+            cut = [r for r in runs if r["route_at_cut"] == "wana"]
+            q[m] = censored([r["failover"] for r in cut])
+            notes = [f"{len(cut)} runs"]
+            if len(cut) < len(runs):
+                notes.append(f"{len(runs) - len(cut)} more not timed: off the busy primary before the cut")
+            if never := sum(r["failover"] is None for r in cut):
+                notes.append(f"{never} never failed over within {ul['failover_limit']:g} s")
+            queued = [r["queue_at_cut"] for r in runs if r["queue_at_cut"] is not None]
+            notes.append(f"queue at the cut: median {fmt(statistics.median(queued) if queued else None)}")
+            t.row(METHOD_TITLES[m], q[m], "; ".join(notes))
+        t.ratios(q)
+        summary["load_failover"] = q
+    if any(ul["soak"].values()):
+        t.title(f"False switches under load: primary at {load}, no fault, {ul['soak_seconds']:g} s per run")
+        summary["load_switches"] = _switch_rows(t, ul["soak"])
+
+
+def _switch_rows(t: Table, soaks: dict[str, list[Run]]) -> dict[str, Quantiles | None]:
+    """Switches per run for each method, from runs where the primary was meant to stay in use."""
+    q: dict[str, Quantiles | None] = {}
+    for m in STRESS_METHODS:
+        runs = soaks.get(m, [])
+        if not runs:
+            continue
+        q[m] = quantiles([r["switches"] for r in runs])
+        notes = [
+            f"{len(runs)} runs, {sum(r['switches'] for r in runs)} switches in all",
+            f"off the primary at most {fmt(max(r['off_primary'] for r in runs))} in a run",
+        ]
+        if "mbit_per_s" in runs[0]:
+            notes.append(f"primary received {min(r['mbit_per_s'] for r in runs):.2f} Mbit/s or more")
+        t.count(METHOD_TITLES[m], q[m], "; ".join(notes))
+    t.ratios(q)
+    return q
+
+
+def brownout_section(t: Table, results: Results, summary: Summary) -> None:
+    bo = results.get("brownout")
+    if not bo:
+        return
+    if any(bo["heavy"].values()):
+        t.title(
+            f"Brownout: {bo['heavy_loss']} % packet loss each way on the primary's upstream -> default route "
+            "moves to the backup"
+        )
+        q: dict[str, Quantiles | None] = {}
+        for m in STRESS_METHODS:
+            runs = bo["heavy"].get(m, [])
+            if not runs:
+                continue
+            q[m] = censored([r["moved"] for r in runs])
+            note = f"{len(runs)} runs"
+            if never := sum(r["moved"] is None for r in runs):
+                note += f"; {never} never moved within {bo['detect_limit']:g} s"
+            t.row(METHOD_TITLES[m], q[m], note)
+        t.ratios(q)
+        summary["brownout"] = q
+    if any(bo["light"].values()):
+        t.title(f"Light loss: {bo['light_loss']} % each way for {bo['light_seconds']:g} s (no switch wanted)")
+        summary["light_loss_switches"] = _switch_rows(t, bo["light"])
+
+
 def footprint_section(t: Table, results: Results, summary: Summary) -> None:
     fp = results.get("footprint")
     if not fp:
         return
     t.title(f"Footprint (nmfailover at defaults, {fp['elapsed'] / 60:.0f} min)")
     base = fp["baseline_bytes_per_s"]
-
-    def day(rate: float, dev: str) -> str:
-        net = max(0.0, rate - base[dev])
-        return f"{net * 3600 / 1024:.0f} KiB/h = {net * 86400 / 1024 / 1024:.1f} MiB/day"
-
     samples = len(fp["rss_kib_samples"])
     t.lines.append(
         f"| memory (VmRSS) | {fp['rss_kib_median'] / 1024:.1f} MiB | | "
@@ -229,29 +339,47 @@ def footprint_section(t: Table, results: Results, summary: Summary) -> None:
         f"{fp['elapsed']:.0f} s |"
     )
     intervals = fp.get("intervals", {})
-    for dev, role in (("wana", "primary"), ("wanb", "backup")):
-        every = f" (rounds every {intervals[dev]:g} s)" if dev in intervals else ""
-        t.lines.append(
-            f"| probe traffic, {role}{every} | {day(fp['bytes_per_s'][dev], dev)} "
-            f"| | | {fp['http_requests'][dev]} HTTP requests; lab background subtracted |"
-        )
     vfr = fp.get("virtual_failover_bytes_per_s")
-    if vfr:
-        t.lines.append(
-            f"| virtual-failover method, primary / backup | {day(vfr['wana'], 'wana')} / "
-            f"{day(vfr['wanb'], 'wanb')} | | | checks every 5 / 10 s |"
-        )
+    fast = fp.get("nm_fast_check_bytes_per_s")
     nmc = fp.get("nm_check_bytes_per_check")
-    if nmc:
-        per_day = {d: nmc[d] * 86400 / NM_INTERVAL / 1024 / 1024 for d in nmc}
-        t.lines.append(
-            f"| NM connectivity check, per uplink | {per_day['wana']:.2f} MiB/day | | | "
-            f"{nmc['wana']:.0f} bytes per check, one check per {NM_INTERVAL:g} s |"
-        )
+    per_day: dict[str, dict[str, float]] = {}
+    for dev, role in (("wana", "primary"), ("wanb", "backup")):
+        t.title(f"Probe traffic per day, {role} uplink ({dev}); lab background subtracted")
+        rates = {NMF: fp["bytes_per_s"][dev]}  # bytes per second, the idle lab's own included
+        every = f"rounds every {intervals[dev]:g} s; " if dev in intervals else ""
+        notes = {NMF: f"{every}{fp['http_requests'][dev]} HTTP requests"}
+        if vfr:
+            rates[VF] = vfr[dev]
+            notes[VF] = f"checks every {VF_PRIMARY_INTERVAL if dev == 'wana' else VF_BACKUP_INTERVAL:g} s"
+        if fast:
+            rates[NMC_FAST] = fast[dev]
+            notes[NMC_FAST] = f"a check every {fp['nm_fast_interval']:g} s"
+        day = {m: max(0.0, rate - base[dev]) * 86400 / 1024 / 1024 for m, rate in rates.items()}
+        if nmc:
+            # Measured per check: at one check per 300 s, minutes of traffic would see only a few.
+            day[NMC] = nmc[dev] * 86400 / NM_INTERVAL / 1024 / 1024
+            notes[NMC] = f"derived: {nmc[dev]:.0f} bytes per check, one check per {NM_INTERVAL:g} s"
+        for m, mib in day.items():
+            t.lines.append(f"| {METHOD_TITLES[m]} | {mib:.3g} MiB/day | | | {notes[m]} |")
+        for other in (VF, NMC_FAST, NMC):
+            if day.get(other):
+                t.lines.append(
+                    f"| ratio nmfailover / {RATIO_NAMES[other]} | {day[NMF] / day[other]:.3g} | | | |"
+                )
+        per_day[dev] = day
     summary["footprint"] = {k: v for k, v in fp.items() if k != "rss_kib_samples"}
+    summary["probe_mib_per_day"] = per_day
 
 
-SECTIONS = (failover_section, failback_section, actuation_section, disruption_section, footprint_section)
+SECTIONS = (
+    failover_section,
+    load_section,
+    brownout_section,
+    failback_section,
+    actuation_section,
+    disruption_section,
+    footprint_section,
+)
 
 
 def summarise(results: Results) -> tuple[str, Summary]:

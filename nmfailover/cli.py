@@ -27,6 +27,7 @@ from .control import BUS_NAME, call_daemon
 from .daemon import connect, run_daemon
 from .doctor import run as run_doctor
 from .engine import role_name
+from .engine.actuator import metered_uplinks, metered_warning
 from .errors import (
     ConfigError,
     ControlAccessDenied,
@@ -238,6 +239,7 @@ async def _check(settings: Settings, as_json: bool) -> int:
     client = NetworkManagerClient()
     try:
         profiles = await connect(settings, client)
+        marked = metered_uplinks(settings, profiles)  # a name that is no uplink: ConfigError, exit 2
         links = [await client.link_state(p.uuid) for p in profiles]
     except NMUnavailable as exc:
         print(f"nmfailover: {exc}", file=sys.stderr)
@@ -271,8 +273,17 @@ async def _check(settings: Settings, as_json: bool) -> int:
                 }
             )
     verdicts = [
-        {"uplink": role_name(i), "profile": p.id, "healthy": r.ok, "summary": r.summary}
-        for i, (p, r) in enumerate(zip(profiles, rounds, strict=True))
+        {
+            "uplink": role_name(i),
+            "profile": p.id,
+            "healthy": r.ok,
+            "summary": r.summary,
+            # As NetworkManager reports the device now: check changes nothing, so not yet what `run` marks.
+            "metered": link.metered_name,
+            "metered_marked": i in marked,
+            "metered_warning": metered_warning(i, link, i in marked),
+        }
+        for i, (p, link, r) in enumerate(zip(profiles, links, rounds, strict=True))
     ]
     if as_json:
         print(json.dumps({"probes": rows, "uplinks": verdicts}, indent=2))
@@ -285,6 +296,9 @@ async def _check(settings: Settings, as_json: bool) -> int:
         for verdict in verdicts:
             state = "healthy" if verdict["healthy"] else "UNHEALTHY"
             print(f"{verdict['uplink']} ({verdict['profile']}): {state}: {verdict['summary']}")
+        for verdict in verdicts:
+            if verdict["metered_warning"]:
+                print(f"warning: {verdict['metered_warning']}")
     return EXIT_OK if rounds[0].ok else EXIT_FAILURE
 
 
@@ -317,6 +331,10 @@ def print_status(status: dict[str, Any]) -> None:
             "health": u["health"],
             "latency": "-" if u["latency_ms"] is None else f"{u['latency_ms']:g} ms",
             "fail/ok": f"{u['consecutive_failures']}/{u['consecutive_successes']}",
+            "loss, rtt p50/p95": _quality_cell(u),
+            "probe bytes": _size(u.get("probe_bytes", 0)),
+            # .get: a daemon started before an upgrade answers without these until it is restarted.
+            "metered": _metered_cell(u.get("metered"), u.get("metered_marked", False)),
             "last probe": u["reason"] or "-",
         }
         for u in uplinks
@@ -327,6 +345,27 @@ def print_status(status: dict[str, Any]) -> None:
     print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
     for row in rows:
         print("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
+    for u in uplinks:
+        if u.get("metered_warning"):
+            print(f"warning: {u['metered_warning']}")
+
+
+def _quality_cell(u: dict[str, Any]) -> str:
+    if u.get("rtt_p50_ms") is None:
+        return "-"
+    return f"{u['loss_pct']:g} %, {u['rtt_p50_ms']:g}/{u['rtt_p95_ms']:g} ms"
+
+
+def _size(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    return f"{count / 1024:.1f} KiB" if count < 1024**2 else f"{count / 1024**2:.1f} MiB"
+
+
+def _metered_cell(metered: str | None, marked: bool) -> str:
+    if metered is None:
+        return "-"
+    return f"{metered} (nmfailover)" if marked else metered
 
 
 async def _client(args: argparse.Namespace) -> int:

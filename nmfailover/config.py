@@ -166,8 +166,10 @@ class Settings(BaseSettings):
         32768
     )
     probe_quorum: Count = 1
+    # The pace of the uplinks traffic uses or would rather use; with heartbeats on, most of these rounds are
+    # a single ICMP echo.
     active_interval: Seconds = Field(
-        2.0, validation_alias=AliasChoices("NMFAILOVER_ACTIVE_INTERVAL", "PRIMARY_CHECK_INTERVAL_IN_SECONDS")
+        1.0, validation_alias=AliasChoices("NMFAILOVER_ACTIVE_INTERVAL", "PRIMARY_CHECK_INTERVAL_IN_SECONDS")
     )
     # Backups are often metered, so they are probed less often.
     standby_interval: Seconds = Field(
@@ -175,6 +177,12 @@ class Settings(BaseSettings):
     )
     # May be shorter than probe_timeout: rounds then run back to back.
     suspect_interval: Seconds = 0.5
+    # A healthy uplink's rounds are ICMP echoes to the address a probe target answered from, and an HTTP
+    # round proves DNS, HTTP and no captive portal at least this often (the standby ones less often, as
+    # they are often metered): 84 bytes a second instead of 600.
+    heartbeat: Flag = True
+    proof_interval: Seconds = 60.0
+    standby_proof_interval: Seconds = 300.0
     fail_count: Count = 2
     rise_count: Count = 3
     failback_hold_down: HoldDown = 30.0
@@ -195,6 +203,10 @@ class Settings(BaseSettings):
     metric_base: Metric = 100
     metric_step: Count = 100  # its upper bound depends on the base and the number of uplinks
     manage_autoconnect_priority: Flag = True
+    # Uplinks whose applied connection gets connection.metered=yes while the daemon runs. Which uplink a
+    # name stands for (role, profile id, UUID, interface) is known only once NetworkManager has resolved the
+    # profiles, so engine/actuator.py refuses the names that are none of them.
+    metered: tuple[str, ...] = ()
     log_level: str = "INFO"
     # Empty turns hooks off; only the default may be missing (an explicitly named one must exist).
     hooks_dir: Path | None = DEFAULT_HOOKS_DIR
@@ -249,6 +261,19 @@ class Settings(BaseSettings):
             if name in uplinks[:index]:
                 raise ValueError(f"{name!r} is listed twice")
         return uplinks
+
+    @field_validator("metered", mode="before")
+    @classmethod
+    def _split_metered(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return ()  # the default: no uplink is marked
+        names = _split(value, "uplinks (as in NMFAILOVER_UPLINKS, or primary, backup...)")
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"{name!r} is listed twice")
+        return names
 
     @field_validator("probe_targets", mode="before")
     @classmethod
@@ -324,11 +349,27 @@ class Settings(BaseSettings):
             ("NMFAILOVER_ACTIVE_INTERVAL", self.active_interval),
             ("NMFAILOVER_STANDBY_INTERVAL", self.standby_interval),
         ):
-            if self.probe_timeout >= interval:
+            if self.probe_timeout > interval:
                 raise ConfigError(
                     "NMFAILOVER_PROBE_TIMEOUT",
-                    f"must be shorter than {name} ({interval} s); got {self.probe_timeout}",
+                    f"must not be longer than {name} ({interval} s); got {self.probe_timeout}",
                 )
+        for name, proof, base, interval in (
+            (
+                "NMFAILOVER_PROOF_INTERVAL",
+                self.proof_interval,
+                "NMFAILOVER_ACTIVE_INTERVAL",
+                self.active_interval,
+            ),
+            (
+                "NMFAILOVER_STANDBY_PROOF_INTERVAL",
+                self.standby_proof_interval,
+                "NMFAILOVER_STANDBY_INTERVAL",
+                self.standby_interval,
+            ),
+        ):
+            if proof < interval:
+                raise ConfigError(name, f"must not be shorter than {base} ({interval} s); got {proof}")
         if self.failback_hold_down_max < self.failback_hold_down:
             raise ConfigError(
                 "NMFAILOVER_FAILBACK_HOLD_DOWN_MAX",

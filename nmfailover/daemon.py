@@ -13,8 +13,9 @@ from . import __version__, sdnotify
 from .bus import DBUS_LIBRARY
 from .config import Settings, uplink_variable
 from .control import ControlService
+from .echo import echo_available, echo_round
 from .engine import Engine, Operator, SwitchEvent, SwitchListener, role_name
-from .engine.probing import Prober
+from .engine.probing import Echo, Prober
 from .errors import ConfigError, ControlError, NMError, ProfileError, TaskGaveUp
 from .hooks import SwitchHooks, Webhook
 from .nm import NetworkManagerClient, Profile
@@ -33,7 +34,17 @@ async def connect(settings: Settings, client: NetworkManagerClient) -> list[Prof
         raise ConfigError(uplink_variable(settings, exc.spec), str(exc)) from exc
 
 
-async def run_daemon(settings: Settings, prober: Prober = probe_round) -> int:
+def _heartbeats(settings: Settings, echo: Echo) -> Echo | None:
+    if not settings.heartbeat:
+        return None
+    why = echo_available()
+    if why is not None:
+        logger.warning("no ICMP heartbeats, probing by HTTP only (more traffic): {}", why)
+        return None
+    return echo
+
+
+async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Echo = echo_round) -> int:
     engine: Engine | None = None
     client = NetworkManagerClient(on_event=lambda event: engine.on_nm_event(event) if engine else None)
     try:
@@ -61,6 +72,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round) -> int:
         prober,
         listeners=listeners,
         failback_guard=hooks.failback_guard if settings.failback_guard is not None else None,
+        echo=_heartbeats(settings, echo),
     )
     operator = Operator(engine)
     loop = asyncio.get_running_loop()

@@ -144,7 +144,7 @@ def _default(field: FieldInfo) -> str:
     if field.is_required():
         return ""
     value = field.get_default(call_default_factory=True)
-    if value is None or value == "":
+    if value is None or value in ("", ()):
         return "none"
     if isinstance(value, bool):
         return "true" if value else "false"

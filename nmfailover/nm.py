@@ -31,6 +31,8 @@ IFACE_IP6 = f"{NM_BUS}.IP6Config"
 IFACE_PROPERTIES = "org.freedesktop.DBus.Properties"
 
 DEVICE_STATE_ACTIVATED = 100
+DEVICE_TYPE_BT = 5
+DEVICE_TYPE_MODEM = 8
 UPDATE2_IN_MEMORY = 0x2
 UPDATE2_NO_REAPPLY = 0x40
 CALL_TIMEOUT = 10.0
@@ -59,6 +61,20 @@ DEVICE_STATES = {
     110: "deactivating",
     120: "failed",
 }
+
+# NMMetered: the values of a device's and of NetworkManager's own Metered property. A profile's
+# connection.metered takes only the first three (NetworkManager refuses guesses there, also in Reapply).
+METERED_UNKNOWN, METERED_YES, METERED_NO, METERED_GUESS_YES, METERED_GUESS_NO = 0, 1, 2, 3, 4
+METERED_NAMES = {
+    METERED_UNKNOWN: "unknown",
+    METERED_YES: "yes",
+    METERED_NO: "no",
+    METERED_GUESS_YES: "guess-yes",
+    METERED_GUESS_NO: "guess-no",
+}
+# Phones tethered over USB (Android's RNDIS or NCM, iPhones) and USB 4G sticks in router mode: NetworkManager
+# sees plain ethernet and, without DHCP's ANDROID_METERED hint, guesses "not metered".
+USB_TETHERING_DRIVERS = frozenset({"rndis_host", "cdc_ether", "cdc_ncm", "ipheth"})
 
 Settings = dict[str, dict[str, Any]]
 
@@ -122,6 +138,14 @@ class ActiveConnectionsChanged:
 
 
 @dataclass(frozen=True)
+class MeteredChanged:
+    """A device's Metered property changed: the burst it arrives in re-reads the links, so status is fresh."""
+
+    device: str
+    metered: int
+
+
+@dataclass(frozen=True)
 class NMStarted:
     """NetworkManager (re)appeared on the bus, or our bus connection was re-established."""
 
@@ -137,6 +161,7 @@ NMEvent = (
     | DevicesChanged
     | ProfilesChanged
     | ActiveConnectionsChanged
+    | MeteredChanged
     | NMStarted
     | NMStopped
 )
@@ -152,6 +177,7 @@ class Profile:
     metric6: int
     autoconnect_priority: int
     never_default: bool  # ipv4.never-default: such a profile can never carry the default route
+    metered: int = METERED_UNKNOWN  # connection.metered as saved: what a stop puts back on the device
 
 
 @dataclass(frozen=True)
@@ -163,6 +189,9 @@ class LinkState:
     nameservers: tuple[str, ...] = ()
     gateway4: str | None = None
     gateway6: str | None = None
+    device_type: int = 0  # NMDeviceType
+    driver: str = ""
+    metered: int = METERED_UNKNOWN  # the device's Metered: its applied connection's value, or NM's guess
 
     @property
     def activated(self) -> bool:
@@ -172,11 +201,34 @@ class LinkState:
     def state_name(self) -> str:
         return DEVICE_STATES.get(self.state, "inactive" if self.state == 0 else str(self.state))
 
+    @property
+    def metered_name(self) -> str | None:
+        """The device's Metered as NetworkManager names it; None while the profile is not active."""
+        return METERED_NAMES.get(self.metered, str(self.metered)) if self.device is not None else None
+
+    @property
+    def looks_mobile(self) -> str | None:
+        """Why this link looks like a mobile modem or a phone's hotspot, or None."""
+        if self.device is None:
+            return None
+        if self.device_type == DEVICE_TYPE_MODEM:
+            return "a mobile broadband modem"
+        if self.device_type == DEVICE_TYPE_BT:
+            return "a Bluetooth tethered phone"
+        if self.driver in USB_TETHERING_DRIVERS:
+            return f"a USB-tethered phone or modem (driver {self.driver})"
+        if self.metered == METERED_GUESS_YES:
+            return "metered by NetworkManager's own guess"
+        return None
+
 
 @dataclass(frozen=True)
 class Metrics:
+    """What a device's applied connection runs with."""
+
     metric4: int | None
     metric6: int | None
+    metered: int = METERED_UNKNOWN  # connection.metered
 
 
 def _unwrap(value: Any) -> Any:
@@ -421,29 +473,53 @@ class NetworkManagerClient:
             nameservers=_nameservers(ip4, ip6),
             gateway4=str(ip4.get("Gateway") or "") or None,
             gateway6=str(ip6.get("Gateway") or "") or None,
+            device_type=int(props.get("DeviceType", 0)),
+            driver=str(props.get("Driver", "")),
+            metered=int(props.get("Metered", METERED_UNKNOWN)),
         )
 
     async def applied_metrics(self, device: str) -> Metrics:
         settings, _ = await self._nm(device, IFACE_DEVICE, "GetAppliedConnection", "u", [0])
-        return Metrics(_metric(settings, "ipv4"), _metric(settings, "ipv6"))
+        return Metrics(_metric(settings, "ipv4"), _metric(settings, "ipv6"), _metered(settings))
 
     async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool:
         """Change the device's applied route metrics at run time (Reapply); the saved profile is untouched.
 
         Returns False when they already had these values (nothing is sent, so no `reapply` event fires).
         """
-        for attempt in (1, 2):
-            settings, version_id = await self._nm(device, IFACE_DEVICE, "GetAppliedConnection", "u", [0])
+
+        def edit(settings: Settings) -> bool:
             wanted = {"ipv4": metric4, "ipv6": metric6}
             stale = {
                 family: value
                 for family, value in wanted.items()
                 if family in settings and _metric(settings, family) != value
             }
-            if not stale:
-                return False
             for family, value in stale.items():
                 settings[family]["route-metric"] = Variant("x", value)
+            return bool(stale)
+
+        return await self._reapply(device, edit)
+
+    async def set_metered(self, device: str, metered: int) -> bool:
+        """Set connection.metered on the device's applied connection at run time (Reapply): NetworkManager's
+        own Metered property, the one desktops read, follows it while this device holds the default route.
+        The saved profile is untouched; False when it already had this value (nothing sent)."""
+
+        def edit(settings: Settings) -> bool:
+            if _metered(settings) == metered:
+                return False
+            settings.setdefault("connection", {})["metered"] = Variant("i", metered)
+            return True
+
+        return await self._reapply(device, edit)
+
+    async def _reapply(self, device: str, edit: Callable[[Settings], bool]) -> bool:
+        """GetAppliedConnection, `edit` it in place (False: nothing to change), Reapply by its version id."""
+        for attempt in (1, 2):
+            settings, version_id = await self._nm(device, IFACE_DEVICE, "GetAppliedConnection", "u", [0])
+            if not edit(settings):
+                return False
             try:
                 await self._nm(
                     device, IFACE_DEVICE, "Reapply", "a{sa{sv}}tu", [_strip_legacy(settings), version_id, 0]
@@ -482,6 +558,11 @@ def _metric(settings: Settings, family: str) -> int | None:
     return int(_unwrap(section.get("route-metric", -1)))
 
 
+def _metered(settings: Settings) -> int:
+    # NetworkManager leaves out a property at its default, and metered's default is unknown.
+    return int(_unwrap(settings.get("connection", {}).get("metered", METERED_UNKNOWN)))
+
+
 def _profile(spec: str, settings: Settings) -> Profile:
     connection = settings["connection"]
     return Profile(
@@ -493,6 +574,7 @@ def _profile(spec: str, settings: Settings) -> Profile:
         metric6=int(_unwrap(settings.get("ipv6", {}).get("route-metric", -1))),
         autoconnect_priority=int(_unwrap(connection.get("autoconnect-priority", 0))),
         never_default=bool(_unwrap(settings.get("ipv4", {}).get("never-default", False))),
+        metered=_metered(settings),
     )
 
 
@@ -523,6 +605,8 @@ def _event(msg: Any) -> NMEvent | None:
         return ProfilesChanged(str(body[0]) if interface == IFACE_SETTINGS else msg.path)
     if interface == IFACE_PROPERTIES and body and body[0] == IFACE_WIRED and "Carrier" in body[1]:
         return CarrierChanged(msg.path, bool(_unwrap(body[1]["Carrier"])))
+    if interface == IFACE_PROPERTIES and body and body[0] == IFACE_DEVICE and "Metered" in body[1]:
+        return MeteredChanged(msg.path, int(_unwrap(body[1]["Metered"])))
     if (
         interface == IFACE_PROPERTIES
         and msg.path == NM_PATH

@@ -95,6 +95,7 @@ class ProbeResult:
     detail: str
     payload: int = 0  # bytes it sent and received above UDP and TCP
     unanswered: bool = False  # it failed because nothing came back in time (DNS or HTTP), not by an error
+    address: str = ""  # the address that answered (or was last tried)
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ async def probe(link: Link, target: Target, timeout: float) -> ProbeResult:
         detail,
         progress.payload,
         unanswered or reason is Reason.TIMEOUT,
+        progress.address,
     )
 
 

@@ -73,7 +73,8 @@ class Progress:
 
     phase: Reason = Reason.CONNECT  # DNS, CONNECT, TLS or HTTP
     host: str = ""
-    peer: str = ""
+    peer: str = ""  # address:port, as messages show it
+    address: str = ""  # the peer's bare address: where a heartbeat goes
     asked: list[str] = field(default_factory=list)  # nameservers queried
     payload: int = 0  # bytes sent and received above UDP and TCP (DNS datagrams and the HTTP stream)
 
@@ -269,6 +270,7 @@ class _BoundBackend(httpcore.AsyncNetworkBackend):
         for i, address in enumerate(addresses):
             sockaddr = _sockaddr(address, port, interface)
             self._progress.peer = f"[{address}]:{port}" if len(sockaddr) == 4 else f"{address}:{port}"
+            self._progress.address = address
             sock = _bound_socket(
                 interface, socket.AF_INET if len(sockaddr) == 2 else socket.AF_INET6, socket.SOCK_STREAM
             )

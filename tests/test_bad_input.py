@@ -95,9 +95,12 @@ ENV_CASES: list[Case] = [
     *bad("NMFAILOVER_ACTIVE_INTERVAL", *NOT_POSITIVE_SHORT, "inf"),
     *bad("NMFAILOVER_ACTIVE_INTERVAL", "0.25", names="NMFAILOVER_ACTIVE_INTERVAL"),  # below the suspect one
     *bad("PRIMARY_CHECK_INTERVAL_IN_SECONDS", "abc", "0", "-5"),
-    *bad("NMFAILOVER_STANDBY_INTERVAL", *NOT_POSITIVE_SHORT, "1"),
+    *bad("NMFAILOVER_STANDBY_INTERVAL", *NOT_POSITIVE_SHORT, "0.5"),  # 0.5: below the probe timeout
     *bad("BACKUP_CHECK_INTERVAL_IN_SECONDS", "abc", "0"),
     *bad("NMFAILOVER_SUSPECT_INTERVAL", *NOT_POSITIVE_SHORT, "3"),
+    *bad("NMFAILOVER_HEARTBEAT", "", "maybe", "2"),
+    *bad("NMFAILOVER_PROOF_INTERVAL", *NOT_POSITIVE_SHORT, "0.5"),  # 0.5: below the active interval
+    *bad("NMFAILOVER_STANDBY_PROOF_INTERVAL", *NOT_POSITIVE_SHORT, "10"),  # below the standby interval
     *bad("NMFAILOVER_FAIL_COUNT", "", "0", "-1", "2.5", "abc", "1e3"),
     *bad("NMFAILOVER_RISE_COUNT", "", "0", "-1", "2.5", "abc"),
     *bad("NMFAILOVER_FAILBACK_HOLD_DOWN", "", "abc", "-1", "nan", "inf"),
@@ -123,6 +126,7 @@ ENV_CASES: list[Case] = [
     *bad("NMFAILOVER_METRIC_BASE", "", "abc", "-1", "1.5", "4294967296", "4294967295"),
     *bad("NMFAILOVER_METRIC_STEP", "", "abc", "0", "-100", "4294967295"),
     *bad("NMFAILOVER_MANAGE_AUTOCONNECT_PRIORITY", "", "maybe", "2", "on", "$(touch {marker})"),
+    *bad("NMFAILOVER_METERED", "nosuch", "backup,nodefault", "fallback", ",", "backup,backup", *HOSTILE),
     *bad("NMFAILOVER_LOG_LEVEL", "", "verbose", "5", "$(touch {marker})"),
     *bad("NMFAILOVER_HOOKS_DIR", "/nonexistent/hooks.d", "{files}/not-a-dir", "$(touch {marker})"),
     *bad("NMFAILOVER_HOOK_TIMEOUT", *NOT_POSITIVE_SHORT),

@@ -37,9 +37,12 @@ DEFAULTS: dict[str, Any] = {
     "probe_targets": DEFAULT_TARGETS,
     "probe_timeout": 1.0,
     "probe_quorum": 1,
-    "active_interval": 2.0,
+    "active_interval": 1.0,
     "standby_interval": 30.0,
     "suspect_interval": 0.5,
+    "heartbeat": True,
+    "proof_interval": 60.0,
+    "standby_proof_interval": 300.0,
     "fail_count": 2,
     "rise_count": 3,
     "failback_hold_down": 30.0,
@@ -117,7 +120,7 @@ VALID: list[Any] = [
         id="suspect-below-timeout",
     ),
     pytest.param(
-        {**UPLINKS, "NMFAILOVER_SUSPECT_INTERVAL": "2"}, {"suspect_interval": 2.0}, id="suspect-equals-active"
+        {**UPLINKS, "NMFAILOVER_SUSPECT_INTERVAL": "1"}, {"suspect_interval": 1.0}, id="suspect-equals-active"
     ),
     pytest.param(
         {**UPLINKS, "NMFAILOVER_PROBE_QUORUM": str(N_TARGETS)}, {"probe_quorum": N_TARGETS}, id="quorum-all"
@@ -237,26 +240,32 @@ INVALID: list[Any] = [
     pytest.param(
         {**UPLINKS, "NMFAILOVER_PROBE_TIMEOUT": "3.0"},
         "NMFAILOVER_PROBE_TIMEOUT",
-        "must be shorter than NMFAILOVER_ACTIVE_INTERVAL (2.0 s); got 3.0",
+        "must not be longer than NMFAILOVER_ACTIVE_INTERVAL (1.0 s); got 3.0",
         id="timeout-over-active",
     ),
     pytest.param(
-        {**UPLINKS, "NMFAILOVER_PROBE_TIMEOUT": "2"},
+        {**UPLINKS, "NMFAILOVER_ACTIVE_INTERVAL": "40", "NMFAILOVER_PROBE_TIMEOUT": "31"},
         "NMFAILOVER_PROBE_TIMEOUT",
-        "must be shorter than NMFAILOVER_ACTIVE_INTERVAL (2.0 s); got 2.0",
-        id="timeout-equals-active",
-    ),
-    pytest.param(
-        {**UPLINKS, "NMFAILOVER_ACTIVE_INTERVAL": "40", "NMFAILOVER_PROBE_TIMEOUT": "30"},
-        "NMFAILOVER_PROBE_TIMEOUT",
-        "must be shorter than NMFAILOVER_STANDBY_INTERVAL (30.0 s); got 30.0",
-        id="timeout-equals-standby",
+        "must not be longer than NMFAILOVER_STANDBY_INTERVAL (30.0 s); got 31.0",
+        id="timeout-over-standby",
     ),
     pytest.param(
         {**UPLINKS, "NMFAILOVER_SUSPECT_INTERVAL": "2.5"},
         "NMFAILOVER_SUSPECT_INTERVAL",
-        "must not be longer than NMFAILOVER_ACTIVE_INTERVAL (2.0 s); got 2.5",
+        "must not be longer than NMFAILOVER_ACTIVE_INTERVAL (1.0 s); got 2.5",
         id="suspect-over-active",
+    ),
+    pytest.param(
+        {**UPLINKS, "NMFAILOVER_PROOF_INTERVAL": "0.5"},
+        "NMFAILOVER_PROOF_INTERVAL",
+        "must not be shorter than NMFAILOVER_ACTIVE_INTERVAL (1.0 s); got 0.5",
+        id="proof-under-active",
+    ),
+    pytest.param(
+        {**UPLINKS, "NMFAILOVER_STANDBY_PROOF_INTERVAL": "10"},
+        "NMFAILOVER_STANDBY_PROOF_INTERVAL",
+        "must not be shorter than NMFAILOVER_STANDBY_INTERVAL (30.0 s); got 10.0",
+        id="standby-proof-under-standby",
     ),
     pytest.param(
         {**UPLINKS, "NMFAILOVER_PROBE_QUORUM": "0"},

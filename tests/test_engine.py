@@ -88,6 +88,9 @@ class FakeNM:
         self.calls.append((device, metric4))
         return changed
 
+    async def set_metered(self, device: str, metered: int) -> bool:
+        raise AssertionError("no uplink is configured metered here")  # tests/test_metered.py covers it
+
     async def set_autoconnect_priority(self, uuid: str, priority: int) -> bool:
         if self.fail_writes:
             raise NMError("Update2 failed")

@@ -28,6 +28,9 @@ FLAP_SECONDS = 60.0
 FLAP_HALF_PERIOD = 2.0
 FLAP_HOLD_DOWN = 4.0
 FLAP_HOLD_DOWN_MAX = 32.0  # reached after 4 failures within the hour
+# Echoes go to an address and pass a slow server, a broken resolver or a portal that lets ICMP through:
+# those show at the next HTTP proof, every NMFAILOVER_PROOF_INTERVAL (60 s by default, 3 s here).
+PROOFS = {"NMFAILOVER_PROOF_INTERVAL": "3"}
 
 
 def preferred(lab: NMLab, device: str, other: str) -> bool:
@@ -225,7 +228,7 @@ def test_flapping_primary_switches_a_bounded_number_of_times(nmlab: NMLab, tmp_p
 
 
 def test_broken_dns_on_the_primary_counts_as_down(nmlab: NMLab, tmp_path: Path) -> None:
-    with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:
+    with running_daemon(nmlab, tmp_path / "daemon.log", env_extra=PROOFS) as daemon:
         daemon.wait_log(r"ready: traffic on primary")
         nmlab.upstreams[0].break_dns()  # the targets still answer by address; only names fail
         wait_preferred(nmlab, "wanb", "wana", 15)
@@ -322,7 +325,8 @@ def test_after_sigkill_a_restarted_daemon_restores_the_saved_autoconnect_priorit
 def test_slow_target_just_under_and_just_over_the_timeout(
     nmlab: NMLab, tmp_path: Path, delay: float, healthy: bool
 ) -> None:
-    with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:  # probe timeout: the default 1 s
+    # Probe timeout: the default 1 s. Echoes still pass: only HTTP proofs see a slow server.
+    with running_daemon(nmlab, tmp_path / "daemon.log", env_extra=PROOFS) as daemon:
         daemon.wait_log(r"ready: traffic on primary")
         nmlab.upstreams[0].set_http_mode(f"slow:{delay:g}")
         if healthy:
@@ -338,7 +342,7 @@ def test_slow_target_just_under_and_just_over_the_timeout(
 
 
 def test_captive_portal_is_its_own_state_and_no_flap(nmlab: NMLab, tmp_path: Path) -> None:
-    with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:
+    with running_daemon(nmlab, tmp_path / "daemon.log", env_extra=PROOFS) as daemon:
         daemon.wait_log(r"ready: traffic on primary")
         nmlab.upstreams[0].set_http_mode("portal")
         wait_preferred(nmlab, "wanb", "wana", 15)

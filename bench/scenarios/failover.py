@@ -13,8 +13,10 @@ from functools import partial
 from pathlib import Path
 
 from bench.common import (
-    METHODS,
+    FAILOVER_METHODS,
+    NM_FAST_INTERVAL,
     NMC,
+    NMC_FAST,
     NMF,
     NMF_ACTIVE_INTERVAL,
     SCENARIOS,
@@ -108,13 +110,14 @@ def run_virtual_failover(scenario: str, workdir: Path) -> Run:
 
 def part(results: Results, runs: int, workdir: Path, attempts: Attempts) -> None:
     """`runs` rounds of every scenario with every method, into results["failover"][scenario][method]."""
-    fo: dict[str, dict[str, list[Run]]] = {s: {m: [] for m in METHODS} for s in SCENARIOS}
+    fo: dict[str, dict[str, list[Run]]] = {s: {m: [] for m in FAILOVER_METHODS} for s in SCENARIOS}
     results["failover"] = fo
     for i in range(runs):
         for scenario in SCENARIOS:
             jobs: list[tuple[str, Callable[[], Run]]] = [
                 (NMF, partial(run_nmfailover, scenario, workdir)),
                 (VF, partial(run_virtual_failover, scenario, workdir)),
+                (NMC_FAST, partial(run_nm_check, scenario, triggered=False, interval=NM_FAST_INTERVAL)),
             ]
             if scenario == "cable":  # NM reacts to carrier itself; no check period involved
                 jobs.append((NMC, partial(run_nm_check, "cable", triggered=False)))

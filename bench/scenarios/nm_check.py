@@ -14,7 +14,6 @@ import time
 from functools import partial
 
 from bench.common import (
-    NM_CONNECTIVITY,
     NM_INTERVAL,
     NM_TIMEOUT,
     POLL,
@@ -23,6 +22,7 @@ from bench.common import (
     Run,
     fmt,
     minus,
+    nm_connectivity,
     say,
 )
 from bench.measure import RouteStory, RouteWatch, deactivations, inject, nm_log_offset
@@ -32,16 +32,16 @@ from nmfailover.lab.sandbox import NMLab
 TRIGGERED_SCENARIOS = ("blackhole", "refuse")  # a pulled cable is seen by carrier, not by the check
 
 
-def run_nm_check(scenario: str, triggered: bool, timeout: float = 60) -> Run:
-    """NetworkManager's own check. `triggered`: ask for a check right after the fault (measures the check's
-    own latency; the wait for the next periodic check is added from the interval)."""
-    with NMLab(2, extra_nm_config=NM_CONNECTIVITY) as lab:
+def run_nm_check(scenario: str, triggered: bool, timeout: float = 60, interval: float = NM_INTERVAL) -> Run:
+    """NetworkManager's own check, run every `interval` s. `triggered`: ask for a check right after the fault
+    (measures the check's own latency; the wait for the next periodic check is added from the interval)."""
+    with NMLab(2, extra_nm_config=nm_connectivity(interval)) as lab:
         wait_nm_full(lab)
         periodic = not triggered and scenario != "cable"
-        phase = random.uniform(0, NM_INTERVAL if periodic else 2.0)
-        if periodic:
+        phase = random.uniform(0, interval if periodic else 2.0)
+        if periodic and interval > 60:
             say(
-                f"  NM connectivity check, periodic: fault in {phase:.0f} s, then up to {NM_INTERVAL:g} + "
+                f"  NM connectivity check, periodic: fault in {phase:.0f} s, then up to {interval:g} + "
                 f"{NM_TIMEOUT:g} s for the next check"
             )
         time.sleep(phase)

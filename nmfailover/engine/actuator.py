@@ -1,5 +1,6 @@
 """Carrying a decision out through NetworkManager: rank the uplinks' route metrics (and autoconnect
-priorities), verify what NetworkManager really applied, and put the profiles' own values back on stop."""
+priorities), mark the metered ones, verify what NetworkManager really applied, and put the profiles' own
+values back on stop."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from loguru import logger
 
 from .. import runstate
 from ..config import Settings
-from ..errors import NMError
-from ..nm import LinkState, Metrics, Profile
-from .state import Uplink
+from ..errors import ConfigError, NMError
+from ..nm import METERED_NAMES, METERED_YES, LinkState, Metrics, Profile
+from .state import Uplink, role_name
+
+METERED_VARIABLE = "NMFAILOVER_METERED"
 
 
 class NetworkManagerPort(Protocol):
@@ -24,17 +27,62 @@ class NetworkManagerPort(Protocol):
     async def wait_for_disconnect(self) -> None: ...
     async def link_state(self, uuid: str) -> LinkState: ...
     async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool: ...
+    async def set_metered(self, device: str, metered: int) -> bool: ...
     async def set_autoconnect_priority(self, uuid: str, priority: int) -> bool: ...
     async def profile(self, uuid: str) -> Profile: ...
     async def applied_metrics(self, device: str) -> Metrics: ...
     async def has_profile(self, uuid: str) -> bool: ...
 
 
+def metered_uplinks(settings: Settings, profiles: Sequence[Profile]) -> frozenset[int]:
+    """The indexes of the uplinks NMFAILOVER_METERED names; a name that is none of them is a ConfigError.
+
+    A name is looked up as written in NMFAILOVER_UPLINKS first, then as a profile id, UUID or bound
+    interface, then as a role: a profile called "backup" listed first is the primary, not the second uplink.
+    """
+    chosen: set[int] = set()
+    for name in settings.metered:
+        tiers = (
+            [i for i, p in enumerate(profiles) if p.spec == name],
+            [i for i, p in enumerate(profiles) if name in (p.id, p.uuid, p.interface_name)],
+            [i for i in range(len(profiles)) if role_name(i) == name],
+        )
+        found = next((tier for tier in tiers if tier), [])
+        if len(found) != 1:
+            known = ", ".join(f"{role_name(i)} ({p.id})" for i, p in enumerate(profiles))
+            problem = "names several uplinks" if found else "is not one of the uplinks"
+            raise ConfigError(
+                METERED_VARIABLE,
+                f"{name!r} {problem}; name them as in NMFAILOVER_UPLINKS, by role, or by profile id, UUID "
+                f"or interface: {known}",
+            )
+        chosen.update(found)
+    return frozenset(chosen)
+
+
+def metered_warning(index: int, link: LinkState, marked: bool) -> str | None:
+    """Why a backup ought to be in NMFAILOVER_METERED, or None: it looks like a mobile modem or hotspot and
+    nothing marks it (neither this setting nor its profile's connection.metered=yes, which the device
+    shows)."""
+    why = link.looks_mobile
+    if index == 0 or marked or link.metered == METERED_YES or why is None:
+        return None
+    role = role_name(index)
+    return (
+        f"{role} ({link.interface}) looks like {why} but is not marked metered: add {role} to "
+        f"{METERED_VARIABLE} so the desktop, apt and Flatpak hold back big downloads while traffic is on it"
+    )
+
+
 class Actuator:
     def __init__(self, settings: Settings, nm: NetworkManagerPort, uplinks: Sequence[Uplink]) -> None:
+        """ConfigError for a name in NMFAILOVER_METERED that is no uplink: raised here, before anything
+        was changed, as only now are the profiles resolved."""
         self.settings = settings
         self.nm = nm
         self.uplinks = uplinks
+        self.metered = metered_uplinks(settings, [u.profile for u in uplinks])
+        self._warned: set[int] = set()  # uplinks whose metered warning is in the log already
         self.applied_for: int | None = None  # the preference NetworkManager last confirmed
         self._original_priority: dict[str, int] = {}
 
@@ -75,6 +123,11 @@ class Actuator:
             if u.link.activated and u.link.device is not None
         ]
         try:
+            # Marked before the metrics move traffic there, so NetworkManager calls the machine metered from
+            # the moment traffic arrives; the Reapply of the metrics keeps the mark (verified below).
+            for uplink, device, _ in live:
+                if uplink.index in self.metered and await self.nm.set_metered(device, METERED_YES):
+                    logger.info("{}: marked metered (connection.metered=yes, at run time)", uplink.label)
             for uplink, device, metric in live:
                 started = time.perf_counter()
                 if await self.nm.set_route_metrics(device, metric, metric):
@@ -91,6 +144,11 @@ class Actuator:
                         f"{uplink.label} runs with metrics {applied.metric4}/{applied.metric6}, "
                         f"expected {metric}"
                     )
+                if uplink.index in self.metered and applied.metered != METERED_YES:
+                    raise NMError(
+                        f"{uplink.label} runs with connection.metered "
+                        f"{METERED_NAMES.get(applied.metered, applied.metered)}, expected yes"
+                    )
             if settings.manage_autoconnect_priority:
                 for rank, (uplink, _) in enumerate(ranked):
                     if not uplink.missing:
@@ -101,15 +159,28 @@ class Actuator:
             )
             return
         self.applied_for = preferred
+        for uplink, _, _ in live:
+            warning = metered_warning(uplink.index, uplink.link, uplink.index in self.metered)
+            # Once per uplink and run: the journal is where a desktop user who never runs status sees it.
+            if warning is not None and uplink.index not in self._warned:
+                self._warned.add(uplink.index)
+                logger.warning("{}", warning)
 
     async def restore(self) -> None:
-        """Give every uplink its profile's own metrics and autoconnect-priority back."""
+        """Give every uplink its profile's own metrics and autoconnect-priority back, and those it marked
+        metered their profile's own connection.metered (only those: a mark set by hand is not ours)."""
         for uplink in self.uplinks:
             try:
                 link = await self.nm.link_state(uplink.profile.uuid)
                 saved = await self.nm.profile(uplink.profile.uuid)
                 if link.activated and link.device is not None:
                     await self.nm.set_route_metrics(link.device, saved.metric4, saved.metric6)
+                    if uplink.index in self.metered and await self.nm.set_metered(link.device, saved.metered):
+                        logger.info(
+                            "{}: metered back to its profile's own ({})",
+                            uplink.label,
+                            METERED_NAMES.get(saved.metered, saved.metered),
+                        )
                 if uplink.profile.uuid in self._original_priority:
                     await self.nm.set_autoconnect_priority(
                         uplink.profile.uuid, self._original_priority[uplink.profile.uuid]

@@ -14,7 +14,7 @@ from ..nm import LinkState, NMEvent, Profile
 from ..policy import Action, Decision, Health, PolicyParams, decide
 from .actuator import Actuator, NetworkManagerPort
 from .intake import IDLE_BEAT, EventIntake
-from .probing import Prober, ProbeScheduler, RxCounter
+from .probing import Echo, Prober, ProbeScheduler, RxCounter
 from .state import Override, SwitchEvent, Uplink
 from .supervisor import Job, Supervisor
 
@@ -35,6 +35,7 @@ class Engine:
         failback_guard: FailbackGuard | None = None,
         supervisor: Supervisor | None = None,
         rx_counter: RxCounter | None = None,
+        echo: Echo | None = None,
     ) -> None:
         self.settings = settings
         self.supervisor = supervisor or Supervisor()
@@ -52,7 +53,14 @@ class Engine:
         self.uplinks = [Uplink(i, p, LinkState(uuid=p.uuid)) for i, p in enumerate(profiles)]
         self.actuator = Actuator(settings, nm, self.uplinks)
         self.scheduler = ProbeScheduler(
-            settings, prober, self.params, self.supervisor, lambda: self.current, self.reconcile, rx_counter
+            settings,
+            prober,
+            self.params,
+            self.supervisor,
+            lambda: self.current,
+            self.reconcile,
+            rx_counter,
+            echo,
         )
         self.intake = EventIntake(nm, self.uplinks, self.actuator, self.supervisor, self.reconcile)
         self.current: int | None = None

@@ -92,7 +92,7 @@ class EventIntake:
                 case ProfilesChanged() | ActiveConnectionsChanged() | NMStarted() | NMStopped():
                     pass
         for index in wake:
-            self.uplinks[index].wake.set()
+            self.uplinks[index].recheck()
         await self._reconcile()
 
     async def refresh_links(self) -> list[Uplink]:

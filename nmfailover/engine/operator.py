@@ -11,6 +11,7 @@ from loguru import logger
 
 from ..errors import InvalidRequest
 from ..policy import Health, Quality, hold_down, quality
+from .actuator import metered_warning
 from .core import Engine
 from .state import Override, Uplink
 
@@ -53,7 +54,7 @@ class Operator:
             f" ({reason})" if reason else "",
         )
         for uplink in chosen or uplinks:
-            uplink.wake.set()
+            uplink.recheck()
         return len(chosen or uplinks)
 
     async def force_failover(self, seconds: float) -> None:
@@ -112,13 +113,16 @@ class Operator:
                     u.index == engine.current,
                     hold_down(u.health, now, engine.params),
                     quality(u.health, now, engine.params),
+                    u.index in engine.actuator.metered,
                 )
                 for u in engine.uplinks
             ],
         }
 
 
-def _uplink_status(uplink: Uplink, carrying: bool, hold: tuple[float, str], fit: Quality) -> dict[str, Any]:
+def _uplink_status(
+    uplink: Uplink, carrying: bool, hold: tuple[float, str], fit: Quality, marked: bool
+) -> dict[str, Any]:
     health, last = uplink.health, uplink.last_round
     if health.suspect and health.health != Health.UNKNOWN:
         state = "suspect"
@@ -148,7 +152,11 @@ def _uplink_status(uplink: Uplink, carrying: bool, hold: tuple[float, str], fit:
         "probe_timeout_ms": round(uplink.round_timeout * 1000) if uplink.round_timeout is not None else None,
         "probe_bytes": uplink.probe_payload,  # above UDP/TCP: the wire adds about 40-60 bytes a packet
         "failed_rounds": uplink.failed_rounds,
+        "heartbeat_to": uplink.echo_peer if uplink.echoed else None,  # null: its last round was HTTP
         "busy_rx_bytes": uplink.busy_rx,  # set when the last round timed out while the link was busy
         "hold_down": hold[0],  # what a failback to it would wait for now, and why
         "hold_down_reason": hold[1],
+        "metered": uplink.link.metered_name,  # the device's Metered as NetworkManager reports it, or null
+        "metered_marked": marked,  # NMFAILOVER_METERED names it
+        "metered_warning": metered_warning(uplink.index, uplink.link, marked),
     }

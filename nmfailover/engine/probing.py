@@ -10,14 +10,22 @@ from pathlib import Path
 from loguru import logger
 
 from ..config import Settings
+from ..echo import echo_target
 from ..policy import Health, PolicyParams, RttEstimate, observe, probe_timeout, record, rtt_sample
 from ..probe import Link, RoundResult, Target
 from .state import Uplink
 from .supervisor import Supervisor
 
 Prober = Callable[[Link, Sequence[Target], float, int], Awaitable[RoundResult]]
+Echo = Callable[[str | None, str, float, int], Awaitable[RoundResult]]  # interface, address, timeout, count
 
 MIN_ROUND_GAP = 0.05
+# Heartbeats a peer that has never answered one may miss, each time with HTTP passing right after, before
+# it is taken for one that filters ICMP and the uplink goes back to HTTP rounds only.
+ECHO_STRIKES = 3
+# Echo requests that confirm a missed heartbeat: a lossy link answers one of them (at 20 % loss all of them
+# and the heartbeat are lost once in 10^6 tries), a cut link none.
+ECHO_BURST = 8
 RxCounter = Callable[[str | None], int | None]
 
 
@@ -31,6 +39,7 @@ class ProbeScheduler:
         current: Callable[[], int | None],
         after_round: Callable[[], Awaitable[None]],
         rx_counter: RxCounter | None = None,
+        echo: Echo | None = None,
     ) -> None:
         self.settings = settings
         self.prober = prober
@@ -40,7 +49,7 @@ class ProbeScheduler:
         self._current = current
         self._after_round = after_round
         self._rx_counter = rx_counter or rx_bytes
-        self._rx_counter = rx_counter or rx_bytes
+        self._echo = echo if settings.heartbeat else None
 
     def interval(self, uplink: Uplink) -> float:
         # A busy link's probes prove nothing either way: ask again soon, so that the moment its traffic
@@ -49,12 +58,32 @@ class ProbeScheduler:
             # Confirm as soon as the round that raised the doubt has timed out: start to start, its timeout.
             last = uplink.round_timeout if uplink.round_timeout is not None else self.settings.probe_timeout
             return min(self.settings.suspect_interval, last)
+        return self.settings.standby_interval if self._standby(uplink) else self.settings.active_interval
+
+    def _standby(self, uplink: Uplink) -> bool:
         # Uplinks we would rather be on are watched as closely as the one carrying traffic, so a recovered
         # primary is noticed in seconds; the rest (often metered) less often.
         current = self._current()
-        if current is None or uplink.index <= current:
-            return self.settings.active_interval
-        return self.settings.standby_interval
+        return current is not None and uplink.index > current
+
+    def heartbeat(self, uplink: Uplink) -> tuple[str, int] | None:
+        """Where this round's echo requests go and how many, or None when the round must be HTTP: before a
+        first proof, once the last proof is older than the proof interval (unless the link is busy), when
+        an event asked for one, and whenever a doubt did not come from a heartbeat to a peer known to
+        answer them."""
+        if self._echo is None or uplink.echo_off or uplink.echo_peer is None or uplink.proved_at is None:
+            return None
+        if uplink.health.health is not Health.UP or uplink.proof_due:
+            return None
+        if uplink.health.consecutive_failures:
+            return (uplink.echo_peer, ECHO_BURST) if uplink.echoed and uplink.echo_answered else None
+        # A proof is due; behind the user's own download it would only time out in the queue: it waits for
+        # the link to quieten down, and heartbeats tell a cut meanwhile.
+        if uplink.busy_rx is not None:
+            return uplink.echo_peer, 1
+        settings = self.settings
+        every = settings.standby_proof_interval if self._standby(uplink) else settings.proof_interval
+        return (uplink.echo_peer, 1) if self.clock() - uplink.proved_at < every else None
 
     def max_silence(self) -> float:
         """How long a healthy loop may go without a round: the longest interval plus a round, twice."""
@@ -114,31 +143,48 @@ class ProbeScheduler:
     async def probe(self, uplink: Uplink) -> None:
         uplink.probed_at = self.clock()
         interface = uplink.link.interface if uplink.link.activated else None
-        targets = self.round_targets(uplink)
-        timeout = self.round_timeout(uplink, targets)
+        floor, ceiling = self.settings.timeout_floor, self.settings.probe_timeout
+        heartbeat = self.heartbeat(uplink)
+        if heartbeat is not None and self._echo is not None:
+            peer, count = heartbeat
+            timeout = probe_timeout(self._echo_estimate(uplink, peer), floor, ceiling)
+            pending = self._echo(interface, peer, timeout, count)
+        else:
+            uplink.proof_due = False
+            targets = self.round_targets(uplink)
+            timeout = self.round_timeout(uplink, targets)
+            pending = self.prober(
+                Link(interface, uplink.link.nameservers), targets, timeout, self.settings.probe_quorum
+            )
         received_before = self._rx_counter(interface)
         started = self.clock()
-        result = await self.prober(
-            Link(interface, uplink.link.nameservers), targets, timeout, self.settings.probe_quorum
-        )
+        result = await pending
         received_after = self._rx_counter(interface)
         received = (
             received_after - received_before
             if received_before is not None and received_after is not None
             else 0
         )
+        if heartbeat is None:
+            self._proved(uplink, result)
+        elif result.ok:
+            uplink.echo_answered, uplink.echo_unanswered = True, 0
+        uplink.echoed = heartbeat is not None
         uplink.last_round, uplink.round_timeout = result, timeout
         uplink.probe_payload += result.payload
         uplink.failed_rounds += not result.ok
-        for answer in result.results:
-            if answer.ok:
-                uplink.rtt[answer.target.url] = rtt_sample(
-                    uplink.rtt.get(answer.target.url, RttEstimate()), answer.latency
-                )
         # Busy is not dead: answers that time out while the device keeps receiving traffic only show a
         # full queue (bufferbloat under the user's own download), so the round proves nothing either way.
         rate = self.settings.busy_rx_rate
         loaded = rate > 0 and received >= rate * max(self.clock() - started, timeout)
+        if not loaded:
+            # Answer times behind the user's own download measure the queue, not the path: learnt, they
+            # would stretch the timeouts and slow down finding a cut under load.
+            for answer in result.results:
+                if answer.ok:
+                    uplink.rtt[answer.target.url] = rtt_sample(
+                        uplink.rtt.get(answer.target.url, RttEstimate()), answer.latency
+                    )
         busy = loaded and not result.ok and all(r.unanswered for r in result.results)
         uplink.went_silent = (
             not result.ok and not loaded and (uplink.busy_rx is not None or uplink.went_silent)
@@ -169,6 +215,42 @@ class ProbeScheduler:
                 self.params.fail_count,
                 result.summary,
             )
+
+    @staticmethod
+    def _echo_estimate(uplink: Uplink, peer: str) -> RttEstimate:
+        """The peer's echo answer times; until it has answered one on a quiet link, the quickest HTTP
+        target's, which a single echo beats (a whole HTTP exchange takes several round trips)."""
+        known = uplink.rtt.get(echo_target(peer).url)
+        if known is not None:
+            return known
+        http = [e for url, e in uplink.rtt.items() if e.srtt is not None and not url.startswith("icmp:")]
+        return min(http, key=lambda e: e.srtt or 0.0, default=RttEstimate())
+
+    def _proved(self, uplink: Uplink, result: RoundResult) -> None:
+        """Note an HTTP round that passed, and whom heartbeats go to until the next one."""
+        if not result.ok:
+            return
+        uplink.proved_at = self.clock()
+        if uplink.echoed and uplink.last_round is not None and not uplink.last_round.ok:
+            # The heartbeat before this round went unanswered, yet HTTP passes.
+            if not uplink.echo_answered:
+                uplink.echo_unanswered += 1
+                if uplink.echo_unanswered >= ECHO_STRIKES:
+                    uplink.echo_off = True
+                    logger.warning(
+                        "{}: the probe targets never answered an ICMP echo (filtered?); probing by HTTP "
+                        "only, which costs more traffic (see NMFAILOVER_HEARTBEAT)",
+                        uplink.label,
+                    )
+                    return
+        answered = [r.address for r in result.results if r.ok and r.address]
+        # A peer that answers echoes is kept; one that never has is swapped for another target's.
+        if (
+            answered
+            and (uplink.echo_peer is None or not uplink.echo_answered)
+            and answered[0] != uplink.echo_peer
+        ):
+            uplink.echo_peer, uplink.echo_answered = answered[0], False
 
 
 def rx_bytes(interface: str | None) -> int | None:

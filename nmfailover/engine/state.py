@@ -33,8 +33,20 @@ class Uplink:
     probe_payload: int = 0  # bytes our probes sent and received through it (above UDP/TCP) since start
     failed_rounds: int = 0
     rotation: int = 0  # which targets a lean round asks next
+    proved_at: float | None = None  # when an HTTP round last passed
+    echo_peer: str | None = None  # where heartbeats go: the address that answered that round
+    echo_answered: bool = False  # the peer has answered a heartbeat (so it does not filter ICMP)
+    echo_unanswered: int = 0  # heartbeats it never answered while HTTP passed right after
+    echo_off: bool = False  # the peer filters ICMP: HTTP rounds only
+    echoed: bool = False  # the last round was a heartbeat
+    proof_due: bool = False  # something happened to it: its next round is HTTP, never a heartbeat
     missing: bool = False  # its profile was deleted from NetworkManager
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def recheck(self) -> None:
+        """Probe it now, by HTTP: an event or a request says its path may have changed."""
+        self.proof_due = True
+        self.wake.set()
 
     @property
     def role(self) -> str:

@@ -279,6 +279,20 @@ class Upstream:
             ]
         )
 
+    def lossy(self, percent: int) -> None:
+        """A brownout: every packet to or from beyond the router, the bulk source's included, is dropped
+        with `percent` % chance, each direction on its own (a request and its answer both arrive with
+        a chance of (1 - percent/100) squared); link and gateway stay up. heal() ends it."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"percent must be 0..100, got {percent}")
+        # The same hooks and matches as blackhole, so the two describe the same stretch of the path.
+        loss = f"numgen random mod 100 < {percent} drop"
+        self._nft(
+            [f"ip daddr 203.0.113.0/24 {loss}", f"ip6 daddr 2001:db8:ffff::/48 {loss}"],
+            [f"ip saddr 203.0.113.0/24 {loss}", f"ip6 saddr 2001:db8:ffff::/48 {loss}"],
+            [loss],
+        )
+
     def break_dns(self) -> None:
         """Only the resolver goes silent; the targets stay reachable by address."""
         self._nft([f"ip daddr {self.resolver} drop"])
