@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nmfailover.config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
 
@@ -51,7 +53,8 @@ NM_CONNECTIVITY = nm_connectivity(NM_INTERVAL)
 NM_CONNECTIVITY_FAST = nm_connectivity(NM_FAST_INTERVAL)
 VF_PRIMARY_INTERVAL = 5.0
 VF_BACKUP_INTERVAL = 10.0
-NMF_ACTIVE_INTERVAL = 2.0
+# The daemon's own default, so the fault's moment spans its real cycle after the defaults change.
+NMF_ACTIVE_INTERVAL = float(Settings.model_fields["active_interval"].default)
 # Each method's probe cycle, over which a fault's moment is drawn at random.
 CYCLE = {NMF: NMF_ACTIVE_INTERVAL, VF: VF_PRIMARY_INTERVAL, NMC_FAST: NM_FAST_INTERVAL, NMC: NM_INTERVAL}
 FAILBACK_HOLD_DOWN = 10.0  # shortened from the default 30 s for the failback cycles only

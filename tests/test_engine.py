@@ -609,7 +609,7 @@ async def test_timeouts_follow_each_links_answer_times() -> None:
 
 async def test_a_busy_link_whose_probes_time_out_is_slow_not_dead() -> None:
     nm, prober = FakeNM(), FakeProber()
-    receiving = {"wana": True}
+    receiving = {"wana": False}
     counters = {"wana": 0, "wanb": 0}
 
     def rx(interface: str | None) -> int | None:
@@ -635,7 +635,9 @@ async def test_a_busy_link_whose_probes_time_out_is_slow_not_dead() -> None:
     settings = SETTINGS.model_copy(update={"probe_timeout": 0.04, "probe_timeout_min": 0.01})
     engine = Engine(settings, nm, PROFILES, recording, listeners=[record], rx_counter=rx)
     task = await start(engine)
-    prober.healthy["wana"] = False  # every probe through the primary times out: its queue is full
+    await wait_until(lambda: len(timeouts) >= 3)  # its answer times learnt while it is quiet
+    receiving["wana"] = True  # a download starts,
+    prober.healthy["wana"] = False  # and every probe through the primary times out: its queue is full
     await asyncio.sleep(0.5)  # ten rounds and more
     assert moves == [] and engine.current == 0
     assert Operator(engine).status()["uplinks"][0]["busy_rx_bytes"] == 1_000_000

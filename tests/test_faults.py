@@ -231,7 +231,7 @@ def test_broken_dns_on_the_primary_counts_as_down(nmlab: NMLab, tmp_path: Path) 
     with running_daemon(nmlab, tmp_path / "daemon.log", env_extra=PROOFS) as daemon:
         daemon.wait_log(r"ready: traffic on primary")
         nmlab.upstreams[0].break_dns()  # the targets still answer by address; only names fail
-        wait_preferred(nmlab, "wanb", "wana", 15)
+        wait_preferred(nmlab, "wanb", "wana", 30)  # a proof, then HTTP_EXCUSES rounds
         assert re.search(r"primary \(wana\) down: 3/3 targets failed \(dns\)", daemon.text())
         assert daemon.stop() == 0
 
@@ -336,7 +336,7 @@ def test_slow_target_just_under_and_just_over_the_timeout(
             # confirming round (with the full timeout) settles, and the timeouts then grow to fit.
             assert "switching" not in daemon.text() and "primary (wana) down" not in daemon.text()
         else:
-            wait_preferred(nmlab, "wanb", "wana", 15)
+            wait_preferred(nmlab, "wanb", "wana", 30)  # a proof, then HTTP_EXCUSES rounds
             assert re.search(r"primary \(wana\) down: 3/3 targets failed \(timeout\)", daemon.text())
         assert daemon.stop() == 0
 

@@ -12,7 +12,7 @@ import pytest
 
 from nmfailover.echo import echo_target
 from nmfailover.engine import Engine, Operator
-from nmfailover.engine.probing import ECHO_BURST, ECHO_STRIKES
+from nmfailover.engine.probing import ECHO_BURST, ECHO_STRIKES, HTTP_EXCUSES
 from nmfailover.lab.sandbox import Topology
 from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target
 from tests.test_engine import PROFILES, SETTINGS, FakeNM, FakeProber, start, stop, wait_until
@@ -176,6 +176,26 @@ async def test_a_recheck_asks_by_http_even_between_proofs() -> None:
     assert await Operator(engine).recheck("wana", "dhcp4-change") == 1
     await wait_until(lambda: len(prober.rounds) > http)
     assert prober.rounds[http:] == ["wana"] and echo.on("wana") == []
+    await stop(engine, task)
+
+
+async def test_http_timeouts_while_echoes_pass_are_loss_for_a_while_then_failure() -> None:
+    """A lossy link fails HTTP rounds by timeouts now and then: while the proof's address answers echoes,
+    HTTP_EXCUSES such rounds in a row move nothing; a resolver or server that stays silent behind a live
+    path still takes the uplink down after them."""
+    echo = FakeEcho()
+    settings = HEARTBEAT_SETTINGS.model_copy(update={"proof_interval": 0.1})
+    prober = AnsweringProber()
+    engine = Engine(settings, FakeNM(), PROFILES, prober, echo=echo)
+    task = await start(engine)
+    await wait_until(lambda: len(echo.on("wana")) >= 2)
+    before = len([i for i in prober.rounds if i == "wana"])
+    prober.healthy["wana"] = False  # HTTP times out; echoes pass
+    await wait_until(lambda: engine.current == 1, timeout=5)
+    http = len([i for i in prober.rounds if i == "wana"]) - before
+    bursts = [call for call in echo.on("wana") if call[3] == ECHO_BURST]
+    # HTTP_EXCUSES rounds excused, each by an answered burst; then one failure and its confirmation.
+    assert (http, len(bursts)) == (HTTP_EXCUSES + 2, HTTP_EXCUSES), (http, len(bursts))
     await stop(engine, task)
 
 

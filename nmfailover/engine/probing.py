@@ -26,6 +26,11 @@ ECHO_STRIKES = 3
 # Echo requests that confirm a missed heartbeat: a lossy link answers one of them (at 20 % loss all of them
 # and the heartbeat are lost once in 10^6 tries), a cut link none.
 ECHO_BURST = 8
+# HTTP rounds on a lossy link fail by timeouts now and then (each needs some ten packets to arrive in
+# time); while the proof's address still answers an echo burst, this many of them in a row are taken for
+# loss, not failure, each asking every target (at 15 % loss all of them fail once in 10^4 tries). Silence
+# at the HTTP level alone (a dead resolver behind a live path) is found this many rounds later.
+HTTP_EXCUSES = 8
 RxCounter = Callable[[str | None], int | None]
 
 
@@ -135,7 +140,7 @@ class ProbeScheduler:
         in rotation, which cuts probe traffic (backups are often metered) without slowing detection: a
         failed lean round makes the uplink suspect, and the next round asks every target at once."""
         targets = self.settings.probe_targets
-        if uplink.health.health != Health.UP or uplink.health.suspect:
+        if uplink.health.health != Health.UP or uplink.health.suspect or uplink.excused:
             return targets
         uplink.rotation += 1
         return [targets[(uplink.rotation + i) % len(targets)] for i in range(self.settings.probe_quorum)]
@@ -196,6 +201,8 @@ class ProbeScheduler:
                 "{} slow, not failed: {} while it received {} bytes", uplink.label, result.summary, received
             )
             return
+        if heartbeat is None and await self._excused(uplink, result, interface):
+            return
         now = self.clock()
         uplink.health = observe(
             before, result.ok, now, self.params, hard=result.hard_failure, portal=result.portal
@@ -226,11 +233,37 @@ class ProbeScheduler:
         http = [e for url, e in uplink.rtt.items() if e.srtt is not None and not url.startswith("icmp:")]
         return min(http, key=lambda e: e.srtt or 0.0, default=RttEstimate())
 
+    async def _excused(self, uplink: Uplink, result: RoundResult, interface: str | None) -> bool:
+        """True when a failed HTTP round looks like loss, not failure: every answer timed out, yet the
+        address it proves the path to answers an echo burst (see HTTP_EXCUSES)."""
+        lost = not result.ok and bool(result.results) and all(r.unanswered for r in result.results)
+        peer = uplink.echo_peer
+        if not lost or uplink.health.health is not Health.UP or uplink.excused >= HTTP_EXCUSES:
+            return False
+        if self._echo is None or peer is None or not uplink.echo_answered or uplink.echo_off:
+            return False
+        floor, ceiling = self.settings.timeout_floor, self.settings.probe_timeout
+        timeout = probe_timeout(self._echo_estimate(uplink, peer), floor, ceiling)
+        burst = await self._echo(interface, peer, timeout, ECHO_BURST)
+        uplink.probe_payload += burst.payload
+        if not burst.ok:
+            return False
+        uplink.excused += 1
+        logger.info(
+            "{} lossy, not failed: {}, yet {} answers echoes ({}/{})",
+            uplink.label,
+            result.summary,
+            peer,
+            uplink.excused,
+            HTTP_EXCUSES,
+        )
+        return True
+
     def _proved(self, uplink: Uplink, result: RoundResult) -> None:
         """Note an HTTP round that passed, and whom heartbeats go to until the next one."""
         if not result.ok:
             return
-        uplink.proved_at = self.clock()
+        uplink.proved_at, uplink.excused = self.clock(), 0
         if uplink.echoed and uplink.last_round is not None and not uplink.last_round.ok:
             # The heartbeat before this round went unanswered, yet HTTP passes.
             if not uplink.echo_answered:

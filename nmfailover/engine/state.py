@@ -39,6 +39,7 @@ class Uplink:
     echo_unanswered: int = 0  # heartbeats it never answered while HTTP passed right after
     echo_off: bool = False  # the peer filters ICMP: HTTP rounds only
     echoed: bool = False  # the last round was a heartbeat
+    excused: int = 0  # failed HTTP rounds in a row taken for loss, as echoes still passed
     proof_due: bool = False  # something happened to it: its next round is HTTP, never a heartbeat
     missing: bool = False  # its profile was deleted from NetworkManager
     wake: asyncio.Event = field(default_factory=asyncio.Event)
