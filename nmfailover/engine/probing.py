@@ -148,11 +148,10 @@ class ProbeScheduler:
     async def probe(self, uplink: Uplink) -> None:
         uplink.probed_at = self.clock()
         interface = uplink.link.interface if uplink.link.activated else None
-        floor, ceiling = self.settings.timeout_floor, self.settings.probe_timeout
         heartbeat = self.heartbeat(uplink)
         if heartbeat is not None and self._echo is not None:
             peer, count = heartbeat
-            timeout = probe_timeout(self._echo_estimate(uplink, peer), floor, ceiling)
+            timeout = self._echo_timeout(uplink, peer)
             pending = self._echo(interface, peer, timeout, count)
         else:
             uplink.proof_due = False
@@ -223,15 +222,14 @@ class ProbeScheduler:
                 result.summary,
             )
 
-    @staticmethod
-    def _echo_estimate(uplink: Uplink, peer: str) -> RttEstimate:
-        """The peer's echo answer times; until it has answered one on a quiet link, the quickest HTTP
-        target's, which a single echo beats (a whole HTTP exchange takes several round trips)."""
-        known = uplink.rtt.get(echo_target(peer).url)
-        if known is not None:
-            return known
-        http = [e for url, e in uplink.rtt.items() if e.srtt is not None and not url.startswith("icmp:")]
-        return min(http, key=lambda e: e.srtt or 0.0, default=RttEstimate())
+    def _echo_timeout(self, uplink: Uplink, peer: str) -> float:
+        """From the peer's echo answer times; until it has answered one on a quiet link, from the quickest
+        HTTP target's, which a single echo beats (a whole HTTP exchange takes several round trips)."""
+        estimate = uplink.rtt.get(echo_target(peer).url)
+        if estimate is None:
+            http = [e for url, e in uplink.rtt.items() if e.srtt is not None and not url.startswith("icmp:")]
+            estimate = min(http, key=lambda e: e.srtt or 0.0, default=RttEstimate())
+        return probe_timeout(estimate, self.settings.timeout_floor, self.settings.probe_timeout)
 
     async def _excused(self, uplink: Uplink, result: RoundResult, interface: str | None) -> bool:
         """True when a failed HTTP round looks like loss, not failure: every answer timed out, yet the
@@ -242,9 +240,7 @@ class ProbeScheduler:
             return False
         if self._echo is None or peer is None or not uplink.echo_answered or uplink.echo_off:
             return False
-        floor, ceiling = self.settings.timeout_floor, self.settings.probe_timeout
-        timeout = probe_timeout(self._echo_estimate(uplink, peer), floor, ceiling)
-        burst = await self._echo(interface, peer, timeout, ECHO_BURST)
+        burst = await self._echo(interface, peer, self._echo_timeout(uplink, peer), ECHO_BURST)
         uplink.probe_payload += burst.payload
         if not burst.ok:
             return False
