@@ -41,6 +41,7 @@ from .log import setup_logging
 from .nm import NetworkManagerClient
 from .notify import FLAP_COUNT, FLAP_WINDOW, NoticeBoard, count_arg, run_agent
 from .probe import Link, probe_round
+from .tunnels import check_names
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_DENIED = 0, 1, 2, 3, 4
 CLIENT_COMMANDS = ("status", "recheck", "test-failover", "prefer")
@@ -240,6 +241,7 @@ async def _check(settings: Settings, as_json: bool) -> int:
     try:
         profiles = await connect(settings, client)
         marked = metered_uplinks(settings, profiles)  # a name that is no uplink: ConfigError, exit 2
+        await check_names(settings, client)  # likewise a WireGuard interface that is not here
         links = [await client.link_state(p.uuid) for p in profiles]
     except NMUnavailable as exc:
         print(f"nmfailover: {exc}", file=sys.stderr)
@@ -321,6 +323,7 @@ def print_status(status: dict[str, Any]) -> None:
         print(f"pinned to: {status['pinned']}")
     if status["hold_down_remaining"]:
         print(f"failback hold-down: {status['hold_down_remaining']:.0f} s left")
+    _print_tunnels(status.get("tunnels"))  # .get: a daemon started before an upgrade has none
     rows = [
         {
             "": "*" if u["carrying_traffic"] else "",
@@ -335,6 +338,7 @@ def print_status(status: dict[str, Any]) -> None:
             "probe bytes": _size(u.get("probe_bytes", 0)),
             # .get: a daemon started before an upgrade answers without these until it is restarted.
             "metered": _metered_cell(u.get("metered"), u.get("metered_marked", False)),
+            "table": u.get("routing_table") or "-",
             "last probe": u["reason"] or "-",
         }
         for u in uplinks
@@ -348,6 +352,25 @@ def print_status(status: dict[str, Any]) -> None:
     for u in uplinks:
         if u.get("metered_warning"):
             print(f"warning: {u['metered_warning']}")
+    _print_source_routing(uplinks)
+
+
+def _print_source_routing(uplinks: list[dict[str, Any]]) -> None:
+    """Each uplink's rules and routes, as `ip rule` and `ip route show table N` would list them."""
+    for u in uplinks:
+        if u.get("routing_rules") or u.get("routing_routes"):
+            print(f"{u['role']} keeps its connections in table {u['routing_table']}:")
+            for line in (*u.get("routing_routes", []), *u.get("routing_rules", [])):
+                print(f"  {line}")
+
+
+def _print_tunnels(tunnels: dict[str, Any] | None) -> None:
+    if not tunnels or tunnels["switch_at"] is None:
+        return
+    moved = [f"{m['interface']} ({m['endpoint']} via {m['via']}, by {m['by']})" for m in tunnels["moved"]]
+    print(f"WireGuard moved at the last switch: {', '.join(moved) or 'none'}")
+    for interface, why in tunnels["failed"].items():
+        print(f"WireGuard {'tunnels' if interface == '*' else interface} not moved: {why}")
 
 
 def _quality_cell(u: dict[str, Any]) -> str:

@@ -49,6 +49,11 @@ EVENT_VARIABLES = frozenset(
 # virtual-failover's names; FALLBACK is optional there too.
 LEGACY_UPLINK_VARIABLES = ("PRIMARY_CONNECTION", "BACKUP_CONNECTION", "FALLBACK_CONNECTION")
 MAX_METRIC = 4_294_967_295  # NetworkManager stores route metrics as uint32
+MAX_TABLE = 4_294_967_295  # routing table ids are uint32 too
+# The kernel's own tables: default, main and local (0 means "unspecified" and is refused as well).
+RESERVED_TABLES = frozenset({253, 254, 255})
+# Source rules take this priority and the next one, both before the main table's rule at 32766.
+MAX_SOURCE_RULE_PRIORITY = 32764
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 _BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
@@ -207,6 +212,20 @@ class Settings(BaseSettings):
     # name stands for (role, profile id, UUID, interface) is known only once NetworkManager has resolved the
     # profiles, so engine/actuator.py refuses the names that are none of them.
     metered: tuple[str, ...] = ()
+    # Routing by source address: each uplink's applied connection gets a routing table of its own (table
+    # base + its index) with its default route, and rules "from its addresses" into it, so a connection
+    # keeps leaving through the uplink whose address it uses when the main default route moves.
+    source_routing: Flag = True
+    source_routing_table: Annotated[
+        int, _checked(int, lambda n: 1 <= n <= MAX_TABLE, f"must be a whole number from 1 to {MAX_TABLE}")
+    ] = 7100
+    # Rules at this priority send an uplink's own traffic to the main table's specific routes (LAN, VPN),
+    # at the next one to its table: both must come before the main table's rule (32766).
+    source_routing_priority: Annotated[
+        int,
+        _checked(int, lambda n: 1 <= n <= MAX_SOURCE_RULE_PRIORITY, f"must be a whole number from 1 to "
+                 f"{MAX_SOURCE_RULE_PRIORITY}"),
+    ] = 30100  # fmt: skip
     log_level: str = "INFO"
     # Empty turns hooks off; only the default may be missing (an explicitly named one must exist).
     hooks_dir: Path | None = DEFAULT_HOOKS_DIR
@@ -215,6 +234,10 @@ class Settings(BaseSettings):
     # The daemon decides nothing else while it waits for the guard, hence a short default.
     failback_guard_timeout: Seconds = 2.0
     webhook_url: str | None = None
+    # WireGuard interfaces whose peers follow each switch (tunnels.py): ("auto",) is every WireGuard
+    # interface found at the switch, () is off. Whether a named one exists is known only on the machine at
+    # start (tunnels.check_names), not here.
+    wireguard_follow: tuple[str, ...] = ("auto",)
     # Both off by default: the metrics name the uplinks and their devices, and are served without
     # authentication, hence loopback only.
     metrics_listen: ListenAddress | None = None
@@ -314,6 +337,31 @@ class Settings(BaseSettings):
                 raise ValueError(f"has characters no URL host or path may hold; got {value!r}")
         return value
 
+    @field_validator("wireguard_follow", mode="before")
+    @classmethod
+    def _parse_wireguard_follow(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.lower() == "auto":
+            return ("auto",)
+        if not text or text.lower() == "off":
+            return ()
+        names = _split(value, "WireGuard interfaces, or auto or off")
+        for index, name in enumerate(names):
+            if name.lower() in ("auto", "off"):
+                raise ValueError(f"{name!r} cannot be combined with interface names; got {value!r}")
+            # The kernel's own rule (dev_valid_name): at most 15 bytes, no '/', ':' or white space.
+            if (
+                len(name.encode()) > 15
+                or name in (".", "..")
+                or any(c in "/:" or c.isspace() or not c.isprintable() for c in name)
+            ):
+                raise ValueError(f"{name!r} is not a valid interface name")
+            if name in names[:index]:
+                raise ValueError(f"{name!r} is listed twice")
+        return names
+
     @field_validator("metrics_listen", mode="before")
     @classmethod
     def _check_metrics_listen(cls, value: object) -> object:
@@ -394,6 +442,14 @@ class Settings(BaseSettings):
                 "NMFAILOVER_METRIC_BASE",
                 f"leaves no room for {len(self.uplinks)} uplinks NMFAILOVER_METRIC_STEP ({self.metric_step}) "
                 f"apart: the last would get {highest}, above {MAX_METRIC}; got {self.metric_base}",
+            )
+        tables = range(self.source_routing_table, self.source_routing_table + len(self.uplinks))
+        if tables[-1] > MAX_TABLE or RESERVED_TABLES & set(tables):
+            raise ConfigError(
+                "NMFAILOVER_SOURCE_ROUTING_TABLE",
+                f"the {len(self.uplinks)} uplinks would use tables {tables[0]} to {tables[-1]}, which must "
+                f"avoid the kernel's default, main and local tables (253-255) and stay at most {MAX_TABLE}; "
+                f"got {self.source_routing_table}",
             )
         return self
 

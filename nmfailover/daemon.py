@@ -20,6 +20,7 @@ from .errors import ConfigError, ControlError, NMError, ProfileError, TaskGaveUp
 from .hooks import SwitchHooks, Webhook
 from .nm import NetworkManagerClient, Profile
 from .probe import probe_round
+from .tunnels import Tunnels, check_names
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 CONTROL_MAX_SILENCE = 30.0
@@ -47,8 +48,10 @@ def _heartbeats(settings: Settings, echo: Echo) -> Echo | None:
 async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Echo = echo_round) -> int:
     engine: Engine | None = None
     client = NetworkManagerClient(on_event=lambda event: engine.on_nm_event(event) if engine else None)
+    tunnels = Tunnels(settings.wireguard_follow, client)
     try:
         profiles = await connect(settings, client)
+        await check_names(settings, client, tunnels)  # an unknown interface: ConfigError, exit 2
     except NMError as exc:
         logger.error("cannot start: {}", exc)
         await client.close()
@@ -58,6 +61,8 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
     listeners: list[SwitchListener] = [control.on_switch, hooks.on_switch, _report_switch]
     if settings.webhook_url:
         listeners.append(Webhook(settings.webhook_url).on_switch)
+    if tunnels.enabled:
+        listeners.append(tunnels.on_switch)
     metrics = None
     if settings.metrics_listen is not None or settings.metrics_textfile is not None:
         # Imported only when asked for: a daemon that exports nothing does not load prometheus_client.
@@ -75,6 +80,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
         echo=_heartbeats(settings, echo),
     )
     operator = Operator(engine)
+    operator.tunnels = tunnels.status
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.stop)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
@@ -146,6 +146,14 @@ class MeteredChanged:
 
 
 @dataclass(frozen=True)
+class IpConfigChanged:
+    """A device's addresses or gateway changed (DHCP, SLAAC, a new lease): `path` is its IP4Config or
+    IP6Config object, so the burst it arrives in re-reads every link."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class NMStarted:
     """NetworkManager (re)appeared on the bus, or our bus connection was re-established."""
 
@@ -162,6 +170,7 @@ NMEvent = (
     | ProfilesChanged
     | ActiveConnectionsChanged
     | MeteredChanged
+    | IpConfigChanged
     | NMStarted
     | NMStopped
 )
@@ -192,6 +201,10 @@ class LinkState:
     device_type: int = 0  # NMDeviceType
     driver: str = ""
     metered: int = METERED_UNKNOWN  # the device's Metered: its applied connection's value, or NM's guess
+    # What the uplink's own packets carry as source: each IPv4 address (/32), and each IPv6 prefix, which
+    # also covers the privacy addresses the kernel keeps rotating. Link-local ones never leave the link.
+    sources4: tuple[str, ...] = ()
+    sources6: tuple[str, ...] = ()
 
     @property
     def activated(self) -> bool:
@@ -229,6 +242,135 @@ class Metrics:
     metric4: int | None
     metric6: int | None
     metered: int = METERED_UNKNOWN  # connection.metered
+    # The tables its routing rules (IPv4 and IPv6) look up; by keyword only, as it came after the others.
+    rule_tables: frozenset[int] = field(default=frozenset(), kw_only=True)
+
+
+# -- routing by source address: the shapes of ipv4/ipv6 route-data and routing-rules --------------------
+
+MAIN_TABLE = 254
+_ADDRESS_FAMILY = {4: 2, 6: 10}  # AF_INET, AF_INET6: a routing rule's "family"
+_DEFAULT_DESTINATION = {4: "0.0.0.0", 6: "::"}
+_ROUTE_KEYS = ("dest", "prefix", "next-hop", "metric", "table")
+# Fixed, so a Reapply of the device's metrics at every switch leaves the table's route alone: without one it
+# follows ipv4.route-metric, and NetworkManager replaces it with each new metric.
+SOURCE_ROUTE_METRIC = 10
+_RULE_KEYS = ("priority", "family", "from", "from-len", "table", "suppress-prefixlength")
+
+
+@dataclass(frozen=True)
+class SourceRouting:
+    """An uplink's own routing table and the rules that send the traffic of its own addresses there.
+
+    Per address family with both a gateway and sources: a default route via the gateway in `table`; at
+    `priority`, "from SOURCE lookup main suppress_prefixlength 0" (the main table's specific routes, such as
+    the LAN or a VPN, still win; only its default route is skipped); at `priority` + 1, "from SOURCE lookup
+    table". Without any (SourceRouting(table, priority)) it stands for "none of ours on this device".
+    """
+
+    table: int
+    priority: int
+    gateway4: str | None = None
+    sources4: tuple[str, ...] = ()
+    gateway6: str | None = None
+    sources6: tuple[str, ...] = ()
+
+    def family(self, version: int) -> tuple[str | None, tuple[str, ...]]:
+        """(gateway, sources) of IPv4 or IPv6; both are needed for the family to be routed by source."""
+        return (self.gateway4, self.sources4) if version == 4 else (self.gateway6, self.sources6)
+
+    def routed(self, version: int) -> bool:
+        gateway, sources = self.family(version)
+        return bool(gateway and sources)
+
+    @property
+    def active(self) -> bool:
+        return self.routed(4) or self.routed(6)
+
+    def describe_routes(self) -> list[str]:
+        """The routes as `ip route show table N` lists them."""
+        return [
+            f"default via {self.family(v)[0]} table {self.table} metric {SOURCE_ROUTE_METRIC}"
+            for v in (4, 6)
+            if self.routed(v)
+        ]
+
+    def describe_rules(self) -> list[str]:
+        """The rules as `ip rule` lists them."""
+        found = []
+        for version in (4, 6):
+            if self.routed(version):
+                for source in self.family(version)[1]:
+                    found.append(f"{self.priority}: from {source} lookup main suppress_prefixlength 0")
+                    found.append(f"{self.priority + 1}: from {source} lookup {self.table}")
+        return found
+
+    def route_data(self, version: int) -> list[dict[str, Variant]]:
+        gateway, _ = self.family(version)
+        if not self.routed(version):
+            return []
+        return [
+            {
+                "dest": Variant("s", _DEFAULT_DESTINATION[version]),
+                "prefix": Variant("u", 0),
+                "next-hop": Variant("s", gateway),
+                "metric": Variant("u", SOURCE_ROUTE_METRIC),
+                "table": Variant("u", self.table),
+            }
+        ]
+
+    def rule_data(self, version: int) -> list[dict[str, Variant]]:
+        if not self.routed(version):
+            return []
+        found = []
+        for source in self.family(version)[1]:
+            address, _, length = source.partition("/")
+            common = {
+                "family": Variant("i", _ADDRESS_FAMILY[version]),
+                "from": Variant("s", address),
+                "from-len": Variant("y", int(length)),
+            }
+            found.append(
+                {
+                    **common,
+                    "priority": Variant("u", self.priority),
+                    "table": Variant("u", MAIN_TABLE),
+                    "suppress-prefixlength": Variant("i", 0),
+                }
+            )
+            found.append(
+                {**common, "priority": Variant("u", self.priority + 1), "table": Variant("u", self.table)}
+            )
+        return found
+
+    def owns_route(self, route: dict[str, Any]) -> bool:
+        return bool(_unwrap(route.get("table", 0)) == self.table)
+
+    def owns_rule(self, rule: dict[str, Any]) -> bool:
+        table = int(_unwrap(rule.get("table", 0)))
+        if table == self.table:
+            return True
+        return (
+            table == MAIN_TABLE
+            and int(_unwrap(rule.get("priority", -1))) == self.priority
+            and int(_unwrap(rule.get("suppress-prefixlength", -1))) == 0
+        )
+
+
+# -- WireGuard devices (tunnels.py) --------------------------------------------------------------------
+
+DEVICE_TYPE_WIREGUARD = 29  # NMDeviceType NM_DEVICE_TYPE_WIREGUARD
+IFACE_WIREGUARD = f"{NM_BUS}.Device.WireGuard"
+
+
+@dataclass(frozen=True)
+class WireGuardDevice:
+    """An activated WireGuard device of NetworkManager's: what tunnels.py needs to decide on a move."""
+
+    path: str  # D-Bus path of the device
+    interface: str
+    fwmark: int  # the link's fwmark: the endpoint's route lookup carries it (0: none)
+    peers: tuple[tuple[str, str], ...]  # (public key, endpoint as in the profile: host:port, or "")
 
 
 def _unwrap(value: Any) -> Any:
@@ -476,11 +618,18 @@ class NetworkManagerClient:
             device_type=int(props.get("DeviceType", 0)),
             driver=str(props.get("Driver", "")),
             metered=int(props.get("Metered", METERED_UNKNOWN)),
+            sources4=_sources(ip4, 4),
+            sources6=_sources(ip6, 6),
         )
 
     async def applied_metrics(self, device: str) -> Metrics:
         settings, _ = await self._nm(device, IFACE_DEVICE, "GetAppliedConnection", "u", [0])
-        return Metrics(_metric(settings, "ipv4"), _metric(settings, "ipv6"), _metered(settings))
+        return Metrics(
+            _metric(settings, "ipv4"),
+            _metric(settings, "ipv6"),
+            _metered(settings),
+            rule_tables=_rule_tables(settings),
+        )
 
     async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool:
         """Change the device's applied route metrics at run time (Reapply); the saved profile is untouched.
@@ -511,6 +660,44 @@ class NetworkManagerClient:
                 return False
             settings.setdefault("connection", {})["metered"] = Variant("i", metered)
             return True
+
+        return await self._reapply(device, edit)
+
+    async def set_source_routing(self, device: str, wanted: SourceRouting) -> bool:
+        """Put `wanted`'s routes (route-data with a table) and routing-rules on the device's applied
+        connection at run time (Reapply), replacing whatever of its table and rules was there and keeping
+        everyone else's; SourceRouting(table, priority) takes ours off. The saved profile is untouched.
+        False when the applied connection already had exactly these (nothing sent).
+
+        NetworkManager installs them with the device's own routes and removes them again when they leave
+        the applied connection; a later Reapply of the metrics sends them back with it, so they stay."""
+
+        def edit(settings: Settings) -> bool:
+            changed = False
+            for version, family in ((4, "ipv4"), (6, "ipv6")):
+                section = settings.get(family)
+                if section is None:
+                    continue
+                routes = list(_unwrap(section.get("route-data", [])) or [])
+                rules = list(_unwrap(section.get("routing-rules", [])) or [])
+                ours_now = (
+                    _canonical([r for r in routes if wanted.owns_route(r)], _ROUTE_KEYS),
+                    _canonical([r for r in rules if wanted.owns_rule(r)], _RULE_KEYS),
+                )
+                new_routes, new_rules = wanted.route_data(version), wanted.rule_data(version)
+                if _unwrap(section.get("method", "")) in ("ignore", "disabled"):
+                    # Addresses NetworkManager does not manage (set by hand, say) are not its to route.
+                    new_routes, new_rules = [], []
+                if ours_now == (_canonical(new_routes, _ROUTE_KEYS), _canonical(new_rules, _RULE_KEYS)):
+                    continue
+                section["route-data"] = Variant(
+                    "aa{sv}", [r for r in routes if not wanted.owns_route(r)] + new_routes
+                )
+                section["routing-rules"] = Variant(
+                    "aa{sv}", [r for r in rules if not wanted.owns_rule(r)] + new_rules
+                )
+                changed = True
+            return changed
 
         return await self._reapply(device, edit)
 
@@ -550,6 +737,48 @@ class NetworkManagerClient:
     async def profile(self, uuid: str) -> Profile:
         return _profile(uuid, await self._settings(await self._profile_path(uuid)))
 
+    # -- WireGuard (tunnels.py) -----------------------------------------------------------------------
+
+    async def wireguard_devices(self) -> list[WireGuardDevice]:
+        """NetworkManager's activated WireGuard devices with the peers of their applied connections."""
+        (paths,) = await self._nm(NM_PATH, IFACE_NM, "GetDevices")
+        found = []
+        for path in paths:
+            try:
+                props = await self._get_all(path, IFACE_DEVICE)
+                if int(props.get("DeviceType", 0)) != DEVICE_TYPE_WIREGUARD:
+                    continue
+                if int(props.get("State", 0)) != DEVICE_STATE_ACTIVATED:
+                    continue
+                settings, _ = await self._nm(path, IFACE_DEVICE, "GetAppliedConnection", "u", [0])
+                fwmark = int(await self._get(path, IFACE_WIREGUARD, "FwMark"))
+            except NMUnavailable:
+                raise
+            except NMError:
+                continue  # gone or deactivated between the listing and the read
+            peers = _unwrap(settings.get("wireguard", {}).get("peers", [])) or []
+            found.append(
+                WireGuardDevice(
+                    path=str(path),
+                    interface=str(props.get("IpInterface") or props.get("Interface") or ""),
+                    fwmark=fwmark,
+                    peers=tuple(
+                        (str(_unwrap(p.get("public-key", ""))), str(_unwrap(p.get("endpoint", ""))))
+                        for p in peers
+                    ),
+                )
+            )
+        return found
+
+    async def reapply_wireguard(self, device: str) -> None:
+        """Reapply the WireGuard device's applied connection unchanged, so that NetworkManager sets every
+        peer's endpoint on the link again: the kernel then drops the source address it had cached.
+
+        NetworkManager 1.42 does this for an unmodified Reapply too (check_and_reapply_connection() always
+        calls the device's reapply_connection(), whose link_config(REAPPLY) sends each peer with its
+        endpoint); with no difference the applied connection, secrets included, is kept as it is."""
+        await self._reapply(device, lambda settings: True)
+
 
 def _metric(settings: Settings, family: str) -> int | None:
     section = settings.get(family)
@@ -561,6 +790,36 @@ def _metric(settings: Settings, family: str) -> int | None:
 def _metered(settings: Settings) -> int:
     # NetworkManager leaves out a property at its default, and metered's default is unknown.
     return int(_unwrap(settings.get("connection", {}).get("metered", METERED_UNKNOWN)))
+
+
+def _rule_tables(settings: Settings) -> frozenset[int]:
+    return frozenset(
+        int(_unwrap(rule.get("table", 0)))
+        for family in ("ipv4", "ipv6")
+        for rule in _unwrap(settings.get(family, {}).get("routing-rules", [])) or []
+    )
+
+
+def _canonical(entries: Sequence[dict[str, Any]], keys: Sequence[str]) -> frozenset[tuple[Any, ...]]:
+    # NetworkManager hands entries back with the keys it was given; only ours are compared, so an attribute
+    # it might add some day cannot make every comparison a difference (and every apply a Reapply).
+    return frozenset(tuple(_unwrap(entry.get(key)) for key in keys) for entry in entries)
+
+
+def _sources(ip_config: dict[str, Any], version: int) -> tuple[str, ...]:
+    """The IP config's addresses as routing-rule sources: IPv4 addresses as /32, IPv6 as their prefix."""
+    found: list[str] = []
+    for entry in _unwrap(ip_config.get("AddressData", [])) or []:
+        try:
+            interface = ipaddress.ip_interface(f"{_unwrap(entry['address'])}/{int(_unwrap(entry['prefix']))}")
+        except (KeyError, ValueError):
+            continue
+        if interface.version != version or interface.ip.is_link_local:
+            continue
+        source = str(ipaddress.ip_network(interface.ip)) if version == 4 else str(interface.network)
+        if source not in found:
+            found.append(source)
+    return tuple(found)
 
 
 def _profile(spec: str, settings: Settings) -> Profile:
@@ -607,6 +866,13 @@ def _event(msg: Any) -> NMEvent | None:
         return CarrierChanged(msg.path, bool(_unwrap(body[1]["Carrier"])))
     if interface == IFACE_PROPERTIES and body and body[0] == IFACE_DEVICE and "Metered" in body[1]:
         return MeteredChanged(msg.path, int(_unwrap(body[1]["Metered"])))
+    if (
+        interface == IFACE_PROPERTIES
+        and body
+        and body[0] in (IFACE_IP4, IFACE_IP6)
+        and ("AddressData" in body[1] or "Gateway" in body[1])
+    ):
+        return IpConfigChanged(msg.path)
     if (
         interface == IFACE_PROPERTIES
         and msg.path == NM_PATH

@@ -127,6 +127,11 @@ ENV_CASES: list[Case] = [
     *bad("NMFAILOVER_METRIC_STEP", "", "abc", "0", "-100", "4294967295"),
     *bad("NMFAILOVER_MANAGE_AUTOCONNECT_PRIORITY", "", "maybe", "2", "on", "$(touch {marker})"),
     *bad("NMFAILOVER_METERED", "nosuch", "backup,nodefault", "fallback", ",", "backup,backup", *HOSTILE),
+    *bad("NMFAILOVER_SOURCE_ROUTING", "", "maybe", "2", "$(touch {marker})"),
+    # 252: the backup would get 253; 4294967295: the backup's would not fit in 32 bits.
+    *bad("NMFAILOVER_SOURCE_ROUTING_TABLE", "", "abc", "0", "-1", "1.5", "253", "254", "255", "252"),
+    *bad("NMFAILOVER_SOURCE_ROUTING_TABLE", "4294967295", "4294967296"),
+    *bad("NMFAILOVER_SOURCE_ROUTING_PRIORITY", "", "abc", "0", "-1", "1.5", "32765", "32766", "40000"),
     *bad("NMFAILOVER_LOG_LEVEL", "", "verbose", "5", "$(touch {marker})"),
     *bad("NMFAILOVER_HOOKS_DIR", "/nonexistent/hooks.d", "{files}/not-a-dir", "$(touch {marker})"),
     *bad("NMFAILOVER_HOOK_TIMEOUT", *NOT_POSITIVE_SHORT),
@@ -148,6 +153,9 @@ ENV_CASES: list[Case] = [
         "http://$(touch {marker})/",
         "http://a\nb/",
     ),
+    # nosuch0: no interface at all; wana: an interface, but not WireGuard (both found only at start).
+    *bad("NMFAILOVER_WIREGUARD_FOLLOW", "nosuch0", "wana", "wana,nosuch0", "auto,wg0", "wg0,wg0", ","),
+    *bad("NMFAILOVER_WIREGUARD_FOLLOW", "a/b", "a:b", "sixteen-chars-xx", *HOSTILE),
     *bad(
         "NMFAILOVER_ENV_FILE",
         "/nonexistent/nmfailover.env",

@@ -123,7 +123,7 @@ def test_unit_and_scripts_are_well_formed() -> None:
         "ExecStart=/opt/nmfailover/bin/nmfailover run",
         "EnvironmentFile=-/etc/nmfailover/nmfailover.env",
         "Restart=on-failure",
-        "CapabilityBoundingSet=CAP_NET_RAW",
+        "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN",
         "WantedBy=multi-user.target",
     ):
         assert re.search(rf"^{re.escape(line)}$", unit, re.MULTILINE), line

@@ -1,19 +1,20 @@
 """Carrying a decision out through NetworkManager: rank the uplinks' route metrics (and autoconnect
-priorities), mark the metered ones, verify what NetworkManager really applied, and put the profiles' own
-values back on stop."""
+priorities), mark the metered ones, give each uplink its own routing table for the connections that use its
+addresses, verify what NetworkManager really applied, and put the profiles' own values back on stop."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import replace
+from typing import Any, Protocol, runtime_checkable
 
 from loguru import logger
 
 from .. import runstate
 from ..config import Settings
 from ..errors import ConfigError, NMError
-from ..nm import METERED_NAMES, METERED_YES, LinkState, Metrics, Profile
+from ..nm import METERED_NAMES, METERED_YES, LinkState, Metrics, Profile, SourceRouting
 from .state import Uplink, role_name
 
 METERED_VARIABLE = "NMFAILOVER_METERED"
@@ -32,6 +33,14 @@ class NetworkManagerPort(Protocol):
     async def profile(self, uuid: str) -> Profile: ...
     async def applied_metrics(self, device: str) -> Metrics: ...
     async def has_profile(self, uuid: str) -> bool: ...
+
+
+@runtime_checkable
+class SourceRouter(Protocol):
+    """What routing by source address needs of NetworkManager besides the port; nm.NetworkManagerClient
+    has it. A separate protocol, so the engine's test doubles that never route by source need not."""
+
+    async def set_source_routing(self, device: str, wanted: SourceRouting) -> bool: ...
 
 
 def metered_uplinks(settings: Settings, profiles: Sequence[Profile]) -> frozenset[int]:
@@ -85,6 +94,9 @@ class Actuator:
         self._warned: set[int] = set()  # uplinks whose metered warning is in the log already
         self.applied_for: int | None = None  # the preference NetworkManager last confirmed
         self._original_priority: dict[str, int] = {}
+        self.router = nm if settings.source_routing and isinstance(nm, SourceRouter) else None
+        # Per uplink index: the table and rules NetworkManager last confirmed on its applied connection.
+        self.source_routing: dict[int, SourceRouting] = {}
 
     def remember_priorities(self) -> None:
         """Each profile's own autoconnect-priority, from a crashed earlier run if there was one."""
@@ -122,6 +134,8 @@ class Actuator:
             for u, metric in ranked
             if u.link.activated and u.link.device is not None
         ]
+        # Before the default route moves: a connection must be pinned to its uplink by then.
+        await self.route_by_source()
         try:
             # Marked before the metrics move traffic there, so NetworkManager calls the machine metered from
             # the moment traffic arrives; the Reapply of the metrics keeps the mark (verified below).
@@ -149,6 +163,11 @@ class Actuator:
                         f"{uplink.label} runs with connection.metered "
                         f"{METERED_NAMES.get(applied.metered, applied.metered)}, expected yes"
                     )
+                routed = self.source_routing.get(uplink.index)
+                if routed is not None and routed.active and routed.table not in applied.rule_tables:
+                    # Replaced behind our back (`nmcli device reapply`): the next round puts them back.
+                    del self.source_routing[uplink.index]
+                    raise NMError(f"{uplink.label} runs without its routing rules for table {routed.table}")
             if settings.manage_autoconnect_priority:
                 for rank, (uplink, _) in enumerate(ranked):
                     if not uplink.missing:
@@ -175,6 +194,10 @@ class Actuator:
                 saved = await self.nm.profile(uplink.profile.uuid)
                 if link.activated and link.device is not None:
                     await self.nm.set_route_metrics(link.device, saved.metric4, saved.metric6)
+                    if self.router is not None and await self.router.set_source_routing(
+                        link.device, self._nothing_of_ours(uplink)
+                    ):
+                        logger.info("{}: its routing table and rules removed", uplink.label)
                     if uplink.index in self.metered and await self.nm.set_metered(link.device, saved.metered):
                         logger.info(
                             "{}: metered back to its profile's own ({})",
@@ -189,3 +212,76 @@ class Actuator:
                 logger.info("{}: restored its profile's own route metrics", uplink.label)
             except NMError as exc:
                 logger.error("{}: could not restore its profile's values: {}", uplink.label, exc)
+
+    # -- routing by source address ------------------------------------------------------------------
+
+    def _nothing_of_ours(self, uplink: Uplink) -> SourceRouting:
+        return SourceRouting(
+            self.settings.source_routing_table + uplink.index, self.settings.source_routing_priority
+        )
+
+    def source_plan(self, uplink: Uplink) -> SourceRouting:
+        """What the uplink's table and rules should hold now: its current gateway and addresses per family.
+
+        A family whose gateway or addresses are missing just now keeps what was applied: every Reapply
+        restarts SLAAC, so IPv6 addresses vanish and return within a second, and following that would
+        Reapply for ever. Rules for an address that is really gone match no packet."""
+        link = uplink.link
+        fresh = replace(
+            self._nothing_of_ours(uplink),
+            gateway4=link.gateway4,
+            sources4=link.sources4,
+            gateway6=link.gateway6,
+            sources6=link.sources6,
+        )
+        previous = self.source_routing.get(uplink.index)
+        if previous is None:
+            return fresh
+        if not fresh.routed(4):
+            fresh = replace(fresh, gateway4=previous.gateway4, sources4=previous.sources4)
+        if not fresh.routed(6):
+            fresh = replace(fresh, gateway6=previous.gateway6, sources6=previous.sources6)
+        return fresh
+
+    async def route_by_source(self) -> None:
+        """Give every active uplink whose addresses or gateway changed its table and rules. A failure is
+        logged and tried again at the next event or apply: failover never waits for this."""
+        if self.router is None:
+            return
+        for uplink in self.uplinks:
+            device = uplink.link.device
+            if not uplink.link.activated or device is None:
+                continue
+            wanted = self.source_plan(uplink)
+            known = self.source_routing.get(uplink.index)
+            if wanted == known or (known is None and not wanted.active):
+                continue
+            try:
+                changed = await self.router.set_source_routing(device, wanted)
+            except NMError as exc:
+                logger.error("{}: could not route its connections by source address: {}", uplink.label, exc)
+                continue
+            self.source_routing[uplink.index] = wanted
+            if changed:
+                logger.info(
+                    "{}: connections from {} keep leaving through it (table {})",
+                    uplink.label,
+                    ", ".join(wanted.sources4 + wanted.sources6) or "none of its addresses",
+                    wanted.table,
+                )
+
+    def forget_source_routing(self, index: int) -> None:
+        """NetworkManager made a new applied connection for the uplink (an activation, its own restart),
+        so what was confirmed on the old one is gone with it."""
+        self.source_routing.pop(index, None)
+
+    def source_routing_status(self, index: int) -> dict[str, Any]:
+        """The uplink's routing table and what it holds now, for status."""
+        if self.router is None:
+            return {"routing_table": None, "routing_rules": [], "routing_routes": []}
+        routed = self.source_routing.get(index)
+        return {
+            "routing_table": self.settings.source_routing_table + index,
+            "routing_rules": routed.describe_rules() if routed is not None else [],
+            "routing_routes": routed.describe_routes() if routed is not None else [],
+        }

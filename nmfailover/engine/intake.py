@@ -1,5 +1,5 @@
 """Event intake: NetworkManager's typed events (and the loss of our bus connection) become re-read links,
-immediate probes and a fresh decision."""
+immediate probes, routing tables that follow the uplinks' addresses, and a fresh decision."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..nm import (
     CarrierChanged,
     DevicesChanged,
     DeviceStateChanged,
+    IpConfigChanged,
     LinkState,
     NMEvent,
     NMStarted,
@@ -76,6 +77,8 @@ class EventIntake:
             case NMStarted():
                 logger.info("NetworkManager is back; re-reading links and re-applying the preference")
                 self.actuator.applied_for = None
+                for uplink in self.uplinks:
+                    self.actuator.forget_source_routing(uplink.index)
         try:
             changed = await self.refresh_links()
         except NMError as exc:
@@ -89,10 +92,19 @@ class EventIntake:
                     wake.update(u.index for u in self.uplinks)
                 case DeviceStateChanged(device=device) | DevicesChanged(device=device):
                     wake.update(u.index for u in self.uplinks if u.link.device == device)
-                case ProfilesChanged() | ActiveConnectionsChanged() | NMStarted() | NMStopped():
+                case (
+                    ProfilesChanged()
+                    | ActiveConnectionsChanged()
+                    | IpConfigChanged()
+                    | NMStarted()
+                    | NMStopped()
+                ):
                     pass
         for index in wake:
             self.uplinks[index].recheck()
+        # Whatever the decision: a new DHCP lease or prefix must reach the uplink's rules even while no
+        # uplink is healthy enough for the preference to be applied.
+        await self.actuator.route_by_source()
         await self._reconcile()
 
     async def refresh_links(self) -> list[Uplink]:
@@ -120,6 +132,9 @@ class EventIntake:
                 if link.activated and not old.activated:
                     # A fresh activation brings back the profile's own metrics.
                     self.actuator.applied_for = None
+                if link.device != old.device or link.activated != old.activated:
+                    # ...and a new applied connection, without our table and rules.
+                    self.actuator.forget_source_routing(uplink.index)
                 changed.append(uplink)
             uplink.link = link
         return changed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -26,6 +27,8 @@ def _duration(seconds: float, *, zero_ok: bool) -> float:
 class Operator:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # The WireGuard tunnels moved at the last switch (tunnels.py); the daemon plugs it in.
+        self.tunnels: Callable[[], dict[str, Any] | None] = lambda: None
 
     def find_uplink(self, name: str) -> Uplink:
         """An uplink by role (primary, backup...), profile id, UUID, configured name or interface."""
@@ -107,6 +110,7 @@ class Operator:
             "forced_failover_remaining": round(avoid.remaining(now), 3) if avoid is not None else 0.0,
             "pinned": engine.uplinks[pin.index].role if pin is not None else None,
             "task_restarts": dict(engine.supervisor.restarts),
+            "tunnels": self.tunnels(),
             "uplinks": [
                 _uplink_status(
                     u,
@@ -115,6 +119,8 @@ class Operator:
                     quality(u.health, now, engine.params),
                     u.index in engine.actuator.metered,
                 )
+                # Its own routing table, with the rules and routes NetworkManager confirmed on it.
+                | engine.actuator.source_routing_status(u.index)
                 for u in engine.uplinks
             ],
         }

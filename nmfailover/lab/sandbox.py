@@ -1062,3 +1062,137 @@ class NMLab(Topology):
             return "\n".join(self.nm_log.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+# -- a WireGuard peer behind every upstream (opt-in: add_wireguard_peer) ------------------------------------
+#
+#    host ns: TUNNEL_HOST/30 on a wireguard-go interface, endpoint WIREGUARD_ENDPOINT:51820
+#    upstream ns X: wgp 198.51.100.(65+4i)/30, route to WIREGUARD_ENDPOINT via the peer, forwarding on
+#       |  veth
+#    peer ns: upX 198.51.100.(66+4i)/30, WIREGUARD_ENDPOINT on lo, routes back to each uplink's /26 via
+#       its upstream; a wireguard-go interface with TUNNEL_PEER/30
+#
+# One peer address reachable through every uplink, as a VPN server on the internet is. blackhole() on an
+# upstream drops everything it forwards, so it also cuts that uplink's path to the peer. wireguard-go, not
+# the kernel module: CI's kernels have none, and wireguard-go's sticky source address is the harder case.
+
+WIREGUARD_ENDPOINT: str = "198.51.100.80"
+WIREGUARD_PORT: int = 51820
+TUNNEL_HOST: str = "192.0.2.241"
+TUNNEL_PEER: str = "192.0.2.242"
+TUNNEL_HTTP_PORT: int = 8080  # the peer's HTTP server, reachable only through the tunnel
+_TUNNEL_PREFIXLEN = 30
+_WG_TOOLS = ("wireguard-go", "wg")
+
+
+def wireguard_available() -> str | None:
+    """None if add_wireguard_peer() can run here, else why not (a missing tool)."""
+    for tool in _WG_TOOLS:
+        try:
+            _tool(tool)
+        except FileNotFoundError:
+            return f"{tool} is not installed (apt-get install wireguard-go wireguard-tools)"
+    return None
+
+
+@dataclass
+class WireGuardPeer:
+    """The tunnel between the host namespace and the peer (see add_wireguard_peer)."""
+
+    lab: Topology
+    netns: str  # the peer's namespace
+    host_iface: str  # the tunnel's interface in the host namespace
+    peer_iface: str
+    host_public_key: str
+    peer_public_key: str
+
+    def wg(self, *args: str, check: bool = True) -> str:
+        """`wg ARGS` on the host side (wireguard-go's socket names the interface, whatever the namespace)."""
+        return self.lab.host(_tool("wg"), *args, check=check).stdout
+
+    def ping(self, timeout: float = 1.0) -> bool:
+        """One HTTP request through the tunnel from the host namespace to the peer's server, answered within
+        `timeout` (the lab has no ping(8); a fresh TCP connection each time, so nothing is retried)."""
+        proc = self.lab.host(
+            _tool("curl"), "--silent", "--output", "/dev/null", "--max-time", f"{timeout:g}",
+            f"http://{TUNNEL_PEER}:{TUNNEL_HTTP_PORT}/",
+            check=False, timeout=timeout + 10,
+        )  # fmt: skip
+        return proc.returncode == 0
+
+    def received_from(self) -> dict[str, int]:
+        """Packets the peer namespace received on each upstream's link: which uplink the tunnel uses."""
+        out = _run([_tool("ip"), "-n", self.netns, "-j", "-s", "link", "show"], timeout=10).stdout
+        return {
+            str(link["ifname"]): int(link["stats64"]["rx"]["packets"])
+            for link in json.loads(out)
+            if str(link["ifname"]).startswith("up")
+        }
+
+
+def _start_wireguard_go(lab: Topology, netns: str, iface: str, log: Path) -> None:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [_tool("ip"), "netns", "exec", netns, _tool("wireguard-go"), "-f", iface],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+        )  # fmt: skip
+    lab._procs.append(proc)  # SIGTERM at close: wireguard-go then removes its socket
+    _wait_for(
+        f"wireguard-go {iface}",
+        lambda: proc.poll() is None and Path(f"/var/run/wireguard/{iface}.sock").exists(),
+        10,
+    )
+
+
+def add_wireguard_peer(lab: Topology) -> WireGuardPeer:
+    """Add the WireGuard peer (see above) to `lab` and bring the tunnel up through the current default
+    route; the lab's close() removes it. RuntimeError if wireguard-go or wg is missing."""
+    reason = wireguard_available()
+    if reason is not None:
+        raise RuntimeError(reason)
+    ip, wg = _tool("ip"), _tool("wg")
+    token = lab.host_netns.removesuffix("-host").rsplit("-", 1)[-1]
+    netns = f"{lab.host_netns.removesuffix('-host')}-wgpeer"
+    # Unique per lab: wireguard-go's control sockets share one directory across all namespaces.
+    host_iface, peer_iface = f"wgh{token}", f"wgp{token}"
+    lab._add_netns(netns)
+    _run([ip, "-n", netns, "address", "add", f"{WIREGUARD_ENDPOINT}/32", "dev", "lo"])
+    for index, up in enumerate(lab.upstreams):
+        base = 64 + 4 * index
+        near, far = f"198.51.100.{base + 1}", f"198.51.100.{base + 2}"
+        _run([ip, "-n", up.netns, "link", "add", "wgp", "type", "veth", "peer", "name", f"up{up.name}",
+              "netns", netns])  # fmt: skip
+        lab._batch(up.netns, [f"address add {near}/30 dev wgp", "link set wgp up",
+                              f"route add {WIREGUARD_ENDPOINT}/32 via {far}"])  # fmt: skip
+        _run([ip, "netns", "exec", up.netns, _tool("sysctl"), "-qw", "net.ipv4.ip_forward=1"])
+        lab._batch(netns, [f"address add {far}/30 dev up{up.name}", f"link set up{up.name} up",
+                           f"route add {up.address4}/32 via {near}"])  # fmt: skip
+    public = {}
+    for side in ("host", "peer"):
+        private = _run([wg, "genkey"]).stdout.strip()
+        public[side] = _run([wg, "pubkey"], input=private + "\n").stdout.strip()
+        key_file = lab.workdir / f"wg-{side}.key"
+        key_file.touch(mode=0o600)
+        key_file.write_text(private + "\n", encoding="utf-8")
+    _start_wireguard_go(lab, netns, peer_iface, lab.workdir / "wireguard-go-peer.log")
+    _run([ip, "netns", "exec", netns, wg, "set", peer_iface, "listen-port", str(WIREGUARD_PORT),
+          "private-key", str(lab.workdir / "wg-peer.key"),
+          "peer", public["host"], "allowed-ips", f"{TUNNEL_HOST}/32"])  # fmt: skip
+    lab._batch(netns, [f"address add {TUNNEL_PEER}/{_TUNNEL_PREFIXLEN} dev {peer_iface}",
+                       f"link set {peer_iface} up"])  # fmt: skip
+    site = lab.workdir / "wgpeer-site"
+    site.mkdir()
+    with (lab.workdir / "wgpeer-http.log").open("ab") as out:
+        server = [sys.executable, "-m", "http.server", "--bind", TUNNEL_PEER, "--directory", str(site)]
+        argv = [ip, "netns", "exec", netns, *server, str(TUNNEL_HTTP_PORT)]
+        lab._procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out))
+    _start_wireguard_go(lab, lab.host_netns, host_iface, lab.workdir / "wireguard-go-host.log")
+    _run([ip, "netns", "exec", lab.host_netns, wg, "set", host_iface,
+          "private-key", str(lab.workdir / "wg-host.key"),
+          "peer", public["peer"], "endpoint", f"{WIREGUARD_ENDPOINT}:{WIREGUARD_PORT}",
+          "allowed-ips", f"{TUNNEL_PEER}/32"])  # fmt: skip
+    lab._batch(lab.host_netns, [f"address add {TUNNEL_HOST}/{_TUNNEL_PREFIXLEN} dev {host_iface}",
+                                f"link set {host_iface} up"])  # fmt: skip
+    peer = WireGuardPeer(lab, netns, host_iface, peer_iface, public["host"], public["peer"])
+    _wait_for("the WireGuard tunnel to pass traffic", lambda: peer.ping(0.5), 15, interval=0.1)
+    return peer
