@@ -663,6 +663,29 @@ class NetworkManagerClient:
 
         return await self._reapply(device, edit)
 
+    async def set_ipv6_default(self, device: str, allowed: bool, gateway: str | None = None) -> str | None:
+        """Let the device's applied connection have an IPv6 default route or not (ipv6.never-default, at run
+        time through Reapply; the saved profile is untouched).
+
+        A never-default connection may have no gateway (NetworkManager drops it), so taking the route away
+        returns the applied connection's own IPv6 gateway, if it had one, and allowing it again puts back
+        `gateway`. A gateway learnt from router advertisements needs nothing: it comes back by itself."""
+        dropped: list[str] = []
+
+        def edit(settings: Settings) -> bool:
+            section = settings.get("ipv6")
+            if section is None or bool(_unwrap(section.get("never-default", False))) is not allowed:
+                return False
+            section["never-default"] = Variant("b", not allowed)
+            if allowed and gateway:
+                section["gateway"] = Variant("s", gateway)
+            elif not allowed and "gateway" in section:
+                dropped.append(str(_unwrap(section.pop("gateway"))))
+            return True
+
+        await self._reapply(device, edit)
+        return dropped[0] if dropped else None
+
     async def set_source_routing(self, device: str, wanted: SourceRouting) -> bool:
         """Put `wanted`'s routes (route-data with a table) and routing-rules on the device's applied
         connection at run time (Reapply), replacing whatever of its table and rules was there and keeping

@@ -66,6 +66,7 @@ class FakeNM:
         self.priorities: dict[str, int] = {p.uuid: 0 for p in profiles}
         self.calls: list[tuple[str, int]] = []
         self.fail_writes = False
+        self.ipv6_withdrawn: set[str] = set()
         self.disconnected = asyncio.Event()
 
     async def connect(self) -> None:
@@ -90,6 +91,10 @@ class FakeNM:
 
     async def set_metered(self, device: str, metered: int) -> bool:
         raise AssertionError("no uplink is configured metered here")  # tests/test_metered.py covers it
+
+    async def set_ipv6_default(self, device: str, allowed: bool, gateway: str | None = None) -> str | None:
+        (self.ipv6_withdrawn.discard if allowed else self.ipv6_withdrawn.add)(device)
+        return None
 
     async def set_autoconnect_priority(self, uuid: str, priority: int) -> bool:
         if self.fail_writes:

@@ -332,6 +332,9 @@ class AppliedConnections:
         self.applied[device][:2] = [metric4, metric6]
         return True
 
+    async def set_ipv6_default(self, device: str, allowed: bool, gateway: str | None = None) -> str | None:
+        raise AssertionError("no uplink here loses its IPv6")  # tests/test_ipv6.py covers it
+
     async def set_metered(self, device: str, metered: int) -> bool:
         changed = self.applied[device][2] != metered
         if self.keeps_mark:

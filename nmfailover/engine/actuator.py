@@ -15,6 +15,7 @@ from .. import runstate
 from ..config import Settings
 from ..errors import ConfigError, NMError
 from ..nm import METERED_NAMES, METERED_YES, LinkState, Metrics, Profile, SourceRouting
+from ..policy import Health
 from .state import Uplink, role_name
 
 METERED_VARIABLE = "NMFAILOVER_METERED"
@@ -29,6 +30,9 @@ class NetworkManagerPort(Protocol):
     async def link_state(self, uuid: str) -> LinkState: ...
     async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool: ...
     async def set_metered(self, device: str, metered: int) -> bool: ...
+    async def set_ipv6_default(
+        self, device: str, allowed: bool, gateway: str | None = None
+    ) -> str | None: ...
     async def set_autoconnect_priority(self, uuid: str, priority: int) -> bool: ...
     async def profile(self, uuid: str) -> Profile: ...
     async def applied_metrics(self, device: str) -> Metrics: ...
@@ -93,6 +97,8 @@ class Actuator:
         self.metered = metered_uplinks(settings, [u.profile for u in uplinks])
         self._warned: set[int] = set()  # uplinks whose metered warning is in the log already
         self.applied_for: int | None = None  # the preference NetworkManager last confirmed
+        # Uplinks whose IPv6 default route we took away, with the gateway their applied connection had.
+        self.ipv6_withdrawn: dict[int, str | None] = {}
         self._original_priority: dict[str, int] = {}
         self.router = nm if settings.source_routing and isinstance(nm, SourceRouter) else None
         # Per uplink index: the table and rules NetworkManager last confirmed on its applied connection.
@@ -198,6 +204,11 @@ class Actuator:
                         link.device, self._nothing_of_ours(uplink)
                     ):
                         logger.info("{}: its routing table and rules removed", uplink.label)
+                    if uplink.index in self.ipv6_withdrawn:
+                        await self.nm.set_ipv6_default(
+                            link.device, True, self.ipv6_withdrawn.pop(uplink.index)
+                        )
+                        logger.info("{}: its IPv6 default route back", uplink.label)
                     if uplink.index in self.metered and await self.nm.set_metered(link.device, saved.metered):
                         logger.info(
                             "{}: metered back to its profile's own ({})",
@@ -212,6 +223,44 @@ class Actuator:
                 logger.info("{}: restored its profile's own route metrics", uplink.label)
             except NMError as exc:
                 logger.error("{}: could not restore its profile's values: {}", uplink.label, exc)
+
+    async def withdraw_dead_ipv6(self, current: int | None) -> None:
+        """No IPv6 black hole: while the uplink carrying traffic is up but has no IPv6 default route, an
+        uplink that is not up must not keep one, or every dual-stack program would try IPv6 first, through
+        it, and hang until its connect timeout; without any IPv6 route they fall back to IPv4 at once. The
+        route comes back as soon as that uplink is up again (or traffic moves to it, or the daemon stops)."""
+        carrying = self.uplinks[current] if current is not None else None
+        ipv6_lost = (
+            carrying is not None and carrying.health.health is Health.UP and carrying.link.gateway6 is None
+        )
+        for uplink in self.uplinks:
+            device = uplink.link.device
+            withdraw = ipv6_lost and uplink is not carrying and uplink.health.health is not Health.UP
+            unchanged = withdraw is (uplink.index in self.ipv6_withdrawn)
+            if unchanged or not uplink.link.activated or device is None:
+                continue
+            if withdraw and uplink.link.gateway6 is None:
+                continue  # no IPv6 default route to take away
+            try:
+                gateway = await self.nm.set_ipv6_default(
+                    device, not withdraw, self.ipv6_withdrawn.get(uplink.index)
+                )
+            except NMError as exc:
+                logger.error("{}: could not change its IPv6 default route: {}", uplink.label, exc)
+                continue
+            if withdraw:
+                self.ipv6_withdrawn[uplink.index] = gateway
+                logger.warning(
+                    "{}: IPv6 default route taken away while it is {} and {} has no IPv6: dual-stack "
+                    "programs use IPv4 at once",
+                    uplink.label,
+                    uplink.health.health.value,
+                    carrying.label if carrying is not None else "none",
+                )
+            else:
+                del self.ipv6_withdrawn[uplink.index]
+                logger.info("{}: IPv6 default route back", uplink.label)
+            await self.route_by_source()
 
     # -- routing by source address ------------------------------------------------------------------
 
@@ -235,12 +284,15 @@ class Actuator:
             sources6=link.sources6,
         )
         previous = self.source_routing.get(uplink.index)
-        if previous is None:
-            return fresh
-        if not fresh.routed(4):
+        if previous is not None and not fresh.routed(4):
             fresh = replace(fresh, gateway4=previous.gateway4, sources4=previous.sources4)
-        if not fresh.routed(6):
+        if previous is not None and not fresh.routed(6):
             fresh = replace(fresh, gateway6=previous.gateway6, sources6=previous.sources6)
+        if uplink.index in self.ipv6_withdrawn:
+            # Its own table must not keep the IPv6 route either: with no route in the main table, the
+            # kernel still picks a source address for an IPv6 connection, and the rule for that address
+            # would lead it into the dead uplink all the same.
+            fresh = replace(fresh, gateway6=None, sources6=())
         return fresh
 
     async def route_by_source(self) -> None:

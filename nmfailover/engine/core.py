@@ -136,34 +136,38 @@ class Engine:
 
     async def reconcile(self) -> None:
         async with self._apply_lock:
-            self._deadlines_changed.set()
-            self._refresh_next_candidate()
-            decision = self.decision(self.clock())
-            target = decision.preferred
-            if target is None or self.uplinks[target].health.health != Health.UP:
-                return  # with nothing healthy, nothing is changed
-            if target == self.current:
-                if self.actuator.applied_for != target:
-                    await self.actuator.apply(target)
-                return
-            event = self._switch_event(decision, target)
-            if decision.action == Action.FAILBACK and not await self._failback_allowed(event):
-                return
-            old = self.uplinks[self.current] if self.current is not None else None
-            cause = (
-                f"{old.label} {old.last_round.summary}"
-                if (old is not None and old.last_round is not None and decision.action == Action.FAILOVER)
-                else decision.reason
-            )
-            logger.warning("{} -> switching to {}", cause, self.uplinks[target].label)
-            self.current = target
-            self.last_switch_at = self.clock()
-            self.switches += 1
-            self.actuator.applied_for = None
-            await self.actuator.apply(target)
-            self._switched.put_nowait(event)
-            # Its loop may be waiting out a standby interval: from now on it is watched at the active pace.
-            self.uplinks[target].wake.set()
+            await self._reconcile_route()
+            await self.actuator.withdraw_dead_ipv6(self.current)
+
+    async def _reconcile_route(self) -> None:
+        self._deadlines_changed.set()
+        self._refresh_next_candidate()
+        decision = self.decision(self.clock())
+        target = decision.preferred
+        if target is None or self.uplinks[target].health.health != Health.UP:
+            return  # with nothing healthy, nothing is changed
+        if target == self.current:
+            if self.actuator.applied_for != target:
+                await self.actuator.apply(target)
+            return
+        event = self._switch_event(decision, target)
+        if decision.action == Action.FAILBACK and not await self._failback_allowed(event):
+            return
+        old = self.uplinks[self.current] if self.current is not None else None
+        cause = (
+            f"{old.label} {old.last_round.summary}"
+            if (old is not None and old.last_round is not None and decision.action == Action.FAILOVER)
+            else decision.reason
+        )
+        logger.warning("{} -> switching to {}", cause, self.uplinks[target].label)
+        self.current = target
+        self.last_switch_at = self.clock()
+        self.switches += 1
+        self.actuator.applied_for = None
+        await self.actuator.apply(target)
+        self._switched.put_nowait(event)
+        # Its loop may be waiting out a standby interval: from now on it is watched at the active pace.
+        self.uplinks[target].wake.set()
 
     def _refresh_next_candidate(self) -> None:
         """While the current uplink is in doubt, the one traffic would move to is probed at once: a backup

@@ -121,6 +121,8 @@ class Operator:
                 )
                 # Its own routing table, with the rules and routes NetworkManager confirmed on it.
                 | engine.actuator.source_routing_status(u.index)
+                # Taken away while it is down and the uplink carrying traffic has no IPv6.
+                | {"ipv6_default_route": u.index not in engine.actuator.ipv6_withdrawn}
                 for u in engine.uplinks
             ],
         }

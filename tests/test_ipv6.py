@@ -1,0 +1,98 @@
+"""No IPv6 black hole, against the real NetworkManager: a dual-stack primary dies behind its router while the
+backup has IPv4 only; the primary's IPv6 default route must go, so a dual-stack client falls back to IPv4
+at once instead of waiting out its connect timeout on IPv6; it comes back with the primary."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nmfailover.lab.sandbox import NMLab
+from tests.daemon import running_daemon
+
+pytestmark = pytest.mark.lab
+
+# What a program without Happy Eyeballs does with a name that has AAAA and A records (Python's
+# socket.create_connection, for one): each address in getaddrinfo's order, IPv6 first, with its timeout.
+_CLIENT = """
+import json, socket, sys, time
+start = time.monotonic()
+for address in ("2001:db8:ffff::10", "203.0.113.10"):
+    try:
+        socket.create_connection((address, 80), timeout=30).close()
+    except OSError as exc:
+        continue
+    print(json.dumps({"address": address, "seconds": time.monotonic() - start}))
+    sys.exit(0)
+print(json.dumps({"address": None, "seconds": time.monotonic() - start}))
+"""
+
+
+def dual_stack_connect(lab: NMLab) -> dict[str, object]:
+    done = lab.host(sys.executable, "-c", _CLIENT, timeout=90)
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def wait_for(what: str, condition: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.1)
+
+
+def backup_without_ipv6(lab: NMLab) -> None:
+    lab.nmcli(
+        "connection", "modify", "backup", "ipv6.method", "disabled", "ipv6.addresses", "", "ipv6.gateway", ""
+    )
+    lab.nmcli("connection", "up", "backup")
+    lab.wait_activated()
+
+
+def test_a_dead_dual_stack_primary_loses_its_ipv6_default_route_while_the_backup_has_none(
+    nmlab: NMLab, tmp_path: Path
+) -> None:
+    backup_without_ipv6(nmlab)
+    on_disk = nmlab.profiles_on_disk()
+    with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        assert [dev for dev, _ in nmlab.default_routes(6)] == ["wana"]
+        primary = nmlab.upstreams[0]
+        primary.blackhole()
+        try:
+            daemon.wait_route("wanb", timeout=10)
+            wait_for("no IPv6 default route", lambda: not nmlab.default_routes(6), 5)
+            connected = dual_stack_connect(nmlab)
+            print(f"\ndual-stack connect after failover: {connected}")
+            assert connected["address"] == "203.0.113.10"
+            assert isinstance(connected["seconds"], float) and connected["seconds"] < 1.0
+            status = json.loads(
+                nmlab.host(sys.executable, "-m", "nmfailover", "status", "--json", env=nmlab.env).stdout
+            )
+            assert [u["ipv6_default_route"] for u in status["uplinks"]] == [False, True]
+        finally:
+            primary.heal()
+        # Up again, it gets its IPv6 back at once, before the failback's hold-down is over.
+        wait_for("the primary's IPv6 default route back", lambda: nmlab.default_routes(6), 15)
+        assert nmlab.default_route(4) == "wanb"
+        assert daemon.stop() == 0
+    assert nmlab.profiles_on_disk() == on_disk  # all of it at run time, nothing saved
+
+
+def test_stopping_while_the_primary_is_dead_gives_its_ipv6_default_route_back(
+    nmlab: NMLab, tmp_path: Path
+) -> None:
+    backup_without_ipv6(nmlab)
+    with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        nmlab.upstreams[0].blackhole()
+        daemon.wait_route("wanb", timeout=10)
+        wait_for("no IPv6 default route", lambda: not nmlab.default_routes(6), 5)
+        assert daemon.stop() == 0
+    # The profile's own state again: its IPv6 default route with the profile's metric.
+    wait_for("the primary's IPv6 default route back", lambda: nmlab.default_routes(6), 10)
+    assert [dev for dev, _ in nmlab.default_routes(6)] == ["wana"]
