@@ -96,6 +96,7 @@ class ProbeResult:
     payload: int = 0  # bytes it sent and received above UDP and TCP
     unanswered: bool = False  # it failed because nothing came back in time (DNS or HTTP), not by an error
     address: str = ""  # the address that answered (or was last tried)
+    ipv6: str = ""  # the target's first IPv6 address, where the uplink's IPv6 heartbeats go
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ async def probe(link: Link, target: Target, timeout: float) -> ProbeResult:
         progress.payload,
         unanswered or reason is Reason.TIMEOUT,
         progress.address,
+        next((a for a in progress.resolved if ":" in a), ""),
     )
 
 

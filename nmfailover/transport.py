@@ -75,6 +75,7 @@ class Progress:
     host: str = ""
     peer: str = ""  # address:port, as messages show it
     address: str = ""  # the peer's bare address: where a heartbeat goes
+    resolved: list[str] = field(default_factory=list)  # every address the name had, IPv4 first
     asked: list[str] = field(default_factory=list)  # nameservers queried
     payload: int = 0  # bytes sent and received above UDP and TCP (DNS datagrams and the HTTP stream)
 
@@ -264,6 +265,7 @@ class _BoundBackend(httpcore.AsyncNetworkBackend):
         else:
             self._progress.phase = Reason.DNS
             addresses = await _resolve(interface, self._link.nameservers, self._progress, self._deadline)
+        self._progress.resolved = addresses
         self._progress.phase = Reason.CONNECT
         problems: list[str] = []
         timed_out = False

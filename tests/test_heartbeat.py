@@ -5,13 +5,14 @@ leaves through the device it is bound to."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Sequence
 
 import pytest
 
 from nmfailover.echo import echo_target
-from nmfailover.engine import Engine, Operator
+from nmfailover.engine import Engine, Operator, probing
 from nmfailover.engine.probing import ECHO_BURST, ECHO_STRIKES, HTTP_EXCUSES
 from nmfailover.lab.sandbox import Topology
 from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target
@@ -19,6 +20,7 @@ from tests.test_engine import PROFILES, SETTINGS, FakeNM, FakeProber, start, sto
 from tests.test_probe_binding import run_in_host
 
 PEER = "192.0.2.10"
+PEER6 = "2001:db8:ffff::10"
 # Proofs every 0.5 s and heartbeats every 0.05 s: about ten heartbeats per proof.
 HEARTBEAT_SETTINGS = SETTINGS.model_copy(
     update={
@@ -38,7 +40,8 @@ class AnsweringProber(FakeProber):
     ) -> RoundResult:
         result = await super().__call__(link, targets, timeout, needed)
         answer = result.results[0]
-        return RoundResult(result.ok, (ProbeResult(**{**answer.__dict__, "address": PEER}),), needed)
+        named = ProbeResult(**{**answer.__dict__, "address": PEER, "ipv6": PEER6})
+        return RoundResult(result.ok, (named,), needed)
 
 
 class FakeEcho:
@@ -196,6 +199,37 @@ async def test_http_timeouts_while_echoes_pass_are_loss_for_a_while_then_failure
     bursts = [call for call in echo.on("wana") if call[3] == ECHO_BURST]
     # HTTP_EXCUSES rounds excused, each by an answered burst; then one failure and its confirmation.
     assert (http, len(bursts)) == (HTTP_EXCUSES + 2, HTTP_EXCUSES), (http, len(bursts))
+    await stop(engine, task)
+
+
+async def test_ipv6_moves_alone_when_only_the_primarys_ipv6_dies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(probing, "IPV6_INTERVAL", 0.05)
+    echo = FakeEcho()
+    dead: set[tuple[str | None, str]] = set()
+    answer = FakeEcho.__call__
+
+    async def sometimes(
+        self: FakeEcho, interface: str | None, address: str, timeout: float, count: int
+    ) -> RoundResult:
+        result = await answer(self, interface, address, timeout, count)
+        if (interface, address) in dead:
+            lost = ProbeResult(echo_target(address), False, Reason.TIMEOUT, timeout, "", 8, True, address)
+            return RoundResult(False, (lost,), 1)
+        return result
+
+    monkeypatch.setattr(FakeEcho, "__call__", sometimes)
+    nm = FakeNM()
+    for uuid, link in nm.links.items():
+        nm.links[uuid] = dataclasses.replace(link, gateway6="2001:db8:a::1")
+    engine = Engine(HEARTBEAT_SETTINGS, nm, PROFILES, AnsweringProber(), echo=echo)
+    task = await start(engine)
+    await wait_until(lambda: engine.uplinks[0].health6.health.value == "up")
+    dead.add(("wana", PEER6))
+    await wait_until(lambda: nm.metrics["/dev/wana"] == (100, 200) and nm.metrics["/dev/wanb"] == (200, 100))
+    assert engine.current == 0 and engine.switches == 0  # IPv4 stays, and no switch is counted
+    assert Operator(engine).status()["uplinks"][0]["ipv6_health"] == "down"
+    dead.clear()
+    await wait_until(lambda: nm.metrics["/dev/wana"] == (100, 100) and nm.metrics["/dev/wanb"] == (200, 200))
     await stop(engine, task)
 
 

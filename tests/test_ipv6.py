@@ -96,3 +96,29 @@ def test_stopping_while_the_primary_is_dead_gives_its_ipv6_default_route_back(
     # The profile's own state again: its IPv6 default route with the profile's metric.
     wait_for("the primary's IPv6 default route back", lambda: nmlab.default_routes(6), 10)
     assert [dev for dev, _ in nmlab.default_routes(6)] == ["wana"]
+
+
+def test_when_only_the_primarys_ipv6_dies_ipv6_moves_to_the_backup_and_ipv4_stays(
+    nmlab: NMLab, tmp_path: Path
+) -> None:
+    with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        daemon.wait_log(r"primary \(wana\) IPv6 up")  # its IPv6 path judged on its own
+        primary = nmlab.upstreams[0]
+        primary.blackhole6()
+        try:
+            # An IPv6 check every 10 s, then a burst: within 20 s IPv6 leaves through the backup.
+            wait_for("IPv6 on the backup", lambda: nmlab.default_route(6) == "wanb", 20)
+            assert nmlab.default_route(4) == "wana"
+            assert "switching" not in daemon.text()
+            status = json.loads(
+                nmlab.host(sys.executable, "-m", "nmfailover", "status", "--json", env=nmlab.env).stdout
+            )
+            primary_status, backup_status = status["uplinks"]
+            assert (primary_status["health"], primary_status["ipv6_health"]) == ("up", "down")
+            # The standby's IPv6 is checked at its own pace (30 s): not judged yet is fine.
+            assert backup_status["ipv6_health"] in (None, "up")
+        finally:
+            primary.heal()
+        wait_for("IPv6 back on the primary", lambda: nmlab.default_route(6) == "wana", 40)
+        assert daemon.stop() == 0

@@ -97,6 +97,7 @@ class Actuator:
         self.metered = metered_uplinks(settings, [u.profile for u in uplinks])
         self._warned: set[int] = set()  # uplinks whose metered warning is in the log already
         self.applied_for: int | None = None  # the preference NetworkManager last confirmed
+        self.applied_ipv6_down: frozenset[int] = frozenset()  # and the uplinks whose IPv6 it ranked last
         # Uplinks whose IPv6 default route we took away, with the gateway their applied connection had.
         self.ipv6_withdrawn: dict[int, str | None] = {}
         self._original_priority: dict[str, int] = {}
@@ -135,8 +136,15 @@ class Actuator:
         settings = self.settings
         ranking = [self.uplinks[preferred]] + [u for u in self.uplinks if u.index != preferred]
         ranked = [(u, settings.metric_base + rank * settings.metric_step) for rank, u in enumerate(ranking)]
+        # IPv6 in the same order, except that uplinks whose IPv6 is down go last: IPv6 moves to the next
+        # uplink whose IPv6 works while IPv4 stays (a stable sort keeps the order among the rest).
+        ipv6_down = self.ipv6_down()
+        metric6 = {
+            u.index: settings.metric_base + rank * settings.metric_step
+            for rank, u in enumerate(sorted(ranking, key=lambda u: u.index in ipv6_down))
+        }
         live = [
-            (u, u.link.device, metric)
+            (u, u.link.device, metric, metric6[u.index])
             for u, metric in ranked
             if u.link.activated and u.link.device is not None
         ]
@@ -145,24 +153,25 @@ class Actuator:
         try:
             # Marked before the metrics move traffic there, so NetworkManager calls the machine metered from
             # the moment traffic arrives; the Reapply of the metrics keeps the mark (verified below).
-            for uplink, device, _ in live:
+            for uplink, device, _, _ in live:
                 if uplink.index in self.metered and await self.nm.set_metered(device, METERED_YES):
                     logger.info("{}: marked metered (connection.metered=yes, at run time)", uplink.label)
-            for uplink, device, metric in live:
+            for uplink, device, metric, ipv6 in live:
                 started = time.perf_counter()
-                if await self.nm.set_route_metrics(device, metric, metric):
+                if await self.nm.set_route_metrics(device, metric, ipv6):
                     logger.info(
-                        "{}: route metric {} applied in {:.0f} ms",
+                        "{}: route metric {}{} applied in {:.0f} ms",
                         uplink.label,
                         metric,
+                        "" if ipv6 == metric else f" (IPv6 {ipv6})",
                         (time.perf_counter() - started) * 1000,
                     )
-            for uplink, device, metric in live:
+            for uplink, device, metric, ipv6 in live:
                 applied = await self.nm.applied_metrics(device)
-                if {applied.metric4, applied.metric6} - {None} != {metric}:
+                if applied.metric4 not in (None, metric) or applied.metric6 not in (None, ipv6):
                     raise NMError(
                         f"{uplink.label} runs with metrics {applied.metric4}/{applied.metric6}, "
-                        f"expected {metric}"
+                        f"expected {metric}/{ipv6}"
                     )
                 if uplink.index in self.metered and applied.metered != METERED_YES:
                     raise NMError(
@@ -183,13 +192,23 @@ class Actuator:
                 "could not apply the preference for {}: {} (will retry)", self.uplinks[preferred].label, exc
             )
             return
-        self.applied_for = preferred
-        for uplink, _, _ in live:
+        self.applied_for, self.applied_ipv6_down = preferred, ipv6_down
+        for uplink, _, _, _ in live:
             warning = metered_warning(uplink.index, uplink.link, uplink.index in self.metered)
             # Once per uplink and run: the journal is where a desktop user who never runs status sees it.
             if warning is not None and uplink.index not in self._warned:
                 self._warned.add(uplink.index)
                 logger.warning("{}", warning)
+
+    def ipv6_down(self) -> frozenset[int]:
+        """The uplinks whose own IPv6 path is down while the uplink as a whole is up."""
+        return frozenset(
+            u.index for u in self.uplinks if u.health6.health is Health.DOWN and u.health.health is Health.UP
+        )
+
+    def up_to_date(self, preferred: int) -> bool:
+        """Whether NetworkManager runs with what apply(preferred) would set now."""
+        return self.applied_for == preferred and self.applied_ipv6_down == self.ipv6_down()
 
     async def restore(self) -> None:
         """Give every uplink its profile's own metrics and autoconnect-priority back, and those it marked

@@ -147,7 +147,7 @@ class Engine:
         if target is None or self.uplinks[target].health.health != Health.UP:
             return  # with nothing healthy, nothing is changed
         if target == self.current:
-            if self.actuator.applied_for != target:
+            if not self.actuator.up_to_date(target):
                 await self.actuator.apply(target)
             return
         event = self._switch_event(decision, target)

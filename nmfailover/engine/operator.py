@@ -121,8 +121,14 @@ class Operator:
                 )
                 # Its own routing table, with the rules and routes NetworkManager confirmed on it.
                 | engine.actuator.source_routing_status(u.index)
-                # Taken away while it is down and the uplink carrying traffic has no IPv6.
-                | {"ipv6_default_route": u.index not in engine.actuator.ipv6_withdrawn}
+                | {
+                    # Its IPv6 path on its own (null: no IPv6, or not judged yet); IPv4 is "health".
+                    "ipv6_health": u.health6.health.value
+                    if u.link.gateway6 is not None and u.health6.health is not Health.UNKNOWN
+                    else None,
+                    # Taken away while it is down and the uplink carrying traffic has no IPv6.
+                    "ipv6_default_route": u.index not in engine.actuator.ipv6_withdrawn,
+                }
                 for u in engine.uplinks
             ],
         }

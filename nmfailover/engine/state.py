@@ -40,6 +40,9 @@ class Uplink:
     echo_off: bool = False  # the peer filters ICMP: HTTP rounds only
     echoed: bool = False  # the last round was a heartbeat
     excused: int = 0  # failed HTTP rounds in a row taken for loss, as echoes still passed
+    echo_peer6: str | None = None  # where IPv6 heartbeats go: a target's IPv6 address
+    health6: UplinkHealth = field(default_factory=UplinkHealth)  # its IPv6 path's, judged by those
+    checked6_at: float | None = None
     proof_due: bool = False  # something happened to it: its next round is HTTP, never a heartbeat
     missing: bool = False  # its profile was deleted from NetworkManager
     wake: asyncio.Event = field(default_factory=asyncio.Event)

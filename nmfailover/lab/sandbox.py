@@ -270,6 +270,14 @@ class Upstream:
             ["drop"],
         )
 
+    def blackhole6(self) -> None:
+        """Silent death of IPv6 alone beyond the router (an ISP's IPv6 outage); IPv4 carries on."""
+        self._nft(
+            ["ip6 daddr 2001:db8:ffff::/48 drop"],
+            ["ip6 saddr 2001:db8:ffff::/48 drop"],
+            ["meta nfproto ipv6 drop"],
+        )
+
     def refuse(self) -> None:
         """Targets answer every TCP connection with a RST (connection refused)."""
         self._nft(
