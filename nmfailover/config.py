@@ -188,6 +188,12 @@ class Settings(BaseSettings):
     heartbeat: Flag = True
     proof_interval: Seconds = 60.0
     standby_proof_interval: Seconds = 300.0
+    # Loss is not death: echoes sent at once to confirm a missed heartbeat (one answer clears it), and HTTP
+    # rounds in a row that may time out while those echoes pass before the uplink counts as failing.
+    echo_burst: Count = 8
+    loss_excuses: Annotated[int, _checked(int, lambda n: n >= 0, "must be a whole number of 0 or more")] = 8
+    # Seconds between the IPv6 heartbeats that judge a dual-stack uplink's IPv6 path on its own.
+    ipv6_interval: Seconds = 20.0
     fail_count: Count = 2
     rise_count: Count = 3
     failback_hold_down: HoldDown = 30.0

@@ -101,6 +101,9 @@ ENV_CASES: list[Case] = [
     *bad("NMFAILOVER_HEARTBEAT", "", "maybe", "2"),
     *bad("NMFAILOVER_PROOF_INTERVAL", *NOT_POSITIVE_SHORT, "0.5"),  # 0.5: below the active interval
     *bad("NMFAILOVER_STANDBY_PROOF_INTERVAL", *NOT_POSITIVE_SHORT, "10"),  # below the standby interval
+    *bad("NMFAILOVER_ECHO_BURST", "", "0", "-1", "1.5", "abc"),
+    *bad("NMFAILOVER_LOSS_EXCUSES", "", "-1", "1.5", "abc"),
+    *bad("NMFAILOVER_IPV6_INTERVAL", *NOT_POSITIVE_SHORT),
     *bad("NMFAILOVER_FAIL_COUNT", "", "0", "-1", "2.5", "abc", "1e3"),
     *bad("NMFAILOVER_RISE_COUNT", "", "0", "-1", "2.5", "abc"),
     *bad("NMFAILOVER_FAILBACK_HOLD_DOWN", "", "abc", "-1", "nan", "inf"),

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import pytest
 
 from nmfailover.echo import echo_target
-from nmfailover.engine import Engine, Operator, probing
-from nmfailover.engine.probing import ECHO_BURST, ECHO_STRIKES, HTTP_EXCUSES
+from nmfailover.engine import Engine, Operator
+from nmfailover.engine.probing import ECHO_STRIKES
 from nmfailover.lab.sandbox import Topology
 from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target
 from tests.test_engine import PROFILES, SETTINGS, FakeNM, FakeProber, start, stop, wait_until
@@ -102,7 +102,7 @@ async def test_a_missed_heartbeat_is_confirmed_by_a_burst_and_a_cut_fails_over_a
     misses = [call for call in echo.on("wana") if call[3] > 1]
     # One heartbeat, then one burst at the heartbeat's own timeout (not the 0.04 s ceiling), and no HTTP
     # round in between: a cut is as quick to find as two echo timeouts.
-    assert misses and misses[0][2:] == (0.01, ECHO_BURST)
+    assert misses and misses[0][2:] == (0.01, HEARTBEAT_SETTINGS.echo_burst)
     await stop(engine, task)
 
 
@@ -184,7 +184,7 @@ async def test_a_recheck_asks_by_http_even_between_proofs() -> None:
 
 async def test_http_timeouts_while_echoes_pass_are_loss_for_a_while_then_failure() -> None:
     """A lossy link fails HTTP rounds by timeouts now and then: while the proof's address answers echoes,
-    HTTP_EXCUSES such rounds in a row move nothing; a resolver or server that stays silent behind a live
+    NMFAILOVER_LOSS_EXCUSES such rounds in a row move nothing; a resolver or server that stays silent behind a live
     path still takes the uplink down after them."""
     echo = FakeEcho()
     settings = HEARTBEAT_SETTINGS.model_copy(update={"proof_interval": 0.1})
@@ -196,14 +196,14 @@ async def test_http_timeouts_while_echoes_pass_are_loss_for_a_while_then_failure
     prober.healthy["wana"] = False  # HTTP times out; echoes pass
     await wait_until(lambda: engine.current == 1, timeout=5)
     http = len([i for i in prober.rounds if i == "wana"]) - before
-    bursts = [call for call in echo.on("wana") if call[3] == ECHO_BURST]
-    # HTTP_EXCUSES rounds excused, each by an answered burst; then one failure and its confirmation.
-    assert (http, len(bursts)) == (HTTP_EXCUSES + 2, HTTP_EXCUSES), (http, len(bursts))
+    bursts = [call for call in echo.on("wana") if call[3] == HEARTBEAT_SETTINGS.echo_burst]
+    # That many rounds excused, each by an answered burst; then one failure and its confirmation.
+    excuses = settings.loss_excuses
+    assert (http, len(bursts)) == (excuses + 2, excuses), (http, len(bursts))
     await stop(engine, task)
 
 
 async def test_ipv6_moves_alone_when_only_the_primarys_ipv6_dies(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(probing, "IPV6_INTERVAL", 0.05)
     echo = FakeEcho()
     dead: set[tuple[str | None, str]] = set()
     answer = FakeEcho.__call__
@@ -221,7 +221,8 @@ async def test_ipv6_moves_alone_when_only_the_primarys_ipv6_dies(monkeypatch: py
     nm = FakeNM()
     for uuid, link in nm.links.items():
         nm.links[uuid] = dataclasses.replace(link, gateway6="2001:db8:a::1")
-    engine = Engine(HEARTBEAT_SETTINGS, nm, PROFILES, AnsweringProber(), echo=echo)
+    settings = HEARTBEAT_SETTINGS.model_copy(update={"ipv6_interval": 0.05})
+    engine = Engine(settings, nm, PROFILES, AnsweringProber(), echo=echo)
     task = await start(engine)
     await wait_until(lambda: engine.uplinks[0].health6.health.value == "up")
     dead.add(("wana", PEER6))

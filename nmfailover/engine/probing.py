@@ -23,17 +23,6 @@ MIN_ROUND_GAP = 0.05
 # Heartbeats a peer that has never answered one may miss, each time with HTTP passing right after, before
 # it is taken for one that filters ICMP and the uplink goes back to HTTP rounds only.
 ECHO_STRIKES = 3
-# Echo requests that confirm a missed heartbeat: a lossy link answers one of them (at 20 % loss all of them
-# and the heartbeat are lost once in 10^6 tries), a cut link none.
-ECHO_BURST = 8
-# HTTP rounds on a lossy link fail by timeouts now and then (each needs some ten packets to arrive in
-# time); while the proof's address still answers an echo burst, this many of them in a row are taken for
-# loss, not failure, each asking every target (at 15 % loss all of them fail once in 10^4 tries). Silence
-# at the HTTP level alone (a dead resolver behind a live path) is found this many rounds later.
-HTTP_EXCUSES = 8
-# Seconds between IPv6 heartbeats on a healthy dual-stack uplink (the IPv4 ones are what find a cut; an
-# IPv6 echo costs 124 bytes): about 0.5 MiB a day. While its IPv6 is in doubt, every round checks it.
-IPV6_INTERVAL = 20.0
 RxCounter = Callable[[str | None], int | None]
 
 
@@ -84,7 +73,11 @@ class ProbeScheduler:
         if uplink.health.health is not Health.UP or uplink.proof_due:
             return None
         if uplink.health.consecutive_failures:
-            return (uplink.echo_peer, ECHO_BURST) if uplink.echoed and uplink.echo_answered else None
+            return (
+                (uplink.echo_peer, self.settings.echo_burst)
+                if uplink.echoed and uplink.echo_answered
+                else None
+            )
         # A proof is due; behind the user's own download it would only time out in the queue: it waits for
         # the link to quieten down, and heartbeats tell a cut meanwhile.
         if uplink.busy_rx is not None:
@@ -244,11 +237,13 @@ class ProbeScheduler:
         if uplink.health.health is not Health.UP:
             return  # the uplink as a whole decides
         health6, now = uplink.health6, self.clock()
-        due = uplink.checked6_at is None or now - uplink.checked6_at >= IPV6_INTERVAL
+        due = uplink.checked6_at is None or now - uplink.checked6_at >= self.settings.ipv6_interval
         if not (due or health6.suspect):
             return
         uplink.checked6_at = now
-        count = ECHO_BURST if health6.health is Health.UP and health6.consecutive_failures else 1
+        count = (
+            self.settings.echo_burst if health6.health is Health.UP and health6.consecutive_failures else 1
+        )
         result = await self._echo(interface, peer, self._echo_timeout(uplink, peer), count)
         uplink.probe_payload += result.payload
         if result.ok:
@@ -262,14 +257,18 @@ class ProbeScheduler:
 
     async def _excused(self, uplink: Uplink, result: RoundResult, interface: str | None) -> bool:
         """True when a failed HTTP round looks like loss, not failure: every answer timed out, yet the
-        address it proves the path to answers an echo burst (see HTTP_EXCUSES)."""
+        address it proves the path to answers an echo burst, NMFAILOVER_LOSS_EXCUSES times in a row at most.
+
+        Each HTTP round needs some ten packets to arrive in time, so a lossy link fails some by timeouts;
+        excused ones ask every target next (at 15 % loss all of them fail once in 10^4 tries). Silence at
+        the HTTP level alone (a dead resolver behind a live path) is found that many rounds later."""
         lost = not result.ok and bool(result.results) and all(r.unanswered for r in result.results)
         peer = uplink.echo_peer
-        if not lost or uplink.health.health is not Health.UP or uplink.excused >= HTTP_EXCUSES:
+        if not lost or uplink.health.health is not Health.UP or uplink.excused >= self.settings.loss_excuses:
             return False
         if self._echo is None or peer is None or not uplink.echo_answered or uplink.echo_off:
             return False
-        burst = await self._echo(interface, peer, self._echo_timeout(uplink, peer), ECHO_BURST)
+        burst = await self._echo(interface, peer, self._echo_timeout(uplink, peer), self.settings.echo_burst)
         uplink.probe_payload += burst.payload
         if not burst.ok:
             return False
@@ -280,7 +279,7 @@ class ProbeScheduler:
             result.summary,
             peer,
             uplink.excused,
-            HTTP_EXCUSES,
+            self.settings.loss_excuses,
         )
         return True
 
