@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
 
@@ -38,13 +38,6 @@ def dual_stack_connect(lab: NMLab) -> dict[str, object]:
     return result
 
 
-def wait_for(what: str, condition: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.1)
-
-
 def backup_without_ipv6(lab: NMLab) -> None:
     lab.nmcli(
         "connection", "modify", "backup", "ipv6.method", "disabled", "ipv6.addresses", "", "ipv6.gateway", ""
@@ -65,7 +58,7 @@ def test_a_dead_dual_stack_primary_loses_its_ipv6_default_route_while_the_backup
         primary.blackhole()
         try:
             daemon.wait_route("wanb", timeout=10)
-            wait_for("no IPv6 default route", lambda: not nmlab.default_routes(6), 5)
+            wait_for(lambda: not nmlab.default_routes(6), 5, "no IPv6 default route")
             connected = dual_stack_connect(nmlab)
             print(f"\ndual-stack connect after failover: {connected}")
             assert connected["address"] == "203.0.113.10"
@@ -77,7 +70,7 @@ def test_a_dead_dual_stack_primary_loses_its_ipv6_default_route_while_the_backup
         finally:
             primary.heal()
         # Up again, it gets its IPv6 back at once, before the failback's hold-down is over.
-        wait_for("the primary's IPv6 default route back", lambda: nmlab.default_routes(6), 15)
+        wait_for(lambda: bool(nmlab.default_routes(6)), 15, "the primary's IPv6 default route back")
         assert nmlab.default_route(4) == "wanb"
         assert daemon.stop() == 0
     assert nmlab.profiles_on_disk() == on_disk  # all of it at run time, nothing saved
@@ -91,10 +84,10 @@ def test_stopping_while_the_primary_is_dead_gives_its_ipv6_default_route_back(
         daemon.wait_log(r"ready: traffic on primary")
         nmlab.upstreams[0].blackhole()
         daemon.wait_route("wanb", timeout=10)
-        wait_for("no IPv6 default route", lambda: not nmlab.default_routes(6), 5)
+        wait_for(lambda: not nmlab.default_routes(6), 5, "no IPv6 default route")
         assert daemon.stop() == 0
     # The profile's own state again: its IPv6 default route with the profile's metric.
-    wait_for("the primary's IPv6 default route back", lambda: nmlab.default_routes(6), 10)
+    wait_for(lambda: bool(nmlab.default_routes(6)), 10, "the primary's IPv6 default route back")
     assert [dev for dev, _ in nmlab.default_routes(6)] == ["wana"]
 
 
@@ -108,7 +101,7 @@ def test_when_only_the_primarys_ipv6_dies_ipv6_moves_to_the_backup_and_ipv4_stay
         primary.blackhole6()
         try:
             # An IPv6 check every 20 s, then a burst: within 30 s IPv6 leaves through the backup.
-            wait_for("IPv6 on the backup", lambda: nmlab.default_route(6) == "wanb", 30)
+            wait_for(lambda: nmlab.default_route(6) == "wanb", 30, "IPv6 on the backup")
             assert nmlab.default_route(4) == "wana"
             assert "switching" not in daemon.text()
             status = json.loads(
@@ -120,5 +113,5 @@ def test_when_only_the_primarys_ipv6_dies_ipv6_moves_to_the_backup_and_ipv4_stay
             assert backup_status["ipv6_health"] in (None, "up")
         finally:
             primary.heal()
-        wait_for("IPv6 back on the primary", lambda: nmlab.default_route(6) == "wana", 40)
+        wait_for(lambda: nmlab.default_route(6) == "wana", 40, "IPv6 back on the primary")
         assert daemon.stop() == 0
