@@ -332,6 +332,7 @@ def print_status(status: dict[str, Any]) -> None:
             "device": u["device"] or "-",
             "link": u["link"],
             "health": u["health"],
+            "ipv6": u.get("ipv6_health") or "-",
             "latency": "-" if u["latency_ms"] is None else f"{u['latency_ms']:g} ms",
             "fail/ok": f"{u['consecutive_failures']}/{u['consecutive_successes']}",
             "loss, rtt p50/p95": _quality_cell(u),
