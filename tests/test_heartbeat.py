@@ -203,6 +203,22 @@ async def test_http_timeouts_while_echoes_pass_are_loss_for_a_while_then_failure
     await stop(engine, task)
 
 
+async def test_a_cut_seen_first_by_a_proof_is_confirmed_at_the_echo_pace() -> None:
+    echo = FakeEcho()
+    settings = HEARTBEAT_SETTINGS.model_copy(update={"proof_interval": 0.1})
+    prober = AnsweringProber()
+    engine = Engine(settings, FakeNM(), PROFILES, prober, echo=echo)
+    task = await start(engine)
+    await wait_until(lambda: len(echo.on("wana")) >= 2)
+    before = len([i for i in prober.rounds if i == "wana"])
+    prober.healthy["wana"] = False
+    echo.answering["wana"] = False
+    await wait_until(lambda: engine.current == 1, timeout=5)
+    # At most one HTTP round failed (whichever came first may have been a heartbeat); the rest were bursts.
+    assert len([i for i in prober.rounds if i == "wana"]) - before <= 1
+    await stop(engine, task)
+
+
 async def test_ipv6_moves_alone_when_only_the_primarys_ipv6_dies(monkeypatch: pytest.MonkeyPatch) -> None:
     echo = FakeEcho()
     dead: set[tuple[str | None, str]] = set()

@@ -271,6 +271,9 @@ class ProbeScheduler:
         burst = await self._echo(interface, peer, self._echo_timeout(uplink, peer), self.settings.echo_burst)
         uplink.probe_payload += burst.payload
         if not burst.ok:
+            # The path is silent too: a cut, seen first by a proof. Confirmed like a missed heartbeat, by
+            # a burst at the echo's own timeout rather than an HTTP round at the full one.
+            uplink.echoed = True
             return False
         uplink.excused += 1
         logger.info(
