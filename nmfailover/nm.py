@@ -259,6 +259,18 @@ _RULE_KEYS = ("priority", "family", "from", "from-len", "table", "suppress-prefi
 
 
 @dataclass(frozen=True)
+class Restore:
+    """What a device's applied connection gets back when the daemon stops, in one Reapply."""
+
+    metric4: int
+    metric6: int
+    source_routing: SourceRouting | None = None  # "none of ours" (SourceRouting(table, priority)) or None
+    ipv6_back: bool = False  # its IPv6 default route back, with the gateway it had
+    ipv6_gateway: str | None = None
+    metered: int | None = None  # connection.metered back to this
+
+
+@dataclass(frozen=True)
 class SourceRouting:
     """An uplink's own routing table and the rules that send the traffic of its own addresses there.
 
@@ -636,32 +648,13 @@ class NetworkManagerClient:
 
         Returns False when they already had these values (nothing is sent, so no `reapply` event fires).
         """
-
-        def edit(settings: Settings) -> bool:
-            wanted = {"ipv4": metric4, "ipv6": metric6}
-            stale = {
-                family: value
-                for family, value in wanted.items()
-                if family in settings and _metric(settings, family) != value
-            }
-            for family, value in stale.items():
-                settings[family]["route-metric"] = Variant("x", value)
-            return bool(stale)
-
-        return await self._reapply(device, edit)
+        return await self._reapply(device, _metrics_edit(metric4, metric6))
 
     async def set_metered(self, device: str, metered: int) -> bool:
         """Set connection.metered on the device's applied connection at run time (Reapply): NetworkManager's
         own Metered property, the one desktops read, follows it while this device holds the default route.
         The saved profile is untouched; False when it already had this value (nothing sent)."""
-
-        def edit(settings: Settings) -> bool:
-            if _metered(settings) == metered:
-                return False
-            settings.setdefault("connection", {})["metered"] = Variant("i", metered)
-            return True
-
-        return await self._reapply(device, edit)
+        return await self._reapply(device, _metered_edit(metered))
 
     async def set_ipv6_default(self, device: str, allowed: bool, gateway: str | None = None) -> str | None:
         """Let the device's applied connection have an IPv6 default route or not (ipv6.never-default, at run
@@ -671,19 +664,7 @@ class NetworkManagerClient:
         returns the applied connection's own IPv6 gateway, if it had one, and allowing it again puts back
         `gateway`. A gateway learnt from router advertisements needs nothing: it comes back by itself."""
         dropped: list[str] = []
-
-        def edit(settings: Settings) -> bool:
-            section = settings.get("ipv6")
-            if section is None or bool(_unwrap(section.get("never-default", False))) is not allowed:
-                return False
-            section["never-default"] = Variant("b", not allowed)
-            if allowed and gateway:
-                section["gateway"] = Variant("s", gateway)
-            elif not allowed and "gateway" in section:
-                dropped.append(str(_unwrap(section.pop("gateway"))))
-            return True
-
-        await self._reapply(device, edit)
+        await self._reapply(device, _ipv6_default_edit(allowed, gateway, dropped))
         return dropped[0] if dropped else None
 
     async def set_source_routing(self, device: str, wanted: SourceRouting) -> bool:
@@ -694,35 +675,21 @@ class NetworkManagerClient:
 
         NetworkManager installs them with the device's own routes and removes them again when they leave
         the applied connection; a later Reapply of the metrics sends them back with it, so they stay."""
+        return await self._reapply(device, _source_routing_edit(wanted))
 
-        def edit(settings: Settings) -> bool:
-            changed = False
-            for version, family in ((4, "ipv4"), (6, "ipv6")):
-                section = settings.get(family)
-                if section is None:
-                    continue
-                routes = list(_unwrap(section.get("route-data", [])) or [])
-                rules = list(_unwrap(section.get("routing-rules", [])) or [])
-                ours_now = (
-                    _canonical([r for r in routes if wanted.owns_route(r)], _ROUTE_KEYS),
-                    _canonical([r for r in rules if wanted.owns_rule(r)], _RULE_KEYS),
-                )
-                new_routes, new_rules = wanted.route_data(version), wanted.rule_data(version)
-                if _unwrap(section.get("method", "")) in ("ignore", "disabled"):
-                    # Addresses NetworkManager does not manage (set by hand, say) are not its to route.
-                    new_routes, new_rules = [], []
-                if ours_now == (_canonical(new_routes, _ROUTE_KEYS), _canonical(new_rules, _RULE_KEYS)):
-                    continue
-                section["route-data"] = Variant(
-                    "aa{sv}", [r for r in routes if not wanted.owns_route(r)] + new_routes
-                )
-                section["routing-rules"] = Variant(
-                    "aa{sv}", [r for r in rules if not wanted.owns_rule(r)] + new_rules
-                )
-                changed = True
-            return changed
-
-        return await self._reapply(device, edit)
+    async def restore_applied(self, device: str, back: Restore) -> bool:
+        """Everything of `back` in one Reapply: each Reapply restarts the device's IPv6 configuration, and
+        several in a row on a busy machine can leave it without its IPv6 default route."""
+        edits = [_metrics_edit(back.metric4, back.metric6)]
+        if back.source_routing is not None:
+            edits.append(_source_routing_edit(back.source_routing))
+        if back.ipv6_back:
+            edits.append(_ipv6_default_edit(True, back.ipv6_gateway, []))
+        if back.metered is not None:
+            edits.append(_metered_edit(back.metered))
+        return await self._reapply(
+            device, lambda settings: [edit(settings) for edit in edits].count(True) > 0
+        )
 
     async def _reapply(self, device: str, edit: Callable[[Settings], bool]) -> bool:
         """GetAppliedConnection, `edit` it in place (False: nothing to change), Reapply by its version id."""
@@ -801,6 +768,77 @@ class NetworkManagerClient:
         calls the device's reapply_connection(), whose link_config(REAPPLY) sends each peer with its
         endpoint); with no difference the applied connection, secrets included, is kept as it is."""
         await self._reapply(device, lambda settings: True)
+
+
+def _metrics_edit(metric4: int, metric6: int) -> Callable[[Settings], bool]:
+    def edit(settings: Settings) -> bool:
+        wanted = {"ipv4": metric4, "ipv6": metric6}
+        stale = {
+            family: value
+            for family, value in wanted.items()
+            if family in settings and _metric(settings, family) != value
+        }
+        for family, value in stale.items():
+            settings[family]["route-metric"] = Variant("x", value)
+        return bool(stale)
+
+    return edit
+
+
+def _metered_edit(metered: int) -> Callable[[Settings], bool]:
+    def edit(settings: Settings) -> bool:
+        if _metered(settings) == metered:
+            return False
+        settings.setdefault("connection", {})["metered"] = Variant("i", metered)
+        return True
+
+    return edit
+
+
+def _ipv6_default_edit(allowed: bool, gateway: str | None, dropped: list[str]) -> Callable[[Settings], bool]:
+    def edit(settings: Settings) -> bool:
+        section = settings.get("ipv6")
+        if section is None or bool(_unwrap(section.get("never-default", False))) is not allowed:
+            return False
+        section["never-default"] = Variant("b", not allowed)
+        if allowed and gateway:
+            section["gateway"] = Variant("s", gateway)
+        elif not allowed and "gateway" in section:
+            dropped.append(str(_unwrap(section.pop("gateway"))))
+        return True
+
+    return edit
+
+
+def _source_routing_edit(wanted: SourceRouting) -> Callable[[Settings], bool]:
+    def edit(settings: Settings) -> bool:
+        changed = False
+        for version, family in ((4, "ipv4"), (6, "ipv6")):
+            section = settings.get(family)
+            if section is None:
+                continue
+            routes = list(_unwrap(section.get("route-data", [])) or [])
+            rules = list(_unwrap(section.get("routing-rules", [])) or [])
+            ours_now = (
+                _canonical([r for r in routes if wanted.owns_route(r)], _ROUTE_KEYS),
+                _canonical([r for r in rules if wanted.owns_rule(r)], _RULE_KEYS),
+            )
+            new_routes, new_rules = wanted.route_data(version), wanted.rule_data(version)
+            if _unwrap(section.get("method", "")) in ("ignore", "disabled"):
+                # Addresses NetworkManager does not manage (set by hand, say) are not its to route.
+                new_routes, new_rules = [], []
+            if ours_now == (_canonical(new_routes, _ROUTE_KEYS), _canonical(new_rules, _RULE_KEYS)):
+                continue
+            section["route-data"] = Variant(
+                "aa{sv}", [r for r in routes if not wanted.owns_route(r)] + new_routes
+            )
+            section["routing-rules"] = Variant(
+                "aa{sv}", [r for r in rules if not wanted.owns_rule(r)] + new_rules
+            )
+            changed = True
+        return changed
+
+    return edit
 
 
 def _metric(settings: Settings, family: str) -> int | None:

@@ -14,7 +14,7 @@ from nmfailover.config import load_settings
 from nmfailover.engine import Engine, Operator, SwitchEvent
 from nmfailover.engine.supervisor import Supervisor
 from nmfailover.errors import InvalidRequest, NMError, NMUnavailable, TaskGaveUp
-from nmfailover.nm import CarrierChanged, DeviceStateChanged, LinkState, Metrics, Profile
+from nmfailover.nm import CarrierChanged, DeviceStateChanged, LinkState, Metrics, Profile, Restore
 from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target, parse_target
 
 SETTINGS = load_settings(
@@ -91,6 +91,9 @@ class FakeNM:
 
     async def set_metered(self, device: str, metered: int) -> bool:
         raise AssertionError("no uplink is configured metered here")  # tests/test_metered.py covers it
+
+    async def restore_applied(self, device: str, back: Restore) -> bool:
+        return await self.set_route_metrics(device, back.metric4, back.metric6)
 
     async def set_ipv6_default(self, device: str, allowed: bool, gateway: str | None = None) -> str | None:
         (self.ipv6_withdrawn.discard if allowed else self.ipv6_withdrawn.add)(device)

@@ -25,7 +25,7 @@ from nmfailover.engine.actuator import Actuator, metered_uplinks, metered_warnin
 from nmfailover.errors import ConfigError, NMError
 from nmfailover.lab.demo import daemon_env, wait_for
 from nmfailover.lab.sandbox import NMLab
-from nmfailover.nm import LinkState, MeteredChanged, Metrics, NetworkManagerClient, NMEvent, Profile
+from nmfailover.nm import LinkState, MeteredChanged, Metrics, NetworkManagerClient, NMEvent, Profile, Restore
 from tests.daemon import running_daemon
 from tests.operate import cli, status
 
@@ -334,6 +334,12 @@ class AppliedConnections:
 
     async def set_ipv6_default(self, device: str, allowed: bool, gateway: str | None = None) -> str | None:
         raise AssertionError("no uplink here loses its IPv6")  # tests/test_ipv6.py covers it
+
+    async def restore_applied(self, device: str, back: Restore) -> bool:
+        await self.set_route_metrics(device, back.metric4, back.metric6)
+        if back.metered is not None:
+            await self.set_metered(device, back.metered)
+        return True
 
     async def set_metered(self, device: str, metered: int) -> bool:
         changed = self.applied[device][2] != metered

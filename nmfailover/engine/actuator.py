@@ -14,7 +14,7 @@ from loguru import logger
 from .. import runstate
 from ..config import Settings
 from ..errors import ConfigError, NMError
-from ..nm import METERED_NAMES, METERED_YES, LinkState, Metrics, Profile, SourceRouting
+from ..nm import METERED_NAMES, METERED_YES, LinkState, Metrics, Profile, Restore, SourceRouting
 from ..policy import Health
 from .state import Uplink, role_name
 
@@ -33,6 +33,7 @@ class NetworkManagerPort(Protocol):
     async def set_ipv6_default(
         self, device: str, allowed: bool, gateway: str | None = None
     ) -> str | None: ...
+    async def restore_applied(self, device: str, back: Restore) -> bool: ...
     async def set_autoconnect_priority(self, uuid: str, priority: int) -> bool: ...
     async def profile(self, uuid: str) -> Profile: ...
     async def applied_metrics(self, device: str) -> Metrics: ...
@@ -218,17 +219,20 @@ class Actuator:
                 link = await self.nm.link_state(uplink.profile.uuid)
                 saved = await self.nm.profile(uplink.profile.uuid)
                 if link.activated and link.device is not None:
-                    await self.nm.set_route_metrics(link.device, saved.metric4, saved.metric6)
-                    if self.router is not None and await self.router.set_source_routing(
-                        link.device, self._nothing_of_ours(uplink)
-                    ):
+                    back = Restore(
+                        saved.metric4,
+                        saved.metric6,
+                        source_routing=self._nothing_of_ours(uplink) if self.router is not None else None,
+                        ipv6_back=uplink.index in self.ipv6_withdrawn,
+                        ipv6_gateway=self.ipv6_withdrawn.pop(uplink.index, None),
+                        metered=saved.metered if uplink.index in self.metered else None,
+                    )
+                    await self.nm.restore_applied(link.device, back)
+                    if back.source_routing is not None:
                         logger.info("{}: its routing table and rules removed", uplink.label)
-                    if uplink.index in self.ipv6_withdrawn:
-                        await self.nm.set_ipv6_default(
-                            link.device, True, self.ipv6_withdrawn.pop(uplink.index)
-                        )
+                    if back.ipv6_back:
                         logger.info("{}: its IPv6 default route back", uplink.label)
-                    if uplink.index in self.metered and await self.nm.set_metered(link.device, saved.metered):
+                    if back.metered is not None:
                         logger.info(
                             "{}: metered back to its profile's own ({})",
                             uplink.label,
