@@ -185,6 +185,8 @@ class ProbeScheduler:
                     uplink.rtt[answer.target.url] = rtt_sample(
                         uplink.rtt.get(answer.target.url, RttEstimate()), answer.latency
                     )
+            if heartbeat is None and result.ok:
+                await self._meet_echo_peer(uplink, interface)  # after the answer times above: its timeout
         busy = loaded and not result.ok and all(r.unanswered for r in result.results)
         uplink.went_silent = (
             not result.ok and not loaded and (uplink.busy_rx is not None or uplink.went_silent)
@@ -227,6 +229,21 @@ class ProbeScheduler:
             http = [e for url, e in uplink.rtt.items() if e.srtt is not None and not url.startswith("icmp:")]
             estimate = min(http, key=lambda e: e.srtt or 0.0, default=RttEstimate())
         return probe_timeout(estimate, self.settings.timeout_floor, self.settings.probe_timeout)
+
+    async def _meet_echo_peer(self, uplink: Uplink, interface: str | None) -> None:
+        """One echo to a new heartbeat peer right after the proof that chose it: once it is known to answer,
+        a missed heartbeat is confirmed by a burst at once; before, only by an HTTP round at the full
+        timeout (the peer might filter ICMP). Without this, a cut in the first second after start-up or
+        after a peer change would take that slower path."""
+        peer = uplink.echo_peer
+        if self._echo is None or peer is None or uplink.echo_answered or uplink.echo_off:
+            return
+        result = await self._echo(interface, peer, self._echo_timeout(uplink, peer), 1)
+        uplink.probe_payload += result.payload
+        if result.ok:
+            uplink.echo_answered = True
+            url = result.results[0].target.url
+            uplink.rtt[url] = rtt_sample(uplink.rtt.get(url, RttEstimate()), result.results[0].latency)
 
     async def _check_ipv6(self, uplink: Uplink, interface: str | None) -> None:
         """Judge the uplink's IPv6 path on its own, by echoes to a target's IPv6 address, so that IPv6 can
