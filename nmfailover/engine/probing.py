@@ -200,7 +200,6 @@ class ProbeScheduler:
             return
         if heartbeat is None and await self._excused(uplink, result, interface):
             return
-        await self._check_ipv6(uplink, interface)
         now = self.clock()
         uplink.health = observe(
             before, result.ok, now, self.params, hard=result.hard_failure, portal=result.portal
@@ -220,6 +219,8 @@ class ProbeScheduler:
                 self.params.fail_count,
                 result.summary,
             )
+        if not loaded:
+            await self._check_ipv6(uplink, interface)
 
     def _echo_timeout(self, uplink: Uplink, peer: str) -> float:
         """From the peer's echo answer times; until it has answered one on a quiet link, from the quickest
@@ -251,8 +252,9 @@ class ProbeScheduler:
         peer = uplink.echo_peer6
         if self._echo is None or peer is None or uplink.link.gateway6 is None or uplink.echo_off:
             return
-        if uplink.health.health is not Health.UP:
-            return  # the uplink as a whole decides
+        if uplink.health.health is not Health.UP or uplink.health.consecutive_failures:
+            # The uplink as a whole decides first, and a cut must not wait for an IPv6 echo's timeout.
+            return
         health6, now = uplink.health6, self.clock()
         due = uplink.checked6_at is None or now - uplink.checked6_at >= self.settings.ipv6_interval
         if not (due or health6.suspect):
