@@ -12,8 +12,6 @@ import re
 import statistics
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from nmfailover.lab.demo import DaemonProcess
-from nmfailover.lab.sandbox import BulkDownload, NMLab, Upstream
+from nmfailover.lab.sandbox import NMLab, Upstream
 from tests.daemon import running_daemon
 
 pytestmark = pytest.mark.lab
@@ -34,19 +32,6 @@ SETTLE_SECONDS = 10.0  # load before the cut: the daemon has seen the busy link 
 FAILOVER_LIMIT = 3.0  # seconds from the silent cut to the default route on the backup
 RX_STOP_AFTER_DRAIN = 2.0  # the cut silences the download this long after its queue has drained
 MIN_RATE = 0.85  # the fraction of RATE_KBIT that counts as saturated
-
-
-@contextmanager
-def loaded_primary(lab: NMLab) -> Iterator[BulkDownload]:
-    """The primary rate-limited, and saturated by a download bound to it until the block ends."""
-    primary = lab.upstreams[0]
-    primary.rate_limit(RATE_KBIT, QUEUE_MS)
-    try:
-        with lab.bulk_download(0) as download:
-            primary.wait_queue(QUEUE_READY, timeout=30)
-            yield download
-    finally:
-        primary.unlimit()
 
 
 SWITCH = r"-> switching to"
@@ -82,7 +67,7 @@ def test_saturated_primary_causes_no_switch(nmlab: NMLab, tmp_path: Path) -> Non
     with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
         loaded_at = time.time()
-        with loaded_primary(nmlab) as download:
+        with nmlab.loaded_primary(RATE_KBIT, QUEUE_MS, QUEUE_READY) as download:
             filled = time.time() - loaded_at
             routes: list[tuple[float, str | None]] = []
             rates: list[float] = []  # Mbit/s received on wana, per second
@@ -160,7 +145,7 @@ def test_silent_cut_of_the_loaded_primary_still_fails_over_within_3s(nmlab: NMLa
         daemon.wait_log(r"ready: traffic on primary")
         sampler: Sampler | None = None
         try:
-            with loaded_primary(nmlab):
+            with nmlab.loaded_primary(RATE_KBIT, QUEUE_MS, QUEUE_READY):
                 time.sleep(SETTLE_SECONDS)
                 before_cut = switches(daemon)
                 assert not before_cut and nmlab.default_route(4) == "wana", (

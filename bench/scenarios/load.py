@@ -7,17 +7,14 @@ backup, and minutes of the same load with no fault at all, counting the switches
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 from bench.common import CYCLE, STRESS_METHODS, Attempts, Results, Run, fmt, minus, say
 from bench.measure import RouteStory, RouteWatch, Soak, inject
 from bench.methods import running
-from nmfailover.lab.sandbox import BulkDownload, NMLab
 
 RATE_KBIT = 4000
 QUEUE_MS = 1200  # 1-2 s of queueing is common on DSL, cable and 4G; longer than most probes' timeouts
@@ -26,21 +23,8 @@ SETTLE_SECONDS = 10.0  # load before the cut: the method has seen the busy link 
 FAILOVER_LIMIT = 40.0  # NM's check needs its fixed 20 s timeout plus a period
 
 
-@contextlib.contextmanager
-def loaded_primary(lab: NMLab) -> Iterator[BulkDownload]:
-    """The primary rate-limited, and saturated by a download bound to it until the block ends."""
-    primary = lab.upstreams[0]
-    primary.rate_limit(RATE_KBIT, QUEUE_MS)
-    try:
-        with lab.bulk_download(0) as download:
-            primary.wait_queue(QUEUE_READY, timeout=30)
-            yield download
-    finally:
-        primary.unlimit()
-
-
 def run_cut(method: str, workdir: Path) -> Run:
-    with running(method, workdir) as lab, loaded_primary(lab):
+    with running(method, workdir) as lab, lab.loaded_primary(RATE_KBIT, QUEUE_MS, QUEUE_READY):
         time.sleep(SETTLE_SECONDS + random.uniform(0, CYCLE[method]))
         stats = lab.upstreams[0].queue_stats()
         watch = RouteWatch(lab)
@@ -65,7 +49,7 @@ def run_cut(method: str, workdir: Path) -> Run:
 
 
 def run_soak(method: str, workdir: Path, seconds: float) -> Run:
-    with running(method, workdir) as lab, loaded_primary(lab) as download:
+    with running(method, workdir) as lab, lab.loaded_primary(RATE_KBIT, QUEUE_MS, QUEUE_READY) as download:
         # Minutes of watching need no 10 ms resolution, and the coarser poll leaves the CPU to the methods.
         watch = RouteWatch(lab, step=0.1)
         rx0, start = lab.iface_bytes("wana")[0], time.monotonic()

@@ -180,11 +180,7 @@ class ProbeScheduler:
         if not loaded:
             # Answer times behind the user's own download measure the queue, not the path: learnt, they
             # would stretch the timeouts and slow down finding a cut under load.
-            for answer in result.results:
-                if answer.ok:
-                    uplink.rtt[answer.target.url] = rtt_sample(
-                        uplink.rtt.get(answer.target.url, RttEstimate()), answer.latency
-                    )
+            learn_answer_times(uplink, result)
             if heartbeat is None and result.ok:
                 await self._meet_echo_peer(uplink, interface)  # after the answer times above: its timeout
         busy = loaded and not result.ok and all(r.unanswered for r in result.results)
@@ -241,10 +237,8 @@ class ProbeScheduler:
             return
         result = await self._echo(interface, peer, self._echo_timeout(uplink, peer), 1)
         uplink.probe_payload += result.payload
-        if result.ok:
-            uplink.echo_answered = True
-            url = result.results[0].target.url
-            uplink.rtt[url] = rtt_sample(uplink.rtt.get(url, RttEstimate()), result.results[0].latency)
+        learn_answer_times(uplink, result)
+        uplink.echo_answered = result.ok
 
     async def _check_ipv6(self, uplink: Uplink, interface: str | None) -> None:
         """Judge the uplink's IPv6 path on its own, by echoes to a target's IPv6 address, so that IPv6 can
@@ -265,9 +259,7 @@ class ProbeScheduler:
         )
         result = await self._echo(interface, peer, self._echo_timeout(uplink, peer), count)
         uplink.probe_payload += result.payload
-        if result.ok:
-            url = result.results[0].target.url
-            uplink.rtt[url] = rtt_sample(uplink.rtt.get(url, RttEstimate()), result.results[0].latency)
+        learn_answer_times(uplink, result)
         if health6.health is Health.UNKNOWN and not result.ok:
             return  # no verdict before a first answer: the peer may filter ICMPv6, which proves nothing
         uplink.health6 = observe(health6, result.ok, now, self.params, hard=result.hard_failure)
@@ -332,6 +324,14 @@ class ProbeScheduler:
             and answered[0] != uplink.echo_peer
         ):
             uplink.echo_peer, uplink.echo_answered = answered[0], False
+
+
+def learn_answer_times(uplink: Uplink, result: RoundResult) -> None:
+    """Fold the round's answers into each target's smoothed answer time; timeouts never (Karn's rule)."""
+    for answer in result.results:
+        if answer.ok:
+            url = answer.target.url
+            uplink.rtt[url] = rtt_sample(uplink.rtt.get(url, RttEstimate()), answer.latency)
 
 
 def rx_bytes(interface: str | None) -> int | None:

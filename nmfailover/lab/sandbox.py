@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -701,6 +701,19 @@ class Topology:
         )
         self._procs.append(proc)
         return proc
+
+    @contextlib.contextmanager
+    def loaded_primary(self, rate_kbit: int, queue_ms: int, queue_ready: float) -> Iterator[BulkDownload]:
+        """The primary rate-limited with a deep queue and saturated by a download bound to it, whose queue
+        holds at least `queue_ready` seconds before the block starts, until the block ends."""
+        primary = self.upstreams[0]
+        primary.rate_limit(rate_kbit, queue_ms)
+        try:
+            with self.bulk_download(0) as download:
+                primary.wait_queue(queue_ready, timeout=30)
+                yield download
+        finally:
+            primary.unlimit()
 
     def bulk_download(
         self, uplink_index: int, seconds: float | None = None, *, streams: int = 1, url: str = BULK_URL
