@@ -188,10 +188,30 @@ class Settings(BaseSettings):
     heartbeat: Flag = True
     proof_interval: Seconds = 60.0
     standby_proof_interval: Seconds = 300.0
-    # Loss is not death: echoes sent at once to confirm a missed heartbeat (one answer clears it), and HTTP
-    # rounds in a row that may time out while those echoes pass before the uplink counts as failing.
+    # Loss is not death: a missed heartbeat is confirmed by bursts of echoes whose answers are counted (none:
+    # the path is dead; some: a sequential test between the tolerated and the heavy share of lost echoes),
+    # and HTTP rounds in a row that may time out while a burst shows loss before the uplink counts as failing.
     echo_burst: Count = 8
     loss_excuses: Annotated[int, _checked(int, lambda n: n >= 0, "must be a whole number of 0 or more")] = 8
+    loss_tolerated: Annotated[
+        float, _checked(float, lambda x: 0 <= x < 100, "must be a percentage of 0 or more, below 100")
+    ] = 28.0
+    loss_heavy: Annotated[
+        float, _checked(float, lambda x: 0 < x < 100, "must be a percentage above 0, below 100")
+    ] = 60.0
+    # The cheap layers between proofs on the uplink carrying traffic (and those preferred to it): a DNS
+    # query to its own resolvers and a request on a kept-alive HTTP connection, each this often, and every
+    # NMFAILOVER_TRAFFIC_CHECK_INTERVAL seconds while the user's own traffic goes through it.
+    dns_check_interval: Seconds = 15.0
+    http_check_interval: Seconds = 15.0
+    traffic_check_interval: Seconds = 3.0
+    # Watch the user's own traffic through each uplink (connection attempts, DNS queries, silence) and probe
+    # at once when it shows trouble.
+    passive: Flag = True
+    # Dead resolvers behind a live path: keep the traffic and put working resolvers in front for that link
+    # (NMFAILOVER_DNS_SERVERS, or the other uplinks' own); off, the uplink counts as down instead.
+    dns_failover: Flag = True
+    dns_servers: tuple[str, ...] = ()
     # Seconds between the IPv6 heartbeats that judge a dual-stack uplink's IPv6 path on its own.
     ipv6_interval: Seconds = 20.0
     fail_count: Count = 2
@@ -303,6 +323,21 @@ class Settings(BaseSettings):
             if name in names[:index]:
                 raise ValueError(f"{name!r} is listed twice")
         return names
+
+    @field_validator("dns_servers", mode="before")
+    @classmethod
+    def _parse_dns_servers(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return ()  # the default: the other uplinks' own resolvers
+        servers = _split(value, "resolver IP addresses")
+        for server in servers:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise ValueError(f"{server!r} is not an IP address") from None
+        return servers
 
     @field_validator("probe_targets", mode="before")
     @classmethod
@@ -429,6 +464,11 @@ class Settings(BaseSettings):
                 "NMFAILOVER_FAILBACK_HOLD_DOWN_MAX",
                 f"must not be shorter than NMFAILOVER_FAILBACK_HOLD_DOWN ({self.failback_hold_down} s); "
                 f"got {self.failback_hold_down_max}",
+            )
+        if self.loss_tolerated >= self.loss_heavy:
+            raise ConfigError(
+                "NMFAILOVER_LOSS_TOLERATED",
+                f"must be below NMFAILOVER_LOSS_HEAVY ({self.loss_heavy} %); got {self.loss_tolerated}",
             )
         if self.suspect_interval > self.active_interval:
             raise ConfigError(

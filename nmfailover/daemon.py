@@ -15,7 +15,7 @@ from .config import Settings, uplink_variable
 from .control import ControlService
 from .echo import echo_available, echo_round
 from .engine import Engine, Operator, SwitchEvent, SwitchListener, role_name
-from .engine.probing import Echo, Prober
+from .engine.probing import Echoer, Prober
 from .errors import ConfigError, ControlError, NMError, ProfileError, TaskGaveUp
 from .hooks import SwitchHooks, Webhook
 from .nm import NetworkManagerClient, Profile
@@ -35,7 +35,7 @@ async def connect(settings: Settings, client: NetworkManagerClient) -> list[Prof
         raise ConfigError(uplink_variable(settings, exc.spec), str(exc)) from exc
 
 
-def _heartbeats(settings: Settings, echo: Echo) -> Echo | None:
+def _heartbeats(settings: Settings, echo: Echoer) -> Echoer | None:
     if not settings.heartbeat:
         return None
     why = echo_available()
@@ -45,7 +45,7 @@ def _heartbeats(settings: Settings, echo: Echo) -> Echo | None:
     return echo
 
 
-async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Echo = echo_round) -> int:
+async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Echoer = echo_round) -> int:
     engine: Engine | None = None
     client = NetworkManagerClient(on_event=lambda event: engine.on_nm_event(event) if engine else None)
     tunnels = Tunnels(settings.wireguard_follow, client)

@@ -19,6 +19,7 @@ import time
 from .probe import ProbeResult, Reason, RoundResult, Target, has_carrier
 
 ICMP_HEADER = 8
+SEND_GRACE = 0.05  # seconds
 # (echo request, echo reply, errors that quote our request) per family.
 _V4 = (8, 0, {3: "destination unreachable", 11: "time exceeded"})
 _V6 = (128, 129, {1: "destination unreachable", 3: "time exceeded"})
@@ -75,13 +76,18 @@ def _verdict(packet: bytes, v6: bool, ident: int, seq: int) -> str | None:
     return None
 
 
-async def _exchange(interface: str, address: str, v6: bool, deadline: float, count: int) -> tuple[str, float]:
-    """Send `count` echo requests across the first half of the time left until `deadline` and wait for the
-    first reply: ("", its round-trip time), or (why not, 0) for an ICMP error. Raises OSError."""
+async def _exchange(
+    interface: str, address: str, v6: bool, deadline: float, count: int
+) -> tuple[str, float, int]:
+    """Send `count` echo requests across the first half of the time left until `deadline` and wait for
+    their replies: ("", the first one's round-trip time, how many were answered), or (why not, 0, 0) for an
+    ICMP error. Raises OSError, and TimeoutError when nothing was answered by the deadline."""
     loop = asyncio.get_running_loop()
     family, proto = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if v6 else (socket.AF_INET, socket.IPPROTO_ICMP)
     ident = os.getpid() & 0xFFFF
     sent: dict[int, float] = {}
+    answered: set[int] = set()
+    first = 0.0
     with socket.socket(family, socket.SOCK_RAW, proto) as sock:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
@@ -100,21 +106,30 @@ async def _exchange(interface: str, address: str, v6: bool, deadline: float, cou
         await send_one()  # an unreachable network fails here, at once
         sender = asyncio.create_task(send_rest())
         try:
-            while True:
-                packet, source = await loop.sock_recvfrom(sock, 1500)
+            # A burst counts its answers (how much is lost is the evidence), so it waits for all of them.
+            while len(answered) < count:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        packet, source = await loop.sock_recvfrom(sock, 1500)
+                except TimeoutError:
+                    if answered:
+                        break
+                    raise
                 if sender.done():
                     sender.result()  # a send that failed fails the heartbeat
                 # A raw socket sees every ICMP message on the device (a concurrent `ping`'s too): the
                 # identifier and sequence number tell ours apart.
                 for seq, at in sent.items():
                     verdict = _verdict(packet, v6, ident, seq)
-                    if verdict == "" and source[0] == address:
-                        return "", loop.time() - at
-                    if verdict:
-                        return verdict, 0.0
+                    if verdict == "" and source[0] == address and seq not in answered:
+                        first = first or loop.time() - at
+                        answered.add(seq)
+                    elif verdict and not answered:
+                        return verdict, 0.0, 0
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
+    return "", first, len(answered)
 
 
 async def echo(interface: str | None, address: str, timeout: float, count: int = 1) -> ProbeResult:
@@ -123,7 +138,7 @@ async def echo(interface: str | None, address: str, timeout: float, count: int =
     target = echo_target(address)
     start = time.monotonic()
     v6 = ipaddress.ip_address(address).version == 6
-    unanswered, latency = False, 0.0
+    unanswered, latency, answers = False, 0.0, 0
     if interface is None:
         reason, detail = Reason.NO_DEVICE, "no device"
     elif not has_carrier(interface):
@@ -131,8 +146,10 @@ async def echo(interface: str | None, address: str, timeout: float, count: int =
     else:
         try:
             deadline = asyncio.get_running_loop().time() + timeout
-            async with asyncio.timeout_at(deadline):  # sending too: a full socket buffer must not stall us
-                why, latency = await _exchange(interface, address, v6, deadline, count)
+            # Sending too: a full socket buffer must not stall us. Later than the answers' own deadline, so
+            # that a burst with some answers in reports how many.
+            async with asyncio.timeout_at(deadline + SEND_GRACE):
+                why, latency, answers = await _exchange(interface, address, v6, deadline, count)
         except TimeoutError:
             unanswered = True
             reason, detail = Reason.TIMEOUT, f"no echo reply from {address} in {timeout:g} s ({count} sent)"
@@ -141,7 +158,8 @@ async def echo(interface: str | None, address: str, timeout: float, count: int =
             detail = f"echo to {address}: {exc.strerror or exc}"
         else:
             reason = Reason.CONNECT if why else Reason.OK
-            detail = f"{why} for echo to {address}" if why else f"echo reply from {address}"
+            replies = f"{answers}/{count} echo replies" if count > 1 else "echo reply"
+            detail = f"{why} for echo to {address}" if why else f"{replies} from {address}"
     if reason is not Reason.OK:
         latency = time.monotonic() - start
     sent = count * ICMP_HEADER if reason is not Reason.NO_DEVICE else 0
@@ -151,9 +169,11 @@ async def echo(interface: str | None, address: str, timeout: float, count: int =
         reason,
         latency,
         detail,
-        sent + (ICMP_HEADER if reason is Reason.OK else 0),
+        sent + ICMP_HEADER * answers,
         unanswered,
         address,
+        sent=count,
+        answered=answers,
     )
 
 

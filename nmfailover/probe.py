@@ -97,6 +97,12 @@ class ProbeResult:
     unanswered: bool = False  # it failed because nothing came back in time (DNS or HTTP), not by an error
     address: str = ""  # the address that answered (or was last tried)
     ipv6: str = ""  # the target's first IPv6 address, where the uplink's IPv6 heartbeats go
+    sent: int = 1  # requests it sent (an echo burst sends several)
+    answered: int | None = None  # how many of them were answered; None: as ok says
+
+    @property
+    def answers(self) -> int:
+        return (1 if self.ok else 0) if self.answered is None else self.answered
 
 
 @dataclass(frozen=True)

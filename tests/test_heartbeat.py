@@ -13,7 +13,7 @@ import pytest
 
 from nmfailover.echo import echo_target
 from nmfailover.engine import Engine, Operator
-from nmfailover.engine.probing import ECHO_STRIKES
+from nmfailover.detection import ECHO_STRIKES
 from nmfailover.lab.sandbox import Topology
 from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target
 from tests.test_engine import PROFILES, SETTINGS, FakeNM, FakeProber, start, stop, wait_until
@@ -156,7 +156,7 @@ async def test_a_peer_that_filters_icmp_sends_the_uplink_back_to_http_rounds_wit
     echo.answering["wana"] = False  # never answers an echo, while HTTP works
     engine, prober = engine_with(echo)
     task = await start(engine)
-    await wait_until(lambda: engine.uplinks[0].echo_off, timeout=3)
+    await wait_until(lambda: engine.uplinks[0].watch.echo_off, timeout=3)
     # ECHO_STRIKES heartbeats, and after each proof that came before one a single echo to meet the peer.
     sent = len(echo.on("wana"))
     assert ECHO_STRIKES <= sent <= 2 * ECHO_STRIKES and all(call[3] == 1 for call in echo.on("wana"))
@@ -259,7 +259,7 @@ async def test_ipv6_moves_alone_when_only_the_primarys_ipv6_dies(monkeypatch: py
     settings = HEARTBEAT_SETTINGS.model_copy(update={"ipv6_interval": 0.05})
     engine = Engine(settings, nm, PROFILES, AnsweringProber(), echo=echo)
     task = await start(engine)
-    await wait_until(lambda: engine.uplinks[0].health6.health.value == "up")
+    await wait_until(lambda: engine.uplinks[0].watch.health6.health.value == "up")
     dead.add(("wana", PEER6))
     await wait_until(lambda: nm.metrics["/dev/wana"] == (100, 200) and nm.metrics["/dev/wanb"] == (200, 100))
     assert engine.current == 0 and engine.switches == 0  # IPv4 stays, and no switch is counted

@@ -204,7 +204,9 @@ class Actuator:
     def ipv6_down(self) -> frozenset[int]:
         """The uplinks whose own IPv6 path is down while the uplink as a whole is up."""
         return frozenset(
-            u.index for u in self.uplinks if u.health6.health is Health.DOWN and u.health.health is Health.UP
+            u.index
+            for u in self.uplinks
+            if u.watch.health6.health is Health.DOWN and u.health.health is Health.UP
         )
 
     def up_to_date(self, preferred: int) -> bool:
@@ -360,3 +362,10 @@ class Actuator:
             "routing_rules": routed.describe_rules() if routed is not None else [],
             "routing_routes": routed.describe_routes() if routed is not None else [],
         }
+
+    # TEMPORARY until the DNS mechanism lands (h-dnsfix)
+    def own_nameservers(self, uplink: Uplink) -> tuple[str, ...]:
+        return uplink.link.nameservers
+
+    async def override_dns(self, index: int, servers: tuple[str, ...]) -> bool:
+        return False

@@ -10,15 +10,19 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from loguru import logger
 
 from ..config import Settings
+from ..detection import DetectionParams
 from ..nm import LinkState, NMEvent, Profile
 from ..policy import Action, Decision, Health, PolicyParams, decide
 from .actuator import Actuator, NetworkManagerPort
 from .intake import IDLE_BEAT, EventIntake
-from .probing import Echo, Prober, ProbeScheduler, RxCounter
+from .probing import DnsChecker, Echoer, EvidenceSource, HttpChecker, Prober, ProbeScheduler, RxCounter
 from .state import Override, SwitchEvent, Uplink
 from .supervisor import Job, Supervisor
 
 SwitchListener = Callable[[SwitchEvent], Awaitable[None]]
+# How recent a proof of the uplink traffic moves to must be when the one it leaves was in no doubt (a pin,
+# a failover test, a pulled cable).
+FRESH_PROOF = 5.0
 # Asked before failing back; False vetoes the failback for now (asked again a round later).
 FailbackGuard = Callable[[SwitchEvent], Awaitable[bool]]
 
@@ -35,7 +39,10 @@ class Engine:
         failback_guard: FailbackGuard | None = None,
         supervisor: Supervisor | None = None,
         rx_counter: RxCounter | None = None,
-        echo: Echo | None = None,
+        echo: Echoer | None = None,
+        dns_check: DnsChecker | None = None,
+        http_check: HttpChecker | None = None,
+        evidence: EvidenceSource | None = None,
     ) -> None:
         self.settings = settings
         self.supervisor = supervisor or Supervisor()
@@ -50,17 +57,21 @@ class Engine:
             settings.brownout_loss / 100,
             settings.brownout_latency,
         )
+        self.detection = detection_params(settings, self.params, echo, dns_check, http_check)
         self.uplinks = [Uplink(i, p, LinkState(uuid=p.uuid)) for i, p in enumerate(profiles)]
         self.actuator = Actuator(settings, nm, self.uplinks)
         self.scheduler = ProbeScheduler(
-            settings,
+            self.detection,
             prober,
-            self.params,
             self.supervisor,
             lambda: self.current,
             self.reconcile,
-            rx_counter,
-            echo,
+            rx_counter=rx_counter,
+            echo=echo if settings.heartbeat else None,
+            dns_check=dns_check,
+            http_check=http_check,
+            evidence=evidence,
+            nameservers=self.actuator.own_nameservers,
         )
         self.intake = EventIntake(nm, self.uplinks, self.actuator, self.supervisor, self.reconcile)
         self.current: int | None = None
@@ -138,6 +149,31 @@ class Engine:
         async with self._apply_lock:
             await self._reconcile_route()
             await self.actuator.withdraw_dead_ipv6(self.current)
+            if self.settings.dns_failover:
+                await self._move_dns()
+
+    async def _move_dns(self) -> None:
+        """Dead resolvers behind a live path: name resolution goes to working ones (NMFAILOVER_DNS_SERVERS,
+        or the other uplinks' own, whose DNS works) while the traffic stays; given back when they answer."""
+        for uplink in self.uplinks:
+            servers: tuple[str, ...] = ()
+            if uplink.watch.dns.dead and uplink.health.health is Health.UP:
+                servers = self.settings.dns_servers or tuple(
+                    server
+                    for other in self.uplinks
+                    if other is not uplink and other.link.activated and not other.watch.dns.dead
+                    for server in self.actuator.own_nameservers(other)
+                )
+            if servers != uplink.dns_moved_to and await self.actuator.override_dns(uplink.index, servers):
+                if servers:
+                    logger.warning(
+                        "{}: its resolvers are dead, its path is not: name resolution moved to {}",
+                        uplink.label,
+                        ", ".join(servers),
+                    )
+                else:
+                    logger.info("{}: name resolution back on its own resolvers", uplink.label)
+                uplink.dns_moved_to = servers
 
     async def _reconcile_route(self) -> None:
         self._deadlines_changed.set()
@@ -150,13 +186,18 @@ class Engine:
             if not self.actuator.up_to_date(target):
                 await self.actuator.apply(target)
             return
+        if decision.action in (Action.FAILOVER, Action.AVOID, Action.PIN) and not self._fresh(target):
+            # Proved before it takes the traffic: a portal or an exhausted data plan on the backup, or a
+            # backup dying in the same outage, must not receive it. Its loop reconciles after the proof.
+            self._ask_proof(self.uplinks[target])
+            return
         event = self._switch_event(decision, target)
         if decision.action == Action.FAILBACK and not await self._failback_allowed(event):
             return
         old = self.uplinks[self.current] if self.current is not None else None
         cause = (
-            f"{old.label} {old.last_round.summary}"
-            if (old is not None and old.last_round is not None and decision.action == Action.FAILOVER)
+            f"{old.label} {old.watch.last_round.summary}"
+            if (old is not None and old.watch.last_round is not None and decision.action == Action.FAILOVER)
             else decision.reason
         )
         logger.warning("{} -> switching to {}", cause, self.uplinks[target].label)
@@ -170,19 +211,43 @@ class Engine:
         self.uplinks[target].wake.set()
 
     def _refresh_next_candidate(self) -> None:
-        """While the current uplink is in doubt, the one traffic would move to is probed at once: a backup
-        last asked a standby interval ago may be dead too, and a later takeover (the third uplink after the
-        second) must be as quick as the first."""
+        """While the current uplink is in doubt, the one traffic would move to is proved at once: a backup
+        last asked a standby interval ago may be dead too, or behind a portal, and a later takeover (the
+        third uplink after the second) must be as quick as the first."""
         current = self.uplinks[self.current] if self.current is not None else None
         if current is None or not current.health.suspect:
             return
-        now = self.clock()
         for uplink in self.uplinks:
             if uplink is current or uplink.health.health in (Health.DOWN, Health.PORTAL):
                 continue
-            if uplink.probed_at is None or now - uplink.probed_at >= self.settings.suspect_interval:
-                uplink.wake.set()
+            if not self._fresh(uplink.index):
+                self._ask_proof(uplink)
             return
+
+    def _doubt_since(self) -> float:
+        """Since when the uplink carrying traffic is in doubt (a few seconds back when it is in none: a pin,
+        a failover test, a pulled cable)."""
+        current = self.uplinks[self.current] if self.current is not None else None
+        since = current.watch.doubt_since if current is not None else None
+        return since if since is not None else self.clock() - FRESH_PROOF
+
+    def _fresh(self, index: int) -> bool:
+        """Proved since the uplink carrying traffic came into doubt."""
+        proved = self.uplinks[index].watch.proved_at
+        return proved is not None and proved >= self._doubt_since()
+
+    def _ask_proof(self, uplink: Uplink) -> None:
+        # At once if it has not been asked anything since the doubt began; after that at the suspect pace
+        # (every round of every uplink reconciles, and a failing candidate must not be asked in a loop).
+        probed = uplink.watch.probed_at
+        if uplink.in_flight or uplink.proof_due:
+            return
+        if (
+            probed is None
+            or probed < self._doubt_since()
+            or self.clock() - probed >= self.settings.suspect_interval
+        ):
+            uplink.recheck()
 
     async def _failback_allowed(self, event: SwitchEvent) -> bool:
         if self._failback_guard is None:
@@ -274,3 +339,38 @@ async def _notify(listener: SwitchListener, event: SwitchEvent) -> None:
 
 def _bind(loop: Callable[[Uplink, str], Awaitable[None]], uplink: Uplink, name: str) -> Job:
     return lambda: loop(uplink, name)
+
+
+def detection_params(
+    settings: Settings,
+    policy: PolicyParams,
+    echo: Echoer | None,
+    dns_check: DnsChecker | None,
+    http_check: HttpChecker | None,
+) -> DetectionParams:
+    """What detection needs of the settings; a layer nothing can send is off."""
+    return DetectionParams(
+        targets=settings.probe_targets,
+        quorum=settings.probe_quorum,
+        policy=policy,
+        timeout_floor=settings.timeout_floor,
+        timeout_ceiling=settings.probe_timeout,
+        active_interval=settings.active_interval,
+        standby_interval=settings.standby_interval,
+        suspect_interval=settings.suspect_interval,
+        heartbeat=settings.heartbeat and echo is not None,
+        proof_interval=settings.proof_interval,
+        standby_proof_interval=settings.standby_proof_interval,
+        echo_burst=settings.echo_burst,
+        loss_excuses=settings.loss_excuses,
+        ipv6_interval=settings.ipv6_interval,
+        busy_rx_rate=settings.busy_rx_rate,
+        dns_interval=settings.dns_check_interval,
+        http_interval=settings.http_check_interval,
+        traffic_check_interval=settings.traffic_check_interval,
+        loss_tolerated=settings.loss_tolerated / 100,
+        loss_heavy=settings.loss_heavy / 100,
+        dns_failover=settings.dns_failover,
+        dns_checks=dns_check is not None,
+        http_checks=http_check is not None,
+    )

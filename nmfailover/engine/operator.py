@@ -123,8 +123,8 @@ class Operator:
                 | engine.actuator.source_routing_status(u.index)
                 | {
                     # Its IPv6 path on its own (null: no IPv6, or not judged yet); IPv4 is "health".
-                    "ipv6_health": u.health6.health.value
-                    if u.link.gateway6 is not None and u.health6.health is not Health.UNKNOWN
+                    "ipv6_health": u.watch.health6.health.value
+                    if u.link.gateway6 is not None and u.watch.health6.health is not Health.UNKNOWN
                     else None,
                     # Taken away while it is down and the uplink carrying traffic has no IPv6.
                     "ipv6_default_route": u.index not in engine.actuator.ipv6_withdrawn,
@@ -137,7 +137,8 @@ class Operator:
 def _uplink_status(
     uplink: Uplink, carrying: bool, hold: tuple[float, str], fit: Quality, marked: bool
 ) -> dict[str, Any]:
-    health, last = uplink.health, uplink.last_round
+    watch = uplink.watch
+    health, last = watch.health, watch.last_round
     if health.suspect and health.health != Health.UNKNOWN:
         state = "suspect"
     elif health.health is Health.UP and fit.degraded is not None:
@@ -162,12 +163,12 @@ def _uplink_status(
         else None,
         "reason": last.summary if last else None,
         "carrying_traffic": carrying,
-        "rtt_ms": {url: round(e.srtt * 1000, 1) for url, e in uplink.rtt.items() if e.srtt is not None},
-        "probe_timeout_ms": round(uplink.round_timeout * 1000) if uplink.round_timeout is not None else None,
-        "probe_bytes": uplink.probe_payload,  # above UDP/TCP: the wire adds about 40-60 bytes a packet
-        "failed_rounds": uplink.failed_rounds,
-        "heartbeat_to": uplink.echo_peer if uplink.echoed else None,  # null: its last round was HTTP
-        "busy_rx_bytes": uplink.busy_rx,  # set when the last round timed out while the link was busy
+        "rtt_ms": {url: round(e.srtt * 1000, 1) for url, e in watch.rtt.items() if e.srtt is not None},
+        "probe_timeout_ms": round(watch.round_timeout * 1000) if watch.round_timeout is not None else None,
+        "probe_bytes": watch.probe_payload,  # above UDP/TCP: the wire adds about 40-60 bytes a packet
+        "failed_rounds": watch.failed_rounds,
+        "heartbeat_to": watch.echo_peer if watch.echoed else None,  # null: its last round was HTTP
+        "busy_rx_bytes": watch.busy_rx,  # set when the last round timed out while the link was busy
         "hold_down": hold[0],  # what a failback to it would wait for now, and why
         "hold_down_reason": hold[1],
         "metered": uplink.link.metered_name,  # the device's Metered as NetworkManager reports it, or null

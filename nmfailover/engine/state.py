@@ -7,9 +7,9 @@ import asyncio
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..detection import Watch
 from ..nm import LinkState, Profile
-from ..policy import RttEstimate, UplinkHealth
-from ..probe import RoundResult
+from ..policy import UplinkHealth
 
 ROLE_NAMES = ("primary", "backup", "fallback")
 
@@ -23,29 +23,16 @@ class Uplink:
     index: int
     profile: Profile
     link: LinkState
-    health: UplinkHealth = field(default_factory=UplinkHealth)
-    last_round: RoundResult | None = None
-    probed_at: float | None = None  # monotonic start of the last round
-    rtt: dict[str, RttEstimate] = field(default_factory=dict)  # per target URL
-    round_timeout: float | None = None  # what the last round allowed each answer
-    busy_rx: int | None = None  # bytes the device received during the last round, if it timed out busy
-    went_silent: bool = False  # it was busy, and its traffic stopped with its probes unanswered
-    probe_payload: int = 0  # bytes our probes sent and received through it (above UDP/TCP) since start
-    failed_rounds: int = 0
-    rotation: int = 0  # which targets a lean round asks next
-    proved_at: float | None = None  # when an HTTP round last passed
-    echo_peer: str | None = None  # where heartbeats go: the address that answered that round
-    echo_answered: bool = False  # the peer has answered a heartbeat (so it does not filter ICMP)
-    echo_unanswered: int = 0  # heartbeats it never answered while HTTP passed right after
-    echo_off: bool = False  # the peer filters ICMP: HTTP rounds only
-    echoed: bool = False  # the last round was a heartbeat
-    excused: int = 0  # failed HTTP rounds in a row taken for loss, as echoes still passed
-    echo_peer6: str | None = None  # where IPv6 heartbeats go: a target's IPv6 address
-    health6: UplinkHealth = field(default_factory=UplinkHealth)  # its IPv6 path's, judged by those
-    checked6_at: float | None = None
-    proof_due: bool = False  # something happened to it: its next round is HTTP, never a heartbeat
+    watch: Watch = field(default_factory=Watch)  # what detection knows; replaced, never mutated
     missing: bool = False  # its profile was deleted from NetworkManager
+    proof_due: bool = False  # something happened to it: its next round is a proof, never an echo
+    dns_moved_to: tuple[str, ...] = ()  # resolvers put in front of its own, which are dead
+    in_flight: bool = False  # a round is running: a decision waiting for its answer need not ask again
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def health(self) -> UplinkHealth:
+        return self.watch.health
 
     def recheck(self) -> None:
         """Probe it now, by HTTP: an event or a request says its path may have changed."""
