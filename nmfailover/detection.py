@@ -254,11 +254,8 @@ def plan(watch: Watch, situation: Situation, params: DetectionParams) -> tuple[W
     if situation.standby:
         return watch, heartbeat  # a candidate is proved before it takes traffic (the engine sees to it)
     pace = params.traffic_check_interval if evidence.active else None
-    if (
-        _due(watch.dns_checked_at, pace or params.dns_interval, now)
-        or evidence.dns_failing
-        or (watch.dns.failures and not watch.dns.dead)
-    ):
+    dns_due = _due(watch.dns_checked_at, pace or params.dns_interval, now)
+    if params.dns_checks and (dns_due or evidence.dns_failing or (watch.dns.failures and not watch.dns.dead)):
         name = _host(watch.http_target or params.targets[0])
         return replace(watch, dns_checked_at=now), DnsCheck(name, _timeout(watch, dns_key(name), params))
     if params.http_checks and watch.http_target is not None and watch.http_address is not None:
@@ -485,17 +482,17 @@ def _fold_proof(
     if watch.busy_rx is not None:
         return watch, None, (*notes, Note(f"slow, not failed: {result.summary} while busy"))
     watch = replace(watch, last_round=result)
-    if _may_excuse(watch, result, params) and watch.echo_peer is not None:
-        burst = Echo(
-            watch.echo_peer, params.echo_burst, echo_timeout(watch, watch.echo_peer, params), Purpose.EXCUSE
-        )
-        return watch, burst, ()
     dns_fault = params.dns_failover and not situation.dns_moved and _dns_only(result)
     if not result.ok and dns_fault and watch.health.health is Health.UP:
         # The path answered up to name resolution: the resolvers' fault, which the DNS check judges (and
         # the engine answers by moving name resolution). Once moved, a failing lookup is the uplink's.
         watch, dns_notes = _dns_failed(watch, result, params)
         return watch, None, (*notes, *dns_notes)
+    if _may_excuse(watch, result, params) and watch.echo_peer is not None:
+        burst = Echo(
+            watch.echo_peer, params.echo_burst, echo_timeout(watch, watch.echo_peer, params), Purpose.EXCUSE
+        )
+        return watch, burst, ()
     watch, verdict_notes = _verdict(watch, result.ok, result, loaded, now, params)
     notes += verdict_notes
     if result.ok:

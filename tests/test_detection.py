@@ -1,0 +1,343 @@
+"""The pure detection core, by tables: a state and an observation in, the next step and state out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from nmfailover.detection import (
+    ECHO_STRIKES,
+    MAX_LOSS_BURSTS,
+    DetectionParams,
+    DnsCheck,
+    DnsHealth,
+    Echo,
+    Evidence,
+    HttpCheck,
+    Observed,
+    Proof,
+    Purpose,
+    Situation,
+    Step,
+    Watch,
+    fold,
+    interval,
+    loss_score,
+    plan,
+)
+from nmfailover.policy import Health, PolicyParams, UplinkHealth
+from nmfailover.probe import ProbeResult, Reason, RoundResult, Target
+
+T1 = Target("http://one.example/generate_204", 204)
+T2 = Target("http://two.example/generate_204", 204)
+PEER = "203.0.113.10"
+POLICY = PolicyParams(fail_count=2, rise_count=3, failback_hold_down=10)
+PARAMS = DetectionParams(targets=(T1, T2), quorum=1, policy=POLICY)
+UP = UplinkHealth(Health.UP, changed_at=0.0)
+DOUBT = UplinkHealth(Health.UP, consecutive_failures=1, changed_at=0.0)
+# A steadily healthy uplink on heartbeats: proved at 100, its peer answers echoes, both layers just checked.
+HEALTHY = Watch(
+    health=UP,
+    proved_at=100.0,
+    echo_peer=PEER,
+    echo_answered=True,
+    dns_checked_at=100.0,
+    http_checked_at=100.0,
+    http_target=T1,
+    http_address=PEER,
+)
+
+
+def answer(
+    target: Target = T1,
+    ok: bool = True,
+    reason: Reason | None = None,
+    *,
+    unanswered: bool = False,
+    sent: int = 1,
+    answered: int | None = None,
+    address: str = PEER,
+) -> ProbeResult:
+    reason = reason or (Reason.OK if ok else Reason.TIMEOUT)
+    return ProbeResult(
+        target, ok, reason, 0.02, str(reason), 10, unanswered, address, sent=sent, answered=answered
+    )
+
+
+def round_of(*answers: ProbeResult) -> RoundResult:
+    return RoundResult(any(a.ok for a in answers), answers, 1)
+
+
+def echoes(answered: int, sent: int) -> RoundResult:
+    target = Target(f"icmp://{PEER}", 0)
+    ok = answered > 0
+    return round_of(answer(target, ok, unanswered=not ok, sent=sent, answered=answered))
+
+
+def at(now: float, **kw: object) -> Situation:
+    return Situation(now, **kw)  # type: ignore[arg-type]
+
+
+# -- planning ---------------------------------------------------------------------------------------
+
+PLAN_CASES: list[tuple[str, Watch, Situation, type[Step], Purpose | None]] = [
+    ("never proved: a proof", Watch(), at(100.5), Proof, None),
+    ("healthy: one echo", HEALTHY, at(100.5), Echo, Purpose.HEARTBEAT),
+    ("an event asked for a proof", HEALTHY, at(100.5, proof_due=True), Proof, None),
+    ("down: proofs only", replace(HEALTHY, health=UplinkHealth(Health.DOWN)), at(100.5), Proof, None),
+    ("doubt from a heartbeat: a burst", replace(HEALTHY, health=DOUBT, echoed=True), at(100.5), Echo, Purpose.CONFIRM),
+    ("doubt from a proof: a proof", replace(HEALTHY, health=DOUBT, echoed=False), at(100.5), Proof, None),
+    ("the user's traffic went silent: a burst", HEALTHY, at(100.5, evidence=Evidence(silent=True)), Echo, Purpose.CONFIRM),
+    ("the user's connections refused: a proof", HEALTHY, at(100.5, evidence=Evidence(refused=True)), Proof, None),
+    ("the user's lookups fail: a DNS check", HEALTHY, at(100.5, evidence=Evidence(dns_failing=True)), DnsCheck, None),
+    ("proof interval over: a proof", HEALTHY, at(160.0), Proof, None),
+    ("busy: an echo even with a proof due", replace(HEALTHY, busy_rx=10**6), at(160.0), Echo, Purpose.HEARTBEAT),
+    ("standby: its proof interval", HEALTHY, at(160.0, standby=True), Echo, Purpose.HEARTBEAT),
+    ("standby: no cheap layers", HEALTHY, at(130.0, standby=True), Echo, Purpose.HEARTBEAT),
+    ("DNS check due", HEALTHY, at(115.0), DnsCheck, None),
+    ("DNS in doubt: checked again", replace(HEALTHY, dns=DnsHealth(failures=1)), at(100.5), DnsCheck, None),
+    ("HTTP check due", replace(HEALTHY, dns_checked_at=110.0), at(115.0), HttpCheck, None),
+    ("no address for HTTP yet", replace(HEALTHY, dns_checked_at=110.0, http_address=None), at(115.0), Echo, Purpose.HEARTBEAT),
+    ("user traffic: the cheap layers faster", HEALTHY, at(103.0, evidence=Evidence(active=True)), DnsCheck, None),
+    ("idle: not yet", HEALTHY, at(103.0), Echo, Purpose.HEARTBEAT),
+    ("peer filters ICMP: proofs", replace(HEALTHY, echo_off=True), at(100.5), Proof, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("watch", "situation", "kind", "purpose"), [c[1:] for c in PLAN_CASES], ids=[c[0] for c in PLAN_CASES]
+)
+def test_plan(watch: Watch, situation: Situation, kind: type[Step], purpose: Purpose | None) -> None:
+    _, step = plan(watch, situation, PARAMS)
+    assert isinstance(step, kind), step
+    if purpose is not None:
+        assert isinstance(step, Echo) and step.purpose is purpose and step.peer == PEER
+        assert step.count == (PARAMS.echo_burst if purpose is Purpose.CONFIRM else 1)
+
+
+def test_cheap_layers_are_off_without_a_checker() -> None:
+    params = replace(PARAMS, dns_checks=False, http_checks=False)
+    assert isinstance(plan(HEALTHY, at(130.0), params)[1], Echo)
+
+
+def test_a_lean_proof_rotates_through_the_targets_and_a_doubtful_one_asks_all() -> None:
+    healthy = replace(HEALTHY, proved_at=0.0)
+    first = plan(healthy, at(100.0), PARAMS)
+    second = plan(first[0], at(200.0), PARAMS)
+    assert isinstance(first[1], Proof) and isinstance(second[1], Proof)
+    assert {first[1].targets, second[1].targets} == {(T1,), (T2,)}
+    doubtful = plan(replace(healthy, health=DOUBT), at(100.0), PARAMS)[1]
+    assert isinstance(doubtful, Proof) and doubtful.targets == (T1, T2)
+    assert doubtful.timeout == PARAMS.timeout_ceiling  # a doubt is confirmed with full patience
+
+
+def test_interval_follows_role_and_doubt() -> None:
+    assert interval(HEALTHY, at(0), PARAMS) == PARAMS.active_interval
+    assert interval(HEALTHY, at(0, standby=True), PARAMS) == PARAMS.standby_interval
+    assert interval(replace(HEALTHY, health=DOUBT), at(0), PARAMS) == PARAMS.suspect_interval
+    assert interval(replace(HEALTHY, dns=DnsHealth(failures=1)), at(0), PARAMS) == PARAMS.suspect_interval
+    assert interval(replace(HEALTHY, dns=DnsHealth(failures=2, dead=True)), at(0), PARAMS) == 1.0
+
+
+# -- the path: heartbeats, bursts and the loss test ----------------------------------------------------
+
+
+def run_bursts(watch: Watch, answered: int, sent: int = 8, limit: int = 50) -> tuple[Watch, int]:
+    """Feed identical bursts until detection stops asking for more; how many it took."""
+    step: Step | None = Echo(PEER, sent, 0.25, Purpose.CONFIRM)
+    bursts = 0
+    while isinstance(step, Echo) and step.purpose is Purpose.CONFIRM and bursts < limit:
+        watch, step, _ = fold(watch, step, Observed(echoes(answered, sent)), at(101.0), PARAMS)
+        bursts += 1
+    return watch, bursts
+
+
+def test_a_missed_heartbeat_is_one_failure_and_opens_the_loss_test() -> None:
+    watch, step, notes = fold(
+        HEALTHY, Echo(PEER, 1, 0.25, Purpose.HEARTBEAT), Observed(echoes(0, 1)), at(101.0), PARAMS
+    )
+    assert watch.health.consecutive_failures == 1 and watch.health.health is Health.UP
+    assert watch.loss_score > 0 and watch.echoed and watch.doubt_since == 101.0
+    assert notes and notes[0].warning and step is None
+
+
+def test_a_silent_burst_after_a_missed_heartbeat_is_down() -> None:
+    watch, bursts = run_bursts(replace(HEALTHY, health=DOUBT, echoed=True), answered=0)
+    assert bursts == 1 and watch.health.health is Health.DOWN
+
+
+LOSS_CASES = [
+    # (answered of 8 per burst, verdict, at most this many bursts)
+    (8, Health.UP, 1),  # no loss
+    (6, Health.UP, 4),  # 25 % lost: tolerated
+    (1, Health.DOWN, 4),  # ~88 % lost (60 % each way)
+    (3, Health.DOWN, MAX_LOSS_BURSTS),  # ~63 % lost (60 % one way)
+]
+
+
+@pytest.mark.parametrize(("answered", "verdict", "most"), LOSS_CASES)
+def test_bursts_tell_heavy_loss_from_tolerated(answered: int, verdict: Health, most: int) -> None:
+    watch, bursts = run_bursts(replace(HEALTHY, health=DOUBT, echoed=True, loss_score=0.76), answered)
+    assert watch.health.health is verdict and bursts <= most, (watch.health, bursts)
+    assert watch.loss_score == 0.0  # a verdict closes the test
+
+
+def test_the_loss_test_weighs_answers_against_losses() -> None:
+    assert loss_score(0.0, 8, 8, PARAMS) < 0 < loss_score(0.0, 0, 8, PARAMS)
+    # 15 % each way (72 % answered) drifts down, 60 % one way (40 % answered) up.
+    assert loss_score(0.0, 72, 100, PARAMS) < 0 < loss_score(0.0, 40, 100, PARAMS)
+
+
+def test_an_undecided_loss_test_ends_not_proven_lossy() -> None:
+    # Exactly between tolerated and heavy: no verdict ever, so it ends after its most bursts, as healthy.
+    watch, bursts = run_bursts(replace(HEALTHY, health=DOUBT, echoed=True), answered=4)
+    assert bursts == MAX_LOSS_BURSTS and watch.health.consecutive_failures == 0
+
+
+# -- proofs -------------------------------------------------------------------------------------------
+
+
+def fold_proof(watch: Watch, result: RoundResult, **kw: object) -> tuple[Watch, Step | None, str]:
+    new, step, notes = fold(watch, Proof((T1,), 1.0), Observed(result), at(101.0, **kw), PARAMS)
+    return new, step, " ".join(n.text for n in notes)
+
+
+def test_a_passing_proof_chooses_the_peer_and_meets_it() -> None:
+    watch, step, _ = fold_proof(Watch(), round_of(answer(address="203.0.113.20")))
+    assert (
+        watch.echo_peer == "203.0.113.20"
+        and watch.proved_at == 101.0
+        and watch.http_address == "203.0.113.20"
+    )
+    assert isinstance(step, Echo) and step.purpose is Purpose.MEET
+
+
+def test_a_proof_that_only_timed_out_asks_a_burst_first() -> None:
+    watch, step, _ = fold_proof(HEALTHY, round_of(answer(ok=False, unanswered=True)))
+    assert isinstance(step, Echo) and step.purpose is Purpose.EXCUSE
+    assert watch.health == HEALTHY.health  # no verdict before the burst
+
+
+EXCUSE_CASES = [
+    # (burst answers of 8, failures after, excused after, why)
+    (0, 1, 0, "the path is silent too: a cut"),
+    (8, 1, 0, "not one echo lost: HTTP itself does not answer"),
+    (5, 0, 1, "some lost: loss, excused"),
+]
+
+
+@pytest.mark.parametrize(("answers", "failures", "excused", "why"), EXCUSE_CASES)
+def test_the_excuse_burst_tells_loss_from_failure(
+    answers: int, failures: int, excused: int, why: str
+) -> None:
+    failed = round_of(answer(ok=False, unanswered=True))
+    watch, step, _ = fold_proof(HEALTHY, failed)
+    assert isinstance(step, Echo)
+    watch, step, _ = fold(watch, step, Observed(echoes(answers, 8)), at(101.3), PARAMS)
+    assert (watch.health.consecutive_failures, watch.excused) == (failures, excused), why
+
+
+def test_excuses_run_out() -> None:
+    watch = replace(HEALTHY, excused=PARAMS.loss_excuses)
+    watch, step, _ = fold_proof(watch, round_of(answer(ok=False, unanswered=True)))
+    assert step is None and watch.health.consecutive_failures == 1
+
+
+def test_a_proof_failing_only_at_dns_is_a_dns_fault_not_a_failure() -> None:
+    result = round_of(answer(ok=False, reason=Reason.DNS))  # SERVFAIL: an answer, nothing to excuse
+    watch, _, text = fold_proof(HEALTHY, result)
+    assert watch.health.consecutive_failures == 0 and watch.dns.failures == 1 and "resolvers" in text
+    # Once name resolution is moved and lookups still fail, the uplink itself is failing.
+    watch, _, _ = fold_proof(HEALTHY, result, dns_moved=True)
+    assert watch.health.consecutive_failures == 1
+    off, _, _ = fold(
+        HEALTHY, Proof((T1,), 1.0), Observed(result), at(101.0), replace(PARAMS, dns_failover=False)
+    )
+    assert off.health.consecutive_failures == 1
+
+
+def test_a_portal_is_a_portal() -> None:
+    portal = round_of(answer(ok=False, reason=Reason.UNEXPECTED))
+    watch, _, _ = fold_proof(replace(HEALTHY, health=DOUBT), portal)
+    assert watch.health.health is Health.PORTAL
+
+
+def test_a_busy_link_whose_proof_timed_out_is_slow_not_failed() -> None:
+    timed_out = round_of(answer(ok=False, unanswered=True))
+    watch, step, text = fold(
+        HEALTHY, Proof((T1,), 1.0), Observed(timed_out, received=10**6, elapsed=1.0), at(101.0), PARAMS
+    )
+    assert (
+        watch.busy_rx == 10**6 and watch.health == HEALTHY.health and step is None and "slow" in text[0].text
+    )
+
+
+def test_a_peer_that_never_answers_echoes_is_given_up_after_strikes() -> None:
+    watch = replace(HEALTHY, echo_answered=False, echoed=True, last_round=echoes(0, 1))
+    for _ in range(ECHO_STRIKES):
+        watch = replace(watch, echoed=True, last_round=echoes(0, 1))
+        watch, _, text = fold_proof(watch, round_of(answer()))
+    assert watch.echo_off and "filtered" in text
+
+
+# -- the cheap layers ---------------------------------------------------------------------------------
+
+
+def dns_result(ok: bool) -> RoundResult:
+    target = Target("dns://one.example", 0)
+    return round_of(answer(target, ok, None if ok else Reason.DNS, unanswered=not ok))
+
+
+def test_dead_resolvers_behind_a_live_path_are_a_dns_fault_and_come_back() -> None:
+    watch = HEALTHY
+    for now in (101.0, 101.5):
+        watch, step, _ = fold(
+            watch, DnsCheck("one.example", 0.25), Observed(dns_result(False)), at(now), PARAMS
+        )
+    assert watch.dns.dead and watch.health.health is Health.UP and watch.health.consecutive_failures == 0
+    for now in (120.0, 135.0, 150.0):
+        watch, _, _ = fold(watch, DnsCheck("one.example", 0.25), Observed(dns_result(True)), at(now), PARAMS)
+    assert not watch.dns.dead
+
+
+def test_dead_resolvers_are_a_failure_when_moving_dns_is_off() -> None:
+    params = replace(PARAMS, dns_failover=False)
+    watch = HEALTHY
+    for now in (101.0, 101.5):
+        watch, _, _ = fold(watch, DnsCheck("one.example", 0.25), Observed(dns_result(False)), at(now), params)
+    assert watch.health.health is Health.DOWN
+
+
+def test_resolvers_are_not_judged_while_the_path_is_in_doubt() -> None:
+    watch = replace(HEALTHY, health=DOUBT)
+    for now in (101.0, 101.5):
+        watch, _, _ = fold(watch, DnsCheck("one.example", 0.25), Observed(dns_result(False)), at(now), PARAMS)
+    assert not watch.dns.dead
+
+
+def test_a_failed_kept_alive_check_calls_a_proof_at_once() -> None:
+    portal = round_of(answer(ok=False, reason=Reason.UNEXPECTED))
+    watch, step, notes = fold(HEALTHY, HttpCheck(T1, PEER, 0.25), Observed(portal), at(115.0), PARAMS)
+    assert isinstance(step, Proof) and notes and watch.health == HEALTHY.health
+    passed, step, _ = fold(
+        HEALTHY, HttpCheck(T1, PEER, 0.25), Observed(round_of(answer())), at(115.0), PARAMS
+    )
+    assert step is None
+
+
+def test_ipv6_is_checked_after_the_verdict_when_due() -> None:
+    watch = replace(HEALTHY, echo_peer6="2001:db8:ffff::10")
+    _, step, _ = fold(
+        watch, Echo(PEER, 1, 0.25, Purpose.HEARTBEAT), Observed(echoes(1, 1)), at(101.0, ipv6=True), PARAMS
+    )
+    assert isinstance(step, Echo) and step.purpose is Purpose.IPV6
+    _, none, _ = fold(
+        watch, Echo(PEER, 1, 0.25, Purpose.HEARTBEAT), Observed(echoes(1, 1)), at(101.0), PARAMS
+    )
+    assert none is None  # no IPv6 gateway
+
+
+def test_params_refuse_a_tolerated_loss_above_the_heavy_one() -> None:
+    with pytest.raises(ValueError, match="loss_tolerated"):
+        replace(PARAMS, loss_tolerated=0.7)
