@@ -207,6 +207,10 @@ async def query_in_turn(
             replies = await _exchange(interface, nameserver, queries, loop.time() + budget, progress)
         except TimeoutError:
             problem = SILENT
+        except asyncio.CancelledError:
+            # The caller's deadline struck first (a stalled loop fires both timers at once): silent too.
+            progress.failures.append(NameserverFailure(nameserver, SILENT))
+            raise
         except OSError as exc:
             problem = _why(exc)
         except ValueError:
