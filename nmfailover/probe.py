@@ -30,7 +30,7 @@ from nmfailover.transport import (
     LinkError,
     Progress,
     Reason,
-    addresses,
+    answer_addresses,
     blame,
     client,
     is_https,
@@ -274,12 +274,12 @@ async def dns_check(link: Link, name: str, timeout: float) -> ProbeResult:
     progress = Progress(phase=Reason.DNS, host=name)
 
     async def ask(interface: str, deadline: float) -> tuple[Reason, str]:
-        a = (dns.rdatatype.A,)
+        a_query = (dns.rdatatype.A,)
         nameserver, replies = await query_in_turn(
-            interface, link.nameservers, name, a, _alive, progress, deadline
+            interface, link.nameservers, name, a_query, _alive, progress, deadline
         )
         progress.address = nameserver
-        answer = ", ".join(addresses(replies)) or dns.rcode.to_text(replies[0].rcode())
+        answer = ", ".join(answer_addresses(replies)) or dns.rcode.to_text(replies[0].rcode())
         return Reason.OK, f"{name}: " + "; ".join([*map(str, progress.failures), f"{nameserver}: {answer}"])
 
     return await _checked(link, dns_target(name), timeout, progress, ask)
@@ -342,7 +342,7 @@ class KeptAliveProbe:
             result = await _checked(link, target, timeout, progress, get)
             return result
         finally:
-            if result is None or not result.ok:  # failed or cancelled: the connection's state is unknown
+            if result is None or not result.ok:  # failed or cancelled: the next check starts afresh
                 await self.aclose()
 
     async def _open(

@@ -38,7 +38,7 @@ DNS_PORT = 53  # module-level so tests can point the resolver at an unprivileged
 DNS_SHARE = 0.9  # part of the probe's time that name resolution may use
 DNS_STRAGGLER = 0.25  # seconds to wait for the other of A/AAAA once one has answered
 _CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN}
-SILENT = "no answer"
+_SILENT = "no answer"
 
 
 class Reason(StrEnum):
@@ -75,7 +75,7 @@ class NameserverFailure:
 
     @property
     def silent(self) -> bool:
-        return self.problem == SILENT
+        return self.problem == _SILENT
 
     def __str__(self) -> str:
         return f"no answer from {self.nameserver}" if self.silent else f"{self.nameserver}: {self.problem}"
@@ -93,7 +93,7 @@ class Progress:
     asked: list[str] = field(default_factory=list)  # nameservers queried
     failures: list[NameserverFailure] = field(default_factory=list)  # the asked that gave no usable answer
     payload: int = 0  # bytes sent and received above UDP and TCP (DNS datagrams and the HTTP stream)
-    connected: bool = False  # this request opened a new connection (False: it went over one kept open)
+    connected: bool = False  # this request went to a new connection (False: over one kept open)
 
 
 def _bound_socket(interface: str, family: int, kind: int) -> socket.socket:
@@ -166,7 +166,7 @@ def _has_rcode(rcode: dns.rcode.Rcode, replies: Sequence[dns.message.Message]) -
     return any(r.rcode() == rcode for r in replies)
 
 
-def addresses(replies: Sequence[dns.message.Message]) -> list[str]:
+def answer_addresses(replies: Sequence[dns.message.Message]) -> list[str]:
     """The A and AAAA addresses in NOERROR replies, in reply order (CNAME chains end in these rrsets too)."""
     return [
         rd.to_text()
@@ -206,10 +206,10 @@ async def query_in_turn(
         try:
             replies = await _exchange(interface, nameserver, queries, loop.time() + budget, progress)
         except TimeoutError:
-            problem = SILENT
+            problem = _SILENT
         except asyncio.CancelledError:
             # The caller's deadline struck first (a stalled loop fires both timers at once): silent too.
-            progress.failures.append(NameserverFailure(nameserver, SILENT))
+            progress.failures.append(NameserverFailure(nameserver, _SILENT))
             raise
         except OSError as exc:
             problem = _why(exc)
@@ -234,7 +234,7 @@ async def _resolve(
     host = progress.host
 
     def settles(replies: Sequence[dns.message.Message]) -> bool:
-        return bool(addresses(replies)) or _has_rcode(dns.rcode.NXDOMAIN, replies)
+        return bool(answer_addresses(replies)) or _has_rcode(dns.rcode.NXDOMAIN, replies)
 
     # IPv4 first: the A query comes first.
     rdtypes = (dns.rdatatype.A, dns.rdatatype.AAAA)
@@ -243,7 +243,7 @@ async def _resolve(
     )
     if _has_rcode(dns.rcode.NXDOMAIN, replies):
         raise LinkError(Reason.DNS, f"{host}: NXDOMAIN from {nameserver}")
-    return addresses(replies)
+    return answer_addresses(replies)
 
 
 def _is_ip(host: str) -> bool:
