@@ -19,7 +19,7 @@ from .engine.probing import Echoer, Prober
 from .errors import ConfigError, ControlError, NMError, ProfileError, TaskGaveUp
 from .hooks import SwitchHooks, Webhook
 from .nm import NetworkManagerClient, Profile
-from .probe import probe_round
+from .probe import KeptAliveChecks, dns_round, probe_round
 from .tunnels import Tunnels, check_names
 
 EXIT_OK, EXIT_FAILURE = 0, 1
@@ -70,6 +70,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
 
         metrics = Metrics(lambda: operator.status())
         listeners.append(metrics.on_switch)
+    kept_alive = KeptAliveChecks()
     engine = Engine(
         settings,
         client,
@@ -78,6 +79,8 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
         listeners=listeners,
         failback_guard=hooks.failback_guard if settings.failback_guard is not None else None,
         echo=_heartbeats(settings, echo),
+        dns_check=dns_round,
+        http_check=kept_alive,
     )
     operator = Operator(engine)
     operator.tunnels = tunnels.status
@@ -114,6 +117,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
         return EXIT_FAILURE
     finally:
         sdnotify.notify("STOPPING=1")
+        await kept_alive.aclose()
         await control.close()
         await client.close()
     logger.info("stopped")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from urllib.parse import urlsplit
 
+from .echo import echo_target
 from .policy import (
     Health,
     PolicyParams,
@@ -35,7 +36,7 @@ from .policy import (
     record,
     rtt_sample,
 )
-from .probe import Reason, RoundResult, Target
+from .probe import Reason, RoundResult, Target, dns_target
 
 # Heartbeats a peer that has never answered one may miss, each time with HTTP passing right after, before
 # it is taken for one that filters ICMP and the uplink goes back to HTTP rounds only.
@@ -257,7 +258,9 @@ def plan(watch: Watch, situation: Situation, params: DetectionParams) -> tuple[W
     dns_due = _due(watch.dns_checked_at, pace or params.dns_interval, now)
     if params.dns_checks and (dns_due or evidence.dns_failing or (watch.dns.failures and not watch.dns.dead)):
         name = _host(watch.http_target or params.targets[0])
-        return replace(watch, dns_checked_at=now), DnsCheck(name, _timeout(watch, dns_key(name), params))
+        return replace(watch, dns_checked_at=now), DnsCheck(
+            name, _timeout(watch, dns_target(name).url, params)
+        )
     if params.http_checks and watch.http_target is not None and watch.http_address is not None:
         if _due(watch.http_checked_at, pace or params.http_interval, now):
             target, address = watch.http_target, watch.http_address
@@ -272,15 +275,6 @@ def _due(last: float | None, every: float, now: float) -> bool:
 
 def _host(target: Target) -> str:
     return urlsplit(target.url).hostname or ""
-
-
-def dns_key(name: str) -> str:
-    """The key a DNS check's answer times are kept under, beside the HTTP targets'."""
-    return f"dns://{name}"
-
-
-def echo_key(address: str) -> str:
-    return f"icmp://{address}"
 
 
 def _proof(watch: Watch, params: DetectionParams) -> tuple[Watch, Proof]:
@@ -311,7 +305,7 @@ def _timeout(watch: Watch, key: str, params: DetectionParams) -> float:
 def echo_timeout(watch: Watch, peer: str, params: DetectionParams) -> float:
     """From the peer's echo answer times; until it has answered one on a quiet link, from the quickest
     HTTP target's, which a single echo beats (a whole HTTP exchange takes several round trips)."""
-    estimate = watch.rtt.get(echo_key(peer))
+    estimate = watch.rtt.get(echo_target(peer).url)
     if estimate is None:
         http = [e for url, e in watch.rtt.items() if e.srtt is not None and url.startswith("http")]
         estimate = min(http, key=lambda e: e.srtt or 0.0, default=RttEstimate())

@@ -19,7 +19,7 @@ import ipaddress
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -38,6 +38,7 @@ DNS_PORT = 53  # module-level so tests can point the resolver at an unprivileged
 DNS_SHARE = 0.9  # part of the probe's time that name resolution may use
 DNS_STRAGGLER = 0.25  # seconds to wait for the other of A/AAAA once one has answered
 _CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN}
+_SILENT = "no answer"
 
 
 class Reason(StrEnum):
@@ -67,6 +68,19 @@ class LinkError(NmfailoverError):
         self.unanswered = unanswered  # nothing came back at all (as opposed to a refusal or an error)
 
 
+@dataclass(frozen=True)
+class NameserverFailure:
+    nameserver: str
+    problem: str  # what it did instead of answering usefully: "no answer", "SERVFAIL", "connection refused"
+
+    @property
+    def silent(self) -> bool:
+        return self.problem == _SILENT
+
+    def __str__(self) -> str:
+        return f"no answer from {self.nameserver}" if self.silent else f"{self.nameserver}: {self.problem}"
+
+
 @dataclass
 class Progress:
     """Where a request is, so a timeout or error can be blamed on the right step."""
@@ -77,7 +91,9 @@ class Progress:
     address: str = ""  # the peer's bare address: where a heartbeat goes
     resolved: list[str] = field(default_factory=list)  # every address the name had, IPv4 first
     asked: list[str] = field(default_factory=list)  # nameservers queried
+    failures: list[NameserverFailure] = field(default_factory=list)  # the asked that gave no usable answer
     payload: int = 0  # bytes sent and received above UDP and TCP (DNS datagrams and the HTTP stream)
+    connected: bool = False  # this request went to a new connection (False: over one kept open)
 
 
 def _bound_socket(interface: str, family: int, kind: int) -> socket.socket:
@@ -146,49 +162,88 @@ async def _exchange(
     return [replies[i] for i in sorted(replies)]
 
 
-async def _resolve(
-    interface: str, nameservers: Sequence[str], progress: Progress, deadline: float
-) -> list[str]:
-    host = progress.host
+def _has_rcode(rcode: dns.rcode.Rcode, replies: Sequence[dns.message.Message]) -> bool:
+    return any(r.rcode() == rcode for r in replies)
+
+
+def answer_addresses(replies: Sequence[dns.message.Message]) -> list[str]:
+    """The A and AAAA addresses in NOERROR replies, in reply order (CNAME chains end in these rrsets too)."""
+    return [
+        rd.to_text()
+        for r in replies
+        if r.rcode() == dns.rcode.NOERROR
+        for rrset in r.answer
+        if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)
+        for rd in rrset
+    ]
+
+
+async def query_in_turn(
+    interface: str,
+    nameservers: Sequence[str],
+    name: str,
+    rdtypes: Sequence[dns.rdatatype.RdataType],
+    settles: Callable[[Sequence[dns.message.Message]], bool],
+    progress: Progress,
+    deadline: float,
+) -> tuple[str, list[dns.message.Message]]:
+    """Ask the nameservers in turn, every packet bound to `interface`, until one's replies settle the
+    question: that nameserver and its replies (in `rdtypes` order, those that came in time).
+
+    The others asked are in progress.failures. Raises LinkError(DNS) when none settled it, unanswered when
+    none answered at all.
+    """
     if not nameservers:
         raise LinkError(Reason.DNS, f"no nameservers for {interface}")
     loop = asyncio.get_running_loop()
-    problems: list[str] = []
-    silent = 0  # nameservers that sent nothing back
+    first = len(progress.failures)
     for i, nameserver in enumerate(nameservers):
         progress.asked.append(nameserver)
         # A fair share of the time per nameserver, and DNS never eats the whole probe: a silent resolver
         # then gets its own verdict ("no answer from ...") instead of a generic timeout.
         budget = (deadline - loop.time()) * DNS_SHARE / (len(nameservers) - i)
-        queries = [dns.message.make_query(host, t) for t in (dns.rdatatype.A, dns.rdatatype.AAAA)]
+        queries = [dns.message.make_query(name, t) for t in rdtypes]
         try:
             replies = await _exchange(interface, nameserver, queries, loop.time() + budget, progress)
         except TimeoutError:
-            problems.append(f"no answer from {nameserver}")
-            silent += 1
-            continue
+            problem = _SILENT
+        except asyncio.CancelledError:
+            # The caller's deadline struck first (a stalled loop fires both timers at once): silent too.
+            progress.failures.append(NameserverFailure(nameserver, _SILENT))
+            raise
         except OSError as exc:
-            problems.append(f"{nameserver}: {_why(exc)}")
-            continue
+            problem = _why(exc)
         except ValueError:
-            problems.append(f"{nameserver}: not an IP address")
-            continue
-        if any(r.rcode() == dns.rcode.NXDOMAIN for r in replies):
-            raise LinkError(Reason.DNS, f"{host}: NXDOMAIN from {nameserver}")
-        # IPv4 first: the A query comes first; CNAME chains end in these rrsets too.
-        addresses = [
-            rd.to_text()
-            for r in replies
-            if r.rcode() == dns.rcode.NOERROR
-            for rrset in r.answer
-            if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)
-            for rd in rrset
-        ]
-        if addresses:
-            return addresses
-        errors = sorted({dns.rcode.to_text(r.rcode()) for r in replies} - {"NOERROR"})
-        problems.append(f"{nameserver}: {', '.join(errors) or 'no A/AAAA records'}")
-    raise LinkError(Reason.DNS, f"{host}: " + "; ".join(problems), unanswered=silent == len(nameservers))
+            problem = "not an IP address"
+        else:
+            if settles(replies):
+                return nameserver, replies
+            errors = sorted({dns.rcode.to_text(r.rcode()) for r in replies} - {"NOERROR"})
+            types = "/".join(dns.rdatatype.to_text(t) for t in rdtypes)
+            problem = ", ".join(errors) or f"no {types} records"
+        progress.failures.append(NameserverFailure(nameserver, problem))
+    failures = progress.failures[first:]
+    raise LinkError(
+        Reason.DNS, f"{name}: " + "; ".join(map(str, failures)), unanswered=all(f.silent for f in failures)
+    )
+
+
+async def _resolve(
+    interface: str, nameservers: Sequence[str], progress: Progress, deadline: float
+) -> list[str]:
+    host = progress.host
+
+    def settles(replies: Sequence[dns.message.Message]) -> bool:
+        return bool(answer_addresses(replies)) or _has_rcode(dns.rcode.NXDOMAIN, replies)
+
+    # IPv4 first: the A query comes first.
+    rdtypes = (dns.rdatatype.A, dns.rdatatype.AAAA)
+    nameserver, replies = await query_in_turn(
+        interface, nameservers, host, rdtypes, settles, progress, deadline
+    )
+    if _has_rcode(dns.rcode.NXDOMAIN, replies):
+        raise LinkError(Reason.DNS, f"{host}: NXDOMAIN from {nameserver}")
+    return answer_addresses(replies)
 
 
 def _is_ip(host: str) -> bool:
@@ -201,23 +256,24 @@ def _is_ip(host: str) -> bool:
 
 class _Stream(httpcore.AsyncNetworkStream):
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, progress: Progress
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, backend: _BoundBackend
     ) -> None:
         self._reader = reader
         self._writer = writer
-        self._progress = progress
+        # The backend's progress, not the one at connect time: a connection kept open serves later requests.
+        self._backend = backend
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         async with asyncio.timeout(timeout):
             data = await self._reader.read(max_bytes)
-        self._progress.payload += len(data)
+        self._backend.progress.payload += len(data)
         return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         async with asyncio.timeout(timeout):
             self._writer.write(buffer)
             await self._writer.drain()
-        self._progress.payload += len(buffer)
+        self._backend.progress.payload += len(buffer)
 
     async def aclose(self) -> None:
         # abort, not close: a TLS close waits for the peer's close_notify, which a bad uplink may never send.
@@ -226,25 +282,31 @@ class _Stream(httpcore.AsyncNetworkStream):
     async def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.AsyncNetworkStream:
-        self._progress.phase = Reason.TLS
+        self._backend.progress.phase = Reason.TLS
         async with asyncio.timeout(timeout):
             await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
-        self._progress.phase = Reason.HTTP
+        self._backend.progress.phase = Reason.HTTP
         return self
 
     def get_extra_info(self, info: str) -> Any:
         if info in ("ssl_object", "socket", "peername", "sockname"):
             return self._writer.get_extra_info(info)
+        if info == "is_readable":
+            # httpcore asks before reusing an idle connection: anything arriving on it (the server's close,
+            # a reset) means it is finished. The socket itself reads empty: asyncio drains it as data comes.
+            return self._reader.at_eof() or self._reader.exception() is not None
         return None
 
 
 class _BoundBackend(httpcore.AsyncNetworkBackend):
-    """Resolves through the link's nameservers and connects from a socket bound to the link's device."""
+    """Resolves through the link's nameservers (or takes the one address given) and connects from a socket
+    bound to the link's device. `progress` and `deadline` are the current request's."""
 
-    def __init__(self, link: Link, progress: Progress, deadline: float) -> None:
+    def __init__(self, link: Link, progress: Progress, deadline: float, address: str | None) -> None:
         self._link = link
-        self._progress = progress
-        self._deadline = deadline
+        self._address = address
+        self.progress = progress
+        self.deadline = deadline
 
     async def connect_tcp(
         self,
@@ -258,46 +320,50 @@ class _BoundBackend(httpcore.AsyncNetworkBackend):
         if interface is None:
             raise LinkError(Reason.NO_DEVICE, "no device")
         loop = asyncio.get_running_loop()
+        progress = self.progress
         host = host.strip("[]")
-        self._progress.host = host
-        if _is_ip(host):
+        progress.host = host
+        if self._address is not None:
+            addresses = [self._address]
+        elif _is_ip(host):
             addresses = [host]
         else:
-            self._progress.phase = Reason.DNS
-            addresses = await _resolve(interface, self._link.nameservers, self._progress, self._deadline)
-        self._progress.resolved = addresses
-        self._progress.phase = Reason.CONNECT
+            progress.phase = Reason.DNS
+            addresses = await _resolve(interface, self._link.nameservers, progress, self.deadline)
+        progress.resolved = addresses
+        progress.phase = Reason.CONNECT
+        progress.connected = True
         problems: list[str] = []
         timed_out = False
         for i, address in enumerate(addresses):
             sockaddr = _sockaddr(address, port, interface)
-            self._progress.peer = f"[{address}]:{port}" if len(sockaddr) == 4 else f"{address}:{port}"
-            self._progress.address = address
+            progress.peer = f"[{address}]:{port}" if len(sockaddr) == 4 else f"{address}:{port}"
+            progress.address = address
             sock = _bound_socket(
                 interface, socket.AF_INET if len(sockaddr) == 2 else socket.AF_INET6, socket.SOCK_STREAM
             )
             last = i == len(addresses) - 1
-            budget = (self._deadline - loop.time()) / (len(addresses) - i)
+            budget = (self.deadline - loop.time()) / (len(addresses) - i)
             try:
                 async with asyncio.timeout(None if last else budget):
                     await loop.sock_connect(sock, sockaddr)
                 reader, writer = await asyncio.open_connection(sock=sock)
             except TimeoutError:
                 sock.close()
-                problems.append(f"no answer from {self._progress.peer}")
+                problems.append(f"no answer from {progress.peer}")
                 timed_out = True
                 continue
             except OSError as exc:
                 sock.close()
                 if exc.errno in _CONNECT_ERRNOS or not last:
-                    problems.append(f"{self._progress.peer}: {_why(exc)}")
+                    problems.append(f"{progress.peer}: {_why(exc)}")
                     continue
                 raise
             except BaseException:
                 sock.close()
                 raise
-            self._progress.phase = Reason.HTTP
-            return _Stream(reader, writer, self._progress)
+            progress.phase = Reason.HTTP
+            return _Stream(reader, writer, self)
         raise LinkError(Reason.TIMEOUT if timed_out else Reason.CONNECT, "; ".join(problems))
 
     async def sleep(self, seconds: float) -> None:
@@ -307,7 +373,7 @@ class _BoundBackend(httpcore.AsyncNetworkBackend):
 _ssl_context: ssl.SSLContext | None = None
 
 
-def _is_https(url: str) -> bool:
+def is_https(url: str) -> bool:
     return url.lower().startswith("https:")
 
 
@@ -360,16 +426,33 @@ class BoundTransport(httpx.AsyncBaseTransport):
     """Every connection resolved through link's nameservers and connected from a socket bound to its device.
 
     `deadline` (loop time) shares the time between nameservers and addresses; the caller enforces it.
-    `progress` follows the requests' steps for blame(); give each transport its own.
+    `progress` follows the requests' steps for blame(); give each transport its own. With `address`, every
+    connection goes there, whatever the URL's host (which still names the Host header and TLS): no lookup.
     """
 
     def __init__(
-        self, link: Link, deadline: float, progress: Progress | None = None, *, https: bool = True
+        self,
+        link: Link,
+        deadline: float,
+        progress: Progress | None = None,
+        *,
+        https: bool = True,
+        address: str | None = None,
     ) -> None:
-        backend = _BoundBackend(link, Progress() if progress is None else progress, deadline)
+        self._backend = _BoundBackend(link, Progress() if progress is None else progress, deadline, address)
         # The CA store costs megabytes of memory for good: only load it once an https URL needs it.
         tls = _tls() if https else None
-        self._pool = httpcore.AsyncConnectionPool(network_backend=backend, ssl_context=tls, retries=0)
+        self._pool = httpcore.AsyncConnectionPool(network_backend=self._backend, ssl_context=tls, retries=0)
+
+    def restart(self, deadline: float, progress: Progress) -> None:
+        """The next request's deadline and progress, on a transport kept across requests.
+
+        The request starts at the HTTP step with the open connection's peer: where it will go unless that
+        connection turns out closed (then connecting starts over and says so in `progress`).
+        """
+        last = self._backend.progress
+        progress.phase, progress.peer, progress.address = Reason.HTTP, last.peer, last.address
+        self._backend.progress, self._backend.deadline = progress, deadline
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.AsyncByteStream)
@@ -399,8 +482,10 @@ class BoundTransport(httpx.AsyncBaseTransport):
         await self._pool.aclose()
 
 
-def client(transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
-    """An httpx client for one exchange through `transport`, then closed: nothing stays open between uses."""
+def client(transport: httpx.AsyncBaseTransport, *, keep_alive: bool = False) -> httpx.AsyncClient:
+    """An httpx client through `transport`: for one exchange, then closed (nothing stays open between uses),
+    or with `keep_alive` for several over one connection kept open."""
+    connection = {} if keep_alive else {"Connection": "close"}
     return httpx.AsyncClient(
         transport=transport,
         # An environment proxy would carry the request over the default route (httpx already skips them
@@ -410,7 +495,7 @@ def client(transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
         timeout=None,  # the caller's one deadline covers every step; see BoundTransport
         headers={
             "User-Agent": f"nmfailover/{__version__}",
-            "Connection": "close",
+            **connection,
             # Bodies are read up to a byte cap; compressed, that cap would bound nothing we hold in memory.
             "Accept-Encoding": "identity",
         },
@@ -459,7 +544,7 @@ async def post_json(link: Link, url: str, body: bytes, timeout: float) -> int:
     try:
         async with (
             asyncio.timeout_at(deadline),
-            client(BoundTransport(link, deadline, progress, https=_is_https(url))) as http,
+            client(BoundTransport(link, deadline, progress, https=is_https(url))) as http,
             http.stream("POST", url, content=body, headers=headers) as response,
         ):
             return response.status_code

@@ -104,6 +104,14 @@ ENV_CASES: list[Case] = [
     *bad("NMFAILOVER_ECHO_BURST", "", "0", "-1", "1.5", "abc"),
     *bad("NMFAILOVER_LOSS_EXCUSES", "", "-1", "1.5", "abc"),
     *bad("NMFAILOVER_IPV6_INTERVAL", *NOT_POSITIVE_SHORT),
+    *bad("NMFAILOVER_DNS_CHECK_INTERVAL", *NOT_POSITIVE_SHORT),
+    *bad("NMFAILOVER_HTTP_CHECK_INTERVAL", *NOT_POSITIVE_SHORT),
+    *bad("NMFAILOVER_TRAFFIC_CHECK_INTERVAL", *NOT_POSITIVE_SHORT),
+    *bad("NMFAILOVER_LOSS_TOLERATED", "", "abc", "-1", "100", "nan", "70"),  # 70: above the heavy share
+    *bad("NMFAILOVER_LOSS_HEAVY", "", "abc", "0", "100", "nan", "20"),  # 20: below the tolerated share
+    *bad("NMFAILOVER_PASSIVE", "", "maybe", "2"),
+    *bad("NMFAILOVER_DNS_FAILOVER", "", "maybe", "2"),
+    *bad("NMFAILOVER_DNS_SERVERS", "resolver.example", "192.0.2.1,", "192.0.2.300"),
     *bad("NMFAILOVER_FAIL_COUNT", "", "0", "-1", "2.5", "abc", "1e3"),
     *bad("NMFAILOVER_RISE_COUNT", "", "0", "-1", "2.5", "abc"),
     *bad("NMFAILOVER_FAILBACK_HOLD_DOWN", "", "abc", "-1", "nan", "inf"),

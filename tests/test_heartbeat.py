@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from nmfailover.detection import ECHO_STRIKES
 from nmfailover.echo import echo_target
 from nmfailover.engine import Engine, Operator
-from nmfailover.detection import ECHO_STRIKES
 from nmfailover.lab.sandbox import Topology
 from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target
 from tests.test_engine import PROFILES, SETTINGS, FakeNM, FakeProber, start, stop, wait_until

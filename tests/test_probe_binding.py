@@ -99,7 +99,7 @@ def test_probe_of_backup_leaves_through_backup_device(topology: Topology) -> Non
     assert tx_a <= 2 and rx_a <= 2 and tx_b - tx_a >= 4, (tx_a, rx_a, tx_b)
     assert (dns_a, http_a) == (0, 0)
     assert (dns_b, http_b) == (2, 1)  # A and AAAA, one GET
-    method, host, path, _local, peer = b.http_log()[-1].split("\t")
+    method, host, path, _local, peer, _connection = b.http_log()[-1].split("\t")
     assert (method, host, path, peer) == ("GET", "target1.test", "/generate_204", b.address4)
     # Counted above UDP and TCP: two DNS queries and their answers, one GET and its 204.
     assert 250 <= result["payload"] <= 1500, result["payload"]
@@ -182,5 +182,5 @@ def test_webhook_post_leaves_through_the_given_device(topology: Topology) -> Non
         tuple(x - y for x, y in zip(after[i], before[i], strict=True)) for i in ("wana", "wanb")
     )
     assert (dns_a, http_a, dns_b, http_b) == (0, 0, 2, 1)
-    method, host, path, _local, peer = b.http_log()[-1].split("\t")
+    method, host, path, _local, peer, _connection = b.http_log()[-1].split("\t")
     assert (method, host, path, peer) == ("POST", "target1.test", "/generate_204", b.address4)

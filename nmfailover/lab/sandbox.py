@@ -389,7 +389,8 @@ class Upstream:
         return len(self._lines("http.log"))
 
     def http_log(self) -> list[str]:
-        """One line per request: METHOD, Host header, path, local address, peer address (tab-separated)."""
+        """One line per request: METHOD, Host header, path, local address, peer address, connection number
+        (tab-separated)."""
         return self._lines("http.log")
 
     def dns_log(self) -> list[str]:

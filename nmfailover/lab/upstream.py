@@ -7,7 +7,11 @@ Started by nmfailover.lab.sandbox as
 State directory protocol (all plain files, so the test process needs no IPC):
 - `mode` (written by the lab, read on every HTTP request): `ok` (default), `portal`, `wrong-body`,
   `slow:SECONDS`.
-- `http.log`: one line per HTTP request: `METHOD<TAB>HOST<TAB>PATH<TAB>LOCAL-ADDRESS<TAB>PEER-ADDRESS`.
+- `http.log`: one line per HTTP request:
+  `METHOD<TAB>HOST<TAB>PATH<TAB>LOCAL-ADDRESS<TAB>PEER-ADDRESS<TAB>CONNECTION`, CONNECTION numbering the
+  server's TCP connections from 1 (several requests on one kept-alive connection share it).
+- `idle-timeout` (optional, read each time a connection waits for its next request): seconds a kept-alive
+  connection may stay idle before the server closes it; default IDLE_TIMEOUT.
 - `dns.log`: one line per DNS query: `QNAME<TAB>QTYPE<TAB>PEER-ADDRESS`.
 - `ready`: created once every socket listens.
 
@@ -15,6 +19,10 @@ Besides the probe pages, `GET /bulk` streams zeros until the client closes (or `
 loading a link: sent with a loss-based congestion control (`?cc=NAME`, default cubic) that keeps sending
 until the queue in front of the link overflows, which is what makes bufferbloat, whatever the machine's
 default (often BBR, which would keep the queue short). The probe-page modes do not apply to it.
+
+Connections are HTTP/1.1 keep-alive: several requests each, until the client sends `Connection: close` (or
+speaks HTTP/1.0 without keep-alive), an answer says `Connection: close` (a bulk download always does), or
+the connection stays idle for the idle timeout.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import socket
 from pathlib import Path
 from typing import cast
@@ -58,6 +67,9 @@ BULK_CONGESTION_CONTROL = "cubic"
 # Bounded so a half-open client can neither pin a task forever nor feed us unlimited headers.
 HEADER_TIMEOUT = 10.0
 MAX_HEADER_LINES = 100
+IDLE_TIMEOUT = 120.0  # seconds a kept-alive connection may wait for its next request (as common servers do)
+
+_connection_ids = itertools.count(1)
 
 
 def _append(path: Path, fields: list[str]) -> None:
@@ -78,7 +90,6 @@ def _response(status: int, body: bytes, extra: list[tuple[str, str]] | None = No
         f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
         f"Content-Length: {len(body)}",
         "Content-Type: text/html; charset=utf-8" if body.startswith(b"<") else "Content-Type: text/plain",
-        "Connection: close",
         *(f"{k}: {v}" for k, v in extra or []),
     ]
     return ("\r\n".join(headers) + "\r\n\r\n").encode("ascii") + body
@@ -129,36 +140,78 @@ async def _send_bulk(writer: asyncio.StreamWriter, method: str, query: str) -> N
             remaining -= len(chunk)
 
 
-async def _handle_http(state_dir: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _idle_timeout(state_dir: Path) -> float:
     try:
-        async with asyncio.timeout(HEADER_TIMEOUT):
-            request_line = (await reader.readline()).decode("latin-1").strip()
-            host = "-"
-            for _ in range(MAX_HEADER_LINES):
-                line = (await reader.readline()).decode("latin-1").strip()
-                if not line:
-                    break
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "host":
-                    host = value.strip()
-        parts = request_line.split()
-        local = writer.get_extra_info("sockname")
-        peer = writer.get_extra_info("peername")
-        if len(parts) != 3:
-            writer.write(_response(400, b"bad request\n"))
-        else:
-            method, target, _version = parts
-            _append(state_dir / "http.log", [method, host, target, str(local[0]), str(peer[0])])
+        return float((state_dir / "idle-timeout").read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return IDLE_TIMEOUT
+
+
+def _says_close(response: bytes) -> bool:
+    return b"\r\nconnection: close\r\n" in response.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+
+
+def _closing(response: bytes) -> bytes:
+    """The response saying `Connection: close` (once): the last on its connection."""
+    if _says_close(response):
+        return response
+    head, blank, body = response.partition(b"\r\n\r\n")
+    return head + b"\r\nConnection: close" + blank + body
+
+
+async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
+    """A request's headers after its request line, names in lower case."""
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADER_LINES):
+        line = (await reader.readline()).decode("latin-1").strip()
+        if not line:
+            break
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+async def _handle_http(state_dir: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    connection = str(next(_connection_ids))
+    local = str(writer.get_extra_info("sockname")[0])
+    peer = str(writer.get_extra_info("peername")[0])
+    try:
+        wait = HEADER_TIMEOUT  # a new connection's first request comes at once; later ones may idle
+        while True:
+            async with asyncio.timeout(wait):
+                line = await reader.readline()
+            if not line:  # the client closed
+                break
+            async with asyncio.timeout(HEADER_TIMEOUT):
+                headers = await _read_headers(reader)
+                length = headers.get("content-length", "0")
+                if length.isdigit():
+                    await reader.readexactly(int(length))  # a POST's body, so the next request starts clean
+            parts = line.decode("latin-1").split()
+            if len(parts) != 3:
+                writer.write(_closing(_response(400, b"bad request\n")))
+                break
+            method, target, version = parts
+            _append(
+                state_dir / "http.log", [method, headers.get("host", "-"), target, local, peer, connection]
+            )
             path, _, query = target.partition("?")
             if path == BULK_PATH:
                 await _send_bulk(writer, method, query)
-            else:
-                response = await _answer(state_dir, path)
-                if method == "HEAD":
-                    response = response.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
-                writer.write(response)
-        await writer.drain()
-    except (TimeoutError, ConnectionError):
+                break
+            response = await _answer(state_dir, path)
+            if method == "HEAD":
+                response = response.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+            tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+            unread_body = not length.isdigit() or "transfer-encoding" in headers
+            if "close" in tokens or (version == "HTTP/1.0" and "keep-alive" not in tokens) or unread_body:
+                response = _closing(response)
+            writer.write(response)
+            await writer.drain()
+            if _says_close(response):
+                break
+            wait = _idle_timeout(state_dir)
+    except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
         writer.close()
