@@ -208,6 +208,9 @@ class Settings(BaseSettings):
     # Watch the user's own traffic through each uplink (connection attempts, DNS queries, silence) and probe
     # at once when it shows trouble.
     passive: Flag = True
+    # Seconds after which a connection attempt or a lookup of the user's without an answer is a sign.
+    passive_syn_patience: Seconds = 0.4
+    passive_dns_patience: Seconds = 1.0
     # Dead resolvers behind a live path: keep the traffic and put working resolvers in front for that link
     # (NMFAILOVER_DNS_SERVERS, or the other uplinks' own); off, the uplink counts as down instead.
     dns_failover: Flag = True

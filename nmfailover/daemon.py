@@ -15,6 +15,7 @@ from .config import Settings, uplink_variable
 from .control import ControlService
 from .echo import echo_available, echo_round
 from .engine import Engine, Operator, SwitchEvent, SwitchListener, role_name
+from .engine.evidence import TrafficEvidence
 from .engine.probing import Echoer, Prober
 from .errors import ConfigError, ControlError, NMError, ProfileError, TaskGaveUp
 from .hooks import SwitchHooks, Webhook
@@ -43,6 +44,12 @@ def _heartbeats(settings: Settings, echo: Echoer) -> Echoer | None:
         logger.warning("no ICMP heartbeats, probing by HTTP only (more traffic): {}", why)
         return None
     return echo
+
+
+def _traffic_evidence(settings: Settings) -> TrafficEvidence | None:
+    if not settings.passive:
+        return None
+    return TrafficEvidence(settings.passive_syn_patience, settings.passive_dns_patience)
 
 
 async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Echoer = echo_round) -> int:
@@ -81,6 +88,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
         echo=_heartbeats(settings, echo),
         dns_check=dns_round,
         http_check=kept_alive,
+        evidence=_traffic_evidence(settings),
     )
     operator = Operator(engine)
     operator.tunnels = tunnels.status

@@ -37,6 +37,7 @@ from .policy import (
     rtt_sample,
 )
 from .probe import Reason, RoundResult, Target, dns_target
+from .traffic import TrafficCounters
 
 # Heartbeats a peer that has never answered one may miss, each time with HTTP passing right after, before
 # it is taken for one that filters ICMP and the uplink goes back to HTTP rounds only.
@@ -241,7 +242,9 @@ def plan(watch: Watch, situation: Situation, params: DetectionParams) -> tuple[W
         # Only a doubt that echoes raised is settled by echoes; one a proof raised needs a proof.
         return (watch, burst) if watch.echoed and watch.echo_answered else _proof(watch, params)
     if evidence.silent and watch.echo_answered:
-        return watch, burst  # the user's traffic stopped coming back: as good as a missed heartbeat
+        # The user's traffic stopped coming back: a missed heartbeat of theirs, confirmed by a burst.
+        health = observe(watch.health, False, now, params.policy)
+        return replace(watch, health=health, echoed=True, doubt_since=now), burst
     if evidence.refused:
         return _proof(watch, params)
     heartbeat = Echo(peer, 1, echo_timeout(watch, peer, params), Purpose.HEARTBEAT)
@@ -310,6 +313,35 @@ def echo_timeout(watch: Watch, peer: str, params: DetectionParams) -> float:
         http = [e for url, e in watch.rtt.items() if e.srtt is not None and url.startswith("http")]
         estimate = min(http, key=lambda e: e.srtt or 0.0, default=RttEstimate())
     return probe_timeout(estimate, params.timeout_floor, params.timeout_ceiling)
+
+
+# -- the user's own traffic --------------------------------------------------------------------------
+
+# Connection attempts and lookups per second, the user's and ours together, that make an uplink one the
+# user's traffic goes through: ours alone stay far below (a proof a minute, a check every few seconds).
+ACTIVE_ATTEMPTS = 1.0
+# Sent while nothing came back, over at least SILENCE_SPAN seconds: the path stopped answering.
+SILENT_PACKETS = 4
+SILENCE_SPAN = 0.5
+# Resets on connections not being opened happen (servers closing); a burst of them does not.
+RESET_BURST = 3
+
+
+def read_traffic(before: TrafficCounters, after: TrafficCounters, window: TrafficCounters) -> Evidence:
+    """What the uplink's traffic showed between two snapshots of its watch (`window`: an older one, over
+    which the pace of new connections and lookups is judged)."""
+    span = max(after.at - window.at, 1.0)
+    attempts = after.syn_sent - window.syn_sent + after.dns_sent - window.dns_sent
+    same_device = after.link.ifindex is not None and after.link.ifindex == before.link.ifindex
+    sent = after.link.tx_packets - before.link.tx_packets
+    received = after.link.rx_packets - before.link.rx_packets
+    mute = same_device and after.at - before.at >= SILENCE_SPAN and sent >= SILENT_PACKETS and received == 0
+    return Evidence(
+        active=attempts / span >= ACTIVE_ATTEMPTS,
+        silent=after.syn_unanswered > before.syn_unanswered or mute,
+        refused=after.syn_refused > before.syn_refused or after.resets - before.resets >= RESET_BURST,
+        dns_failing=after.dns_unanswered + after.dns_failed > before.dns_unanswered + before.dns_failed,
+    )
 
 
 # -- folding ----------------------------------------------------------------------------------------

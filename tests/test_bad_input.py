@@ -110,6 +110,8 @@ ENV_CASES: list[Case] = [
     *bad("NMFAILOVER_LOSS_TOLERATED", "", "abc", "-1", "100", "nan", "70"),  # 70: above the heavy share
     *bad("NMFAILOVER_LOSS_HEAVY", "", "abc", "0", "100", "nan", "20"),  # 20: below the tolerated share
     *bad("NMFAILOVER_PASSIVE", "", "maybe", "2"),
+    *bad("NMFAILOVER_PASSIVE_SYN_PATIENCE", *NOT_POSITIVE_SHORT),
+    *bad("NMFAILOVER_PASSIVE_DNS_PATIENCE", *NOT_POSITIVE_SHORT),
     *bad("NMFAILOVER_DNS_FAILOVER", "", "maybe", "2"),
     *bad("NMFAILOVER_DNS_SERVERS", "resolver.example", "192.0.2.1,", "192.0.2.300"),
     *bad("NMFAILOVER_FAIL_COUNT", "", "0", "-1", "2.5", "abc", "1e3"),

@@ -14,8 +14,9 @@ from ..detection import DetectionParams
 from ..nm import LinkState, NMEvent, Profile
 from ..policy import Action, Decision, Health, PolicyParams, decide
 from .actuator import Actuator, NetworkManagerPort
+from .evidence import TrafficEvidence
 from .intake import IDLE_BEAT, EventIntake
-from .probing import DnsChecker, Echoer, EvidenceSource, HttpChecker, Prober, ProbeScheduler, RxCounter
+from .probing import DnsChecker, Echoer, HttpChecker, Prober, ProbeScheduler, RxCounter
 from .state import Override, SwitchEvent, Uplink
 from .supervisor import Job, Supervisor
 
@@ -42,7 +43,7 @@ class Engine:
         echo: Echoer | None = None,
         dns_check: DnsChecker | None = None,
         http_check: HttpChecker | None = None,
-        evidence: EvidenceSource | None = None,
+        evidence: TrafficEvidence | None = None,
     ) -> None:
         self.settings = settings
         self.supervisor = supervisor or Supervisor()
@@ -80,6 +81,7 @@ class Engine:
         self.avoid: Override | None = None  # the failover test
         self.pin: Override | None = None
         self.ready = asyncio.Event()
+        self._evidence = evidence
         self._listeners = tuple(listeners)
         self._failback_guard = failback_guard
         self._vetoed_until: float | None = None
@@ -124,6 +126,8 @@ class Engine:
             jobs["nm-bus"] = lambda: self.intake.bus("nm-bus")
             jobs["timers"] = self._timers
             jobs["switch-listeners"] = self._notify_listeners
+            if self._evidence is not None:
+                jobs.update(self._evidence.jobs(self.uplinks, self.supervisor))
             jobs.update(extra_jobs or {})
             await self.supervisor.run(jobs, self._stopping)
         finally:

@@ -36,6 +36,7 @@ HttpChecker = Callable[[int, Link, Target, str, float], Awaitable[RoundResult]]
 RxCounter = Callable[[str | None], int | None]
 EvidenceSource = Callable[[Uplink], Evidence]
 
+NO_EVIDENCE = Evidence()
 # A burst of wake-ups must not turn into a burst of rounds.
 MIN_ROUND_GAP = 0.05
 
@@ -66,11 +67,11 @@ class ProbeScheduler:
         self._echo = echo
         self._dns_check = dns_check
         self._http_check = http_check
-        self._evidence = evidence or (lambda _: Evidence())
+        self._evidence = evidence or (lambda _: NO_EVIDENCE)
         # The uplink's own resolvers, which a DNS check judges even while name resolution is moved off them.
         self._nameservers = nameservers or (lambda u: u.link.nameservers)
 
-    def situation(self, uplink: Uplink) -> Situation:
+    def situation(self, uplink: Uplink, evidence: Evidence = NO_EVIDENCE) -> Situation:
         current = self._current()
         return Situation(
             now=self.clock(),
@@ -80,7 +81,7 @@ class ProbeScheduler:
             ipv6=uplink.link.gateway6 is not None,
             proof_due=uplink.proof_due,
             dns_moved=bool(uplink.dns_moved_to),
-            evidence=self._evidence(uplink),
+            evidence=evidence,
         )
 
     def interval(self, uplink: Uplink) -> float:
@@ -116,7 +117,8 @@ class ProbeScheduler:
 
     async def probe(self, uplink: Uplink) -> None:
         """One round: the steps detection asks for, until it has its verdict."""
-        uplink.watch, first = plan(uplink.watch, self.situation(uplink), self.params)
+        situation = self.situation(uplink, self._evidence(uplink))
+        uplink.watch, first = plan(uplink.watch, situation, self.params)
         if isinstance(first, Proof):
             uplink.proof_due = False
         step: Step | None = first
