@@ -66,8 +66,8 @@ RECHECK_INTERVAL: float = 2.0
 # Pending connection attempts and pending DNS queries remembered, each: the oldest goes first, so a SYN
 # flood cannot grow memory. As many of those already counted unanswered are remembered besides.
 TABLE_CAPACITY: int = 1024
-# How long an attempt counted unanswered is remembered, so that its retransmissions are not counted as new
-# attempts: Linux gives up a connection after 127 s of retransmitted SYNs (net.ipv4.tcp_syn_retries = 6).
+# How long after its first SYN an attempt counted unanswered is remembered, so that its retransmissions are
+# not counted as new attempts: Linux gives up after 127 s of retransmitted SYNs (tcp_syn_retries = 6).
 RETRY_MEMORY: float = 130.0
 
 # Bytes of each packet the filter lets through: the largest IPv4 header (60) plus a TCP header up to its
@@ -250,7 +250,7 @@ class TrafficTracker:
         self.capacity = capacity
         self._syns: dict[_Flow, float] = {}  # first-sent time
         self._queries: dict[_Query, float] = {}
-        self._syns_given_up: dict[_Flow, float] = {}  # when counted unanswered
+        self._syns_given_up: dict[_Flow, float] = {}  # first-sent time of those counted unanswered
         self._queries_given_up: dict[_Query, float] = {}
         self._n = TrafficCounters(0.0)  # `at` and `link` are filled in by counters()
 
@@ -290,8 +290,8 @@ class TrafficTracker:
 
     def expire(self, now: float) -> None:
         """Count what has waited `patience` (or `dns_patience`) or longer as unanswered, once."""
-        syns = _expire(self._syns, now - self.patience, self._syns_given_up, now, self.capacity)
-        queries = _expire(self._queries, now - self.dns_patience, self._queries_given_up, now, self.capacity)
+        syns = _expire(self._syns, now - self.patience, self._syns_given_up, self.capacity)
+        queries = _expire(self._queries, now - self.dns_patience, self._queries_given_up, self.capacity)
         if syns or queries:
             n = self._n
             self._n = replace(
@@ -319,7 +319,8 @@ _K = TypeVar("_K")
 
 
 def _new(key: _K, pending: dict[_K, float], given_up: dict[_K, float], now: float) -> bool:
-    """False for a retransmission: of an attempt pending, or of one given up less than RETRY_MEMORY ago."""
+    """False for a retransmission: of an attempt pending, or of one given up and first sent less than
+    RETRY_MEMORY ago."""
     return key not in pending and given_up.get(key, -math.inf) <= now - RETRY_MEMORY
 
 
@@ -331,9 +332,7 @@ def _insert(table: dict[_K, float], key: _K, now: float, capacity: int) -> None:
     table[key] = now
 
 
-def _expire(
-    table: dict[_K, float], cutoff: float, given_up: dict[_K, float], now: float, capacity: int
-) -> int:
+def _expire(table: dict[_K, float], cutoff: float, given_up: dict[_K, float], capacity: int) -> int:
     """Move what was sent at `cutoff` or before from `table` to `given_up`; how many."""
     expired = 0
     while table:
@@ -341,7 +340,7 @@ def _expire(
         if sent > cutoff:
             break
         del table[key]
-        _insert(given_up, key, now, capacity)
+        _insert(given_up, key, sent, capacity)
         expired += 1
     return expired
 
