@@ -19,8 +19,8 @@ answering a SYN, DNS over TCP or TLS, and QUIC are not looked at (their connecti
 
 from __future__ import annotations
 
+import array
 import asyncio
-import ctypes
 import errno
 import math
 import socket
@@ -92,6 +92,10 @@ _ETH_P_ALL = 0x0003
 _ETH_P_IP = 0x0800
 _ETH_P_IPV6 = 0x86DD
 _SO_ATTACH_FILTER = 26
+# Each packet's arrival (or departure) time from the kernel, as struct __kernel_timespec {s64 sec; s64 nsec}
+# on every architecture (the _NEW variant, Linux 5.1): the read time would be late whenever the loop is.
+_SO_TIMESTAMPNS_NEW = 64
+_TIMESTAMP_SPACE = socket.CMSG_SPACE(16)
 _SKF_AD_OFF = -0x1000
 _SKF_AD_PROTOCOL = 0  # skb->protocol, the EtherType in host order: works for devices without a link header
 _SKF_AD_PKTTYPE = 4  # the packet's sll_pkttype
@@ -403,10 +407,9 @@ def assemble(program: Sequence[_Instruction]) -> list[tuple[int, int, int, int]]
 FILTER_CODE: list[tuple[int, int, int, int]] = assemble(_FILTER)
 # struct sock_filter is {u16 code; u8 jt; u8 jf; u32 k}; struct sock_fprog is {unsigned short len; struct
 # sock_filter *filter}, native alignment (the kernel reads the array during setsockopt; kept alive here).
-_FILTER_ARRAY = bytearray(b"".join(struct.pack("=HBBI", *insn) for insn in FILTER_CODE))
-_FILTER_PROGRAM = struct.pack(
-    "@HP", len(FILTER_CODE), ctypes.addressof(ctypes.c_char.from_buffer(_FILTER_ARRAY))
-)
+# array, not ctypes: importing ctypes makes a callback, which the unit's MemoryDenyWriteExecute may refuse.
+_FILTER_ARRAY = array.array("B", b"".join(struct.pack("=HBBI", *insn) for insn in FILTER_CODE))
+_FILTER_PROGRAM = struct.pack("@HP", len(FILTER_CODE), _FILTER_ARRAY.buffer_info()[0])
 
 
 def _ifindex(device: str) -> int | None:
@@ -423,6 +426,7 @@ def _open(device: str) -> tuple[socket.socket, int]:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
     try:
         sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, _FILTER_PROGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS_NEW, 1)
         ifindex = _ifindex(device)
         sock.bind((device, _ETH_P_ALL))  # by name; the kernel keeps the ifindex it found
         if ifindex is None or _ifindex(device) != ifindex:  # replaced in between: which one is bound?
@@ -499,6 +503,7 @@ class TrafficWatch:
         self._clock = clock
         self._ifindex: int | None = None
         self._reported = 0  # trouble already notified
+        self._last_seen = -math.inf  # the tracker's time must not go backwards
         self._closing = False
         self._wake = asyncio.Event()
         self._finished = asyncio.Event()
@@ -588,9 +593,10 @@ class TrafficWatch:
     def _drain(self, sock: socket.socket) -> bool:
         """Feed what is queued to the tracker; False when the socket says the device went down."""
         now = self._clock()
+        to_clock = now - time.time()  # kernel stamps are wall-clock time
         for _ in range(_BATCH):
             try:
-                data, address = sock.recvfrom(SNAPLEN)
+                data, ancillary, _, address = sock.recvmsg(SNAPLEN, _TIMESTAMP_SPACE)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -601,7 +607,14 @@ class TrafficWatch:
             # PACKET_HOST and PACKET_OUTGOING.
             packet = parse_packet(data, address[2] == socket.PACKET_OUTGOING)
             if packet is not None:
-                self.tracker.observe(packet, now)
+                seen = now
+                for level, kind, value in ancillary:
+                    if (level, kind, len(value)) == (socket.SOL_SOCKET, _SO_TIMESTAMPNS_NEW, 16):
+                        seconds, nanoseconds = struct.unpack("=qq", value)
+                        seen = min(now, seconds + nanoseconds * 1e-9 + to_clock)
+                # A wall clock stepped back must not take the tracker's time with it.
+                self._last_seen = max(self._last_seen, seen)
+                self.tracker.observe(packet, self._last_seen)
         return True
 
     def _settle(self) -> None:

@@ -723,7 +723,7 @@ def test_a_device_that_does_not_exist_yet_is_watched_once_it_does(topology: Topo
     try:
         time.sleep(0.5)
         assert watch.snap()["watching"]["wanz"] is None
-        topology.host("ip", "link", "add", "wanz", "type", "dummy")
+        topology.host("ip", "link", "add", "wanz", "type", "veth", "peer", "name", "wanzpeer")
         watch.wait_watching("wanz", timeout=3)
     finally:
         closed = watch.close()
@@ -773,3 +773,10 @@ def test_a_saturating_download_costs_the_watch_nothing(topology: Topology, watch
     # What it did read: each download's handshake, and nothing went wrong.
     assert on_a["syn_answered"] >= download.starts >= 2, (on_a, download.starts)
     assert on_a["syn_refused"] == on_a["resets"] == on_a["dns_sent"] == 0, on_a
+
+
+def test_the_service_may_open_packet_sockets() -> None:
+    # Without AF_PACKET in the unit's sandbox, socket() fails with EAFNOSUPPORT and the watch sees nothing.
+    unit = (ROOT / "packaging" / "nmfailover.service").read_text()
+    [line] = [line for line in unit.splitlines() if line.startswith("RestrictAddressFamilies=")]
+    assert "AF_PACKET" in line.removeprefix("RestrictAddressFamilies=").split(), line
