@@ -39,6 +39,7 @@ __all__ = [
     "DNS_PATIENCE",
     "PATIENCE",
     "RECHECK_INTERVAL",
+    "REOPEN_INTERVAL",
     "RETRY_MEMORY",
     "TABLE_CAPACITY",
     "TICK",
@@ -60,9 +61,11 @@ DNS_PATIENCE: float = 2.0
 # Pending entries expire on this grid: notify() comes at most this much after a patience runs out, and the
 # watch wakes at most this often, and only while something is pending.
 TICK: float = 0.1
-# Seconds between checks that the watched device is still the one of that name (and, while it is absent,
-# between attempts to open it again).
-RECHECK_INTERVAL: float = 2.0
+# Seconds between checks that the watched device is still the one of that name. A device deleted while up
+# is noticed at once (the socket says so); only one deleted while down waits for this check.
+RECHECK_INTERVAL: float = 5.0
+# Seconds between attempts to open a device that is not there (yet): how soon one plugged in is watched.
+REOPEN_INTERVAL: float = 1.0
 # Pending connection attempts and pending DNS queries remembered, each: the oldest goes first, so a SYN
 # flood cannot grow memory. As many of those already counted unanswered are remembered besides.
 TABLE_CAPACITY: int = 1024
@@ -493,6 +496,7 @@ class TrafficWatch:
         capacity: int = TABLE_CAPACITY,
         tick: float = TICK,
         recheck: float = RECHECK_INTERVAL,
+        reopen: float = REOPEN_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device = device
@@ -500,6 +504,7 @@ class TrafficWatch:
         self._notify = notify
         self._tick = tick
         self._recheck = recheck
+        self._reopen = reopen
         self._clock = clock
         self._ifindex: int | None = None
         self._reported = 0  # trouble already notified
@@ -565,9 +570,9 @@ class TrafficWatch:
 
     async def _wait_for_device(self) -> None:
         # Pending entries still run out of patience meanwhile: they will never be answered on this device.
-        recheck_at = self._clock() + self._recheck
-        while not self._closing and self._clock() < recheck_at:
-            await self._sleep(recheck_at)
+        reopen_at = self._clock() + self._reopen
+        while not self._closing and self._clock() < reopen_at:
+            await self._sleep(reopen_at)
             self._settle()
 
     async def _read(self, sock: socket.socket) -> None:
