@@ -320,16 +320,12 @@ def test_tables_are_bounded_and_forget_the_oldest_first() -> None:
 
 def test_attempts_given_up_are_forgotten_oldest_first() -> None:
     # A's first attempt and B's are given up; A is tried anew much later and given up again, so A is now
-    # the newest; C's pushes the oldest out, B, and A's retransmission is still known for one.
-    a, b, c = (tcp4(SYN, port=port) for port in (40000, 40001, 40002))
+    # the newest; C's and D's fill the table and push the oldest out, B: A's retransmission is still known.
+    a, b, c, d = (tcp4(SYN, port=port) for port in (40000, 40001, 40002, 40003))
     steps: list[Step] = [
-        (0.0, a, S_OUT),
-        (0.1, b, S_OUT),
-        (200.0, a, S_OUT),
-        (210.0, c, S_OUT),
-        (220.0, a, S_OUT),
-    ]
-    assert counts(track(steps, 300.0, capacity=2)) == {"syn_sent": 4, "syn_unanswered": 4}
+        (0.0, a, S_OUT), (0.1, b, S_OUT), (200.0, a, S_OUT), (210.0, c, S_OUT), (215.0, d, S_OUT), (220.0, a, S_OUT)
+    ]  # fmt: skip
+    assert counts(track(steps, 300.0, capacity=3)) == {"syn_sent": 5, "syn_unanswered": 5}
 
 
 def test_a_syn_flood_keeps_memory_bounded() -> None:
