@@ -37,10 +37,13 @@ from loguru import logger
 
 __all__ = [
     "DNS_PATIENCE",
+    "FILTER_CODE",
+    "NO_LINK",
     "PATIENCE",
     "RECHECK_INTERVAL",
     "REOPEN_INTERVAL",
     "RETRY_MEMORY",
+    "SNAPLEN",
     "TABLE_CAPACITY",
     "TICK",
     "LinkStats",
@@ -49,6 +52,7 @@ __all__ = [
     "TrafficCounters",
     "TrafficTracker",
     "TrafficWatch",
+    "assemble",
     "parse_packet",
 ]
 
@@ -484,6 +488,10 @@ class TrafficWatch:
     The device may be absent, go down, or be deleted and come back under a new ifindex: run() waits and
     opens it again, and never raises for it. Without the privilege to open packet sockets it says so once
     (for the whole process) and runs on without evidence: counters() then still has the link statistics.
+
+    `notify()` is called in the event loop, at once when a trouble counter grows (an RST, an answer that
+    failed) or at most `tick` after a patience ran out; it must not block. Counters are cumulative over the
+    watch's life, across the device's comings and goings.
     """
 
     def __init__(
@@ -500,7 +508,7 @@ class TrafficWatch:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device = device
-        self.tracker = TrafficTracker(patience, dns_patience, capacity)
+        self._tracker = TrafficTracker(patience, dns_patience, capacity)
         self._notify = notify
         self._tick = tick
         self._recheck = recheck
@@ -520,7 +528,7 @@ class TrafficWatch:
         return self._ifindex
 
     def counters(self) -> TrafficCounters:
-        return self.tracker.counters(self._clock(), _link_stats(self.device))
+        return self._tracker.counters(self._clock(), _link_stats(self.device))
 
     async def run(self) -> None:
         """Watch until aclose(); raises only for the unexpected (an OSError that is not about the device
@@ -619,18 +627,18 @@ class TrafficWatch:
                         seen = min(now, seconds + nanoseconds * 1e-9 + to_clock)
                 # A wall clock stepped back must not take the tracker's time with it.
                 self._last_seen = max(self._last_seen, seen)
-                self.tracker.observe(packet, self._last_seen)
+                self._tracker.observe(packet, self._last_seen)
         return True
 
     def _settle(self) -> None:
-        self.tracker.expire(self._clock())
-        if self.tracker.trouble > self._reported:
-            self._reported = self.tracker.trouble
+        self._tracker.expire(self._clock())
+        if self._tracker.trouble > self._reported:
+            self._reported = self._tracker.trouble
             self._notify()
 
     async def _sleep(self, until: float) -> None:
         """Until woken (packets, aclose), `until`, or the tick after the next pending entry runs out."""
-        deadline = self.tracker.next_deadline()
+        deadline = self._tracker.next_deadline()
         if deadline is not None:
             # On the tick grid, so a stream of connection attempts costs at most one wake-up per tick.
             until = min(until, max(deadline, math.ceil(deadline / self._tick) * self._tick))

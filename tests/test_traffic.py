@@ -490,6 +490,10 @@ print(json.dumps(results))
 """
 
 
+# Scheduling delay allowed on a busy two-core machine, beyond what the watch itself promises.
+SLACK = 0.25
+
+
 def _env() -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return dict(os.environ, PYTHONPATH=path)
@@ -630,7 +634,7 @@ def test_refused_connections_count_on_their_own_device_and_answered_ones_on_thei
     first = watcher.notified[0]
     lag = first["at"] - refused[0]["end"]
     print(f"refused: notify {lag * 1000:+.1f} ms after connect() returned ECONNREFUSED")
-    assert abs(lag) < 0.1, lag
+    assert abs(lag) < SLACK, lag
 
 
 @pytest.mark.lab
@@ -648,7 +652,7 @@ def test_a_blackholed_upstream_leaves_connection_attempts_unanswered_and_notify_
     note = wait_for_notify(watcher, "wana", 0, timeout=5)
     lag = note["at"] - attempt[0]["start"]
     print(f"blackhole: notify {lag:.3f} s after the first SYN (patience {PATIENCE} s, tick {TICK} s)")
-    assert PATIENCE <= lag <= PATIENCE + TICK + 0.1, lag
+    assert PATIENCE <= lag <= PATIENCE + TICK + SLACK, lag
     on_a, on_b = watcher.counters("wana"), watcher.counters("wanb")
     assert (on_a["syn_sent"], on_a["syn_unanswered"], trouble(on_a)) == (1, 1, 1), on_a
     assert (on_b["syn_sent"], trouble(on_b)) == (0, 0), on_b
@@ -677,7 +681,7 @@ def test_dns_queries_to_a_silent_resolver_go_unanswered_and_answered_ones_count(
     note = wait_for_notify(watcher, "wanb", 0, timeout=5)
     lag = note["at"] - silent[0]["start"]
     print(f"silent resolver: notify {lag:.3f} s after the query (patience {DNS_PATIENCE} s, tick {TICK} s)")
-    assert DNS_PATIENCE <= lag <= DNS_PATIENCE + TICK + 0.1, lag
+    assert DNS_PATIENCE <= lag <= DNS_PATIENCE + TICK + SLACK, lag
     on_a, on_b = watcher.counters("wana"), watcher.counters("wanb")
     assert (on_b["dns_sent"], on_b["dns_unanswered"], trouble(on_b)) == (1, 1, 1), on_b
     assert (on_a["dns_sent"], on_a["dns_answered"], trouble(on_a)) == (3, 3, 0), on_a
@@ -721,7 +725,7 @@ def test_the_watch_survives_its_device_deleted_while_up(topology: Topology) -> N
         assert watch.counters("wana")["link"] == {"ifindex": None, "rx_bytes": 0, "tx_bytes": 0,
                                                   "rx_packets": 0, "tx_packets": 0}  # fmt: skip
         note = wait_for_notify(watch, "wana", 0, timeout=PATIENCE + 1)
-        assert note["counters"]["syn_unanswered"] == 1 and note["at"] - sent < PATIENCE + TICK + 0.1, note
+        assert note["counters"]["syn_unanswered"] == 1 and note["at"] - sent < PATIENCE + TICK + SLACK, note
         pending.wait(10)
         recreate(topology, a)
         again = watch.wait_watching("wana", not_index=first, timeout=2)
