@@ -25,9 +25,11 @@ from nmfailover.detection import (
     interval,
     loss_score,
     plan,
+    read_traffic,
 )
 from nmfailover.policy import Health, PolicyParams, UplinkHealth
 from nmfailover.probe import ProbeResult, Reason, RoundResult, Target
+from nmfailover.traffic import LinkStats, TrafficCounters
 
 T1 = Target("http://one.example/generate_204", 204)
 T2 = Target("http://two.example/generate_204", 204)
@@ -341,3 +343,45 @@ def test_ipv6_is_checked_after_the_verdict_when_due() -> None:
 def test_params_refuse_a_tolerated_loss_above_the_heavy_one() -> None:
     with pytest.raises(ValueError, match="loss_tolerated"):
         replace(PARAMS, loss_tolerated=0.7)
+
+
+# -- the user's own traffic ---------------------------------------------------------------------------
+
+LINK = LinkStats(7, rx_bytes=0, tx_bytes=0, rx_packets=100, tx_packets=100)
+
+
+def counters(at: float, link: LinkStats = LINK, **counts: int) -> TrafficCounters:
+    return TrafficCounters(at, link=link, **counts)
+
+
+TRAFFIC_CASES: list[tuple[str, TrafficCounters, Evidence]] = [
+    ("nothing new", counters(11.0), Evidence()),
+    ("a connection attempt unanswered", counters(11.0, syn_unanswered=1), Evidence(silent=True)),
+    ("a connection attempt refused", counters(11.0, syn_refused=1), Evidence(refused=True)),
+    ("two resets: servers closing", counters(11.0, resets=2), Evidence()),
+    ("a burst of resets", counters(11.0, resets=3), Evidence(refused=True)),
+    ("a lookup unanswered", counters(11.0, dns_unanswered=1), Evidence(dns_failing=True)),
+    ("a lookup failed (SERVFAIL)", counters(11.0, dns_failed=1), Evidence(dns_failing=True)),
+    ("sending, receiving nothing", counters(11.0, replace(LINK, tx_packets=104)), Evidence(silent=True)),
+    ("sending and receiving", counters(11.0, replace(LINK, tx_packets=104, rx_packets=101)), Evidence()),
+    ("too short to tell silence", counters(10.2, replace(LINK, tx_packets=104)), Evidence()),
+    ("a new device: counters start again", counters(11.0, replace(LINK, ifindex=8, tx_packets=104, rx_packets=0)), Evidence()),
+    ("the user's pace of new connections", counters(11.0, syn_sent=3, syn_answered=3, dns_sent=3, dns_answered=3), Evidence(active=True)),
+    ("our own pace stays below it", counters(11.0, syn_sent=1, syn_answered=1, dns_sent=1, dns_answered=1), Evidence()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("after", "evidence"), [c[1:] for c in TRAFFIC_CASES], ids=[c[0] for c in TRAFFIC_CASES]
+)
+def test_read_traffic(after: TrafficCounters, evidence: Evidence) -> None:
+    before = counters(10.0)
+    assert read_traffic(before, after, window=counters(8.0)) == evidence
+
+
+def test_the_users_silence_is_a_strike_confirmed_by_a_burst() -> None:
+    watch, step = plan(HEALTHY, at(100.5, evidence=Evidence(silent=True)), PARAMS)
+    assert isinstance(step, Echo) and step.purpose is Purpose.CONFIRM
+    assert watch.health.consecutive_failures == 1  # so one silent burst makes it down
+    watch, _, _ = fold(watch, step, Observed(echoes(0, 8)), at(100.8), PARAMS)
+    assert watch.health.health is Health.DOWN
