@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     # round proves DNS, HTTP and no captive portal at least this often (the standby ones less often, as
     # they are often metered): 84 bytes a second instead of 600.
     heartbeat: Flag = True
-    proof_interval: Seconds = 60.0
+    proof_interval: Seconds = 300.0
     standby_proof_interval: Seconds = 300.0
     # Loss is not death: a missed heartbeat is confirmed by bursts of echoes whose answers are counted (none:
     # the path is dead; some: a sequential test between the tolerated and the heavy share of lost echoes),

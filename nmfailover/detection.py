@@ -135,7 +135,7 @@ class DetectionParams:
     standby_interval: float = 30.0
     suspect_interval: float = 0.5
     heartbeat: bool = True
-    proof_interval: float = 60.0
+    proof_interval: float = 300.0
     standby_proof_interval: float = 300.0
     echo_burst: int = 8
     loss_excuses: int = 8
