@@ -126,29 +126,31 @@ class Situation:
 
 @dataclass(frozen=True)
 class DetectionParams:
+    """What detection needs of the settings (config.py explains each; engine.core.detection_params maps)."""
+
     targets: tuple[Target, ...]
     quorum: int
     policy: PolicyParams
-    timeout_floor: float = 0.25
-    timeout_ceiling: float = 1.0
-    active_interval: float = 1.0
-    standby_interval: float = 30.0
-    suspect_interval: float = 0.5
-    heartbeat: bool = True
-    proof_interval: float = 300.0
-    standby_proof_interval: float = 300.0
-    echo_burst: int = 8
-    loss_excuses: int = 8
-    ipv6_interval: float = 20.0
-    busy_rx_rate: int = 32768
-    dns_interval: float = 15.0
-    http_interval: float = 15.0
-    traffic_check_interval: float = 3.0  # the cheap layers' pace while the user's traffic flows
-    loss_tolerated: float = 0.28  # share of echoes a usable path may lose (15 % each way)
-    loss_heavy: float = 0.6  # share that makes it unusable
-    dns_failover: bool = True  # dead resolvers behind a live path are a DNS fault, not a down uplink
-    dns_checks: bool = True  # the cheap layers between proofs (off where nothing can send them)
-    http_checks: bool = True
+    timeout_floor: float
+    timeout_ceiling: float
+    active_interval: float
+    standby_interval: float
+    suspect_interval: float
+    heartbeat: bool
+    proof_interval: float
+    standby_proof_interval: float
+    echo_burst: int
+    loss_excuses: int
+    ipv6_interval: float
+    busy_rx_rate: int
+    dns_interval: float
+    http_interval: float
+    traffic_check_interval: float  # the cheap layers' pace while the user's traffic flows
+    loss_tolerated: float  # share of echoes a usable path may lose (15 % each way)
+    loss_heavy: float  # share that makes it unusable
+    dns_failover: bool  # dead resolvers behind a live path are a DNS fault, not a down uplink
+    dns_checks: bool  # the cheap layers between proofs (off where nothing can send them)
+    http_checks: bool
 
     def __post_init__(self) -> None:
         if not 0 <= self.loss_tolerated < self.loss_heavy < 1:

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
+from nmfailover.config import load_settings
 from nmfailover.detection import (
     ECHO_STRIKES,
     MAX_LOSS_BURSTS,
-    DetectionParams,
     DnsCheck,
     DnsHealth,
     Echo,
@@ -27,6 +27,7 @@ from nmfailover.detection import (
     plan,
     read_traffic,
 )
+from nmfailover.engine.core import detection_params
 from nmfailover.policy import Health, PolicyParams, UplinkHealth
 from nmfailover.probe import ProbeResult, Reason, RoundResult, Target
 from nmfailover.traffic import LinkStats, TrafficCounters
@@ -35,7 +36,16 @@ T1 = Target("http://one.example/generate_204", 204)
 T2 = Target("http://two.example/generate_204", 204)
 PEER = "203.0.113.10"
 POLICY = PolicyParams(fail_count=2, rise_count=3, failback_hold_down=10)
-PARAMS = DetectionParams(targets=(T1, T2), quorum=1, policy=POLICY)
+# The defaults of the settings, as the daemon runs with them.
+SETTINGS = load_settings(
+    {
+        "NMFAILOVER_UPLINKS": "a,b",
+        "NMFAILOVER_ENV_FILE": "/dev/null",
+        "NMFAILOVER_PROBE_URLS": f"{T1.url},{T2.url}",
+    }
+)
+PARAMS = detection_params(SETTINGS, POLICY, echoes=True, dns_checks=True, http_checks=True)
+PROOF_DUE = 100.0 + PARAMS.proof_interval
 UP = UplinkHealth(Health.UP, changed_at=0.0)
 DOUBT = UplinkHealth(Health.UP, consecutive_failures=1, changed_at=0.0)
 # A steadily healthy uplink on heartbeats: proved at 100, its peer answers echoes, both layers just checked.
@@ -93,9 +103,9 @@ PLAN_CASES: list[tuple[str, Watch, Situation, type[Step], Purpose | None]] = [
     ("the user's traffic went silent: a burst", HEALTHY, at(100.5, evidence=Evidence(silent=True)), Echo, Purpose.CONFIRM),
     ("the user's connections refused: a proof", HEALTHY, at(100.5, evidence=Evidence(refused=True)), Proof, None),
     ("the user's lookups fail: a DNS check", HEALTHY, at(100.5, evidence=Evidence(dns_failing=True)), DnsCheck, None),
-    ("proof interval over: a proof", HEALTHY, at(160.0), Proof, None),
-    ("busy: an echo even with a proof due", replace(HEALTHY, busy_rx=10**6), at(160.0), Echo, Purpose.HEARTBEAT),
-    ("standby: its proof interval", HEALTHY, at(160.0, standby=True), Echo, Purpose.HEARTBEAT),
+    ("proof interval over: a proof", HEALTHY, at(PROOF_DUE), Proof, None),
+    ("busy: an echo even with a proof due", replace(HEALTHY, busy_rx=10**6), at(PROOF_DUE), Echo, Purpose.HEARTBEAT),
+    ("standby: its proof interval", HEALTHY, at(PROOF_DUE - 1, standby=True), Echo, Purpose.HEARTBEAT),
     ("standby: no cheap layers", HEALTHY, at(130.0, standby=True), Echo, Purpose.HEARTBEAT),
     ("DNS check due", HEALTHY, at(115.0), DnsCheck, None),
     ("DNS in doubt: checked again", replace(HEALTHY, dns=DnsHealth(failures=1)), at(100.5), DnsCheck, None),
@@ -125,11 +135,11 @@ def test_cheap_layers_are_off_without_a_checker() -> None:
 
 def test_a_lean_proof_rotates_through_the_targets_and_a_doubtful_one_asks_all() -> None:
     healthy = replace(HEALTHY, proved_at=0.0)
-    first = plan(healthy, at(100.0), PARAMS)
-    second = plan(first[0], at(200.0), PARAMS)
+    first = plan(healthy, at(PARAMS.proof_interval), PARAMS)
+    second = plan(first[0], at(2 * PARAMS.proof_interval), PARAMS)
     assert isinstance(first[1], Proof) and isinstance(second[1], Proof)
     assert {first[1].targets, second[1].targets} == {(T1,), (T2,)}
-    doubtful = plan(replace(healthy, health=DOUBT), at(100.0), PARAMS)[1]
+    doubtful = plan(replace(healthy, health=DOUBT), at(PARAMS.proof_interval), PARAMS)[1]
     assert isinstance(doubtful, Proof) and doubtful.targets == (T1, T2)
     assert doubtful.timeout == PARAMS.timeout_ceiling  # a doubt is confirmed with full patience
 

@@ -58,7 +58,13 @@ class Engine:
             settings.brownout_loss / 100,
             settings.brownout_latency,
         )
-        self.detection = detection_params(settings, self.params, echo, dns_check, http_check)
+        self.detection = detection_params(
+            settings,
+            self.params,
+            echoes=echo is not None,
+            dns_checks=dns_check is not None,
+            http_checks=http_check is not None,
+        )
         self.uplinks = [Uplink(i, p, LinkState(uuid=p.uuid)) for i, p in enumerate(profiles)]
         self.actuator = Actuator(settings, nm, self.uplinks)
         self.scheduler = ProbeScheduler(
@@ -346,11 +352,7 @@ def _bind(loop: Callable[[Uplink, str], Awaitable[None]], uplink: Uplink, name: 
 
 
 def detection_params(
-    settings: Settings,
-    policy: PolicyParams,
-    echo: Echoer | None,
-    dns_check: DnsChecker | None,
-    http_check: HttpChecker | None,
+    settings: Settings, policy: PolicyParams, *, echoes: bool, dns_checks: bool, http_checks: bool
 ) -> DetectionParams:
     """What detection needs of the settings; a layer nothing can send is off."""
     return DetectionParams(
@@ -362,7 +364,7 @@ def detection_params(
         active_interval=settings.active_interval,
         standby_interval=settings.standby_interval,
         suspect_interval=settings.suspect_interval,
-        heartbeat=settings.heartbeat and echo is not None,
+        heartbeat=settings.heartbeat and echoes,
         proof_interval=settings.proof_interval,
         standby_proof_interval=settings.standby_proof_interval,
         echo_burst=settings.echo_burst,
@@ -375,6 +377,6 @@ def detection_params(
         loss_tolerated=settings.loss_tolerated / 100,
         loss_heavy=settings.loss_heavy / 100,
         dns_failover=settings.dns_failover,
-        dns_checks=dns_check is not None,
-        http_checks=http_check is not None,
+        dns_checks=dns_checks,
+        http_checks=http_checks,
     )
