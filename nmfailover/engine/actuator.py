@@ -485,11 +485,12 @@ class Actuator:
         own = (await self.nm.profile(uplink.profile.uuid)).dns
         wanted = own
         if plan.overridden:
-            servers = plan.in_front + tuple(s for s in own.servers if s not in plan.in_front)
-            wanted = (
-                Dns(servers, DNS_PRIORITY_MOVED, DNS_PRIORITY_MOVED)
-                if plan.moved_to
-                else Dns(servers, own.priority4, own.priority6)
+            # Only the families it has resolvers of: a change of its IPv6 settings restarts its IPv6.
+            families = {_version(s) for s in self._own_resolvers(uplink)} if plan.moved_to else set()
+            wanted = Dns(
+                plan.in_front + tuple(s for s in own.servers if s not in plan.in_front),
+                DNS_PRIORITY_MOVED if 4 in families else own.priority4,
+                DNS_PRIORITY_MOVED if 6 in families else own.priority6,
             )
         changed = await self.nm.set_dns(uplink.link.device, wanted)
         if plan.overridden:
@@ -517,6 +518,10 @@ class Actuator:
         else:
             del self._resolver_routes[index]
         return changed
+
+
+def _version(server: str) -> int:
+    return ipaddress.ip_address(server.partition("#")[0]).version
 
 
 def _normalized(server: str) -> str:
