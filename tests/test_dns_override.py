@@ -423,8 +423,8 @@ def resolved_lab() -> Iterator[tuple[NMLab, Path]]:
         try:
             started = time.monotonic()
             while not lab._bus_name_owned("org.freedesktop.resolve1"):
-                log = (private / "resolved.log").read_text(errors="replace")[-2000:]
-                assert proc.poll() is None and time.monotonic() - started < 10, f"systemd-resolved: {log}"
+                tail = (private / "resolved.log").read_text(errors="replace")[-2000:]
+                assert proc.poll() is None and time.monotonic() - started < 10, f"systemd-resolved: {tail}"
                 time.sleep(0.05)
             yield lab, root
         finally:
