@@ -85,7 +85,7 @@ def test_the_legacy_ipv4_form_is_read_and_a_family_without_dns_gets_none() -> No
 
 
 def test_resolver_routes_replace_ours_and_keep_everyone_elses() -> None:
-    theirs = {"dest": _v("s", "10.0.0.0"), "prefix": _v("u", 8), "next-hop": _v("s", "192.0.2.65")}
+    theirs = {"dest": _v("s", "198.51.100.7"), "prefix": _v("u", 32), "next-hop": _v("s", "192.0.2.65")}
     source_table = {**theirs, "dest": _v("s", "0.0.0.0"), "prefix": _v("u", 0), "table": _v("u", 1000)}
     settings: dict[str, dict[str, Any]] = {"ipv4": {"route-data": _v("aa{sv}", [theirs, source_table])}}
     wanted = ResolverRoutes((BACKUP_RESOLVER, "2001:db8::54"), "192.0.2.65", None)  # no IPv6 gateway

@@ -852,8 +852,9 @@ _STRICT_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bu
 </busconfig>
 """
 
-# dns=default with rc-manager=unmanaged: NetworkManager keeps its resolv.conf in its private /run only
-# (NMLab.resolv_conf), the one a lookup of lookup() reads; the machine's own is never touched.
+# dns=default, what a machine without systemd-resolved runs; rc-manager=unmanaged: NetworkManager writes
+# resolv.conf only in its private /run (NMLab.resolv_conf, the one lookup() reads; 1.42 writes that file in
+# every dns mode), never the machine's.
 _NM_CONFIG = """[main]
 plugins=keyfile
 dns=default
