@@ -311,14 +311,14 @@ class ResolverRoutes:
             return []
         return [
             {
-                "dest": Variant("s", server),
+                "dest": Variant("s", server.partition("#")[0]),
                 "prefix": Variant("u", _HOST_PREFIX[version]),
                 "next-hop": Variant("s", gateway),
                 "metric": Variant("u", RESOLVER_ROUTE_METRIC),
                 "table": Variant("u", MAIN_TABLE),
             }
             for server in self.servers
-            if _dns_version(server) == version
+            if resolver_version(server) == version
         ]
 
 
@@ -913,8 +913,9 @@ def _source_routing_edit(wanted: SourceRouting) -> Callable[[Settings], bool]:
     return edit
 
 
-def _dns_version(server: str) -> int:
-    # dns-data may carry a DNS-over-TLS server name after "#" (NetworkManager 1.48).
+def resolver_version(server: str) -> int:
+    """4 or 6: the family of a resolver as ipv4.dns/ipv6.dns hold it (dns-data may carry a DNS-over-TLS
+    server name after "#", since NetworkManager 1.48)."""
     return ipaddress.ip_address(server.partition("#")[0]).version
 
 
@@ -958,7 +959,7 @@ def _dns_edit(wanted: Dns) -> Callable[[Settings], bool]:
             section = settings.get(family)
             if section is None:
                 continue
-            servers = [s for s in wanted.servers if _dns_version(s) == version]
+            servers = [s for s in wanted.servers if resolver_version(s) == version]
             if _unwrap(section.get("method", "")) in _NO_DNS_METHODS:
                 servers = []
             if _family_dns(section, version) != servers:

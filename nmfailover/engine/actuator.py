@@ -25,6 +25,7 @@ from ..nm import (
     ResolverRoutes,
     Restore,
     SourceRouting,
+    resolver_version,
 )
 from ..policy import Health
 from .state import Uplink, role_name
@@ -486,7 +487,7 @@ class Actuator:
         wanted = own
         if plan.overridden:
             # Only the families it has resolvers of: a change of its IPv6 settings restarts its IPv6.
-            families = {_version(s) for s in self._own_resolvers(uplink)} if plan.moved_to else set()
+            families = {resolver_version(s) for s in self._own_resolvers(uplink)} if plan.moved_to else set()
             wanted = Dns(
                 plan.in_front + tuple(s for s in own.servers if s not in plan.in_front),
                 DNS_PRIORITY_MOVED if 4 in families else own.priority4,
@@ -518,10 +519,6 @@ class Actuator:
         else:
             del self._resolver_routes[index]
         return changed
-
-
-def _version(server: str) -> int:
-    return ipaddress.ip_address(server.partition("#")[0]).version
 
 
 def _normalized(server: str) -> str:
