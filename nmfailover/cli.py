@@ -333,6 +333,7 @@ def print_status(status: dict[str, Any]) -> None:
             "link": u["link"],
             "health": u["health"],
             "ipv6": u.get("ipv6_health") or "-",
+            "dns": u.get("dns_health") or "-",
             "latency": "-" if u["latency_ms"] is None else f"{u['latency_ms']:g} ms",
             "fail/ok": f"{u['consecutive_failures']}/{u['consecutive_successes']}",
             "loss, rtt p50/p95": _quality_cell(u),
@@ -353,6 +354,9 @@ def print_status(status: dict[str, Any]) -> None:
     for u in uplinks:
         if u.get("metered_warning"):
             print(f"warning: {u['metered_warning']}")
+        if u.get("dns_moved_to"):
+            moved = ", ".join(u["dns_moved_to"])
+            print(f"{u['role']}: its resolvers are dead; name resolution moved to {moved} (traffic stays)")
     _print_source_routing(uplinks)
 
 

@@ -120,7 +120,6 @@ class Situation:
     standby: bool = False  # less preferred than the uplink carrying traffic: watched more frugally
     ipv6: bool = False  # it has an IPv6 default gateway, whose path is judged on its own
     proof_due: bool = False  # something happened to it (a link event, a request): a proof, not an echo
-    dns_moved: bool = False  # its name resolution goes to other resolvers (its own are dead)
     evidence: Evidence = Evidence()
 
 
@@ -510,10 +509,11 @@ def _fold_proof(
     if watch.busy_rx is not None:
         return watch, None, (*notes, Note(f"slow, not failed: {result.summary} while busy"))
     watch = replace(watch, last_round=result)
-    dns_fault = params.dns_failover and not situation.dns_moved and _dns_only(result)
+    dns_fault = params.dns_failover and _dns_only(result)
     if not result.ok and dns_fault and watch.health.health is Health.UP:
-        # The path answered up to name resolution: the resolvers' fault, which the DNS check judges (and
-        # the engine answers by moving name resolution). Once moved, a failing lookup is the uplink's.
+        # The path answered up to name resolution: the resolvers' fault, which the DNS checks judge (and
+        # the engine answers by moving name resolution; a proof bound to this uplink's device cannot reach
+        # the resolvers it moves to, so its lookups keep failing meanwhile).
         watch, dns_notes = _dns_failed(watch, result, params)
         return watch, None, (*notes, *dns_notes)
     if _may_excuse(watch, result, params) and watch.echo_peer is not None:

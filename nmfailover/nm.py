@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,6 +178,18 @@ NMEvent = (
 
 
 @dataclass(frozen=True)
+class Dns:
+    """What a connection resolves names with: its ipv4.dns and ipv6.dns as one list (each address goes to
+    its own family, in this order) and its ipv4/ipv6 dns-priority (0: NetworkManager's default, 100, or 50
+    for a VPN). NetworkManager orders resolv.conf by dns-priority, and with systemd-resolved only the
+    connections of the best priority get the DNS default route ("~.")."""
+
+    servers: tuple[str, ...] = ()
+    priority4: int = 0
+    priority6: int = 0
+
+
+@dataclass(frozen=True)
 class Profile:
     spec: str  # as the user wrote it
     uuid: str
@@ -187,6 +200,7 @@ class Profile:
     autoconnect_priority: int
     never_default: bool  # ipv4.never-default: such a profile can never carry the default route
     metered: int = METERED_UNKNOWN  # connection.metered as saved: what a stop puts back on the device
+    dns: Dns = Dns()  # its resolvers as saved: what giving DNS back puts on the device
 
 
 @dataclass(frozen=True)
@@ -268,6 +282,44 @@ class Restore:
     ipv6_back: bool = False  # its IPv6 default route back, with the gateway it had
     ipv6_gateway: str | None = None
     metered: int | None = None  # connection.metered back to this
+    dns: Dns | None = None  # its resolvers and dns-priority back to these
+    resolver_routes: ResolverRoutes | None = None  # ResolverRoutes(): none of ours on this device
+
+
+# A host route of the main table with this metric leads another uplink's lookups to one of this uplink's
+# resolvers (set_resolver_routes); the metric is how ours are told from everyone else's.
+RESOLVER_ROUTE_METRIC = 7
+_HOST_PREFIX = {4: 32, 6: 128}
+# Families NetworkManager configures no resolvers on (it refuses ipv4.dns or ipv6.dns with these methods).
+_NO_DNS_METHODS = frozenset({"disabled", "ignore", "link-local", "shared"})
+
+
+@dataclass(frozen=True)
+class ResolverRoutes:
+    """Host routes through this device's gateway to `servers` (its own resolvers), so that queries from the
+    machine reach them through this uplink whichever uplink holds the default route: an ISP's resolvers
+    often answer their own customers only, and a mobile carrier's often have private addresses.
+    ResolverRoutes() stands for "none of ours on this device"."""
+
+    servers: tuple[str, ...] = ()
+    gateway4: str | None = None
+    gateway6: str | None = None
+
+    def route_data(self, version: int) -> list[dict[str, Variant]]:
+        gateway = self.gateway4 if version == 4 else self.gateway6
+        if not gateway:
+            return []
+        return [
+            {
+                "dest": Variant("s", server.partition("#")[0]),
+                "prefix": Variant("u", _HOST_PREFIX[version]),
+                "next-hop": Variant("s", gateway),
+                "metric": Variant("u", RESOLVER_ROUTE_METRIC),
+                "table": Variant("u", MAIN_TABLE),
+            }
+            for server in self.servers
+            if resolver_version(server) == version
+        ]
 
 
 @dataclass(frozen=True)
@@ -687,9 +739,29 @@ class NetworkManagerClient:
             edits.append(_ipv6_default_edit(True, back.ipv6_gateway, []))
         if back.metered is not None:
             edits.append(_metered_edit(back.metered))
+        if back.dns is not None:
+            edits.append(_dns_edit(back.dns))
+        if back.resolver_routes is not None:
+            edits.append(_resolver_routes_edit(back.resolver_routes))
         return await self._reapply(
             device, lambda settings: [edit(settings) for edit in edits].count(True) > 0
         )
+
+    async def set_dns(self, device: str, dns: Dns) -> bool:
+        """Make the device's applied connection resolve with exactly `dns` at run time (Reapply): its
+        ipv4.dns/ipv6.dns and dns-priority; NetworkManager rewrites resolv.conf, or tells systemd-resolved,
+        at once. The saved profile is untouched; False when it already had these (nothing sent).
+
+        Resolvers learnt from DHCP or router advertisements stay, behind these (ignore-auto-dns is left
+        alone), so the device's IP4Config/IP6Config go on listing them. A server of a family the connection
+        does not configure (method disabled, ignore, link-local, shared) is left out."""
+        return await self._reapply(device, _dns_edit(dns))
+
+    async def set_resolver_routes(self, device: str, wanted: ResolverRoutes) -> bool:
+        """Put `wanted`'s host routes on the device's applied connection at run time (Reapply), replacing
+        ours (RESOLVER_ROUTE_METRIC) and keeping everyone else's; ResolverRoutes() takes ours off. The saved
+        profile is untouched; False when it already had exactly these (nothing sent)."""
+        return await self._reapply(device, _resolver_routes_edit(wanted))
 
     async def _reapply(self, device: str, edit: Callable[[Settings], bool]) -> bool:
         """GetAppliedConnection, `edit` it in place (False: nothing to change), Reapply by its version id."""
@@ -841,6 +913,95 @@ def _source_routing_edit(wanted: SourceRouting) -> Callable[[Settings], bool]:
     return edit
 
 
+def resolver_version(server: str) -> int:
+    """4 or 6: the family of a resolver as ipv4.dns/ipv6.dns hold it (dns-data may carry a DNS-over-TLS
+    server name after "#", since NetworkManager 1.48)."""
+    return ipaddress.ip_address(server.partition("#")[0]).version
+
+
+def _family_dns(section: dict[str, Any], version: int) -> list[str]:
+    if "dns-data" in section:
+        return [str(server) for server in _unwrap(section["dns-data"])]
+    # Before NetworkManager 1.42 only the legacy binary form: IPv4 as uint32 in network order, IPv6 bytes.
+    raw = _unwrap(section.get("dns", [])) or []
+    if version == 4:
+        return [str(ipaddress.IPv4Address(int(item).to_bytes(4, sys.byteorder))) for item in raw]
+    return [str(ipaddress.IPv6Address(bytes(item))) for item in raw]
+
+
+def _put_family_dns(section: dict[str, Any], version: int, servers: list[str]) -> None:
+    # In the form the applied connection came in: an older NetworkManager ignores dns-data.
+    if "dns-data" in section:
+        section["dns-data"] = Variant("as", servers)
+    elif version == 4:
+        packed = [int.from_bytes(ipaddress.IPv4Address(s).packed, sys.byteorder) for s in servers]
+        section["dns"] = Variant("au", packed)
+    else:
+        section["dns"] = Variant("aay", [ipaddress.IPv6Address(s).packed for s in servers])
+
+
+def _dns(settings: Settings) -> Dns:
+    return Dns(
+        tuple(
+            server
+            for family, version in (("ipv4", 4), ("ipv6", 6))
+            for server in _family_dns(settings.get(family, {}), version)
+        ),
+        int(_unwrap(settings.get("ipv4", {}).get("dns-priority", 0))),
+        int(_unwrap(settings.get("ipv6", {}).get("dns-priority", 0))),
+    )
+
+
+def _dns_edit(wanted: Dns) -> Callable[[Settings], bool]:
+    def edit(settings: Settings) -> bool:
+        changed = False
+        for family, version, priority in (("ipv4", 4, wanted.priority4), ("ipv6", 6, wanted.priority6)):
+            section = settings.get(family)
+            if section is None:
+                continue
+            servers = [s for s in wanted.servers if resolver_version(s) == version]
+            if _unwrap(section.get("method", "")) in _NO_DNS_METHODS:
+                servers = []
+            if _family_dns(section, version) != servers:
+                _put_family_dns(section, version, servers)
+                changed = True
+            if int(_unwrap(section.get("dns-priority", 0))) != priority:
+                section["dns-priority"] = Variant("i", priority)
+                changed = True
+        return changed
+
+    return edit
+
+
+def _owns_resolver_route(route: dict[str, Any]) -> bool:
+    return (
+        int(_unwrap(route.get("metric", -1))) == RESOLVER_ROUTE_METRIC
+        and int(_unwrap(route.get("prefix", -1))) in _HOST_PREFIX.values()
+        and int(_unwrap(route.get("table", 0))) in (0, MAIN_TABLE)
+    )
+
+
+def _resolver_routes_edit(wanted: ResolverRoutes) -> Callable[[Settings], bool]:
+    def edit(settings: Settings) -> bool:
+        changed = False
+        for version, family in ((4, "ipv4"), (6, "ipv6")):
+            section = settings.get(family)
+            if section is None:
+                continue
+            routes = list(_unwrap(section.get("route-data", [])) or [])
+            new_routes = wanted.route_data(version)
+            ours = [r for r in routes if _owns_resolver_route(r)]
+            if _canonical(ours, _ROUTE_KEYS) == _canonical(new_routes, _ROUTE_KEYS):
+                continue
+            section["route-data"] = Variant(
+                "aa{sv}", [r for r in routes if not _owns_resolver_route(r)] + new_routes
+            )
+            changed = True
+        return changed
+
+    return edit
+
+
 def _metric(settings: Settings, family: str) -> int | None:
     section = settings.get(family)
     if section is None:
@@ -895,6 +1056,7 @@ def _profile(spec: str, settings: Settings) -> Profile:
         autoconnect_priority=int(_unwrap(connection.get("autoconnect-priority", 0))),
         never_default=bool(_unwrap(settings.get("ipv4", {}).get("never-default", False))),
         metered=_metered(settings),
+        dns=_dns(settings),
     )
 
 

@@ -14,7 +14,16 @@ from nmfailover.config import load_settings
 from nmfailover.engine import Engine, Operator, SwitchEvent
 from nmfailover.engine.supervisor import Supervisor
 from nmfailover.errors import InvalidRequest, NMError, NMUnavailable, TaskGaveUp
-from nmfailover.nm import CarrierChanged, DeviceStateChanged, LinkState, Metrics, Profile, Restore
+from nmfailover.nm import (
+    CarrierChanged,
+    DeviceStateChanged,
+    Dns,
+    LinkState,
+    Metrics,
+    Profile,
+    ResolverRoutes,
+    Restore,
+)
 from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target, parse_target
 
 SETTINGS = load_settings(
@@ -91,6 +100,12 @@ class FakeNM:
 
     async def set_metered(self, device: str, metered: int) -> bool:
         raise AssertionError("no uplink is configured metered here")  # tests/test_metered.py covers it
+
+    async def set_dns(self, device: str, dns: Dns) -> bool:
+        raise AssertionError("no DNS is moved here")  # tests/test_dns_override.py covers it
+
+    async def set_resolver_routes(self, device: str, wanted: ResolverRoutes) -> bool:
+        raise AssertionError("no DNS is moved here")
 
     async def restore_applied(self, device: str, back: Restore) -> bool:
         return await self.set_route_metrics(device, back.metric4, back.metric6)

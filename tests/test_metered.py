@@ -25,7 +25,17 @@ from nmfailover.engine.actuator import Actuator, metered_uplinks, metered_warnin
 from nmfailover.errors import ConfigError, NMError
 from nmfailover.lab.demo import daemon_env, wait_for
 from nmfailover.lab.sandbox import NMLab
-from nmfailover.nm import LinkState, MeteredChanged, Metrics, NetworkManagerClient, NMEvent, Profile, Restore
+from nmfailover.nm import (
+    Dns,
+    LinkState,
+    MeteredChanged,
+    Metrics,
+    NetworkManagerClient,
+    NMEvent,
+    Profile,
+    ResolverRoutes,
+    Restore,
+)
 from tests.daemon import running_daemon
 from tests.operate import cli, status
 
@@ -340,6 +350,12 @@ class AppliedConnections:
         if back.metered is not None:
             await self.set_metered(device, back.metered)
         return True
+
+    async def set_dns(self, device: str, dns: Dns) -> bool:
+        raise AssertionError("no DNS is moved here")  # tests/test_dns_override.py covers it
+
+    async def set_resolver_routes(self, device: str, wanted: ResolverRoutes) -> bool:
+        raise AssertionError("no DNS is moved here")
 
     async def set_metered(self, device: str, metered: int) -> bool:
         changed = self.applied[device][2] != metered

@@ -4,9 +4,10 @@ addresses, verify what NetworkManager really applied, and put the profiles' own 
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 from loguru import logger
@@ -14,11 +15,43 @@ from loguru import logger
 from .. import runstate
 from ..config import Settings
 from ..errors import ConfigError, NMError
-from ..nm import METERED_NAMES, METERED_YES, LinkState, Metrics, Profile, Restore, SourceRouting
+from ..nm import (
+    METERED_NAMES,
+    METERED_YES,
+    Dns,
+    LinkState,
+    Metrics,
+    Profile,
+    ResolverRoutes,
+    Restore,
+    SourceRouting,
+    resolver_version,
+)
 from ..policy import Health
 from .state import Uplink, role_name
 
 METERED_VARIABLE = "NMFAILOVER_METERED"
+# The dns-priority that puts an uplink's resolvers behind every other uplink's while its lookups are moved
+# to theirs (NetworkManager's defaults are 100, and 50 for a VPN).
+DNS_PRIORITY_MOVED = 10_000
+
+
+@dataclass(frozen=True)
+class DnsOverride:
+    """What moving DNS (Actuator.override_dns) has NetworkManager do on an uplink; DnsOverride(): nothing."""
+
+    moved_to: tuple[str, ...] = ()  # other uplinks' resolvers its lookups go to (its own now come last)
+    in_front: tuple[str, ...] = ()  # resolvers put in front of its own on its applied connection
+    routed: tuple[str, ...] = ()  # its own resolvers that another uplink's lookups reach through it
+
+    @property
+    def overridden(self) -> bool:
+        return bool(self.moved_to or self.in_front)
+
+    def own(self, nameservers: Sequence[str]) -> tuple[str, ...]:
+        """The uplink's own resolvers among its LinkState.nameservers, which list those in front first:
+        the ones whose answers say when to give DNS back."""
+        return tuple(server for server in nameservers if server not in self.in_front)
 
 
 class NetworkManagerPort(Protocol):
@@ -34,6 +67,8 @@ class NetworkManagerPort(Protocol):
         self, device: str, allowed: bool, gateway: str | None = None
     ) -> str | None: ...
     async def restore_applied(self, device: str, back: Restore) -> bool: ...
+    async def set_dns(self, device: str, dns: Dns) -> bool: ...
+    async def set_resolver_routes(self, device: str, wanted: ResolverRoutes) -> bool: ...
     async def set_autoconnect_priority(self, uuid: str, priority: int) -> bool: ...
     async def profile(self, uuid: str) -> Profile: ...
     async def applied_metrics(self, device: str) -> Metrics: ...
@@ -105,6 +140,11 @@ class Actuator:
         self.router = nm if settings.source_routing and isinstance(nm, SourceRouter) else None
         # Per uplink index: the table and rules NetworkManager last confirmed on its applied connection.
         self.source_routing: dict[int, SourceRouting] = {}
+        # Moving DNS: the resolvers override_dns was asked for, per uplink; and per uplink what NetworkManager
+        # last confirmed on its applied connection (only while something of ours is there).
+        self.dns_wanted: dict[int, tuple[str, ...]] = {}
+        self._dns_applied: dict[int, DnsOverride] = {}
+        self._resolver_routes: dict[int, ResolverRoutes] = {}
 
     def remember_priorities(self) -> None:
         """Each profile's own autoconnect-priority, from a crashed earlier run if there was one."""
@@ -228,6 +268,8 @@ class Actuator:
                         ipv6_back=uplink.index in self.ipv6_withdrawn,
                         ipv6_gateway=self.ipv6_withdrawn.pop(uplink.index, None),
                         metered=saved.metered if uplink.index in self.metered else None,
+                        dns=saved.dns if uplink.index in self._dns_applied else None,
+                        resolver_routes=ResolverRoutes() if uplink.index in self._resolver_routes else None,
                     )
                     await self.nm.restore_applied(link.device, back)
                     if back.source_routing is not None:
@@ -240,6 +282,9 @@ class Actuator:
                             uplink.label,
                             METERED_NAMES.get(saved.metered, saved.metered),
                         )
+                    if back.dns is not None:
+                        logger.info("{}: its own resolvers back", uplink.label)
+                self.forget_dns(uplink.index)
                 if uplink.profile.uuid in self._original_priority:
                     await self.nm.set_autoconnect_priority(
                         uplink.profile.uuid, self._original_priority[uplink.profile.uuid]
@@ -363,9 +408,123 @@ class Actuator:
             "routing_routes": routed.describe_routes() if routed is not None else [],
         }
 
-    # TEMPORARY until the DNS mechanism lands (h-dnsfix)
-    def own_nameservers(self, uplink: Uplink) -> tuple[str, ...]:
-        return uplink.link.nameservers
+    # -- moving DNS, not the traffic ------------------------------------------------------------------
 
-    async def override_dns(self, index: int, servers: tuple[str, ...]) -> bool:
-        return False
+    async def override_dns(self, index: int, servers: tuple[str, ...] | None) -> bool:
+        """Have the machine's lookups for uplink `index` use `servers` at run time while its traffic stays
+        where it is; None (or ()) gives it its own resolvers back. Nothing is written to disk, and stop()
+        gives everything back.
+
+        A server that is another active uplink's own resolver moves the lookups to the other uplinks:
+        this uplink's dns-priority goes behind theirs (resolv.conf lists theirs first; systemd-resolved
+        gets the DNS default route from them only), and a host route through each of them leads queries to
+        its resolvers (see ResolverRoutes). Any other server goes in front of its own resolvers on its
+        applied connection. True when NetworkManager was changed; a failure (NetworkManager gone, the
+        device vanished) is logged and gives False, and the next call tries again."""
+        wanted = tuple(dict.fromkeys(_normalized(server) for server in servers or ()))
+        if wanted:
+            self.dns_wanted[index] = wanted
+        else:
+            self.dns_wanted.pop(index, None)
+        return await self.apply_dns()
+
+    def dns_status(self, index: int) -> DnsOverride:
+        """What moving DNS has NetworkManager do on the uplink now (what it confirmed), for status."""
+        applied = self._dns_applied.get(index, DnsOverride())
+        return replace(applied, routed=self._resolver_routes.get(index, ResolverRoutes()).servers)
+
+    def forget_dns(self, index: int) -> None:
+        """NetworkManager made a new applied connection for the uplink (an activation, its own restart):
+        what was confirmed on the old one is gone with it, and the next apply_dns() puts it back."""
+        self._dns_applied.pop(index, None)
+        self._resolver_routes.pop(index, None)
+
+    async def apply_dns(self) -> bool:
+        """Bring every active uplink's applied connection to what dns_wanted asks for; True when anything
+        was changed. Routes to other uplinks' resolvers are put in before lookups move to them and taken
+        away after they are back, so no lookup meets a resolver it cannot reach."""
+        plans = {u.index: self._dns_plan(u) for u in self.uplinks if u.link.activated}
+        routes = {u.index: self._routes_plan(u, plans) for u in self.uplinks if u.link.activated}
+        changed = False
+        try:
+            for index, wanted_routes in routes.items():
+                if wanted_routes.servers:
+                    changed |= await self._route_resolvers(index, wanted_routes)
+            for index, plan in plans.items():
+                changed |= await self._move_dns(index, plan)
+            for index, wanted_routes in routes.items():
+                if not wanted_routes.servers:
+                    changed |= await self._route_resolvers(index, wanted_routes)
+        except NMError as exc:
+            logger.error("could not move DNS: {} (will retry)", exc)
+            return False
+        return changed
+
+    def own_nameservers(self, uplink: Uplink) -> tuple[str, ...]:
+        """The uplink's own resolvers, without those put in front of them."""
+        return self._dns_applied.get(uplink.index, DnsOverride()).own(uplink.link.nameservers)
+
+    def _dns_plan(self, uplink: Uplink) -> DnsOverride:
+        wanted = self.dns_wanted.get(uplink.index, ())
+        others = {
+            s for u in self.uplinks if u is not uplink and u.link.activated for s in self.own_nameservers(u)
+        }
+        return DnsOverride(
+            moved_to=tuple(s for s in wanted if s in others),
+            in_front=tuple(s for s in wanted if s not in others),
+        )
+
+    def _routes_plan(self, uplink: Uplink, plans: dict[int, DnsOverride]) -> ResolverRoutes:
+        # All of a lookup's new resolvers must be reachable, and resolv.conf lists every other uplink's.
+        own = self.own_nameservers(uplink)
+        if not own or not any(plan.moved_to for index, plan in plans.items() if index != uplink.index):
+            return ResolverRoutes()
+        return ResolverRoutes(own, uplink.link.gateway4, uplink.link.gateway6)
+
+    async def _move_dns(self, index: int, plan: DnsOverride) -> bool:
+        uplink = self.uplinks[index]
+        applied = self._dns_applied.get(index, DnsOverride())
+        if plan == applied or uplink.link.device is None:
+            return False
+        own = (await self.nm.profile(uplink.profile.uuid)).dns
+        wanted = own
+        if plan.overridden:
+            # Only the families it has resolvers of: a change of its IPv6 settings restarts its IPv6.
+            families = {resolver_version(s) for s in self.own_nameservers(uplink)} if plan.moved_to else set()
+            wanted = Dns(
+                plan.in_front + tuple(s for s in own.servers if s not in plan.in_front),
+                DNS_PRIORITY_MOVED if 4 in families else own.priority4,
+                DNS_PRIORITY_MOVED if 6 in families else own.priority6,
+            )
+        changed = await self.nm.set_dns(uplink.link.device, wanted)
+        if plan.overridden:
+            self._dns_applied[index] = plan
+            logger.warning(
+                "{}: its resolvers fail: lookups go to {} while its traffic stays",
+                uplink.label,
+                ", ".join(plan.in_front + plan.moved_to),
+            )
+        else:
+            del self._dns_applied[index]
+            logger.info("{}: its own resolvers back", uplink.label)
+        return changed
+
+    async def _route_resolvers(self, index: int, wanted: ResolverRoutes) -> bool:
+        uplink = self.uplinks[index]
+        if wanted == self._resolver_routes.get(index, ResolverRoutes()) or uplink.link.device is None:
+            return False
+        changed = await self.nm.set_resolver_routes(uplink.link.device, wanted)
+        if wanted.servers:
+            self._resolver_routes[index] = wanted
+            logger.info(
+                "{}: queries to its resolvers {} go through it", uplink.label, ", ".join(wanted.servers)
+            )
+        else:
+            del self._resolver_routes[index]
+        return changed
+
+
+def _normalized(server: str) -> str:
+    """The address as NetworkManager lists it (a DNS-over-TLS name after "#" kept as it is)."""
+    address, sep, name = server.partition("#")
+    return f"{ipaddress.ip_address(address)}{sep}{name}"

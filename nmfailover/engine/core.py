@@ -174,16 +174,17 @@ class Engine:
                     if other is not uplink and other.link.activated and not other.watch.dns.dead
                     for server in self.actuator.own_nameservers(other)
                 )
-            if servers != uplink.dns_moved_to and await self.actuator.override_dns(uplink.index, servers):
-                if servers:
-                    logger.warning(
-                        "{}: its resolvers are dead, its path is not: name resolution moved to {}",
-                        uplink.label,
-                        ", ".join(servers),
-                    )
-                else:
-                    logger.info("{}: name resolution back on its own resolvers", uplink.label)
-                uplink.dns_moved_to = servers
+            if servers == self.actuator.dns_wanted.get(uplink.index, ()):
+                continue
+            if servers:
+                logger.warning(
+                    "{}: its resolvers are dead, its path is not: name resolution moved to {}",
+                    uplink.label,
+                    ", ".join(servers),
+                )
+            else:
+                logger.info("{}: name resolution back on its own resolvers", uplink.label)
+            await self.actuator.override_dns(uplink.index, servers)
 
     async def _reconcile_route(self) -> None:
         self._deadlines_changed.set()

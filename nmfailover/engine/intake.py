@@ -79,6 +79,7 @@ class EventIntake:
                 self.actuator.applied_for = None
                 for uplink in self.uplinks:
                     self.actuator.forget_source_routing(uplink.index)
+                    self.actuator.forget_dns(uplink.index)
         try:
             changed = await self.refresh_links()
         except NMError as exc:
@@ -105,6 +106,7 @@ class EventIntake:
         # Whatever the decision: a new DHCP lease or prefix must reach the uplink's rules even while no
         # uplink is healthy enough for the preference to be applied.
         await self.actuator.route_by_source()
+        await self.actuator.apply_dns()
         await self._reconcile()
 
     async def refresh_links(self) -> list[Uplink]:
@@ -135,6 +137,7 @@ class EventIntake:
                 if link.device != old.device or link.activated != old.activated:
                     # ...and a new applied connection, without our table and rules.
                     self.actuator.forget_source_routing(uplink.index)
+                    self.actuator.forget_dns(uplink.index)
                 changed.append(uplink)
             uplink.link = link
         return changed

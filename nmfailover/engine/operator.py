@@ -128,10 +128,23 @@ class Operator:
                     else None,
                     # Taken away while it is down and the uplink carrying traffic has no IPv6.
                     "ipv6_default_route": u.index not in engine.actuator.ipv6_withdrawn,
+                    # Its own resolvers, judged apart from its path: ok, failing or dead.
+                    "dns_health": _dns_health(u),
+                    # Where its lookups go while its own resolvers are dead: other uplinks' resolvers (its
+                    # own then come last) or named ones put in front.
+                    "dns_moved_to": list(
+                        engine.actuator.dns_status(u.index).moved_to
+                        + engine.actuator.dns_status(u.index).in_front
+                    ),
                 }
                 for u in engine.uplinks
             ],
         }
+
+
+def _dns_health(uplink: Uplink) -> str:
+    dns = uplink.watch.dns
+    return "dead" if dns.dead else "failing" if dns.failures else "ok"
 
 
 def _uplink_status(

@@ -80,7 +80,6 @@ class ProbeScheduler:
             standby=current is not None and uplink.index > current,
             ipv6=uplink.link.gateway6 is not None,
             proof_due=uplink.proof_due,
-            dns_moved=bool(uplink.dns_moved_to),
             evidence=evidence,
         )
 

@@ -26,7 +26,6 @@ class Uplink:
     watch: Watch = field(default_factory=Watch)  # what detection knows; replaced, never mutated
     missing: bool = False  # its profile was deleted from NetworkManager
     proof_due: bool = False  # something happened to it: its next round is a proof, never an echo
-    dns_moved_to: tuple[str, ...] = ()  # resolvers put in front of its own, which are dead
     in_flight: bool = False  # a round is running: a decision waiting for its answer need not ask again
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -853,9 +853,12 @@ _STRICT_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bu
 </busconfig>
 """
 
+# dns=default, what a machine without systemd-resolved runs; rc-manager=unmanaged: NetworkManager writes
+# resolv.conf only in its private /run (NMLab.resolv_conf, the one lookup() reads; 1.42 writes that file in
+# every dns mode), never the machine's.
 _NM_CONFIG = """[main]
 plugins=keyfile
-dns=none
+dns=default
 rc-manager=unmanaged
 systemd-resolved=false
 no-auto-default=*
@@ -873,12 +876,15 @@ enabled=false
 level=DEBUG
 """
 
-# Private /run (NM's pid file, runtime profiles, per-device state, and the bus socket at the standard
-# path) and /var/lib/NetworkManager; read-only /sys, or NM waits forever for a udev that never comes.
-# The run dir is on disk, not a tmpfs, so "managed" flags and in-memory profiles survive restart_nm().
+# Private /run (NM's pid file, runtime profiles, per-device state, resolv.conf, and the bus socket at the
+# standard path) and /var/lib/NetworkManager; read-only /sys, or NM waits forever for a udev that never
+# comes. The run dir is on disk, not a tmpfs, so "managed" flags and in-memory profiles survive
+# restart_nm(). A private file over the machine's /etc/resolv.conf as well (unless that is a symbolic
+# link, which leads into the private /run): nothing NetworkManager does can reach the machine's resolver.
 _NM_WRAPPER = (
     'mount --bind "$1" /run && mount --bind "$2" /var/lib/NetworkManager'
-    ' && mount -o remount,bind,ro /sys && shift 2 && exec "$@"'
+    ' && { [ -L /etc/resolv.conf ] || [ ! -f /etc/resolv.conf ] || mount --bind "$3" /etc/resolv.conf; }'
+    ' && mount -o remount,bind,ro /sys && shift 3 && exec "$@"'
 )
 # The machine's own dispatcher scripts (e.g. Debian's 01-ifupdown) must not run for lab events, and a
 # hook that talks to "the system bus" must reach the private one.
@@ -1010,9 +1016,11 @@ class NMLab(Topology):
             raise RuntimeError("NetworkManager is already running")
         with self.nm_log.open("a") as log:
             log.write(f"===== nmfailover.lab.sandbox: starting NetworkManager at {time.time():.3f}\n")
+        machine_resolv_conf = self._varlib_dir / "etc-resolv.conf"
+        machine_resolv_conf.touch()
         nm = self._spawn(
             [_tool("unshare"), "--mount", "--uts", "--propagation", "private", "sh", "-c", _NM_WRAPPER,
-             "sh", str(self._run_dir), str(self._varlib_dir),
+             "sh", str(self._run_dir), str(self._varlib_dir), str(machine_resolv_conf),
              _tool("NetworkManager"), "--no-daemon", "--debug", f"--config={self._nm_config}",
              f"--config-dir={self.workdir / 'nm' / 'conf.d'}",
              f"--system-config-dir={self._empty_dir}",
@@ -1036,6 +1044,27 @@ class NMLab(Topology):
     def nmcli(self, *args: str, check: bool = True) -> str:
         """nmcli in the host namespace on the private bus; returns stdout."""
         return self.host(_tool("nmcli"), *args, check=check, env=self.env).stdout
+
+    @property
+    def resolv_conf(self) -> Path:
+        """The resolv.conf NetworkManager writes (in its private /run)."""
+        return self._run_dir / "NetworkManager" / "resolv.conf"
+
+    def lookup(self, name: str, timeout: float = 30, resolv_conf: Path | None = None) -> tuple[bool, float]:
+        """Resolve `name` as an application would (glibc's getaddrinfo, via `getent ahosts`) in the host
+        namespace, with `resolv_conf` (default: NetworkManager's) over /etc/resolv.conf in a private mount
+        namespace; (answered, seconds taken). No answer within `timeout` counts as a failure."""
+        started = time.monotonic()
+        try:
+            proc = self.host(
+                _tool("unshare"), "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind "$1" /etc/resolv.conf && exec getent ahosts "$2"',
+                "sh", str(resolv_conf or self.resolv_conf), name,
+                check=False, timeout=timeout,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return False, time.monotonic() - started
+        return proc.returncode == 0 and bool(proc.stdout.strip()), time.monotonic() - started
 
     def stop_nm(self) -> None:
         if self._nm is None:
