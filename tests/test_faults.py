@@ -227,12 +227,38 @@ def test_flapping_primary_switches_a_bounded_number_of_times(nmlab: NMLab, tmp_p
         assert daemon.stop() == 0
 
 
-def test_broken_dns_on_the_primary_counts_as_down(nmlab: NMLab, tmp_path: Path) -> None:
-    with running_daemon(nmlab, tmp_path / "daemon.log", env_extra=PROOFS) as daemon:
+def test_dead_resolvers_behind_a_live_path_move_dns_not_the_traffic(nmlab: NMLab, tmp_path: Path) -> None:
+    routes = nmlab.default_routes(4), nmlab.default_routes(6)
+    with running_daemon(
+        nmlab, tmp_path / "daemon.log", env_extra={"NMFAILOVER_DNS_CHECK_INTERVAL": "5"}
+    ) as daemon:
         daemon.wait_log(r"ready: traffic on primary")
+        assert nmlab.lookup("target1.test", timeout=2)[0]
+        routes = nmlab.default_routes(4), nmlab.default_routes(6)
         nmlab.upstreams[0].break_dns()  # the targets still answer by address; only names fail
-        wait_preferred(nmlab, "wanb", "wana", 30)  # a proof, then HTTP_EXCUSES rounds
-        assert re.search(r"primary \(wana\) down: 3/3 targets failed \(dns\)", daemon.text())
+        broken = time.monotonic()
+        # An application's lookup through the resolv.conf NetworkManager writes answers again, quickly.
+        wait_for(lambda: nmlab.lookup("target1.test", timeout=1)[0], 20, "a lookup answered again")
+        print(f"dead resolver -> lookups answered again after {time.monotonic() - broken:.1f} s")
+        daemon.wait_log(
+            r"primary \(wana\): its resolvers are dead, its path is not: name resolution moved to"
+        )
+        assert (nmlab.default_routes(4), nmlab.default_routes(6)) == routes  # 0 route changes
+        assert switches(daemon) == 0
+        nmlab.upstreams[0].heal()
+        daemon.wait_log(r"primary \(wana\): name resolution back on its own resolvers", timeout=40)
+        assert (nmlab.default_routes(4), nmlab.default_routes(6)) == routes and switches(daemon) == 0
+        assert daemon.stop() == 0
+
+
+def test_dead_resolvers_count_as_down_when_moving_dns_is_off(nmlab: NMLab, tmp_path: Path) -> None:
+    env = {**PROOFS, "NMFAILOVER_DNS_FAILOVER": "false"}
+    with running_daemon(nmlab, tmp_path / "daemon.log", env_extra=env) as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        nmlab.upstreams[0].break_dns()
+        wait_preferred(nmlab, "wanb", "wana", 30)
+        assert re.search(r"primary \(wana\) down: .*\(dns\)", daemon.text())
+        assert "name resolution moved" not in daemon.text()
         assert daemon.stop() == 0
 
 
