@@ -408,7 +408,10 @@ def _matrix_notes(row: dict[str, Any], mode: str, runs: dict[str, list[Run]], ex
             notes.append(f"nmfailover off the primary at most {fmt(max(r['off_primary'] for r in nmf))}")
         shares = [r["user_ok_share"] for r in nmf if r.get("user_ok_share") is not None]
         if shares:
-            notes.append(f"user pages loaded (nmfailover): {100 * min(shares):.0f} % or more")
+            notes.append(f"user pages loaded (nmfailover): at least {100 * min(shares):.0f} %")
+        rates = [r["mbit_per_s"] for rs in runs.values() for r in rs if "mbit_per_s" in r]
+        if rates:
+            notes.append(f"primary received {min(rates):.2f} Mbit/s or more")
     else:
         if row["dns"] and nmf:
             by = [r["repaired_by"] for r in nmf if r["repaired_by"]]
