@@ -41,10 +41,20 @@ from bench.common import (
 )
 from bench.measure import LoadMeter, machine
 from bench.report import header, summarise
-from bench.scenarios import actuation, brownout, disruption, failback, failover, footprint, load, nm_check
+from bench.scenarios import (
+    actuation,
+    brownout,
+    disruption,
+    failback,
+    failover,
+    footprint,
+    load,
+    matrix,
+    nm_check,
+)
 from nmfailover.lab.sandbox import lab_available
 
-PARTS = ("failover", "nm", "load", "brownout", "failback", "actuation", "disruption", "footprint")
+PARTS = ("failover", "nm", "load", "brownout", "failback", "actuation", "disruption", "matrix", "footprint")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,9 +77,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--footprint-seconds", type=float, default=FOOTPRINT_SECONDS)
     parser.add_argument(
+        "--matrix-runs",
+        type=int,
+        default=5,
+        help="fault-class matrix: runs per row, mode and method (default 5)",
+    )
+    parser.add_argument(
+        "--matrix-rows",
+        default=",".join(matrix.ROW_KEYS),
+        help=f"fault-class matrix: comma-separated rows out of {','.join(matrix.ROW_KEYS)} (default: all)",
+    )
+    parser.add_argument(
+        "--matrix-modes", default=",".join(matrix.MODES), help="fault-class matrix: idle, traffic or both"
+    )
+    parser.add_argument(
+        "--matrix-parallel",
+        type=int,
+        default=matrix.PARALLEL,
+        help=f"fault-class matrix: labs run at once (default {matrix.PARALLEL})",
+    )
+    parser.add_argument(
+        "--matrix-soak-seconds",
+        type=float,
+        default=matrix.SOAK_SECONDS,
+        help=f"fault-class matrix: seconds of each no-switch-wanted run (default {matrix.SOAK_SECONDS:g})",
+    )
+    parser.add_argument(
         "--table-from", type=Path, metavar="JSON", help="only print the table of an earlier run"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Checked now, not after the hour the parts before the matrix may take.
+    for given, known in ((args.matrix_rows, matrix.ROW_KEYS), (args.matrix_modes, matrix.MODES)):
+        if unknown := set(given.split(",")) - set(known):
+            parser.error(f"unknown {', '.join(sorted(unknown))}: choose from {', '.join(known)}")
+    return args
 
 
 class Background:
@@ -104,7 +145,8 @@ def run_parts(args: argparse.Namespace, parts: set[str], results: Results, attem
     background = Background(results, attempts)
     if "nm" in parts:
         background.start("nm_periodic", nm_check.run_periodic)
-    if "footprint" in parts:
+    # The matrix gives probe bytes per day per uplink beside its times: the footprint part's.
+    if "footprint" in parts or "matrix" in parts:
 
         def footprint_then_default_failback() -> dict[str, Any]:
             fp = footprint.run_footprint(workdir, args.footprint_seconds)
@@ -128,6 +170,17 @@ def run_parts(args: argparse.Namespace, parts: set[str], results: Results, attem
         failback.part(results, args.runs, workdir, attempts)
     if "disruption" in parts:
         disruption.part(results, args.runs, workdir, attempts)
+    if "matrix" in parts:
+        matrix.part(
+            results,
+            args.matrix_runs,
+            workdir,
+            attempts,
+            rows=tuple(args.matrix_rows.split(",")),
+            modes=tuple(args.matrix_modes.split(",")),
+            parallel=args.matrix_parallel,
+            soak_seconds=args.matrix_soak_seconds,
+        )
     background.join()
 
 
@@ -149,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": today,
         "machine": machine(),
         "runs_per_scenario": args.runs,
+        "matrix_runs": args.matrix_runs,
         "soak_runs_per_method": args.soak_runs,
         "settings": {
             "nmfailover": "defaults (only UPLINKS, PROBE_URLS, ENV_FILE set); "

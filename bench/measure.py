@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import POLL, now
-from nmfailover.lab.sandbox import NMLab
+from nmfailover.lab.sandbox import NMLab, Upstream
 
 STATE_CHANGE = re.compile(r"device \((\w+)\): state change: activated -> (\w+)")
 
@@ -120,20 +120,23 @@ def log_lines(text: str, pattern: str) -> list[str]:
     return [line for line in text.splitlines() if re.search(pattern, line)]
 
 
-def inject(lab: NMLab, scenario: str, loss: int = 0) -> float:
-    """Apply the fault to the primary's upstream (`loss`: the percentage for "lossy"); returns the moment
-    just before it (the clock starts)."""
-    up = lab.upstreams[0]
-    faults: dict[str, Callable[[], None]] = {
-        "blackhole": up.blackhole,
-        "refuse": up.refuse,
-        "cable": up.cut_cable,
-        "lossy": lambda: up.lossy(loss),
-    }
-    action = faults[scenario]
+def inject_fault(lab: NMLab, fault: Callable[[Upstream], None]) -> float:
+    """Apply `fault` to the primary's upstream; returns the moment just before it (the clock starts)."""
     started = now()
-    action()
+    fault(lab.upstreams[0])
     return started
+
+
+def inject(lab: NMLab, scenario: str, loss: int = 0) -> float:
+    """Apply the fault named `scenario` to the primary's upstream (`loss`: the percentage for "lossy");
+    returns the moment just before it (the clock starts)."""
+    faults: dict[str, Callable[[Upstream], None]] = {
+        "blackhole": Upstream.blackhole,
+        "refuse": Upstream.refuse,
+        "cable": Upstream.cut_cable,
+        "lossy": lambda up: up.lossy(loss),
+    }
+    return inject_fault(lab, faults[scenario])
 
 
 def machine() -> dict[str, Any]:

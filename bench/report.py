@@ -77,6 +77,8 @@ def derived_nm(latency: float) -> Quantiles:
 @dataclass
 class Table:
     lines: list[str] = field(default_factory=list)
+    # Tables of their own, after this one (the fault-class matrix has a column per method).
+    after: list[str] = field(default_factory=list)
 
     def title(self, text: str) -> None:
         self.lines.append(f"| **{text}** | | | | |")
@@ -116,7 +118,7 @@ class Table:
 
     def text(self) -> str:
         head = ["| scenario / method | median | p90 | worst | notes |", "| --- | --- | --- | --- | --- |"]
-        return "\n".join(head + self.lines)
+        return "\n\n".join(([("\n".join(head + self.lines))] if self.lines else []) + self.after)
 
 
 # -- the sections, in the table's order --------------------------------------------------------------------
@@ -371,6 +373,108 @@ def footprint_section(t: Table, results: Results, summary: Summary) -> None:
     summary["probe_mib_per_day"] = per_day
 
 
+def _cell(q: Quantiles | None, count: bool = False) -> str:
+    """median (worst): times, or switch counts."""
+    if q is None:
+        return "-"
+    if count:
+        return f"{q['median']:g} ({q['worst']:g})"
+    return f"{fmt(q['median'])} ({fmt(q['worst'])})"
+
+
+def _ratio_cell(a: Quantiles | None, b: Quantiles | None, limit: float) -> str:
+    """nmfailover's median (worst) over a baseline's; a baseline that never got there within `limit` only
+    bounds the ratio from above."""
+    if a is None or b is None:
+        return "-"
+    cells = []
+    for k in ("median", "worst"):
+        if not math.isfinite(a[k]):
+            cells.append("-")
+        elif math.isfinite(b[k]) and b[k] > 0:
+            cells.append(f"{a[k] / b[k]:.2f}")
+        elif not math.isfinite(b[k]):
+            cells.append(f"< {a[k] / limit:.2f}")
+        else:
+            cells.append("-")
+    return f"{cells[0]} ({cells[1]})"
+
+
+def _matrix_notes(row: dict[str, Any], mode: str, runs: dict[str, list[Run]], expected: int) -> str:
+    notes = []
+    nmf = runs.get(NMF, [])
+    if row["soak"]:
+        if nmf:
+            notes.append(f"nmfailover off the primary at most {fmt(max(r['off_primary'] for r in nmf))}")
+        shares = [r["user_ok_share"] for r in nmf if r.get("user_ok_share") is not None]
+        if shares:
+            notes.append(f"user pages loaded (nmfailover): at least {100 * min(shares):.0f} %")
+        rates = [r["mbit_per_s"] for rs in runs.values() for r in rs if "mbit_per_s" in r]
+        if rates:
+            notes.append(f"primary received {min(rates):.2f} Mbit/s or more")
+    else:
+        if row["dns"] and nmf:
+            by = [r["repaired_by"] for r in nmf if r["repaired_by"]]
+            notes.append(f"nmfailover repaired by the route {by.count('route')}, by DNS {by.count('dns')}")
+        users = [r["user_ok"] for r in nmf if "user_ok" in r]
+        if users and mode == "traffic":
+            q = censored(users)
+            notes.append(f"user's first page after the fault (nmfailover): {_cell(q)}")
+    short = {m: len(r) for m, r in runs.items() if len(r) < expected}
+    if short:
+        notes.append("runs: " + ", ".join(f"{RATIO_NAMES.get(m, m)} {n}" for m, n in short.items()))
+    return "; ".join(notes)
+
+
+def matrix_section(t: Table, results: Results, summary: Summary) -> None:
+    mx = results.get("matrix")
+    if not mx:
+        return
+    limit = mx["detect_limit"]
+    methods = [m for m in STRESS_METHODS if m in mx["methods"]]
+    baselines = [m for m in methods if m != NMF]
+    out: dict[str, dict[str, dict[str, Quantiles | None]]] = {}
+    for mode in mx["modes"]:
+        who = (
+            f"a user's traffic (a lookup and a new connection every {mx['user_interval']:g} s)"
+            if mode == "traffic"
+            else "idle (nothing but the method)"
+        )
+        lines = [
+            f"Fault-class matrix, {who}: fault on the primary -> repair (route on the backup; for a dead "
+            f"resolver, names answered within {mx['dns_ok_within']:g} s again if sooner), median (worst) of "
+            f"{mx['runs']} runs; never = not within {limit:g} s; no-switch rows: switches per "
+            f"{mx['soak_seconds']:g} s run",
+            "",
+            "| fault on the primary | "
+            + " | ".join(METHOD_TITLES[m] for m in methods)
+            + "".join(f" | nmfailover / {RATIO_NAMES[m]}" for m in baselines)
+            + " | notes |",
+            "| --- " * (len(methods) + len(baselines) + 2) + "|",
+        ]
+        for key, row in mx["rows"].items():
+            runs = mx["cells"][key][mode]
+            values = "switches" if row["soak"] else "repair"
+            q = {m: censored([r[values] for r in runs.get(m, [])]) for m in methods}
+            cells = [_cell(q[m], count=row["soak"]) for m in methods]
+            ratios = ["-" if row["soak"] else _ratio_cell(q.get(NMF), q[m], limit) for m in baselines]
+            notes = _matrix_notes(row, mode, runs, mx["runs"])
+            lines.append(f"| {row['title']} | {' | '.join(cells + ratios)} | {notes} |")
+            out.setdefault(key, {})[mode] = q
+        t.after.append("\n".join(lines))
+    per_day = summary.get("probe_mib_per_day")
+    if per_day:
+        t.after.append(
+            "Probe traffic per day at defaults, idle (the footprint part of the same run): "
+            + "; ".join(
+                f"{dev}: "
+                + ", ".join(f"{RATIO_NAMES.get(m, 'nmfailover')} {mib:.3g} MiB" for m, mib in day.items())
+                for dev, day in per_day.items()
+            )
+        )
+    summary["matrix"] = out
+
+
 SECTIONS = (
     failover_section,
     load_section,
@@ -379,6 +483,7 @@ SECTIONS = (
     actuation_section,
     disruption_section,
     footprint_section,
+    matrix_section,  # after the footprint: its probe traffic line comes from there
 )
 
 

@@ -254,8 +254,8 @@ def _routes(lab: NMLab) -> list[str]:
 async def _resolv_conf_becomes(lab: NMLab, expected: str, timeout: float = 5) -> float:
     """Seconds until NetworkManager's resolv.conf reads `expected`."""
     started = time.monotonic()
-    while lab.resolv_conf.read_text() != expected:
-        assert time.monotonic() - started < timeout, lab.resolv_conf.read_text()
+    while lab.nm_resolv_conf.read_text() != expected:
+        assert time.monotonic() - started < timeout, lab.nm_resolv_conf.read_text()
         await asyncio.sleep(0.01)
     return time.monotonic() - started
 

@@ -99,7 +99,9 @@ def test_without_the_traffic_watch_refusals_wait_for_the_checks(nmlab: NMLab, tm
 IDLE_FAULTS = [
     pytest.param(lambda lab: lab.upstreams[0].refuse(), r"\(connect\)", id="refused"),
     pytest.param(lambda lab: lab.upstreams[0].hang(), r"answers every echo", id="hang"),
-    pytest.param(lambda lab: lab.upstreams[0].portal("redirect"), r"primary \(wana\) portal", id="portal-302"),
+    pytest.param(
+        lambda lab: lab.upstreams[0].portal("redirect"), r"primary \(wana\) portal", id="portal-302"
+    ),
     pytest.param(lambda lab: lab.upstreams[0].portal("login"), r"primary \(wana\) portal", id="portal-200"),
 ]
 

@@ -42,11 +42,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 from xml.sax.saxutils import escape
+
+from .usertraffic import INTERVAL as USER_INTERVAL
+from .usertraffic import UserAttempt, parse_attempts
 
 TARGET_ADDRESSES: tuple[str, ...] = ("203.0.113.10", "203.0.113.11", "203.0.113.12")
 TARGET_ADDRESSES6: tuple[str, ...] = ("2001:db8:ffff::10", "2001:db8:ffff::11", "2001:db8:ffff::12")
@@ -218,9 +221,37 @@ class QueueStats:
         return self.backlog_bytes / self.rate_bytes if self.rate_bytes > 0 else 0.0
 
 
+LossDirection = Literal["both", "to_internet", "from_internet"]
+PortalKind = Literal["redirect", "login"]
+DnsFault = Literal["silent", "servfail"]
+LOSS_DIRECTIONS: tuple[LossDirection, ...] = ("both", "to_internet", "from_internet")
+PORTAL_KINDS: tuple[PortalKind, ...] = ("redirect", "login")
+DNS_FAULTS: tuple[DnsFault, ...] = ("silent", "servfail")
+HTTP_MODES: tuple[str, ...] = ("ok", "portal", "wrong-body", "hang")  # and slow:SECONDS
+_BEYOND4 = "203.0.113.0/24"  # the targets and the resolver: "the internet" behind each router
+_BEYOND6 = "2001:db8:ffff::/48"
+
+
+@dataclass(frozen=True)
+class _Fault:
+    """One fault as the parts of an upstream it changes; a part left at its default is healthy."""
+
+    input: tuple[str, ...] = ()  # nft rules: what reaches the router's own addresses (targets, resolver)
+    output: tuple[str, ...] = ()  # what the router's own addresses send
+    forward: tuple[str, ...] = ()  # what the router passes on (the bulk source's traffic)
+    http_mode: str = "ok"
+    dns_mode: str = "ok"
+    cable: bool = True
+
+
 @dataclass
 class Upstream:
-    """One simulated ISP: its router (`gw` in `netns`) and the internet behind it."""
+    """One simulated ISP: its router (`gw` in `netns`) and the internet behind it.
+
+    Faults: blackhole, blackhole6, refuse, lossy, hang, portal, break_dns, cut_cable. Each replaces the one
+    before it (the new one is in place before the old one is gone, so a change of fault never passes
+    through a healthy moment), and heal() undoes whichever is in place.
+    """
 
     name: str
     netns: str
@@ -231,6 +262,7 @@ class Upstream:
     gateway6: str
     resolver: str
     state_dir: Path
+    _cable_cut: bool = field(default=False, init=False, repr=False)
 
     def _nft(
         self, rules: Sequence[str], output_rules: Sequence[str] = (), forward_rules: Sequence[str] = ()
@@ -255,6 +287,33 @@ class Upstream:
             input="\n".join(script) + "\n",
         )
 
+    def _write_mode(self, name: str, mode: str) -> None:
+        tmp = self.state_dir / f"{name}.tmp"
+        tmp.write_text(mode + "\n", encoding="utf-8")
+        # rename is atomic: the server never reads a half-written mode.
+        tmp.replace(self.state_dir / name)
+
+    def _set_cable(self, plugged: bool) -> None:
+        if plugged == (not self._cable_cut):
+            return  # no process spawned for what is already so: heal() runs often in tests
+        _run([_tool("ip"), "-n", self.netns, "link", "set", "gw", "up" if plugged else "down"])
+        self._cable_cut = not plugged
+
+    def _apply(self, fault: _Fault) -> None:
+        steps: list[tuple[bool, Callable[[], None]]] = [
+            (
+                bool(fault.input or fault.output or fault.forward),
+                lambda: self._nft(fault.input, fault.output, fault.forward),
+            ),
+            (fault.http_mode != "ok", lambda: self._write_mode("mode", fault.http_mode)),
+            (fault.dns_mode != "ok", lambda: self._write_mode("dns-mode", fault.dns_mode)),
+            (not fault.cable, lambda: self._set_cable(fault.cable)),
+        ]
+        # The parts the new fault sets go in before the old fault's parts are cleared (a stable sort):
+        # between two faults there is never a healthy instant a detector could take for a recovery.
+        for _, step in sorted(steps, key=lambda s: not s[0]):
+            step()
+
     def blackhole(self) -> None:
         """Silent upstream death: targets and resolver never answer; link and gateway stay up.
 
@@ -264,56 +323,92 @@ class Upstream:
         from a real ISP whose backbone just died.
         """
         # The resolver is inside 203.0.113.0/24, so these rules cover it; forwarded is the bulk source.
-        self._nft(
-            ["ip daddr 203.0.113.0/24 drop", "ip6 daddr 2001:db8:ffff::/48 drop"],
-            ["ip saddr 203.0.113.0/24 drop", "ip6 saddr 2001:db8:ffff::/48 drop"],
-            ["drop"],
+        self._apply(
+            _Fault(
+                input=(f"ip daddr {_BEYOND4} drop", f"ip6 daddr {_BEYOND6} drop"),
+                output=(f"ip saddr {_BEYOND4} drop", f"ip6 saddr {_BEYOND6} drop"),
+                forward=("drop",),
+            )
         )
 
     def blackhole6(self) -> None:
         """Silent death of IPv6 alone beyond the router (an ISP's IPv6 outage); IPv4 carries on."""
-        self._nft(
-            ["ip6 daddr 2001:db8:ffff::/48 drop"],
-            ["ip6 saddr 2001:db8:ffff::/48 drop"],
-            ["meta nfproto ipv6 drop"],
+        self._apply(
+            _Fault(
+                input=(f"ip6 daddr {_BEYOND6} drop",),
+                output=(f"ip6 saddr {_BEYOND6} drop",),
+                forward=("meta nfproto ipv6 drop",),
+            )
         )
 
     def refuse(self) -> None:
-        """Targets answer every TCP connection with a RST (connection refused)."""
-        self._nft(
-            [
-                "meta l4proto tcp ip daddr 203.0.113.0/24 reject with tcp reset",
-                "meta l4proto tcp ip6 daddr 2001:db8:ffff::/48 reject with tcp reset",
-            ]
+        """Targets answer every TCP connection with a RST (connection refused); echoes still answered."""
+        self._apply(
+            _Fault(
+                input=(
+                    f"meta l4proto tcp ip daddr {_BEYOND4} reject with tcp reset",
+                    f"meta l4proto tcp ip6 daddr {_BEYOND6} reject with tcp reset",
+                )
+            )
         )
 
-    def lossy(self, percent: int) -> None:
-        """A brownout: every packet to or from beyond the router, the bulk source's included, is dropped
-        with `percent` % chance, each direction on its own (a request and its answer both arrive with
-        a chance of (1 - percent/100) squared); link and gateway stay up. heal() ends it."""
+    def lossy(self, percent: int, direction: LossDirection = "both") -> None:
+        """A brownout: packets to or from beyond the router, the bulk source's included, are dropped with
+        `percent` % chance each; `direction` says which: `to_internet` (what the host sends), `from_internet`
+        (what it receives) or `both`, each way on its own (a request and its answer then both arrive with a
+        chance of (1 - percent/100) squared). Link and gateway stay up."""
         if not 0 <= percent <= 100:
             raise ValueError(f"percent must be 0..100, got {percent}")
+        if direction not in LOSS_DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(LOSS_DIRECTIONS)}, got {direction!r}")
         # The same hooks and matches as blackhole, so the two describe the same stretch of the path.
         loss = f"numgen random mod 100 < {percent} drop"
-        self._nft(
-            [f"ip daddr 203.0.113.0/24 {loss}", f"ip6 daddr 2001:db8:ffff::/48 {loss}"],
-            [f"ip saddr 203.0.113.0/24 {loss}", f"ip6 saddr 2001:db8:ffff::/48 {loss}"],
-            [loss],
+        out, back = direction != "from_internet", direction != "to_internet"
+        # Forwarded: what enters from the host's side is on its way out; what leaves toward it, coming back.
+        forward = ((f'iifname "gw" {loss}',) if out else ()) + ((f'oifname "gw" {loss}',) if back else ())
+        self._apply(
+            _Fault(
+                input=(f"ip daddr {_BEYOND4} {loss}", f"ip6 daddr {_BEYOND6} {loss}") if out else (),
+                output=(f"ip saddr {_BEYOND4} {loss}", f"ip6 saddr {_BEYOND6} {loss}") if back else (),
+                forward=forward,
+            )
         )
 
-    def break_dns(self) -> None:
-        """Only the resolver goes silent; the targets stay reachable by address."""
-        self._nft([f"ip daddr {self.resolver} drop"])
+    def hang(self) -> None:
+        """The targets accept TCP connections and read each HTTP request, but never answer it (a hung
+        server or proxy); echoes and DNS still answered. A request hung when the fault ends is dropped
+        without an answer."""
+        self._apply(_Fault(http_mode="hang"))
 
-    def heal(self) -> None:
-        """Undo blackhole/refuse/break_dns (each of them replaces the previous one)."""
-        self._nft([])
+    def portal(self, kind: PortalKind = "redirect") -> None:
+        """A captive portal: every HTTP request to the targets, on a new or an already open connection, is
+        answered with a `redirect` (302 to a login page) or with the `login` page itself (200); echoes and
+        DNS still answered, as a hotspot or an exhausted data plan does."""
+        if kind not in PORTAL_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(PORTAL_KINDS)}, got {kind!r}")
+        self._apply(_Fault(http_mode="portal" if kind == "redirect" else "wrong-body"))
+
+    def break_dns(self, kind: DnsFault = "silent") -> None:
+        """Only the resolver fails: `silent` (queries go unanswered) or `servfail` (every query is answered
+        SERVFAIL); the targets stay reachable by address."""
+        if kind not in DNS_FAULTS:
+            raise ValueError(f"kind must be one of {', '.join(DNS_FAULTS)}, got {kind!r}")
+        if kind == "silent":
+            self._apply(_Fault(input=(f"ip daddr {self.resolver} drop",)))
+        else:
+            self._apply(_Fault(dns_mode="servfail"))
 
     def cut_cable(self) -> None:
-        _run([_tool("ip"), "-n", self.netns, "link", "set", "gw", "down"])
+        """The router's side of the link goes down: the host's device loses carrier."""
+        self._apply(_Fault(cable=False))
+
+    def heal(self) -> None:
+        """Undo whichever fault is in place; harmless on a healthy upstream."""
+        self._apply(_Fault())
 
     def restore_cable(self) -> None:
-        _run([_tool("ip"), "-n", self.netns, "link", "set", "gw", "up"])
+        """Plug the cable back in (and nothing else: heal() undoes any fault)."""
+        self._set_cable(True)
 
     def _tc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run([_tool("tc"), "-n", self.netns, *args], check=check, timeout=10)
@@ -368,13 +463,11 @@ class Upstream:
         return time.monotonic() - started
 
     def set_http_mode(self, mode: str) -> None:
-        """`ok`, `portal`, `wrong-body` or `slow:SECONDS`; takes effect with the next request."""
-        if mode not in ("ok", "portal", "wrong-body") and not re.fullmatch(r"slow:\d+(\.\d+)?", mode):
+        """The targets' HTTP behaviour alone (HTTP_MODES or `slow:SECONDS`, see nmfailover.lab.upstream),
+        from the next request on, open connections included; other faults stay as they are."""
+        if mode not in HTTP_MODES and not re.fullmatch(r"slow:\d+(\.\d+)?", mode):
             raise ValueError(f"unknown HTTP mode {mode!r}")
-        tmp = self.state_dir / "mode.tmp"
-        tmp.write_text(mode + "\n", encoding="utf-8")
-        # rename is atomic: the server never reads a half-written mode.
-        tmp.replace(self.state_dir / "mode")
+        self._write_mode("mode", mode)
 
     def _lines(self, name: str) -> list[str]:
         try:
@@ -512,6 +605,69 @@ class BulkDownload:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# The user-traffic client's /etc: a directory of symlinks to the real entries (a symlink copied as it is, so
+# a relative one still points where it did), and /etc/resolv.conf a symlink to the lab's file. By path, so a
+# file replaced by rename, as NetworkManager writes its resolv.conf, is followed, which a bind mount of the
+# file would not do. All in a private mount namespace; the real /etc is bound read-only, so even a mount
+# that leaked could not be written through.
+_USER_TRAFFIC_WRAPPER = """set -e
+real=$1 resolv=$2
+shift 2
+mount --bind /etc "$real"
+mount -o remount,bind,ro "$real"
+mount -t tmpfs -o mode=0755 lab-etc /etc
+for entry in "$real"/* "$real"/.[!.]*; do
+  name=${entry##*/}
+  if [ -L "$entry" ]; then ln -s "$(readlink "$entry")" "/etc/$name"
+  elif [ -e "$entry" ]; then ln -s "$entry" "/etc/$name"; fi
+done
+rm -f /etc/resolv.conf
+ln -s "$resolv" /etc/resolv.conf
+exec "$@"
+"""
+USER_TRAFFIC_SECONDS = 600.0  # the client stops by itself after this long, whoever forgets to stop it
+
+
+class UserTraffic:
+    """The lab's user-traffic client (nmfailover.lab.usertraffic) in the host namespace; made by
+    Topology.user_traffic(). attempts() reads what it recorded so far."""
+
+    READY_TIMEOUT = 15.0
+
+    def __init__(self, proc: subprocess.Popen[str], out: Path, log: Path, resolv_conf: Path) -> None:
+        self.proc = proc
+        self.out = out
+        self.log = log
+        self.resolv_conf = resolv_conf
+
+    def _lines(self) -> list[str]:
+        try:
+            return self.out.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                log = self.log.read_text(errors="replace").strip()
+                raise RuntimeError(f"the user-traffic client exited {self.proc.returncode}: {log}")
+            return bool(self._lines())  # its first line says it runs
+
+        _wait_for("the user-traffic client", ready, self.READY_TIMEOUT)
+
+    def attempts(self) -> list[UserAttempt]:
+        """Every attempt finished so far (all of them, unfinished ones included, once it has stopped)."""
+        return parse_attempts(self._lines())
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM (it writes its unfinished attempts and exits), SIGKILL after a grace. Idempotent."""
+        _stop([self.proc], grace=5)
 
 
 _LIVE: set[Topology] = set()
@@ -732,6 +888,52 @@ class Topology:
         self._downloads.append(download)
         return download.start()
 
+    def resolv_conf(self) -> Path:
+        """A resolv.conf listing each uplink's resolver, the primary's first, as NetworkManager writes one
+        (written on first use). The default of user_traffic()."""
+        path = self.workdir / "resolv.conf"
+        if not path.exists():
+            lines = [f"nameserver {up.resolver}" for up in self.upstreams]
+            path.write_text(
+                "# written by nmfailover.lab.sandbox\n" + "\n".join(lines) + "\n", encoding="utf-8"
+            )
+        return path
+
+    @contextlib.contextmanager
+    def user_traffic(
+        self,
+        interval: float = USER_INTERVAL,
+        *,
+        seconds: float = USER_TRAFFIC_SECONDS,
+        resolv_conf: Path | None = None,
+        lookup_only: bool = False,
+    ) -> Iterator[UserTraffic]:
+        """A browser-like user in the host namespace while the block runs (see nmfailover.lab.usertraffic):
+        every `interval` s a name looked up through glibc with `resolv_conf` (default: resolv_conf()) as
+        /etc/resolv.conf, and a page fetched over a new connection through the default route
+        (`lookup_only`: no connections). It stops by itself after `seconds`, and is stopped on exit."""
+        resolv = (resolv_conf if resolv_conf is not None else self.resolv_conf()).absolute()
+        run_dir = self.workdir / f"user-traffic-{secrets.token_hex(3)}"
+        (run_dir / "etc").mkdir(parents=True)
+        out, log = run_dir / "attempts.jsonl", run_dir / "client.log"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+        argv = [
+            _tool("unshare"), "--mount", "--propagation", "private", "sh", "-c", _USER_TRAFFIC_WRAPPER,
+            "sh", str(run_dir / "etc"), str(resolv),
+            sys.executable, "-m", "nmfailover.lab.usertraffic", "--out", str(out),
+            "--expect-resolv", str(resolv), "--interval", f"{interval:g}", "--seconds", f"{seconds:g}",
+            *(["--lookup-only"] if lookup_only else []),
+        ]  # fmt: skip
+        with log.open("ab") as log_file:
+            proc = self.popen_host(argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+        traffic = UserTraffic(proc, out, log, resolv)
+        try:
+            traffic.wait_ready()
+            yield traffic
+        finally:
+            traffic.stop()
+
     def fetch_seconds(self, iface: str, url: str, timeout: float = 10) -> float:
         """Seconds a plain HTTP GET of `url` takes from the host namespace through `iface` (curl's
         time_total: connect, request, whole answer); CommandError if it fails or takes over `timeout`."""
@@ -854,7 +1056,7 @@ _STRICT_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bu
 """
 
 # dns=default, what a machine without systemd-resolved runs; rc-manager=unmanaged: NetworkManager writes
-# resolv.conf only in its private /run (NMLab.resolv_conf, the one lookup() reads; 1.42 writes that file in
+# resolv.conf only in its private /run (NMLab.nm_resolv_conf, the one lookup() reads; 1.42 writes that file in
 # every dns mode), never the machine's.
 _NM_CONFIG = """[main]
 plugins=keyfile
@@ -1035,6 +1237,12 @@ class NMLab(Topology):
             15,
         )
 
+    @property
+    def nm_resolv_conf(self) -> Path:
+        """Where NetworkManager writes its resolv.conf (its /run/NetworkManager/resolv.conf) when its DNS
+        configuration has it write one; pass it to user_traffic() to resolve as NetworkManager says."""
+        return self._run_dir / "NetworkManager" / "resolv.conf"
+
     def profiles_on_disk(self) -> dict[str, str]:
         """A digest per file of NetworkManager's keyfile directory: what "nothing written" is checked by."""
         return {
@@ -1045,11 +1253,6 @@ class NMLab(Topology):
         """nmcli in the host namespace on the private bus; returns stdout."""
         return self.host(_tool("nmcli"), *args, check=check, env=self.env).stdout
 
-    @property
-    def resolv_conf(self) -> Path:
-        """The resolv.conf NetworkManager writes (in its private /run)."""
-        return self._run_dir / "NetworkManager" / "resolv.conf"
-
     def lookup(self, name: str, timeout: float = 30, resolv_conf: Path | None = None) -> tuple[bool, float]:
         """Resolve `name` as an application would (glibc's getaddrinfo, via `getent ahosts`) in the host
         namespace, with `resolv_conf` (default: NetworkManager's) over /etc/resolv.conf in a private mount
@@ -1059,7 +1262,7 @@ class NMLab(Topology):
             proc = self.host(
                 _tool("unshare"), "--mount", "--propagation", "private", "sh", "-c",
                 'mount --bind "$1" /etc/resolv.conf && exec getent ahosts "$2"',
-                "sh", str(resolv_conf or self.resolv_conf), name,
+                "sh", str(resolv_conf or self.nm_resolv_conf), name,
                 check=False, timeout=timeout,
             )  # fmt: skip
         except subprocess.TimeoutExpired:

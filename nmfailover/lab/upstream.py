@@ -5,8 +5,12 @@ Started by nmfailover.lab.sandbox as
 `--resolver` (HTTP only) as the bulk source behind the upstream's router.
 
 State directory protocol (all plain files, so the test process needs no IPC):
-- `mode` (written by the lab, read on every HTTP request): `ok` (default), `portal`, `wrong-body`,
-  `slow:SECONDS`.
+- `mode` (written by the lab, read on every HTTP request, so a change reaches an open keep-alive
+  connection too): `ok` (default), `portal` (302 to a login page), `wrong-body` (200 with a login page),
+  `slow:SECONDS`, `hang` (the request is read and never answered; the connection is closed without an
+  answer once the mode changes).
+- `dns-mode` (written by the lab, read on every DNS query): `ok` (default) or `servfail` (every query is
+  answered SERVFAIL, as a resolver whose upstream is unreachable does).
 - `http.log`: one line per HTTP request:
   `METHOD<TAB>HOST<TAB>PATH<TAB>LOCAL-ADDRESS<TAB>PEER-ADDRESS<TAB>CONNECTION`, CONNECTION numbering the
   server's TCP connections from 1 (several requests on one kept-alive connection share it).
@@ -33,7 +37,7 @@ import contextlib
 import itertools
 import socket
 from pathlib import Path
-from typing import cast
+from typing import NoReturn, cast
 from urllib.parse import parse_qs
 
 import dns.exception
@@ -50,6 +54,14 @@ ZONE4 = {
     "target2.test.": "203.0.113.11",
     "target3.test.": "203.0.113.12",
 }
+# The names the lab's user traffic (nmfailover.lab.usertraffic) looks up: IPv4 only, so an application's
+# connections follow the IPv4 default route, the one the benchmark watches.
+USER_SITES = {
+    "site1.test.": "203.0.113.10",
+    "site2.test.": "203.0.113.11",
+    "site3.test.": "203.0.113.12",
+}
+ZONE4.update(USER_SITES)
 ZONE6 = {
     "target1.test.": "2001:db8:ffff::10",
     "target2.test.": "2001:db8:ffff::11",
@@ -64,6 +76,9 @@ REASONS = {200: "OK", 204: "No Content", 302: "Found", 400: "Bad Request", 404: 
 BULK_PATH = "/bulk"
 BULK_CHUNK = bytes(64 * 1024)
 BULK_CONGESTION_CONTROL = "cubic"
+# A hung request re-reads the mode this often, and is dropped after HANG_LIMIT in any case.
+HANG_POLL = 0.5
+HANG_LIMIT = 600.0
 # Bounded so a half-open client can neither pin a task forever nor feed us unlimited headers.
 HEADER_TIMEOUT = 10.0
 MAX_HEADER_LINES = 100
@@ -78,9 +93,9 @@ def _append(path: Path, fields: list[str]) -> None:
         f.write("\t".join(fields) + "\n")
 
 
-def _read_mode(state_dir: Path) -> str:
+def _read_mode(state_dir: Path, name: str = "mode") -> str:
     try:
-        return (state_dir / "mode").read_text(encoding="utf-8").strip() or "ok"
+        return (state_dir / name).read_text(encoding="utf-8").strip() or "ok"
     except FileNotFoundError:
         return "ok"
 
@@ -95,8 +110,20 @@ def _response(status: int, body: bytes, extra: list[tuple[str, str]] | None = No
     return ("\r\n".join(headers) + "\r\n\r\n").encode("ascii") + body
 
 
+async def _hang(state_dir: Path) -> NoReturn:
+    """Hold a request unanswered while the mode stays `hang` (at most HANG_LIMIT); then drop the connection
+    without an answer, as a hung server that comes back does: an answer after the fault would be a lie."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANG_LIMIT
+    while _read_mode(state_dir) == "hang" and loop.time() < deadline:
+        await asyncio.sleep(HANG_POLL)
+    raise ConnectionAbortedError("hung request dropped")  # the caller closes the connection
+
+
 async def _answer(state_dir: Path, path: str) -> bytes:
     mode = _read_mode(state_dir)
+    if mode == "hang":
+        await _hang(state_dir)
     if mode.startswith("slow:"):
         await asyncio.sleep(float(mode.removeprefix("slow:")))
     elif mode == "portal":
@@ -219,8 +246,9 @@ async def _handle_http(state_dir: Path, reader: asyncio.StreamReader, writer: as
             await writer.wait_closed()
 
 
-def dns_reply(wire: bytes) -> tuple[bytes, str, str] | None:
-    """Answer one query from the fixed zone; None for anything that is not a parseable query."""
+def dns_reply(wire: bytes, *, servfail: bool = False) -> tuple[bytes, str, str] | None:
+    """Answer one query from the fixed zone (`servfail`: answer SERVFAIL instead); None for anything that is
+    not a parseable query."""
     try:
         query = dns.message.from_wire(wire)
     except (dns.exception.DNSException, ValueError):  # garbage: a resolver just drops it
@@ -232,13 +260,17 @@ def dns_reply(wire: bytes) -> tuple[bytes, str, str] | None:
     response = dns.message.make_response(query)
     response.flags |= dns.flags.AA
     zone = ZONE4 if question.rdtype == dns.rdatatype.A else ZONE6
-    if name not in ZONE4:
+    if servfail:
+        response.flags &= ~dns.flags.AA
+        response.set_rcode(dns.rcode.SERVFAIL)
+    elif name not in ZONE4:
         response.set_rcode(dns.rcode.NXDOMAIN)
-    elif question.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+    elif question.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) and name in zone:
         response.answer.append(
             dns.rrset.from_text(question.name, TTL, dns.rdataclass.IN, question.rdtype, zone[name])
         )
-    # Other types for a known name: NOERROR with no answer (NODATA), like a real authoritative server.
+    # Other types for a known name (AAAA for an IPv4-only site too): NOERROR with no answer (NODATA), like a
+    # real authoritative server.
     return response.to_wire(), name, dns.rdatatype.to_text(question.rdtype)
 
 
@@ -252,7 +284,7 @@ class _DNSProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        reply = dns_reply(data)
+        reply = dns_reply(data, servfail=_read_mode(self.state_dir, "dns-mode") == "servfail")
         if reply is None or self.transport is None:
             return
         wire, name, rdtype = reply
