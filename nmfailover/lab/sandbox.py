@@ -23,6 +23,13 @@ The download comes from a server one hop further (created on first use):
 
 A server in the upstream namespace itself could not fill that queue: the kernel holds a local sender to a
 millisecond or so of data in its own device queues (TCP small queues); a forwarded flow is not held back.
+
+Faults: `Upstream`'s methods, one class of failure each (silent death, a dead or failing resolver, refused
+or hung connections, a captive portal, loss each way or one way, a pulled cable); heal() undoes any.
+
+A user: `Topology.user_traffic()` runs a browser-like client (nmfailover.lab.usertraffic) in the host
+namespace, resolving through glibc with the lab's resolv.conf, or NetworkManager's (NMLab.nm_resolv_conf),
+as /etc/resolv.conf in a private mount namespace, and records every attempt.
 """
 
 from __future__ import annotations
