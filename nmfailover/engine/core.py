@@ -71,7 +71,7 @@ class Engine:
             self.detection,
             prober,
             self.supervisor,
-            lambda: self.current,
+            lambda: self.uplinks[self.current] if self.current is not None else None,
             self.reconcile,
             rx_counter=rx_counter,
             echo=echo if settings.heartbeat else None,

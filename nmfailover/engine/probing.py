@@ -24,6 +24,7 @@ from ..detection import (
     max_silence,
     plan,
 )
+from ..policy import Health
 from ..probe import Link, RoundResult, Target
 from .state import Uplink
 from .supervisor import Supervisor
@@ -47,7 +48,7 @@ class ProbeScheduler:
         params: DetectionParams,
         prober: Prober,
         supervisor: Supervisor,
-        current: Callable[[], int | None],
+        current: Callable[[], Uplink | None],
         after_round: Callable[[], Awaitable[None]],
         *,
         rx_counter: RxCounter | None = None,
@@ -76,8 +77,11 @@ class ProbeScheduler:
         return Situation(
             now=self.clock(),
             # Uplinks we would rather be on are watched as closely as the one carrying traffic, so a
-            # recovered primary is noticed in seconds; the rest (often metered) less often.
-            standby=current is not None and uplink.index > current,
+            # recovered primary is noticed in seconds; the rest (often metered) less often, unless the one
+            # carrying traffic is down: then they are all there is to hope for.
+            standby=current is not None
+            and uplink.index > current.index
+            and current.health.health is Health.UP,
             ipv6=uplink.link.gateway6 is not None,
             proof_due=uplink.proof_due,
             evidence=evidence,
