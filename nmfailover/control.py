@@ -12,6 +12,8 @@ Methods (interface net.nmfailover.Failover1, object /net/nmfailover/Failover1):
   Prefer(s uplink, d seconds)     pin an uplink; 0 seconds = until ClearPreference
   ClearPreference()
 Signal Switched(s from, s to, s reason, s details): profile ids, and the SwitchEvent as JSON.
+Signal DnsMoved(s profile, as servers, s reason): an uplink's name resolution moved to `servers` while its
+traffic stays (its resolvers are dead behind a live path), or given back to its own (servers empty).
 A bad argument gets the error net.nmfailover.Failover1.Error.InvalidArgs with a one-line message; anything
 else that goes wrong is a bug: logged with its traceback and answered with ...Error.Failed.
 """
@@ -26,7 +28,7 @@ from typing import Any
 from loguru import logger
 
 from .bus import BusType, Message, MessageBus, MessageFlag, MessageType
-from .engine import Operator, SwitchEvent
+from .engine import DnsMoved, Operator, SwitchEvent
 from .engine.supervisor import Liveness
 from .errors import ControlAccessDenied, ControlCallFailed, ControlError, DaemonNotRunning, InvalidRequest
 
@@ -71,6 +73,11 @@ INTROSPECTION = (
       <arg name="to" type="s"/>
       <arg name="reason" type="s"/>
       <arg name="details_json" type="s"/>
+    </signal>
+    <signal name="DnsMoved">
+      <arg name="profile" type="s"/>
+      <arg name="servers" type="as"/>
+      <arg name="reason" type="s"/>
     </signal>
   </interface>
   <interface name="{_INTROSPECTABLE}">
@@ -192,6 +199,21 @@ class ControlService:
                 member="Switched",
                 signature="ssss",
                 body=[event.from_profile, event.to_profile, event.reason, json.dumps(event.as_dict())],
+            )
+        )
+
+    async def on_dns(self, moved: DnsMoved) -> None:
+        """A DNS listener: broadcast the DnsMoved signal."""
+        if self._bus is None:
+            return
+        await self._bus.send(
+            Message(
+                message_type=MessageType.SIGNAL,
+                path=OBJECT_PATH,
+                interface=INTERFACE,
+                member="DnsMoved",
+                signature="sass",
+                body=[moved.profile, list(moved.servers), moved.reason],
             )
         )
 

@@ -84,6 +84,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
         profiles,
         prober,
         listeners=listeners,
+        dns_listeners=[control.on_dns],
         failback_guard=hooks.failback_guard if settings.failback_guard is not None else None,
         echo=_heartbeats(settings, echo),
         dns_check=dns_round,

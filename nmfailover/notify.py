@@ -1,5 +1,6 @@
 """`nmfailover notify`: the desktop notice. An agent in the user's graphical session that listens for the
-daemon's Switched signal on the system bus and shows one notification per switch through
+daemon's Switched and DnsMoved signals on the system bus and shows one notification per switch (or move of
+name resolution) through
 org.freedesktop.Notifications on the session bus. Each notification replaces the previous one, and while
 the uplinks flap (more than `flap_count` switches within `flap_window` seconds) it becomes a summary,
 "nmfailover: 5 switches in the last minute, now on backup (wwan0)", updated in place.
@@ -49,10 +50,14 @@ _NOTIFICATIONS = (
 SWITCHED_MATCH = (
     f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',member='Switched',path='{OBJECT_PATH}'"
 )
+DNS_MATCH = (
+    f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',member='DnsMoved',path='{OBJECT_PATH}'"
+)
 OWNER_MATCH = (
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
     f"member='NameOwnerChanged',arg0='{BUS_NAME}'"
 )
+_SIGNATURES = {"Switched": "ssss", "DnsMoved": "sass"}
 _REQUEST_NAME_DO_NOT_QUEUE = 0x4
 _PRIMARY_OWNER = 1
 _URGENCY_NORMAL = 1
@@ -102,6 +107,21 @@ class Switch:
 
 
 @dataclass(frozen=True)
+class DnsMove:
+    """One DnsMoved signal: an uplink's lookups moved to `servers` (its resolvers are dead, its line is
+    not), or given back to its own (no servers)."""
+
+    profile: str
+    servers: tuple[str, ...]
+    reason: str
+
+    @classmethod
+    def from_signal(cls, body: Sequence[Any]) -> DnsMove:
+        profile, servers, reason = body
+        return cls(str(profile), tuple(str(s) for s in servers), str(reason))
+
+
+@dataclass(frozen=True)
 class Notice:
     summary: str
     body: str
@@ -145,11 +165,27 @@ class NoticeBoard:
             summary = f"{APP_NAME}: now on {switch.where}"
         return Notice(summary, switch.reason, "network-transmit-receive")
 
+    @staticmethod
+    def dns_notice(move: DnsMove) -> Notice:
+        """What a move of name resolution looks like: it never counts toward flapping (no traffic moved)."""
+        if move.servers:
+            return Notice(
+                f"{APP_NAME}: lookups moved off {move.profile}",
+                f"{move.profile}'s name servers do not answer, its line does: names are looked up through "
+                f"{', '.join(move.servers)} while traffic stays on {move.profile}.",
+                "network-transmit-receive",
+            )
+        return Notice(
+            f"{APP_NAME}: {move.profile}'s name servers answer again",
+            f"Names are looked up through {move.profile}'s own name servers again.",
+            "network-transmit-receive",
+        )
+
 
 class NoticeAgent:
     def __init__(self, board: NoticeBoard) -> None:
         self.board = board
-        self._switches: asyncio.Queue[Switch] = asyncio.Queue()
+        self._switches: asyncio.Queue[Switch | DnsMove] = asyncio.Queue()
         self._owner: str | None = None  # unique name of the daemon's connection
         self._owner_changes = 0
         self._session: Any = None
@@ -215,7 +251,7 @@ class NoticeAgent:
         bus = await _connect(BusType.SYSTEM, "system")
         bus.add_message_handler(self._on_system_message)
         try:
-            for rule in (OWNER_MATCH, SWITCHED_MATCH):
+            for rule in (OWNER_MATCH, SWITCHED_MATCH, DNS_MATCH):
                 await _call(bus, *_DBUS, "AddMatch", "s", [rule])
             changes = self._owner_changes
             try:
@@ -245,16 +281,18 @@ class NoticeAgent:
             new_owner = msg.body[2] or None
             self._owner, self._owner_changes = new_owner, self._owner_changes + 1
             logger.info("the daemon {}", "started" if new_owner else "stopped")
-        elif msg.interface == INTERFACE and msg.member == "Switched" and msg.path == OBJECT_PATH:
+        elif msg.interface == INTERFACE and msg.member in _SIGNATURES and msg.path == OBJECT_PATH:
             # Signals sent to us directly bypass the bus's match rules: check the sender here as well.
             if msg.sender != self._owner:
                 logger.warning(
-                    "ignored a Switched signal from {}, which does not own {}", msg.sender, BUS_NAME
+                    "ignored a {} signal from {}, which does not own {}", msg.member, msg.sender, BUS_NAME
                 )
-            elif msg.signature != "ssss":
-                logger.warning("ignored a Switched signal with arguments ({})", msg.signature)
-            else:
+            elif msg.signature != _SIGNATURES[msg.member]:
+                logger.warning("ignored a {} signal with arguments ({})", msg.member, msg.signature)
+            elif msg.member == "Switched":
                 self._switches.put_nowait(Switch.from_signal(msg.body))
+            else:
+                self._switches.put_nowait(DnsMove.from_signal(msg.body))
         return False
 
     # -- the session bus ----------------------------------------------------------------------------
@@ -262,8 +300,12 @@ class NoticeAgent:
     async def _show_notices(self) -> None:
         # One at a time: each Notify must name the id the previous one got.
         while True:
-            switch = await self._switches.get()
-            notice = self.board.notice(switch)
+            received = await self._switches.get()
+            notice = (
+                self.board.notice(received)
+                if isinstance(received, Switch)
+                else self.board.dns_notice(received)
+            )
             if notice is None:
                 continue
             try:

@@ -271,6 +271,19 @@ class FakeDaemon:
             )
         )
 
+    async def dns_moved(self, profile: str, servers: list[str], reason: str) -> None:
+        # As ControlService.on_dns sends it.
+        await self.bus.send(
+            Message(
+                message_type=MessageType.SIGNAL,
+                path=OBJECT_PATH,
+                interface=INTERFACE,
+                member="DnsMoved",
+                signature="sass",
+                body=[profile, servers, reason],
+            )
+        )
+
     async def unique_name_of(self, uid: int) -> str:
         (names,) = await _call(self.bus, "ListNames")
         for name in names:
@@ -468,6 +481,35 @@ def test_one_notice_per_switch_each_replacing_the_last_and_flapping_summed_up(wo
     assert [c["app_icon"] for c in calls] == ["network-transmit-receive"] * 3 + ["network-error"] * 2
     # The broadcast by the impostor never reached the agent: the bus matched on the name's owner.
     assert agent.text().count("ignored a Switched signal") == 1
+    assert agent.stop() == 0
+
+
+def test_moving_name_resolution_is_told_and_never_counts_as_flapping(world: World) -> None:
+    agent = world.agent("--flap-count", "1")
+    agent.wait_log(r"listening for switches on the system bus \(daemon not running\)")
+    thread = world.start_clients()
+    daemon = world.daemon()
+    agent.wait_log(r"the daemon started")
+    thread.run(daemon.dns_moved("Fiber", ["198.51.100.53"], "its resolvers fail while its path answers"))
+    _notices(world, 1)
+    thread.run(daemon.dns_moved("Fiber", [], "its resolvers answer again"))
+    _notices(world, 2)
+    thread.run(daemon.switched("failover", "backup", "primary (wana) is down; moving to backup (wanb)"))
+    calls = _calls(world, 3)
+    assert [(c["summary"], c["body"]) for c in calls] == [
+        (
+            "nmfailover: lookups moved off Fiber",
+            "Fiber's name servers do not answer, its line does: names are looked up through 198.51.100.53 "
+            "while traffic stays on Fiber.",
+        ),
+        (
+            "nmfailover: Fiber's name servers answer again",
+            "Names are looked up through Fiber's own name servers again.",
+        ),
+        # One switch after two moves of DNS is no flapping, even at a flap count of one.
+        ("nmfailover: now on backup (wanb)", "primary (wana) is down; moving to backup (wanb)"),
+    ]
+    assert _chained(calls) == [0, *(c["returned_id"] for c in calls[:-1])]
     assert agent.stop() == 0
 
 

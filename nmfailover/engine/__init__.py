@@ -1,12 +1,14 @@
 """The daemon's engine: probe scheduling (probing), event intake (intake), actuation (actuator), the
 operator's API (operator), all run by core.Engine under one supervisor (supervisor)."""
 
-from .core import Engine, FailbackGuard, SwitchListener
+from .core import DnsListener, Engine, FailbackGuard, SwitchListener
 from .operator import Operator
-from .state import SwitchEvent, Uplink, UplinkView, role_name
+from .state import DnsMoved, SwitchEvent, Uplink, UplinkView, role_name
 from .supervisor import Supervisor
 
 __all__ = [
+    "DnsListener",
+    "DnsMoved",
     "Engine",
     "FailbackGuard",
     "Operator",

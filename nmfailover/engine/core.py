@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
 
 from loguru import logger
 
@@ -17,10 +18,12 @@ from .actuator import Actuator, NetworkManagerPort
 from .evidence import TrafficEvidence
 from .intake import IDLE_BEAT, EventIntake
 from .probing import DnsChecker, Echoer, HttpChecker, Prober, ProbeScheduler, RxCounter
-from .state import Override, SwitchEvent, Uplink
+from .state import DnsMoved, Override, SwitchEvent, Uplink
 from .supervisor import Job, Supervisor
 
 SwitchListener = Callable[[SwitchEvent], Awaitable[None]]
+DnsListener = Callable[[DnsMoved], Awaitable[None]]
+_Event = TypeVar("_Event", SwitchEvent, DnsMoved)
 # How recent a proof of the uplink traffic moves to must be when the one it leaves was in no doubt (a pin,
 # a failover test, a pulled cable).
 FRESH_PROOF = 5.0
@@ -37,6 +40,7 @@ class Engine:
         prober: Prober,
         *,
         listeners: Sequence[SwitchListener] = (),
+        dns_listeners: Sequence[DnsListener] = (),
         failback_guard: FailbackGuard | None = None,
         supervisor: Supervisor | None = None,
         rx_counter: RxCounter | None = None,
@@ -89,11 +93,12 @@ class Engine:
         self.ready = asyncio.Event()
         self._evidence = evidence
         self._listeners = tuple(listeners)
+        self._dns_listeners = tuple(dns_listeners)
         self._failback_guard = failback_guard
         self._vetoed_until: float | None = None
         self._apply_lock = asyncio.Lock()
         self._deadlines_changed = asyncio.Event()
-        self._switched: asyncio.Queue[SwitchEvent] = asyncio.Queue()
+        self._switched: asyncio.Queue[SwitchEvent | DnsMoved] = asyncio.Queue()
         self._stopping = asyncio.Event()
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -177,14 +182,18 @@ class Engine:
             if servers == self.actuator.dns_wanted.get(uplink.index, ()):
                 continue
             if servers:
+                reason = f"its resolvers fail ({uplink.watch.dns.detail}) while its path answers"
                 logger.warning(
-                    "{}: its resolvers are dead, its path is not: name resolution moved to {}",
-                    uplink.label,
-                    ", ".join(servers),
+                    "{}: {}: name resolution moved to {}", uplink.label, reason, ", ".join(servers)
                 )
             else:
-                logger.info("{}: name resolution back on its own resolvers", uplink.label)
+                reason = "its resolvers answer again"
+                logger.info("{}: {}: name resolution back on them", uplink.label, reason)
             await self.actuator.override_dns(uplink.index, servers)
+            device = uplink.link.interface or ""
+            self._switched.put_nowait(
+                DnsMoved(uplink.profile.id, uplink.role, device, servers, reason, time.time())
+            )
 
     async def _reconcile_route(self) -> None:
         self._deadlines_changed.set()
@@ -331,15 +340,20 @@ class Engine:
                 await self.reconcile()
 
     async def _notify_listeners(self) -> None:
-        """Each switch to every listener, in the background: a slow hook never holds up the next switch."""
+        """Each switch (and each move of DNS) to every listener, in the background: a slow hook never holds
+        up the next switch."""
         async with asyncio.TaskGroup() as group:
             while True:
-                event = await self._switched.get()
-                for listener in self._listeners:
-                    group.create_task(_notify(listener, event))
+                match await self._switched.get():
+                    case SwitchEvent() as switched:
+                        for listener in self._listeners:
+                            group.create_task(_notify(listener, switched))
+                    case DnsMoved() as moved:
+                        for dns_listener in self._dns_listeners:
+                            group.create_task(_notify(dns_listener, moved))
 
 
-async def _notify(listener: SwitchListener, event: SwitchEvent) -> None:
+async def _notify(listener: Callable[[_Event], Awaitable[None]], event: _Event) -> None:
     try:
         await listener(event)
     except Exception as exc:  # noqa: BLE001 - a listener's failure must never stop switching

@@ -96,6 +96,19 @@ class SwitchEvent:
 
 
 @dataclass(frozen=True)
+class DnsMoved:
+    """Name resolution moved off an uplink whose resolvers are dead behind a live path (servers: where it
+    goes now), or given back to them (servers empty); the traffic stays where it is."""
+
+    profile: str
+    role: str
+    device: str
+    servers: tuple[str, ...]
+    reason: str
+    at: float  # wall-clock time (seconds since the epoch)
+
+
+@dataclass(frozen=True)
 class Override:
     """An operator's pin or failover test on one uplink, until a monotonic time or for good (None)."""
 
