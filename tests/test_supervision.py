@@ -17,20 +17,24 @@ pytestmark = pytest.mark.lab
 
 INJECT = """
 import sys
+import time
+import nmfailover.echo as echo
 import nmfailover.probe as probe
 
-real = probe.probe_round
-rounds = {"wana": 0}
+# The first round (its steps within the first seconds) decides the start; every later step hits the bug.
+started = time.monotonic()
 
-async def crashing(link, targets, timeout, needed):
-    if link.interface == "wana":
-        rounds["wana"] += 1
-        if rounds["wana"] > 1:  # the first round decides the start; every later one hits the bug
+def crashing(real):
+    async def step(link, *args):
+        if getattr(link, "interface", link) == "wana" and time.monotonic() - started > 3:
             raise RuntimeError("injected crash in the primary's probe loop")
-    return await real(link, targets, timeout, needed)
+        return await real(link, *args)
+    return step
 
-probe.probe_round = crashing
-from nmfailover.cli import main  # after the patch: the daemon takes its prober when imported
+probe.probe_round = crashing(probe.probe_round)
+echo.echo_round = crashing(echo.echo_round)
+probe.dns_round = crashing(probe.dns_round)
+from nmfailover.cli import main  # after the patch: the daemon takes its steps' senders when imported
 sys.exit(main(["run"]))
 """
 
