@@ -392,3 +392,10 @@ def test_the_users_silence_is_a_strike_confirmed_by_a_burst() -> None:
     assert watch.health.consecutive_failures == 1  # so one silent burst makes it down
     watch, _, _ = fold(watch, step, Observed(echoes(0, 8)), at(100.8), PARAMS)
     assert watch.health.health is Health.DOWN
+
+
+def test_a_passing_proof_counts_as_both_cheap_checks() -> None:
+    stale = replace(HEALTHY, dns_checked_at=0.0, http_checked_at=0.0)
+    proved, _, _ = fold_proof(stale, round_of(answer()))
+    _, step = plan(proved, at(103.0), PARAMS)
+    assert isinstance(step, Echo) and step.purpose is Purpose.HEARTBEAT
