@@ -185,25 +185,18 @@ class ControlService:
                     # Logged at every attempt: a name held by someone else needs a person.
                     logger.error("control interface: {} (attempt {})", exc, attempt)
 
-    # -- switch signal ------------------------------------------------------------------------------
+    # -- signals ------------------------------------------------------------------------------------
 
     async def on_switch(self, event: SwitchEvent) -> None:
         """A switch listener: broadcast the Switched signal."""
-        if self._bus is None:
-            return
-        await self._bus.send(
-            Message(
-                message_type=MessageType.SIGNAL,
-                path=OBJECT_PATH,
-                interface=INTERFACE,
-                member="Switched",
-                signature="ssss",
-                body=[event.from_profile, event.to_profile, event.reason, json.dumps(event.as_dict())],
-            )
-        )
+        details = json.dumps(event.as_dict())
+        await self._signal("Switched", "ssss", [event.from_profile, event.to_profile, event.reason, details])
 
     async def on_dns(self, moved: DnsMoved) -> None:
         """A DNS listener: broadcast the DnsMoved signal."""
+        await self._signal("DnsMoved", "sass", [moved.profile, list(moved.servers), moved.reason])
+
+    async def _signal(self, member: str, signature: str, body: list[Any]) -> None:
         if self._bus is None:
             return
         await self._bus.send(
@@ -211,9 +204,9 @@ class ControlService:
                 message_type=MessageType.SIGNAL,
                 path=OBJECT_PATH,
                 interface=INTERFACE,
-                member="DnsMoved",
-                signature="sass",
-                body=[moved.profile, list(moved.servers), moved.reason],
+                member=member,
+                signature=signature,
+                body=body,
             )
         )
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import FrameType
 
 import pytest
 
+from nmfailover import transport as transport_module
 from nmfailover.lab.sandbox import NMLab, Topology, cleanup_leftovers, lab_available
 
 
@@ -64,3 +66,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # namespaces, their processes and temp dirs go now.
     if lab_available() is None:
         cleanup_leftovers(os.getpid())
+
+
+# Starts a DNS responder on a loopback address; every responder of a test shares one free port, which the
+# transport is pointed at (its DNS_PORT).
+LoopbackDns = Callable[[str, asyncio.DatagramProtocol], Awaitable[None]]
+
+
+@pytest.fixture
+async def loopback_dns(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LoopbackDns]:
+    loop = asyncio.get_running_loop()
+    transports: list[asyncio.BaseTransport] = []
+    port = 0
+
+    async def start(address: str, responder: asyncio.DatagramProtocol) -> None:
+        nonlocal port
+        transport, _ = await loop.create_datagram_endpoint(lambda: responder, local_addr=(address, port))
+        port = transport.get_extra_info("sockname")[1]
+        monkeypatch.setattr(transport_module, "DNS_PORT", port)
+        transports.append(transport)
+
+    yield start
+    for transport in transports:
+        transport.close()

@@ -16,7 +16,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,6 +29,7 @@ import pytest
 from nmfailover import transport as transport_module
 from nmfailover.lab.sandbox import Topology, Upstream
 from nmfailover.probe import KeptAliveProbe, Link, Reason, Target, dns_check
+from tests.conftest import LoopbackDns
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="SO_BINDTODEVICE needs CAP_NET_RAW")
@@ -382,39 +383,18 @@ class Resolver(asyncio.DatagramProtocol):
         self.transport.sendto(reply.to_wire(), addr)
 
 
-@pytest.fixture
-async def resolvers(
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[Callable[[str, Resolver], Awaitable[None]]]:
-    """Resolvers on loopback addresses, all on one free port that the checks are pointed at."""
-    loop = asyncio.get_running_loop()
-    transports: list[asyncio.BaseTransport] = []
-    port = 0
-
-    async def start(address: str, resolver: Resolver) -> None:
-        nonlocal port
-        transport, _ = await loop.create_datagram_endpoint(lambda: resolver, local_addr=(address, port))
-        port = transport.get_extra_info("sockname")[1]
-        monkeypatch.setattr(transport_module, "DNS_PORT", port)
-        transports.append(transport)
-
-    yield start
-    for transport in transports:
-        transport.close()
-
-
 @needs_root
 async def test_dns_check_a_refusing_resolver_answered(
-    resolvers: Callable[[str, Resolver], Awaitable[None]],
+    loopback_dns: LoopbackDns,
 ) -> None:
-    await resolvers("127.0.0.2", Resolver(dns.rcode.SERVFAIL))
-    await resolvers("127.0.0.3", Resolver(dns.rcode.REFUSED))
+    await loopback_dns("127.0.0.2", Resolver(dns.rcode.SERVFAIL))
+    await loopback_dns("127.0.0.3", Resolver(dns.rcode.REFUSED))
     result = await dns_check(Link("lo", ("127.0.0.2", "127.0.0.3")), "target.test", 1.0)
     assert (result.reason, result.unanswered) == (Reason.DNS, False), result  # answers, not silence
     assert result.detail == "target.test: 127.0.0.2: SERVFAIL; 127.0.0.3: REFUSED"
     assert result.failed_nameservers == ("127.0.0.2", "127.0.0.3")
 
-    await resolvers("127.0.0.4", Resolver(dns.rcode.NOERROR))
+    await loopback_dns("127.0.0.4", Resolver(dns.rcode.NOERROR))
     result = await dns_check(Link("lo", ("127.0.0.2", "127.0.0.4")), "target.test", 1.0)
     assert result.ok and result.failed_nameservers == ("127.0.0.2",), result
     assert result.detail == "target.test: 127.0.0.2: SERVFAIL; 127.0.0.4: 127.0.0.1"
@@ -423,11 +403,11 @@ async def test_dns_check_a_refusing_resolver_answered(
 
 @needs_root
 async def test_dns_check_names_a_nameserver_cut_short_by_the_deadline(
-    resolvers: Callable[[str, Resolver], Awaitable[None]], monkeypatch: pytest.MonkeyPatch
+    loopback_dns: LoopbackDns, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # As when a stalled event loop fires the nameserver's timer and the check's at once: the check's wins.
     monkeypatch.setattr(transport_module, "DNS_SHARE", 2.0)
-    await resolvers("127.0.0.2", Resolver(None))
+    await loopback_dns("127.0.0.2", Resolver(None))
     result = await dns_check(Link("lo", ("127.0.0.2",)), "target.test", 0.2)
     assert (result.reason, result.unanswered) == (Reason.DNS, True), result
     assert result.failed_nameservers == ("127.0.0.2",)

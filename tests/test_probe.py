@@ -37,6 +37,7 @@ from nmfailover.probe import (
     probe,
     probe_round,
 )
+from tests.conftest import LoopbackDns
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="SO_BINDTODEVICE needs CAP_NET_RAW")
 
@@ -522,33 +523,12 @@ class Responder(asyncio.DatagramProtocol):
         self.transport.sendto(reply.to_wire(), addr)
 
 
-@pytest.fixture
-async def dns_port(
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[Callable[[str, Responder], Awaitable[None]]]:
-    """Start responders on loopback addresses, all on one free port that the probe is pointed at."""
-    loop = asyncio.get_running_loop()
-    transports: list[asyncio.BaseTransport] = []
-    port = 0
-
-    async def start(address: str, responder: Responder) -> None:
-        nonlocal port
-        transport, _ = await loop.create_datagram_endpoint(lambda: responder, local_addr=(address, port))
-        port = transport.get_extra_info("sockname")[1]
-        monkeypatch.setattr(transport_module, "DNS_PORT", port)
-        transports.append(transport)
-
-    yield start
-    for transport in transports:
-        transport.close()
-
-
 @needs_root
 async def test_dns_resolves_through_link_nameserver_and_keeps_host_header(
-    serve: Callable[[Handler], Awaitable[Server]], dns_port: Callable[[str, Responder], Awaitable[None]]
+    serve: Callable[[Handler], Awaitable[Server]], loopback_dns: LoopbackDns
 ) -> None:
     responder = Responder({"target.test": "127.0.0.1"})
-    await dns_port("127.0.0.1", responder)
+    await loopback_dns("127.0.0.1", responder)
     requests: list[bytes] = []
     server = await serve(http_server(b"HTTP/1.1 204 No Content\r\n\r\n", requests))
     result = await probe(
@@ -560,15 +540,15 @@ async def test_dns_resolves_through_link_nameserver_and_keeps_host_header(
 
 
 @needs_root
-async def test_dns_nxdomain(dns_port: Callable[[str, Responder], Awaitable[None]]) -> None:
-    await dns_port("127.0.0.1", Responder({}))
+async def test_dns_nxdomain(loopback_dns: LoopbackDns) -> None:
+    await loopback_dns("127.0.0.1", Responder({}))
     result = await probe(Link("lo", ("127.0.0.1",)), Target("http://missing.test/", 204), 2.0)
     assert (result.reason, result.detail) == (Reason.DNS, "missing.test: NXDOMAIN from 127.0.0.1")
 
 
 @needs_root
-async def test_dns_silent_server(dns_port: Callable[[str, Responder], Awaitable[None]]) -> None:
-    await dns_port("127.0.0.1", Responder({"target.test": "127.0.0.1"}, mute=True))
+async def test_dns_silent_server(loopback_dns: LoopbackDns) -> None:
+    await loopback_dns("127.0.0.1", Responder({"target.test": "127.0.0.1"}, mute=True))
     result = await probe(Link("lo", ("127.0.0.1",)), Target("http://target.test/", 204), T)
     assert (result.reason, result.detail) == (Reason.DNS, "target.test: no answer from 127.0.0.1")
     assert result.latency < T + 0.1
@@ -576,12 +556,12 @@ async def test_dns_silent_server(dns_port: Callable[[str, Responder], Awaitable[
 
 @needs_root
 async def test_dns_falls_back_to_next_nameserver(
-    serve: Callable[[Handler], Awaitable[Server]], dns_port: Callable[[str, Responder], Awaitable[None]]
+    serve: Callable[[Handler], Awaitable[Server]], loopback_dns: LoopbackDns
 ) -> None:
     mute = Responder({}, mute=True)
     good = Responder({"target.test": "127.0.0.1"})
-    await dns_port("127.0.0.2", mute)
-    await dns_port("127.0.0.3", good)
+    await loopback_dns("127.0.0.2", mute)
+    await loopback_dns("127.0.0.3", good)
     server = await serve(http_server(b"HTTP/1.1 204 No Content\r\n\r\n"))
     link = Link("lo", ("127.0.0.2", "127.0.0.3"))
     result = await probe(link, Target(f"http://target.test:{server.port}/", 204), 1.0)
@@ -591,9 +571,9 @@ async def test_dns_falls_back_to_next_nameserver(
 
 @needs_root
 async def test_dns_missing_aaaa_answer_does_not_stall(
-    serve: Callable[[Handler], Awaitable[Server]], dns_port: Callable[[str, Responder], Awaitable[None]]
+    serve: Callable[[Handler], Awaitable[Server]], loopback_dns: LoopbackDns
 ) -> None:
-    await dns_port("127.0.0.1", Responder({"target.test": "127.0.0.1"}, mute_aaaa=True))
+    await loopback_dns("127.0.0.1", Responder({"target.test": "127.0.0.1"}, mute_aaaa=True))
     server = await serve(http_server(b"HTTP/1.1 204 No Content\r\n\r\n"))
     result = await probe(Link("lo", ("127.0.0.1",)), Target(f"http://target.test:{server.port}/", 204), 3.0)
     assert result.ok, result
