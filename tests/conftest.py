@@ -60,6 +60,16 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
 
 
+LAB_FIXTURES = frozenset({"topology", "nmlab", "nmlab3"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test that builds namespaces is a lab test by its fixtures, whether or not its module says so.
+    for item in items:
+        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.lab)
+
+
 @pytest.hookimpl(trylast=True)  # after pytest's own session teardown of fixtures
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # Session-wide guard: whatever a test leaked (a lab never closed, a crashed teardown), this run's
