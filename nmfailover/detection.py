@@ -120,6 +120,7 @@ class Situation:
     standby: bool = False  # less preferred than the uplink carrying traffic: watched more frugally
     ipv6: bool = False  # it has an IPv6 default gateway, whose path is judged on its own
     proof_due: bool = False  # something happened to it (a link event, a request): a proof, not an echo
+    resolvers: bool = True  # it has resolvers of its own to check
     evidence: Evidence = Evidence()
 
 
@@ -234,9 +235,11 @@ def plan(watch: Watch, situation: Situation, params: DetectionParams) -> tuple[W
     """The round's first step."""
     now, evidence = situation.now, situation.evidence
     watch = replace(watch, probed_at=now)
-    peer = watch.echo_peer
-    echoes = params.heartbeat and not watch.echo_off and peer is not None and watch.proved_at is not None
-    if peer is None or not echoes or watch.health.health is not Health.UP or situation.proof_due:
+    peer, proved_at = watch.echo_peer, watch.proved_at
+    echoes = params.heartbeat and not watch.echo_off
+    if peer is None or proved_at is None or not echoes or watch.health.health is not Health.UP:
+        return _proof(watch, params)
+    if situation.proof_due:
         return _proof(watch, params)
     burst = Echo(peer, params.echo_burst, echo_timeout(watch, peer, params), Purpose.CONFIRM)
     if watch.health.consecutive_failures:
@@ -254,13 +257,14 @@ def plan(watch: Watch, situation: Situation, params: DetectionParams) -> tuple[W
         # to quieten down, and heartbeats tell a cut meanwhile.
         return watch, heartbeat
     every = params.standby_proof_interval if situation.standby else params.proof_interval
-    if now - watch.proved_at >= every:  # type: ignore[operator]  # echoes: proved_at is set
+    if now - proved_at >= every:
         return _proof(watch, params)
     if situation.standby:
         return watch, heartbeat  # a candidate is proved before it takes traffic (the engine sees to it)
     pace = params.traffic_check_interval if evidence.active else None
     dns_due = _due(watch.dns_checked_at, pace or params.dns_interval, now)
-    if params.dns_checks and (dns_due or evidence.dns_failing or (watch.dns.failures and not watch.dns.dead)):
+    dns_doubt = evidence.dns_failing or (watch.dns.failures and not watch.dns.dead)
+    if params.dns_checks and situation.resolvers and (dns_due or dns_doubt):
         name = _host(watch.http_target or params.targets[0])
         return replace(watch, dns_checked_at=now), DnsCheck(
             name, _timeout(watch, dns_target(name).url, params)

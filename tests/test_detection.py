@@ -108,6 +108,7 @@ PLAN_CASES: list[tuple[str, Watch, Situation, type[Step], Purpose | None]] = [
     ("standby: its proof interval", HEALTHY, at(PROOF_DUE - 1, standby=True), Echo, Purpose.HEARTBEAT),
     ("standby: no cheap layers", HEALTHY, at(130.0, standby=True), Echo, Purpose.HEARTBEAT),
     ("DNS check due", HEALTHY, at(115.0), DnsCheck, None),
+    ("no resolvers of its own: no DNS check", replace(HEALTHY, http_target=None), at(115.0, resolvers=False), Echo, Purpose.HEARTBEAT),
     ("DNS in doubt: checked again", replace(HEALTHY, dns=DnsHealth(failures=1)), at(100.5), DnsCheck, None),
     ("HTTP check due", replace(HEALTHY, dns_checked_at=110.0), at(115.0), HttpCheck, None),
     ("no address for HTTP yet", replace(HEALTHY, dns_checked_at=110.0, http_address=None), at(115.0), Echo, Purpose.HEARTBEAT),

@@ -84,6 +84,7 @@ class ProbeScheduler:
             and current.health.health is Health.UP,
             ipv6=uplink.link.gateway6 is not None,
             proof_due=uplink.proof_due,
+            resolvers=bool(self._nameservers(uplink)),
             evidence=evidence,
         )
 
