@@ -30,6 +30,7 @@ from bench.measure import RouteStory, RouteWatch, Soak, inject_fault
 from bench.methods import running
 from bench.scenarios.brownout import HEAVY_LOSS, LIGHT_LOSS
 from bench.scenarios.load import QUEUE_MS, QUEUE_READY, RATE_KBIT
+from nmfailover.config import Settings
 from nmfailover.lab.sandbox import NMLab, Upstream, UserTraffic
 from nmfailover.lab.usertraffic import INTERVAL as USER_INTERVAL
 from nmfailover.lab.usertraffic import UserAttempt, first_after
@@ -39,6 +40,13 @@ SOAK_SECONDS = 60.0
 DNS_OK_WITHIN = 1.0  # a lookup answered this fast again means name resolution works again
 LOOKUP_INTERVAL = 1.0  # the idle dead-resolver row's lookups
 TRAFFIC_WARMUP = 2.0  # user traffic before the fault: the method has seen it flow
+# A fault comes at any moment of every method's cycle, nmfailover's cheap checks included (every 15 s while
+# idle): the longest of them sets the span its moment is drawn from, the same for every method.
+PHASE_SPAN = max(
+    *(CYCLE[method] for method in STRESS_METHODS),
+    float(Settings.model_fields["http_check_interval"].default),
+    float(Settings.model_fields["dns_check_interval"].default),
+)
 ROUTE_STEP = 0.05  # RouteWatch's poll: seconds-scale figures, and several labs polling at once
 OBSERVE_AFTER = 1.0  # the route is watched this much longer after the repair (does it stay?)
 USER_GRACE = 5.0  # with traffic, then up to this much longer for the user's first good page
@@ -155,7 +163,7 @@ def run_timed(row: Row, mode: str, method: str, workdir: Path) -> Run:
         with _user(lab, row, mode, DETECT_LIMIT + 60) as traffic:
             if traffic is not None:
                 time.sleep(TRAFFIC_WARMUP)
-            time.sleep(random.uniform(0, CYCLE[method]))
+            time.sleep(random.uniform(0, PHASE_SPAN))
             watch = RouteWatch(lab, step=ROUTE_STEP)
             t0 = inject_fault(lab, row.fault)
             applied = now()  # what started before this may have slipped through before the fault was whole
