@@ -55,7 +55,7 @@ class Purpose(StrEnum):
     HEARTBEAT = "heartbeat"  # one echo: is the path still open
     CONFIRM = "confirm"  # bursts after a doubt: silent, lossy, or fine after all
     MEET = "meet"  # one echo to a new peer right after the proof that chose it
-    EXCUSE = "excuse"  # a burst after a proof that only timed out: loss, or a failure above the path
+    EXCUSE = "excuse"  # a burst after a step nothing answered: a silent path, loss, or a fault above it
     IPV6 = "ipv6"  # the IPv6 path on its own
 
 
@@ -73,6 +73,7 @@ class Echo:
     count: int
     timeout: float
     purpose: Purpose
+    after: Unanswered | None = None  # what an excuse burst judges
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,14 @@ class HttpCheck:
 
 
 Step = Proof | Echo | DnsCheck | HttpCheck
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    """A step that nothing answered: before it means anything about its layer, a burst asks the path."""
+
+    step: Proof | DnsCheck | HttpCheck
+    result: RoundResult
 
 
 @dataclass(frozen=True)
@@ -379,22 +388,20 @@ def fold(
             return replace(watch, echo_answered=result.ok), _ipv6_step(watch, situation, params), ()
         case Echo(purpose=Purpose.IPV6):
             return _fold_ipv6(watch, result, situation, params)
-        case Echo(purpose=Purpose.EXCUSE):
-            return _fold_excuse(watch, result, loaded, situation, params)
+        case Echo(purpose=Purpose.EXCUSE, after=Unanswered() as after):
+            return _fold_excuse(watch, after, result, loaded, situation, params)
         case Echo():
             watch = _busy(watch, result, loaded, observed.received)
             return _fold_echo(watch, step, result, loaded, situation, params)
         case Proof():
             watch = _busy(watch, result, loaded, observed.received)
-            return _fold_proof(watch, result, loaded, situation, params)
+            return _fold_proof(watch, step, result, loaded, situation, params)
+        case DnsCheck() | HttpCheck() if burst := _path_burst(watch, step, result, params):
+            return watch, burst, ()
         case DnsCheck():
             return _fold_dns(watch, result, situation, params)
         case HttpCheck():
-            if result.ok:
-                return watch, None, ()
-            note = Note(f"kept-alive check failed: {result.summary}; proving at once")
-            proof_watch, proof = _proof(watch, params)
-            return proof_watch, proof, (note,)
+            return _http_failed(watch, result, params) if not result.ok else (watch, None, ())
 
 
 def learn_answer_times(watch: Watch, result: RoundResult) -> Watch:
@@ -496,7 +503,12 @@ def loss_score(score: float, answered: int, sent: int, params: DetectionParams) 
 
 
 def _fold_proof(
-    watch: Watch, result: RoundResult, loaded: bool, situation: Situation, params: DetectionParams
+    watch: Watch,
+    step: Proof,
+    result: RoundResult,
+    loaded: bool,
+    situation: Situation,
+    params: DetectionParams,
 ) -> Folded:
     now = situation.now
     notes: list[Note] = []
@@ -513,18 +525,14 @@ def _fold_proof(
     if watch.busy_rx is not None:
         return watch, None, (*notes, Note(f"slow, not failed: {result.summary} while busy"))
     watch = replace(watch, last_round=result)
-    dns_fault = params.dns_failover and _dns_only(result)
-    if not result.ok and dns_fault and watch.health.health is Health.UP:
+    if watch.excused < params.loss_excuses and (burst := _path_burst(watch, step, result, params)):
+        return watch, burst, tuple(notes)
+    if not result.ok and _dns_fault(result, params) and watch.health.health is Health.UP:
         # The path answered up to name resolution: the resolvers' fault, which the DNS checks judge (and
         # the engine answers by moving name resolution; a proof bound to this uplink's device cannot reach
         # the resolvers it moves to, so its lookups keep failing meanwhile).
         watch, dns_notes = _dns_failed(watch, result, params)
         return watch, None, (*notes, *dns_notes)
-    if _may_excuse(watch, result, params) and watch.echo_peer is not None:
-        burst = Echo(
-            watch.echo_peer, params.echo_burst, echo_timeout(watch, watch.echo_peer, params), Purpose.EXCUSE
-        )
-        return watch, burst, ()
     watch, verdict_notes = _verdict(watch, result.ok, result, loaded, now, params)
     notes += verdict_notes
     if result.ok:
@@ -540,44 +548,75 @@ def _fold_proof(
     return watch, _ipv6_step(watch, situation, params), tuple(notes)
 
 
-def _dns_only(result: RoundResult) -> bool:
-    return bool(result.results) and all(r.reason is Reason.DNS for r in result.results)
+def _dns_fault(result: RoundResult, params: DetectionParams) -> bool:
+    """A proof that failed only at name resolution is the resolvers' fault, where that is judged apart."""
+    return (
+        params.dns_failover and bool(result.results) and all(r.reason is Reason.DNS for r in result.results)
+    )
 
 
-def _may_excuse(watch: Watch, result: RoundResult, params: DetectionParams) -> bool:
-    """A failed proof may be loss, not failure: every answer timed out, and the peer is known to answer
-    echoes; NMFAILOVER_LOSS_EXCUSES times in a row at most."""
-    lost = not result.ok and bool(result.results) and all(r.unanswered for r in result.results)
-    if not lost or watch.health.health is not Health.UP or watch.excused >= params.loss_excuses:
-        return False
-    return params.heartbeat and watch.echo_peer is not None and watch.echo_answered and not watch.echo_off
+def _path_burst(
+    watch: Watch, step: Proof | DnsCheck | HttpCheck, result: RoundResult, params: DetectionParams
+) -> Echo | None:
+    """The burst that judges a step nothing answered, when echoes can: a cut path, loss, or a fault of the
+    step's own layer look the same to the step (a timeout), not to a burst to a peer that answers echoes."""
+    if result.ok or not result.results or not all(r.unanswered for r in result.results):
+        return None
+    if isinstance(step, DnsCheck) and watch.dns.dead:
+        return None  # known dead resolvers, whose name resolution has moved: heartbeats watch the path
+    if watch.health.health is not Health.UP or not params.heartbeat or watch.echo_off:
+        return None
+    peer = watch.echo_peer
+    if peer is None or not watch.echo_answered:
+        return None
+    return Echo(
+        peer, params.echo_burst, echo_timeout(watch, peer, params), Purpose.EXCUSE, Unanswered(step, result)
+    )
 
 
 def _fold_excuse(
-    watch: Watch, burst: RoundResult, loaded: bool, situation: Situation, params: DetectionParams
+    watch: Watch,
+    after: Unanswered,
+    burst: RoundResult,
+    loaded: bool,
+    situation: Situation,
+    params: DetectionParams,
 ) -> Folded:
-    proof = watch.last_round
-    assert proof is not None  # an excuse burst follows the failed proof it judges
+    failed, now = after.result, situation.now
     answers = sum(r.answers for r in burst.results)
     sent = sum(r.sent for r in burst.results)
     if not burst.ok:
-        # The path is silent too: a cut, seen first by a proof. Confirmed like a missed heartbeat, by a
-        # burst at the echo's own timeout rather than a proof at the full one.
+        # The path is silent too: a cut, seen first by another layer. Confirmed like a missed heartbeat, by
+        # a burst at the echo's own timeout rather than a proof at the full one.
         watch = replace(watch, echoed=True)
-        watch, notes = _verdict(watch, False, proof, loaded, situation.now, params)
+        watch, notes = _verdict(watch, False, failed, loaded, now, params)
+        return watch, None, notes
+    match after.step:
+        case DnsCheck():
+            return _fold_dns(watch, failed, situation, params)
+        case HttpCheck():
+            return _http_failed(watch, failed, params)
+    if _dns_fault(failed, params):
+        watch, notes = _dns_failed(watch, failed, params)
         return watch, None, notes
     if answers == sent and sent > 1:
         # Not one echo lost: the path is clean, so HTTP's silence is HTTP's (a server or proxy that
         # accepts and never answers), not loss.
-        why = f"{proof.summary}, while {watch.echo_peer} answers every echo"
-        watch, notes = _verdict(watch, False, proof, loaded, situation.now, params, why)
+        why = f"{failed.summary}, while {watch.echo_peer} answers every echo"
+        watch, notes = _verdict(watch, False, failed, loaded, now, params, why)
         return watch, None, notes
     watch = replace(watch, excused=watch.excused + 1)
     note = Note(
-        f"lossy, not failed: {proof.summary}, yet {watch.echo_peer} answers {answers}/{sent} echoes "
+        f"lossy, not failed: {failed.summary}, yet {watch.echo_peer} answers {answers}/{sent} echoes "
         f"({watch.excused}/{params.loss_excuses})"
     )
     return watch, None, (note,)
+
+
+def _http_failed(watch: Watch, result: RoundResult, params: DetectionParams) -> Folded:
+    note = Note(f"kept-alive check failed: {result.summary}; proving at once")
+    proof_watch, proof = _proof(watch, params)
+    return proof_watch, proof, (note,)
 
 
 def _proved(watch: Watch, result: RoundResult, now: float) -> tuple[Watch, bool]:

@@ -10,6 +10,7 @@ from nmfailover.config import load_settings
 from nmfailover.detection import (
     ECHO_STRIKES,
     MAX_LOSS_BURSTS,
+    DetectionParams,
     DnsCheck,
     DnsHealth,
     Echo,
@@ -299,15 +300,31 @@ def dns_result(ok: bool) -> RoundResult:
     return round_of(answer(target, ok, None if ok else Reason.DNS, unanswered=not ok))
 
 
+def then_burst(
+    watch: Watch, step: Step | None, answered: int, now: float, params: DetectionParams = PARAMS
+) -> tuple[Watch, Step | None, str]:
+    """Answer the excuse burst a step nothing answered called for, with `answered` echoes of the burst."""
+    assert isinstance(step, Echo) and step.purpose is Purpose.EXCUSE, step
+    watch, step, notes = fold(watch, step, Observed(echoes(answered, step.count)), at(now), params)
+    return watch, step, " ".join(n.text for n in notes)
+
+
+def check_dns(watch: Watch, ok: bool, now: float, params: DetectionParams = PARAMS) -> Watch:
+    """A DNS check; one that timed out is followed by its burst, which the path answers in full."""
+    watch, step, _ = fold(watch, DnsCheck("one.example", 0.25), Observed(dns_result(ok)), at(now), params)
+    if isinstance(step, Echo):
+        watch, step, _ = then_burst(watch, step, PARAMS.echo_burst, now + 0.05, params)
+    assert step is None
+    return watch
+
+
 def test_dead_resolvers_behind_a_live_path_are_a_dns_fault_and_come_back() -> None:
     watch = HEALTHY
     for now in (101.0, 101.5):
-        watch, step, _ = fold(
-            watch, DnsCheck("one.example", 0.25), Observed(dns_result(False)), at(now), PARAMS
-        )
+        watch = check_dns(watch, False, now)
     assert watch.dns.dead and watch.health.health is Health.UP and watch.health.consecutive_failures == 0
     for now in (120.0, 135.0, 150.0):
-        watch, _, _ = fold(watch, DnsCheck("one.example", 0.25), Observed(dns_result(True)), at(now), PARAMS)
+        watch = check_dns(watch, True, now)
     assert not watch.dns.dead
 
 
@@ -315,15 +332,42 @@ def test_dead_resolvers_are_a_failure_when_moving_dns_is_off() -> None:
     params = replace(PARAMS, dns_failover=False)
     watch = HEALTHY
     for now in (101.0, 101.5):
-        watch, _, _ = fold(watch, DnsCheck("one.example", 0.25), Observed(dns_result(False)), at(now), params)
+        watch = check_dns(watch, False, now, params)
     assert watch.health.health is Health.DOWN
 
 
 def test_resolvers_are_not_judged_while_the_path_is_in_doubt() -> None:
     watch = replace(HEALTHY, health=DOUBT)
     for now in (101.0, 101.5):
-        watch, _, _ = fold(watch, DnsCheck("one.example", 0.25), Observed(dns_result(False)), at(now), PARAMS)
+        watch = check_dns(watch, False, now)
     assert not watch.dns.dead
+
+
+def test_a_dns_check_nothing_answered_on_a_silent_path_is_a_path_failure() -> None:
+    watch, step, _ = fold(
+        HEALTHY, DnsCheck("one.example", 0.25), Observed(dns_result(False)), at(101.0), PARAMS
+    )
+    assert watch.dns == HEALTHY.dns  # no verdict on the resolvers before the burst
+    watch, step, _ = then_burst(watch, step, 0, 101.3)
+    assert watch.health.consecutive_failures == 1 and watch.echoed and watch.dns.failures == 0
+
+
+def test_a_refusing_resolver_needs_no_burst_and_known_dead_ones_no_more() -> None:
+    servfail = round_of(answer(Target("dns://one.example", 0), False, Reason.DNS))
+    watch, step, _ = fold(HEALTHY, DnsCheck("one.example", 0.25), Observed(servfail), at(101.0), PARAMS)
+    assert step is None and watch.dns.failures == 1
+    dead = replace(HEALTHY, dns=DnsHealth(failures=2, dead=True))
+    _, step, _ = fold(dead, DnsCheck("one.example", 0.25), Observed(dns_result(False)), at(101.0), PARAMS)
+    assert step is None
+
+
+def test_a_proof_that_timed_out_at_dns_is_a_dns_fault_only_while_the_path_answers() -> None:
+    timed_out = round_of(answer(ok=False, reason=Reason.DNS, unanswered=True))
+    watch, step, _ = fold_proof(HEALTHY, timed_out)
+    alive, _, text = then_burst(watch, step, PARAMS.echo_burst, 101.3)
+    assert alive.dns.failures == 1 and alive.health.consecutive_failures == 0 and "resolvers" in text
+    silent, _, _ = then_burst(watch, step, 0, 101.3)
+    assert silent.dns.failures == 0 and silent.health.consecutive_failures == 1
 
 
 def test_a_failed_kept_alive_check_calls_a_proof_at_once() -> None:
@@ -334,6 +378,16 @@ def test_a_failed_kept_alive_check_calls_a_proof_at_once() -> None:
         HEALTHY, HttpCheck(T1, PEER, 0.25), Observed(round_of(answer())), at(115.0), PARAMS
     )
     assert step is None
+
+
+@pytest.mark.parametrize(("answered", "next_step", "failures"), [(0, None, 1), (8, Proof, 0), (3, Proof, 0)])
+def test_a_kept_alive_check_nothing_answered_asks_the_path_first(
+    answered: int, next_step: type[Step] | None, failures: int
+) -> None:
+    hang = round_of(answer(ok=False, unanswered=True))
+    watch, step, _ = fold(HEALTHY, HttpCheck(T1, PEER, 0.25), Observed(hang), at(115.0), PARAMS)
+    watch, step, _ = then_burst(watch, step, answered, 115.3)
+    assert (type(step) if step else None, watch.health.consecutive_failures) == (next_step, failures)
 
 
 def test_ipv6_is_checked_after_the_verdict_when_due() -> None:
