@@ -24,7 +24,7 @@ from typing import Any
 from . import __version__, system_files
 from .config import Settings, load_settings
 from .control import BUS_NAME, call_daemon
-from .daemon import connect, run_daemon
+from .daemon import connect, found_uplinks, run_daemon
 from .doctor import run as run_doctor
 from .engine import role_name
 from .engine.actuator import metered_uplinks, metered_warning
@@ -240,6 +240,7 @@ async def _check(settings: Settings, as_json: bool) -> int:
     client = NetworkManagerClient()
     try:
         profiles = await connect(settings, client)
+        choice = await found_uplinks(settings, client) if settings.auto_uplinks else None
         marked = metered_uplinks(settings, profiles)  # a name that is no uplink: ConfigError, exit 2
         await check_names(settings, client)  # likewise a WireGuard interface that is not here
         links = [await client.link_state(p.uuid) for p in profiles]
@@ -284,24 +285,36 @@ async def _check(settings: Settings, as_json: bool) -> int:
             "metered": link.metered_name,
             "metered_marked": i in marked,
             "metered_warning": metered_warning(i, link, i in marked),
+            "order": choice.why(p.uuid) if choice is not None else "named in NMFAILOVER_UPLINKS",
         }
         for i, (p, link, r) in enumerate(zip(profiles, links, rounds, strict=True))
     ]
+    left = [
+        {"profile": x.candidate.profile.id, "device": x.candidate.interface, "why": x.why}
+        for x in (choice.left if choice is not None else ())
+    ]
     if as_json:
-        print(json.dumps({"probes": rows, "uplinks": verdicts}, indent=2))
+        print(json.dumps({"probes": rows, "uplinks": verdicts, "not_uplinks": left}, indent=2))
     else:
         columns = ("uplink", "device", "result", "latency_ms", "reason", "target", "detail")
-        widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+        widths = {c: max([len(c), *(len(str(r[c])) for r in rows)]) for c in columns}
         print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
         for row in rows:
             print("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
         for verdict in verdicts:
             state = "healthy" if verdict["healthy"] else "UNHEALTHY"
-            print(f"{verdict['uplink']} ({verdict['profile']}): {state}: {verdict['summary']}")
+            print(
+                f"{verdict['uplink']} ({verdict['profile']}): {state}: {verdict['summary']} "
+                f"[{verdict['order']}]"
+            )
+        for x in left:
+            print(f"not an uplink: {x['profile']} ({x['device'] or '-'}): {x['why']}")
+        if len(verdicts) < 2:
+            print("fewer than two uplinks: nothing to fail over to")
         for verdict in verdicts:
             if verdict["metered_warning"]:
                 print(f"warning: {verdict['metered_warning']}")
-    return EXIT_OK if rounds[0].ok else EXIT_FAILURE
+    return EXIT_OK if rounds and rounds[0].ok else EXIT_FAILURE
 
 
 def _ago(at: float | None) -> str:
@@ -357,7 +370,21 @@ def print_status(status: dict[str, Any]) -> None:
         if u.get("dns_moved_to"):
             moved = ", ".join(u["dns_moved_to"])
             print(f"{u['role']}: its resolvers are dead; name resolution moved to {moved} (traffic stays)")
+    _print_order(status)
     _print_source_routing(uplinks)
+
+
+def _print_order(status: dict[str, Any]) -> None:
+    """Why the uplinks stand in this order, and which connections are none, when they were found."""
+    if not status.get("uplinks_found"):  # .get: a daemon started before an upgrade names its uplinks
+        return
+    print()
+    if len(status["uplinks"]) < 2:
+        print("uplinks found: fewer than two, nothing to fail over to; waiting for another")
+    for u in status["uplinks"]:
+        print(f"{u['role']} ({u['profile']}): {u['order']}")
+    for left in status["not_uplinks"]:
+        print(f"not an uplink: {left['profile']} ({left['device'] or '-'}): {left['why']}")
 
 
 def _print_source_routing(uplinks: list[dict[str, Any]]) -> None:

@@ -48,6 +48,10 @@ EVENT_VARIABLES = frozenset(
 )
 # virtual-failover's names; FALLBACK is optional there too.
 LEGACY_UPLINK_VARIABLES = ("PRIMARY_CONNECTION", "BACKUP_CONNECTION", "FALLBACK_CONNECTION")
+# NMFAILOVER_UPLINKS's value (or its absence) for uplinks found and ordered at run time.
+AUTO = "auto"
+# Found ones beyond this many are left alone: room for their metrics and tables is checked at start.
+AUTO_MAX_UPLINKS = 8
 MAX_METRIC = 4_294_967_295  # NetworkManager stores route metrics as uint32
 MAX_TABLE = 4_294_967_295  # routing table ids are uint32 too
 # The kernel's own tables: default, main and local (0 means "unspecified" and is refused as well).
@@ -159,7 +163,8 @@ class Settings(BaseSettings):
         alias_generator=AliasGenerator(validation_alias=_variable_name),
     )
 
-    uplinks: tuple[str, ...]
+    # Empty: auto, the active connections that can carry the default route (nmfailover.discovery orders).
+    uplinks: tuple[str, ...] = ()
     probe_targets: tuple[Target, ...] = Field(DEFAULT_TARGETS, validation_alias="NMFAILOVER_PROBE_URLS")
     # The ceiling of each probe's timeout; the timeout itself follows the target's answer times through the
     # uplink (SRTT + 4 RTTVAR), never below the floor.
@@ -281,6 +286,15 @@ class Settings(BaseSettings):
         return min(self.probe_timeout_min, self.probe_timeout)
 
     @property
+    def auto_uplinks(self) -> bool:
+        """The uplinks are the active connections that can carry a default route, found at run time."""
+        return not self.uplinks
+
+    @property
+    def max_uplinks(self) -> int:
+        return AUTO_MAX_UPLINKS if self.auto_uplinks else len(self.uplinks)
+
+    @property
     def legacy_uplink_variables(self) -> bool:
         """True when the uplinks came from PRIMARY/BACKUP/FALLBACK_CONNECTION."""
         return self._legacy_uplinks
@@ -301,14 +315,16 @@ class Settings(BaseSettings):
     @field_validator("uplinks", mode="before")
     @classmethod
     def _split_uplinks(cls, value: object) -> object:
-        return _split(value, "profiles, most preferred first") if isinstance(value, str) else value
+        if isinstance(value, str) and value.strip().lower() in ("", AUTO):
+            return ()
+        return _split(value, "profiles, most preferred first, or auto") if isinstance(value, str) else value
 
     @field_validator("uplinks")
     @classmethod
     def _check_uplinks(cls, uplinks: tuple[str, ...]) -> tuple[str, ...]:
-        if len(uplinks) < 2:
+        if len(uplinks) == 1:
             names = ", ".join(repr(name) for name in uplinks)
-            raise ValueError(f"needs at least 2 profiles, got {len(uplinks)} ({names})")
+            raise ValueError(f"needs at least 2 profiles, or auto; got {len(uplinks)} ({names})")
         for index, name in enumerate(uplinks):
             if name in uplinks[:index]:
                 raise ValueError(f"{name!r} is listed twice")
@@ -485,18 +501,19 @@ class Settings(BaseSettings):
                 f"must not exceed the number of probe targets ({len(self.probe_targets)}); "
                 f"got {self.probe_quorum}",
             )
-        highest = self.metric_base + (len(self.uplinks) - 1) * self.metric_step
+        count = self.max_uplinks
+        highest = self.metric_base + (count - 1) * self.metric_step
         if highest > MAX_METRIC:
             raise ConfigError(
                 "NMFAILOVER_METRIC_BASE",
-                f"leaves no room for {len(self.uplinks)} uplinks NMFAILOVER_METRIC_STEP ({self.metric_step}) "
+                f"leaves no room for {count} uplinks NMFAILOVER_METRIC_STEP ({self.metric_step}) "
                 f"apart: the last would get {highest}, above {MAX_METRIC}; got {self.metric_base}",
             )
-        tables = range(self.source_routing_table, self.source_routing_table + len(self.uplinks))
+        tables = range(self.source_routing_table, self.source_routing_table + count)
         if tables[-1] > MAX_TABLE or RESERVED_TABLES & set(tables):
             raise ConfigError(
                 "NMFAILOVER_SOURCE_ROUTING_TABLE",
-                f"the {len(self.uplinks)} uplinks would use tables {tables[0]} to {tables[-1]}, which must "
+                f"the {count} uplinks would use tables {tables[0]} to {tables[-1]}, which must "
                 f"avoid the kernel's default, main and local tables (253-255) and stay at most {MAX_TABLE}; "
                 f"got {self.source_routing_table}",
             )
@@ -746,10 +763,7 @@ def _uplinks(env: Mapping[str, str]) -> str | tuple[str, ...]:
             raise ConfigError("NMFAILOVER_UPLINKS", f"give either it or {', '.join(legacy)}, not both")
         return env["NMFAILOVER_UPLINKS"]
     if not legacy:
-        raise ConfigError(
-            "NMFAILOVER_UPLINKS",
-            "not set (give NMFAILOVER_UPLINKS=primary,backup or PRIMARY_CONNECTION and BACKUP_CONNECTION)",
-        )
+        return AUTO
     profiles: dict[str, str] = {}  # profile -> the variable that named it
     for name in LEGACY_UPLINK_VARIABLES:
         profile = env.get(name, "").strip()
@@ -789,7 +803,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     try:
         settings = Settings(**values)
         # FALLBACK_CONNECTION may be empty, so the legacy names line up with the uplinks in order.
-        settings._legacy_uplinks = "NMFAILOVER_UPLINKS" not in merged
+        settings._legacy_uplinks = "NMFAILOVER_UPLINKS" not in merged and bool(settings.uplinks)
         return settings
     except ValidationError as error:
         raise _config_error(error) from None

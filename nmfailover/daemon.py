@@ -13,6 +13,7 @@ from . import __version__, sdnotify
 from .bus import DBUS_LIBRARY
 from .config import Settings, uplink_variable
 from .control import ControlService
+from .discovery import Choice, choose
 from .echo import echo_available, echo_round
 from .engine import Engine, Operator, SwitchEvent, SwitchListener, role_name
 from .engine.evidence import TrafficEvidence
@@ -28,12 +29,19 @@ CONTROL_MAX_SILENCE = 30.0
 
 
 async def connect(settings: Settings, client: NetworkManagerClient) -> list[Profile]:
-    """Connect and resolve the configured uplinks; a profile that does not exist is a ConfigError."""
+    """Connect and resolve the configured uplinks, or find them (auto); a named profile that does not exist
+    is a ConfigError."""
     await client.connect()
+    if settings.auto_uplinks:
+        return [r.profile for r in (await found_uplinks(settings, client)).uplinks]
     try:
         return await client.resolve(settings.uplinks)
     except ProfileError as exc:
         raise ConfigError(uplink_variable(settings, exc.spec), str(exc)) from exc
+
+
+async def found_uplinks(settings: Settings, client: NetworkManagerClient) -> Choice:
+    return choose(await client.active_candidates(), settings.max_uplinks)
 
 
 def _heartbeats(settings: Settings, echo: Echoer) -> Echoer | None:
@@ -99,7 +107,9 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
     logger.info(
         "nmfailover {} managing {} over {} ({})",
         __version__,
-        ", ".join(f"{role_name(i)}={p.id}" for i, p in enumerate(profiles)),
+        "the active connections that can carry a default route (NMFAILOVER_UPLINKS unset or auto)"
+        if settings.auto_uplinks
+        else ", ".join(f"{role_name(i)}={p.id}" for i, p in enumerate(profiles)),
         DBUS_LIBRARY,
         await client.version(),
     )

@@ -28,6 +28,7 @@ from typing import TextIO
 
 from .config import DEFAULT_ENV_FILE, ENV_FILE_VARIABLE, Settings, load_settings
 from .control import BUS_NAME
+from .discovery import choose
 from .engine import role_name
 from .errors import ConfigError, NMError, ProfileError
 from .nm import LinkState, NetworkManagerClient, Profile
@@ -128,7 +129,8 @@ class Doctor:
             if exc.variable in ("NMFAILOVER_UPLINKS", "PRIMARY_CONNECTION", "BACKUP_CONNECTION"):
                 fix += " (`nmcli -f NAME,UUID,DEVICE connection show` lists the profiles)"
             return Check(FAIL, f"settings: {exc}", fix), None
-        return Check(OK, f"settings: uplinks {', '.join(settings.uplinks)} (from {where})"), settings
+        uplinks = ", ".join(settings.uplinks) or "found at run time (auto)"
+        return Check(OK, f"settings: uplinks {uplinks} (from {where})"), settings
 
     async def _networkmanager(self, client: NetworkManagerClient) -> Check:
         try:
@@ -260,6 +262,10 @@ class Doctor:
     async def _profiles(
         self, client: NetworkManagerClient, settings: Settings
     ) -> AsyncIterator[tuple[Check, tuple[int, Profile, LinkState] | None]]:
+        if settings.auto_uplinks:
+            async for found in self._found(client, settings):
+                yield found
+            return
         seen: dict[str, str] = {}
         fix_spec = "set NMFAILOVER_UPLINKS to existing profiles (`nmcli -f NAME,UUID,DEVICE connection show`)"
         for index, spec in enumerate(settings.uplinks):
@@ -293,6 +299,30 @@ class Doctor:
                 Check(OK, f"uplink {role}: profile {profile.id!r} active on {link.interface}"),
                 (index, profile, link),
             )
+
+    async def _found(
+        self, client: NetworkManagerClient, settings: Settings
+    ) -> AsyncIterator[tuple[Check, tuple[int, Profile, LinkState] | None]]:
+        """The uplinks found among the active connections, in their order and why, and those left out."""
+        try:
+            choice = choose(await client.active_candidates(), settings.max_uplinks)
+            links = [await client.link_state(r.profile.uuid) for r in choice.uplinks]
+        except NMError as exc:
+            yield Check(FAIL, f"uplinks: {exc}", "systemctl status NetworkManager"), None
+            return
+        for index, (ranked, link) in enumerate(zip(choice.uplinks, links, strict=True)):
+            profile = ranked.profile
+            yield (
+                Check(OK, f"uplink {role_name(index)}: {profile.id!r} on {link.interface} ({ranked.why})"),
+                (index, profile, link),
+            )
+        for left in choice.left:
+            yield Check(OK, f"not an uplink: {left.candidate.profile.id!r}: {left.why}"), None
+        if len(choice.uplinks) < 2:
+            # Not a fault of the installation: the daemon waits for a second uplink and takes it when it comes.
+            count = len(choice.uplinks)
+            hint = "connect a second way out (cable, Wi-Fi, phone), or name them in NMFAILOVER_UPLINKS"
+            yield Check(OK, f"{count} uplink(s) found: nothing to fail over to yet; {hint}"), None
 
     async def _probes(
         self, settings: Settings | None, links: list[tuple[int, Profile, LinkState]]

@@ -204,6 +204,20 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """An active connection as NetworkManager shows it (NetworkManagerClient.active_candidates)."""
+
+    profile: Profile
+    connection_type: str  # connection.type
+    interface: str
+    device_type: int = 0  # NMDeviceType of the device it is active on
+    driver: str = ""
+    metered: int = METERED_UNKNOWN  # the device's Metered: the profile's own value or NetworkManager's guess
+    port: bool = False  # a bridge's, bond's or team's port: its controller carries the addresses
+    vpn: bool = False
+
+
+@dataclass(frozen=True)
 class LinkState:
     uuid: str
     device: str | None = None  # D-Bus path of the device the profile is active on
@@ -643,6 +657,37 @@ class NetworkManagerClient:
                 )
             seen[profile.uuid] = profile.spec
         return resolved
+
+    async def active_candidates(self) -> list[Candidate]:
+        """Every active connection with its device, for nmfailover.discovery to choose the uplinks from."""
+        found: list[Candidate] = []
+        for props in await self._active_connections():
+            devices = props.get("Devices") or []
+            try:
+                settings = await self._settings(str(props["Connection"]))
+                device = await self._get_all(str(devices[0]), IFACE_DEVICE) if devices else {}
+            except NMUnavailable:
+                raise
+            except NMError:
+                continue  # gone between the listing and the read
+            connection = settings["connection"]
+            controller = any(
+                _unwrap(connection.get(key, ""))
+                for key in ("master", "controller", "slave-type", "port-type")
+            )
+            found.append(
+                Candidate(
+                    profile=_profile(str(_unwrap(connection["id"])), settings),
+                    connection_type=str(_unwrap(connection.get("type", ""))),
+                    interface=str(device.get("IpInterface") or device.get("Interface") or ""),
+                    device_type=int(device.get("DeviceType", 0)),
+                    driver=str(device.get("Driver", "")),
+                    metered=int(device.get("Metered", METERED_UNKNOWN)),
+                    port=bool(controller),
+                    vpn=bool(props.get("Vpn", False)),
+                )
+            )
+        return found
 
     # -- links --------------------------------------------------------------------------------------
 

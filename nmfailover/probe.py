@@ -367,15 +367,15 @@ class KeptAliveProbe:
 
 
 class KeptAliveChecks:
-    """Every uplink's kept-alive check, by the uplink's index: one connection each."""
+    """Every uplink's kept-alive check, by the uplink's profile UUID: one connection each."""
 
     def __init__(self) -> None:
-        self._probes: dict[int, KeptAliveProbe] = {}
+        self._probes: dict[str, KeptAliveProbe] = {}
 
     async def __call__(
-        self, index: int, link: Link, target: Target, address: str, timeout: float
+        self, uuid: str, link: Link, target: Target, address: str, timeout: float
     ) -> RoundResult:
-        result = await self._probes.setdefault(index, KeptAliveProbe()).check(link, target, address, timeout)
+        result = await self._probes.setdefault(uuid, KeptAliveProbe()).check(link, target, address, timeout)
         return RoundResult(result.ok, (result,), 1)
 
     async def aclose(self) -> None:

@@ -158,6 +158,10 @@ VALID: list[Any] = [
     ),
     pytest.param({**UPLINKS, "NMFAILOVER_LOG_LEVEL": " Warning "}, {"log_level": "WARNING"}, id="level-case"),
     pytest.param({**UPLINKS, "PATH": "/usr/bin", "NMFAILOVERX": "1"}, {}, id="unrelated-variables"),
+    # No uplinks named: found at run time; room for the metrics and tables of AUTO_MAX_UPLINKS is checked.
+    pytest.param({}, {"uplinks": ()}, id="uplinks-unset-auto"),
+    pytest.param({"NMFAILOVER_UPLINKS": " Auto "}, {"uplinks": ()}, id="uplinks-auto"),
+    pytest.param({"NMFAILOVER_UPLINKS": ""}, {"uplinks": ()}, id="uplinks-empty-auto"),
 ]
 
 
@@ -168,12 +172,10 @@ def test_valid(environ: dict[str, str], changed: dict[str, Any]) -> None:
 
 
 INVALID: list[Any] = [
-    pytest.param({}, "NMFAILOVER_UPLINKS", "not set (give NMFAILOVER_UPLINKS=", id="uplinks-unset"),
-    pytest.param({"NMFAILOVER_UPLINKS": " "}, "NMFAILOVER_UPLINKS", "is empty", id="uplinks-empty"),
     pytest.param(
         {"NMFAILOVER_UPLINKS": "eth0"},
         "NMFAILOVER_UPLINKS",
-        "needs at least 2 profiles, got 1 ('eth0')",
+        "needs at least 2 profiles, or auto; got 1 ('eth0')",
         id="uplinks-one",
     ),
     pytest.param(
@@ -184,6 +186,12 @@ INVALID: list[Any] = [
     ),
     pytest.param(
         {"NMFAILOVER_UPLINKS": "a,,b"}, "NMFAILOVER_UPLINKS", "empty item: 'a,,b'", id="uplinks-empty-item"
+    ),
+    pytest.param(
+        {"NMFAILOVER_METRIC_BASE": str(MAX_METRIC - 600)},
+        "NMFAILOVER_METRIC_BASE",
+        "leaves no room for 8 uplinks",
+        id="auto-uplinks-metric-room",
     ),
     pytest.param(
         {"NMFAILOVER_UPLINKS": "a,b,"}, "NMFAILOVER_UPLINKS", "empty item", id="uplinks-trailing-comma"

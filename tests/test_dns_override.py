@@ -117,6 +117,9 @@ class AppliedDns:
     async def profile(self, uuid: str) -> Profile:
         return Profile(uuid, uuid, uuid, None, -1, -1, 0, False, dns=OWN[uuid])
 
+    async def has_profile(self, uuid: str) -> bool:
+        return True
+
     async def link_state(self, uuid: str) -> LinkState:
         return LINKS[uuid]
 

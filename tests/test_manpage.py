@@ -104,7 +104,7 @@ def test_every_command_option_variable_and_exit_code_is_in_the_page(generated: P
 
 def test_defaults_come_from_the_settings() -> None:
     found = {v.name: v for v in manpage.variables()}
-    assert found["NMFAILOVER_UPLINKS"].default == ""
+    assert found["NMFAILOVER_UPLINKS"].default == "none"  # none named: found at run time
     assert found["NMFAILOVER_FAIL_COUNT"].default == str(config.Settings.model_fields["fail_count"].default)
     assert found["NMFAILOVER_PROBE_TIMEOUT"].default == "1"
     assert found["NMFAILOVER_HOOKS_DIR"].default == "/etc/nmfailover/hooks.d"

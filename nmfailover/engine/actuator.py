@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from loguru import logger
 
@@ -18,6 +18,7 @@ from ..errors import ConfigError, NMError
 from ..nm import (
     METERED_NAMES,
     METERED_YES,
+    Candidate,
     Dns,
     LinkState,
     Metrics,
@@ -29,6 +30,8 @@ from ..nm import (
 )
 from ..policy import Health
 from .state import Uplink, role_name
+
+_T = TypeVar("_T")
 
 METERED_VARIABLE = "NMFAILOVER_METERED"
 # The dns-priority that puts an uplink's resolvers behind every other uplink's while its lookups are moved
@@ -73,6 +76,7 @@ class NetworkManagerPort(Protocol):
     async def profile(self, uuid: str) -> Profile: ...
     async def applied_metrics(self, device: str) -> Metrics: ...
     async def has_profile(self, uuid: str) -> bool: ...
+    async def active_candidates(self) -> list[Candidate]: ...
 
 
 @runtime_checkable
@@ -84,7 +88,8 @@ class SourceRouter(Protocol):
 
 
 def metered_uplinks(settings: Settings, profiles: Sequence[Profile]) -> frozenset[int]:
-    """The indexes of the uplinks NMFAILOVER_METERED names; a name that is none of them is a ConfigError.
+    """The indexes of the uplinks NMFAILOVER_METERED names; a name that is none of them is a ConfigError,
+    except with uplinks found at run time, where it names one that is not there now.
 
     A name is looked up as written in NMFAILOVER_UPLINKS first, then as a profile id, UUID or bound
     interface, then as a role: a profile called "backup" listed first is the primary, not the second uplink.
@@ -97,6 +102,8 @@ def metered_uplinks(settings: Settings, profiles: Sequence[Profile]) -> frozense
             [i for i in range(len(profiles)) if role_name(i) == name],
         )
         found = next((tier for tier in tiers if tier), [])
+        if not found and settings.auto_uplinks:
+            continue
         if len(found) != 1:
             known = ", ".join(f"{role_name(i)} ({p.id})" for i, p in enumerate(profiles))
             problem = "names several uplinks" if found else "is not one of the uplinks"
@@ -257,42 +264,66 @@ class Actuator:
         """Give every uplink its profile's own metrics and autoconnect-priority back, and those it marked
         metered their profile's own connection.metered (only those: a mark set by hand is not ours)."""
         for uplink in self.uplinks:
-            try:
-                link = await self.nm.link_state(uplink.profile.uuid)
-                saved = await self.nm.profile(uplink.profile.uuid)
-                if link.activated and link.device is not None:
-                    back = Restore(
-                        saved.metric4,
-                        saved.metric6,
-                        source_routing=self._nothing_of_ours(uplink) if self.router is not None else None,
-                        ipv6_back=uplink.index in self.ipv6_withdrawn,
-                        ipv6_gateway=self.ipv6_withdrawn.pop(uplink.index, None),
-                        metered=saved.metered if uplink.index in self.metered else None,
-                        dns=saved.dns if uplink.index in self._dns_applied else None,
-                        resolver_routes=ResolverRoutes() if uplink.index in self._resolver_routes else None,
+            await self.release(uplink)
+
+    async def release(self, uplink: Uplink) -> None:
+        """Give one uplink its profile's own values back: at stop, or when it stops being an uplink."""
+        try:
+            link = await self.nm.link_state(uplink.profile.uuid)
+            exists = await self.nm.has_profile(uplink.profile.uuid)
+            saved = await self.nm.profile(uplink.profile.uuid) if exists else None
+            if saved is not None and link.activated and link.device is not None:
+                back = Restore(
+                    saved.metric4,
+                    saved.metric6,
+                    source_routing=self._nothing_of_ours(uplink) if self.router is not None else None,
+                    ipv6_back=uplink.index in self.ipv6_withdrawn,
+                    ipv6_gateway=self.ipv6_withdrawn.pop(uplink.index, None),
+                    metered=saved.metered if uplink.index in self.metered else None,
+                    dns=saved.dns if uplink.index in self._dns_applied else None,
+                    resolver_routes=ResolverRoutes() if uplink.index in self._resolver_routes else None,
+                )
+                await self.nm.restore_applied(link.device, back)
+                if back.source_routing is not None:
+                    logger.info("{}: its routing table and rules removed", uplink.label)
+                if back.ipv6_back:
+                    logger.info("{}: its IPv6 default route back", uplink.label)
+                if back.metered is not None:
+                    logger.info(
+                        "{}: metered back to its profile's own ({})",
+                        uplink.label,
+                        METERED_NAMES.get(saved.metered, saved.metered),
                     )
-                    await self.nm.restore_applied(link.device, back)
-                    if back.source_routing is not None:
-                        logger.info("{}: its routing table and rules removed", uplink.label)
-                    if back.ipv6_back:
-                        logger.info("{}: its IPv6 default route back", uplink.label)
-                    if back.metered is not None:
-                        logger.info(
-                            "{}: metered back to its profile's own ({})",
-                            uplink.label,
-                            METERED_NAMES.get(saved.metered, saved.metered),
-                        )
-                    if back.dns is not None:
-                        logger.info("{}: its own resolvers back", uplink.label)
-                self.forget_dns(uplink.index)
-                if uplink.profile.uuid in self._original_priority:
-                    await self.nm.set_autoconnect_priority(
-                        uplink.profile.uuid, self._original_priority[uplink.profile.uuid]
-                    )
-                    runstate.forget_priority(uplink.profile.uuid)
+                if back.dns is not None:
+                    logger.info("{}: its own resolvers back", uplink.label)
                 logger.info("{}: restored its profile's own route metrics", uplink.label)
-            except NMError as exc:
-                logger.error("{}: could not restore its profile's values: {}", uplink.label, exc)
+            self.forget_dns(uplink.index)
+            self.forget_source_routing(uplink.index)
+            if saved is not None and uplink.profile.uuid in self._original_priority:
+                await self.nm.set_autoconnect_priority(
+                    uplink.profile.uuid, self._original_priority[uplink.profile.uuid]
+                )
+            self._original_priority.pop(uplink.profile.uuid, None)
+            runstate.forget_priority(uplink.profile.uuid)
+        except NMError as exc:
+            logger.error("{}: could not restore its profile's values: {}", uplink.label, exc)
+
+    def reindex(self, moved: Mapping[int, int]) -> None:
+        """The uplinks were ordered anew (one joined or left): each one's state follows it to its new index
+        (`moved`: old index to new; a left one's is dropped). Its table follows its index, so its rules are
+        moved at the next round; the preference is applied afresh."""
+
+        def carry(by_index: Mapping[int, _T]) -> dict[int, _T]:
+            return {moved[i]: value for i, value in by_index.items() if i in moved}
+
+        self.source_routing = carry(self.source_routing)
+        self.dns_wanted = carry(self.dns_wanted)
+        self._dns_applied = carry(self._dns_applied)
+        self._resolver_routes = carry(self._resolver_routes)
+        self.ipv6_withdrawn = carry(self.ipv6_withdrawn)
+        self._warned = {moved[i] for i in self._warned if i in moved}
+        self.metered = metered_uplinks(self.settings, [u.profile for u in self.uplinks])
+        self.applied_for, self.applied_ipv6_down = None, frozenset()
 
     async def withdraw_dead_ipv6(self, current: int | None) -> None:
         """No IPv6 black hole: while the uplink carrying traffic is up but has no IPv6 default route, an

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from loguru import logger
 
 from ..config import Settings
 from ..detection import DetectionParams
+from ..discovery import Choice, choose
 from ..nm import LinkState, NMEvent, Profile
 from ..policy import Action, Decision, Health, PolicyParams, decide
 from .actuator import Actuator, NetworkManagerPort
@@ -69,7 +71,9 @@ class Engine:
             dns_checks=dns_check is not None,
             http_checks=http_check is not None,
         )
+        # Re-ordered in place when uplinks come and go: the actuator, the intake and the scheduler share it.
         self.uplinks = [Uplink(i, p, LinkState(uuid=p.uuid)) for i, p in enumerate(profiles)]
+        self.choice: Choice | None = None  # the uplinks found at run time and why, and those left out
         self.actuator = Actuator(settings, nm, self.uplinks)
         self.scheduler = ProbeScheduler(
             self.detection,
@@ -84,7 +88,16 @@ class Engine:
             evidence=evidence,
             nameservers=self.actuator.own_nameservers,
         )
-        self.intake = EventIntake(nm, self.uplinks, self.actuator, self.supervisor, self.reconcile)
+        self.intake = EventIntake(
+            nm,
+            self.uplinks,
+            self.actuator,
+            self.supervisor,
+            self.reconcile,
+            discover=self.discover if settings.auto_uplinks else None,
+        )
+        self._nm = nm
+        self._waiting_said = False
         self.current: int | None = None
         self.last_switch_at: float | None = None
         self.switches = 0
@@ -115,34 +128,134 @@ class Engine:
         on the way out, also when a loop gave up (TaskGaveUp, re-raised)."""
         self.actuator.remember_priorities()
         try:
+            if self.intake.discover is not None:
+                await self.intake.discover()
             await self.intake.refresh_links()
-            self.current = await self.actuator.current_route()
-            await asyncio.gather(*(self.scheduler.probe(u) for u in self.uplinks))
+            if self.managing:
+                self.current = await self.actuator.current_route()
+                await asyncio.gather(*(self.scheduler.probe(u) for u in self.uplinks))
             await self.reconcile()
             self.ready.set()
-            where = (
-                self.uplinks[self.current].label
-                if self.current is not None
-                else "no uplink (none is healthy)"
-            )
-            logger.info(
-                "ready: traffic on {}; {}",
-                where,
-                ", ".join(f"{u.label} {u.health.health.value}" for u in self.uplinks),
-            )
+            if self.managing:
+                where = (
+                    self.uplinks[self.current].label
+                    if self.current is not None
+                    else "no uplink (none is healthy)"
+                )
+                logger.info(
+                    "ready: traffic on {}; {}",
+                    where,
+                    ", ".join(f"{u.label} {u.health.health.value}" for u in self.uplinks),
+                )
             jobs: dict[str, Job] = {}
-            for uplink in self.uplinks:
-                jobs[f"probe-{uplink.role}"] = _bind(self.scheduler.loop, uplink, f"probe-{uplink.role}")
+            if self.managing:
+                for uplink in self.uplinks:
+                    jobs.update(self._uplink_jobs(uplink))
             jobs["nm-events"] = lambda: self.intake.events("nm-events")
             jobs["nm-bus"] = lambda: self.intake.bus("nm-bus")
             jobs["timers"] = self._timers
             jobs["switch-listeners"] = self._notify_listeners
-            if self._evidence is not None:
-                jobs.update(self._evidence.jobs(self.uplinks, self.supervisor))
             jobs.update(extra_jobs or {})
             await self.supervisor.run(jobs, self._stopping)
         finally:
             await self.actuator.restore()
+
+    # -- uplinks that come and go --------------------------------------------------------------------
+
+    @property
+    def managing(self) -> bool:
+        """With fewer than two uplinks there is nothing to fail over to: nothing is probed or changed."""
+        return len(self.uplinks) >= 2
+
+    def _uplink_jobs(self, uplink: Uplink) -> dict[str, Job]:
+        # Named by profile, which stays when the uplinks around it come and go (its role may not).
+        probe, traffic = f"probe-{uplink.profile.id}", f"traffic-{uplink.profile.id}"
+        jobs = {probe: _bind(self.scheduler.loop, uplink, probe)}
+        if self._evidence is not None:
+            jobs[traffic] = self._evidence.job(uplink, traffic, self.supervisor)
+        return jobs
+
+    async def discover(self) -> None:
+        """The uplinks are the active connections that can carry the default route, in the order a person
+        would prefer them (nmfailover.discovery); re-read at every change of the active connections."""
+        self.choice = choose(await self._nm.active_candidates(), self.settings.max_uplinks)
+        await self.reshape([r.profile for r in self.choice.uplinks])
+
+    async def reshape(self, profiles: Sequence[Profile]) -> None:
+        """Make `profiles` the uplinks, in this order: those that stay keep what detection knows of them,
+        those that join are proved before they may take traffic, those that leave get their profile's own
+        values back; traffic stays where it is until the policy says otherwise."""
+        async with self._apply_lock:
+            old = list(self.uplinks)
+            if [u.profile for u in old] == list(profiles):
+                return
+            was_managing = self.managing
+            staying = {u.profile.uuid: u for u in old}
+            wanted = {p.uuid for p in profiles}
+            for uplink in old:
+                if uplink.profile.uuid not in wanted:
+                    logger.info("{}: no longer an uplink (its connection is gone)", uplink.label)
+                    self._stop_jobs(uplink)
+                    if was_managing:
+                        await self.actuator.release(uplink)
+            new: list[Uplink] = []
+            for index, profile in enumerate(profiles):
+                kept = staying.get(profile.uuid)
+                if kept is None:
+                    kept = Uplink(index, profile, LinkState(uuid=profile.uuid))
+                    kept.recheck()
+                new.append(kept)
+            moved = {u.index: i for i, u in enumerate(new) if u.profile.uuid in staying}
+            current = self.uplinks[self.current] if self.current is not None else None
+            pinned = self.uplinks[self.pin.index] if self.pin is not None else None
+            avoided = self.uplinks[self.avoid.index] if self.avoid is not None else None
+            for index, (uplink, profile) in enumerate(zip(new, profiles, strict=True)):
+                uplink.index, uplink.profile = index, profile
+            self.uplinks[:] = new
+            self.actuator.reindex(moved)
+            self.actuator.remember_priorities()
+            self.current = current.index if current is not None and current in new else None
+            self.pin = replace(self.pin, index=pinned.index) if self.pin and pinned in new else None
+            self.avoid = replace(self.avoid, index=avoided.index) if self.avoid and avoided in new else None
+            if not self.managing:
+                for uplink in new:
+                    self._stop_jobs(uplink)
+                    if was_managing:
+                        await self.actuator.release(uplink)
+                self.current = None
+                self._say_waiting()
+                return
+            self._waiting_said = False
+            for uplink in new:
+                if self.supervisor.running and (not was_managing or uplink.profile.uuid not in staying):
+                    for name, job in self._uplink_jobs(uplink).items():
+                        self.supervisor.start(name, job)
+            logger.info(
+                "uplinks now: {}",
+                "; ".join(f"{u.label}: {self.why(u)}" for u in new),
+            )
+
+    def why(self, uplink: Uplink) -> str:
+        """Why the uplink stands where it does."""
+        if self.choice is None:
+            return "named in NMFAILOVER_UPLINKS"
+        return self.choice.why(uplink.profile.uuid)
+
+    def _stop_jobs(self, uplink: Uplink) -> None:
+        for name in self._uplink_jobs(uplink):
+            self.supervisor.cancel(name)
+
+    def _say_waiting(self) -> None:
+        if self._waiting_said:
+            return
+        self._waiting_said = True
+        if self.uplinks:
+            logger.info(
+                "one uplink ({}): nothing to fail over to; waiting for another to appear",
+                self.uplinks[0].label,
+            )
+        else:
+            logger.info("no uplink: waiting for a connection that can carry the default route")
 
     # -- deciding -----------------------------------------------------------------------------------
 
@@ -161,6 +274,9 @@ class Engine:
         )
 
     async def reconcile(self) -> None:
+        if not self.managing:
+            self._say_waiting()
+            return
         async with self._apply_lock:
             await self._reconcile_route()
             await self.actuator.withdraw_dead_ipv6(self.current)

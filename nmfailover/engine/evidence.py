@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Sequence
 from functools import partial
 
 from ..detection import Evidence, read_traffic
@@ -24,24 +23,20 @@ class TrafficEvidence:
     def __init__(self, syn_patience: float, dns_patience: float) -> None:
         self._syn_patience = syn_patience
         self._dns_patience = dns_patience
-        self._watches: dict[int, TrafficWatch] = {}
-        self._seen: dict[int, deque[TrafficCounters]] = {}  # snapshots at its rounds, oldest first
+        # By the uplink's profile UUID, which stays when uplinks come and go and the rest move up or down.
+        self._watches: dict[str, TrafficWatch] = {}
+        self._seen: dict[str, deque[TrafficCounters]] = {}  # snapshots at its rounds, oldest first
 
-    def jobs(self, uplinks: Sequence[Uplink], supervisor: Supervisor) -> dict[str, Job]:
-        return {
-            f"traffic-{u.role}": partial(
-                self.watch, u, supervisor.liveness(f"traffic-{u.role}", IDLE_BEAT * 2)
-            )
-            for u in uplinks
-        }
+    def job(self, uplink: Uplink, name: str, supervisor: Supervisor) -> Job:
+        return partial(self.watch, uplink, supervisor.liveness(name, IDLE_BEAT * 2))
 
     def __call__(self, uplink: Uplink) -> Evidence:
         """What its traffic showed since its last round; asked once per round, when it is planned."""
-        watch = self._watches.get(uplink.index)
+        watch = self._watches.get(uplink.profile.uuid)
         if watch is None:
             return Evidence()
         now = watch.counters()
-        seen = self._seen.setdefault(uplink.index, deque())
+        seen = self._seen.setdefault(uplink.profile.uuid, deque())
         if not seen:
             seen.append(now)
             return Evidence()
@@ -63,7 +58,7 @@ class TrafficEvidence:
                 device, uplink.wake.set, patience=self._syn_patience, dns_patience=self._dns_patience
             )
             running = asyncio.ensure_future(watch.run())
-            self._watches[uplink.index] = watch
+            self._watches[uplink.profile.uuid] = watch
             try:
                 while not running.done() and uplink.link.interface == device:
                     live.beat()
@@ -71,8 +66,8 @@ class TrafficEvidence:
                 if running.done():
                     running.result()  # it ends only by raising: the supervisor logs it and restarts this
             finally:
-                self._watches.pop(uplink.index, None)
-                self._seen.pop(uplink.index, None)
+                self._watches.pop(uplink.profile.uuid, None)
+                self._seen.pop(uplink.profile.uuid, None)
                 await watch.aclose()
                 running.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

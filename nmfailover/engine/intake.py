@@ -38,8 +38,11 @@ class EventIntake:
         actuator: Actuator,
         supervisor: Supervisor,
         reconcile: Callable[[], Awaitable[None]],
+        *,
+        discover: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.nm = nm
+        self.discover = discover  # uplinks found at run time: which they are may change with any event
         self.uplinks = uplinks
         self.actuator = actuator
         self.supervisor = supervisor
@@ -81,6 +84,8 @@ class EventIntake:
                     self.actuator.forget_source_routing(uplink.index)
                     self.actuator.forget_dns(uplink.index)
         try:
+            if self.discover is not None:
+                await self.discover()
             changed = await self.refresh_links()
         except NMError as exc:
             logger.warning("cannot read links after an event: {}", exc)

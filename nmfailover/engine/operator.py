@@ -110,6 +110,13 @@ class Operator:
             "forced_failover_remaining": round(avoid.remaining(now), 3) if avoid is not None else 0.0,
             "pinned": engine.uplinks[pin.index].role if pin is not None else None,
             "task_restarts": dict(engine.supervisor.restarts),
+            # Found at run time (NMFAILOVER_UPLINKS unset or auto), or named.
+            "uplinks_found": engine.settings.auto_uplinks,
+            # Active connections that are not uplinks, and why (only when they are found).
+            "not_uplinks": [
+                {"profile": left.candidate.profile.id, "device": left.candidate.interface, "why": left.why}
+                for left in (engine.choice.left if engine.choice is not None else ())
+            ],
             "tunnels": self.tunnels(),
             "uplinks": [
                 _uplink_status(
@@ -122,6 +129,7 @@ class Operator:
                 # Its own routing table, with the rules and routes NetworkManager confirmed on it.
                 | engine.actuator.source_routing_status(u.index)
                 | {
+                    "order": engine.why(u),  # why it stands where it does
                     # Its IPv6 path on its own (null: no IPv6, or not judged yet); IPv4 is "health".
                     "ipv6_health": u.watch.health6.health.value
                     if u.link.gateway6 is not None and u.watch.health6.health is not Health.UNKNOWN

@@ -32,8 +32,8 @@ from .supervisor import Supervisor
 Prober = Callable[[Link, Sequence[Target], float, int], Awaitable[RoundResult]]
 Echoer = Callable[[str | None, str, float, int], Awaitable[RoundResult]]  # interface, address, timeout, count
 DnsChecker = Callable[[Link, str, float], Awaitable[RoundResult]]  # link, name, timeout
-# One kept-alive connection per uplink (the index): link, target, address, timeout.
-HttpChecker = Callable[[int, Link, Target, str, float], Awaitable[RoundResult]]
+# One kept-alive connection per uplink (its profile UUID): link, target, address, timeout.
+HttpChecker = Callable[[str, Link, Target, str, float], Awaitable[RoundResult]]
 RxCounter = Callable[[str | None], int | None]
 EvidenceSource = Callable[[Uplink], Evidence]
 
@@ -153,7 +153,7 @@ class ProbeScheduler:
                 pending = self._dns_check(Link(interface, self._nameservers(uplink)), name, timeout)
             case HttpCheck(target=target, address=address, timeout=timeout):
                 assert self._http_check is not None
-                pending = self._http_check(uplink.index, link, target, address, timeout)
+                pending = self._http_check(uplink.profile.uuid, link, target, address, timeout)
         received_before = self._rx_counter(interface)
         started = self.clock()
         result = await pending

@@ -18,7 +18,7 @@ def role_name(index: int) -> str:
     return ROLE_NAMES[index] if index < len(ROLE_NAMES) else f"uplink{index + 1}"
 
 
-@dataclass
+@dataclass(eq=False)  # one object per uplink for as long as it is one: compared by identity
 class Uplink:
     index: int
     profile: Profile

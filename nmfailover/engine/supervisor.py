@@ -56,6 +56,8 @@ class Supervisor:
         self.window = window
         self.restarts: dict[str, int] = {}
         self._liveness: dict[str, Liveness] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def liveness(self, name: str, max_silence: float) -> Liveness:
         live = Liveness(name, max_silence, self.clock)
@@ -70,13 +72,34 @@ class Supervisor:
         """Run every job until `stop` is set; TaskGaveUp if one of them keeps crashing."""
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 for name, job in jobs.items():
-                    group.create_task(self._keep(name, job), name=name)
+                    self.start(name, job)
                 group.create_task(_raise_when(stop), name="stop")
         except* _Stopped:
             pass
         except* TaskGaveUp as failed:
             raise failed.exceptions[0] from None
+        finally:
+            self._group = None
+            self._tasks.clear()
+
+    def start(self, name: str, job: Job) -> None:
+        """Run one more job, supervised like the rest (an uplink that joined); only while run() runs."""
+        assert self._group is not None, "jobs start inside run()"
+        self._tasks[name] = self._group.create_task(self._keep(name, job), name=name)
+
+    def cancel(self, name: str) -> None:
+        """End a job for good (an uplink that left): no restart, and no longer watched for progress."""
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()  # a task group lets a child that was cancelled go without failing the rest
+        self._liveness.pop(name, None)
+        self.restarts.pop(name, None)
+
+    @property
+    def running(self) -> bool:
+        return self._group is not None
 
     async def _keep(self, name: str, job: Job) -> None:
         crashes: deque[float] = deque()

@@ -1,0 +1,132 @@
+"""Which active connections are uplinks and in which order, by tables (nmfailover.discovery)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nmfailover.discovery import Candidate, Kind, choose, kind_of, rank
+from nmfailover.nm import (
+    DEVICE_TYPE_BT,
+    DEVICE_TYPE_MODEM,
+    METERED_GUESS_YES,
+    METERED_NO,
+    METERED_UNKNOWN,
+    METERED_YES,
+    Profile,
+)
+
+ETHERNET, WIFI, BLUETOOTH, GSM = "802-3-ethernet", "802-11-wireless", "bluetooth", "gsm"
+
+
+def candidate(
+    name: str,
+    kind: str = ETHERNET,
+    *,
+    metric: int = -1,
+    device_type: int = 1,
+    driver: str = "e1000e",
+    metered: int = METERED_UNKNOWN,
+    saved_metered: int = METERED_UNKNOWN,
+    never_default: bool = False,
+    port: bool = False,
+    vpn: bool = False,
+) -> Candidate:
+    profile = Profile(name, f"uuid-{name}", name, None, metric, -1, 0, never_default, metered=saved_metered)
+    return Candidate(profile, kind, f"if-{name}", device_type, driver, metered, port, vpn)
+
+
+KIND_CASES: list[tuple[str, Candidate, Kind | str]] = [
+    ("ethernet", candidate("a"), Kind.WIRED),
+    ("wi-fi", candidate("a", WIFI, device_type=2), Kind.WIFI),
+    ("an Android phone over USB", candidate("a", driver="rndis_host"), Kind.TETHERED),
+    ("an iPhone over USB", candidate("a", driver="ipheth"), Kind.TETHERED),
+    ("Bluetooth PAN", candidate("a", BLUETOOTH, device_type=DEVICE_TYPE_BT), Kind.TETHERED),
+    ("Bluetooth DUN through ModemManager", candidate("a", BLUETOOTH, device_type=DEVICE_TYPE_MODEM), Kind.MOBILE),
+    ("a 4G modem", candidate("a", GSM, device_type=DEVICE_TYPE_MODEM), Kind.MOBILE),
+    ("PPPoE over the fiber box", candidate("a", "pppoe"), Kind.WIRED),
+    ("a bridge holding the address", candidate("a", "bridge"), Kind.WIRED),
+    ("a VPN", candidate("a", "vpn", vpn=True), "a VPN rides on an uplink"),
+    ("WireGuard", candidate("a", "wireguard"), "a wireguard connection carries no default route of its own"),
+    ("loopback", candidate("a", "loopback"), "a loopback connection carries no default route of its own"),
+    ("a bridge's port", candidate("a", port=True), "a port of a bridge, bond or team: its controller is the uplink"),
+    ("never-default", candidate("a", never_default=True), "ipv4.never-default=yes: it never carries the default route"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("candidate", "expected"), [c[1:] for c in KIND_CASES], ids=[c[0] for c in KIND_CASES]
+)
+def test_kind_of(candidate: Candidate, expected: Kind | str) -> None:
+    assert kind_of(candidate) == expected
+
+
+ORDER_CASES: list[tuple[str, list[Candidate], list[str]]] = [
+    (
+        "wired, then Wi-Fi, then a tethered phone, then a modem, whatever NetworkManager's order",
+        [
+            candidate("lte", GSM, device_type=DEVICE_TYPE_MODEM),
+            candidate("phone", driver="cdc_ncm"),
+            candidate("home", WIFI, device_type=2),
+            candidate("fiber"),
+        ],
+        ["fiber", "home", "phone", "lte"],
+    ),
+    (
+        "metered last, even wired: a 4G router on a port, marked in its profile",
+        [candidate("4g-router", saved_metered=METERED_YES), candidate("home", WIFI, device_type=2)],
+        ["home", "4g-router"],
+    ),
+    (
+        "NetworkManager's own guess counts (DHCP's ANDROID_METERED hint on a hotspot)",
+        [candidate("hotspot", WIFI, device_type=2, metered=METERED_GUESS_YES), candidate("cafe", WIFI, device_type=2)],
+        ["cafe", "hotspot"],
+    ),
+    (
+        "an explicit no does not make a modem unmetered: it is the kind that is metered",
+        [candidate("lte", GSM, device_type=DEVICE_TYPE_MODEM, saved_metered=METERED_NO), candidate("wifi", WIFI)],
+        ["wifi", "lte"],
+    ),
+    (
+        "same kind: the profile's own route metric, then the name",
+        [candidate("b", metric=200), candidate("z"), candidate("a"), candidate("c", metric=100)],
+        ["c", "b", "a", "z"],
+    ),
+    (
+        "what cannot be an uplink is left out",
+        [candidate("vpn", "vpn", vpn=True), candidate("eth"), candidate("port", port=True), candidate("wifi", WIFI)],
+        ["eth", "wifi"],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("candidates", "order"), [c[1:] for c in ORDER_CASES], ids=[c[0] for c in ORDER_CASES]
+)
+def test_order(candidates: list[Candidate], order: list[str]) -> None:
+    ranked, _ = rank(candidates)
+    assert [r.profile.id for r in ranked] == order
+    # Any order NetworkManager lists them in gives the same.
+    ranked_back, _ = rank(candidates[::-1])
+    assert [r.profile.id for r in ranked_back] == order
+
+
+def test_each_says_why() -> None:
+    choice = choose(
+        [
+            candidate("fiber", metric=100),
+            candidate("phone", driver="rndis_host"),
+            candidate("vpn", "vpn", vpn=True),
+        ],
+        limit=8,
+    )
+    assert [r.why for r in choice.uplinks] == [
+        "wired, route metric 100",
+        "tethered, metered (a phone or modem)",
+    ]
+    assert [(x.candidate.profile.id, x.why) for x in choice.left] == [("vpn", "a VPN rides on an uplink")]
+
+
+def test_beyond_the_limit_is_left_out_with_the_reason() -> None:
+    choice = choose([candidate(f"eth{i}", metric=i) for i in range(4)], limit=2)
+    assert [r.profile.id for r in choice.uplinks] == ["eth0", "eth1"]
+    assert [x.why for x in choice.left] == ["beyond the first 2 uplinks"] * 2
