@@ -17,7 +17,7 @@ def running_daemon(
 ) -> Iterator[DaemonProcess]:
     daemon = DaemonProcess(lab, log, {**daemon_env(lab, **overrides), **(env_extra or {})})
     try:
-        daemon.wait_log(r"managing primary=")
+        daemon.wait_log(r" managing ")
         yield daemon
     finally:
         daemon.kill()

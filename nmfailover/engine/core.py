@@ -13,6 +13,7 @@ from loguru import logger
 
 from ..config import Settings
 from ..detection import DetectionParams
+from ..errors import NMError
 from ..discovery import Choice, choose
 from ..nm import LinkState, NMEvent, Profile
 from ..policy import Action, Decision, Health, PolicyParams, decide
@@ -187,7 +188,9 @@ class Engine:
         values back; traffic stays where it is until the policy says otherwise."""
         async with self._apply_lock:
             old = list(self.uplinks)
-            if [u.profile for u in old] == list(profiles):
+            if [u.profile.uuid for u in old] == [p.uuid for p in profiles]:
+                for uplink, profile in zip(old, profiles, strict=True):
+                    uplink.profile = profile  # renamed, or its saved settings edited: the same uplink
                 return
             was_managing = self.managing
             staying = {u.profile.uuid: u for u in old}
@@ -202,8 +205,8 @@ class Engine:
             for index, profile in enumerate(profiles):
                 kept = staying.get(profile.uuid)
                 if kept is None:
-                    kept = Uplink(index, profile, LinkState(uuid=profile.uuid))
-                    kept.recheck()
+                    # Its link read now: its first round (at once, by its new loop) goes through its device.
+                    kept = Uplink(index, profile, await self._link(profile))
                 new.append(kept)
             moved = {u.index: i for i, u in enumerate(new) if u.profile.uuid in staying}
             current = self.uplinks[self.current] if self.current is not None else None
@@ -240,6 +243,13 @@ class Engine:
         if self.choice is None:
             return "named in NMFAILOVER_UPLINKS"
         return self.choice.why(uplink.profile.uuid)
+
+    async def _link(self, profile: Profile) -> LinkState:
+        try:
+            return await self._nm.link_state(profile.uuid)
+        except NMError as exc:
+            logger.warning("{}: cannot read its link yet: {}", profile.id, exc)
+            return LinkState(uuid=profile.uuid)
 
     def _stop_jobs(self, uplink: Uplink) -> None:
         for name in self._uplink_jobs(uplink):
