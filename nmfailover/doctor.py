@@ -319,7 +319,7 @@ class Doctor:
         for left in choice.left:
             yield Check(OK, f"not an uplink: {left.candidate.profile.id!r}: {left.why}"), None
         if len(choice.uplinks) < 2:
-            # Not a fault of the installation: the daemon waits for a second uplink and takes it when it comes.
+            # Not a fault of the installation: the daemon waits for a second uplink and takes it then.
             count = len(choice.uplinks)
             hint = "connect a second way out (cable, Wi-Fi, phone), or name them in NMFAILOVER_UPLINKS"
             yield Check(OK, f"{count} uplink(s) found: nothing to fail over to yet; {hint}"), None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nmfailover.discovery import Candidate, Kind, choose, kind_of, rank
+from nmfailover.discovery import Kind, choose, kind_of, rank
 from nmfailover.nm import (
     DEVICE_TYPE_BT,
     DEVICE_TYPE_MODEM,
@@ -12,6 +12,7 @@ from nmfailover.nm import (
     METERED_NO,
     METERED_UNKNOWN,
     METERED_YES,
+    Candidate,
     Profile,
 )
 

@@ -13,8 +13,8 @@ from loguru import logger
 
 from ..config import Settings
 from ..detection import DetectionParams
-from ..errors import NMError
 from ..discovery import Choice, choose
+from ..errors import NMError
 from ..nm import LinkState, NMEvent, Profile
 from ..policy import Action, Decision, Health, PolicyParams, decide
 from .actuator import Actuator, NetworkManagerPort
