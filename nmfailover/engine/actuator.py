@@ -18,7 +18,6 @@ from ..errors import ConfigError, NMError
 from ..nm import (
     METERED_NAMES,
     METERED_YES,
-    Candidate,
     Dns,
     LinkState,
     Metrics,
@@ -76,7 +75,6 @@ class NetworkManagerPort(Protocol):
     async def profile(self, uuid: str) -> Profile: ...
     async def applied_metrics(self, device: str) -> Metrics: ...
     async def has_profile(self, uuid: str) -> bool: ...
-    async def active_candidates(self) -> list[Candidate]: ...
 
 
 @runtime_checkable

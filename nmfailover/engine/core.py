@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from loguru import logger
 
@@ -15,7 +15,7 @@ from ..config import Settings
 from ..detection import DetectionParams
 from ..discovery import Choice, choose
 from ..errors import NMError
-from ..nm import LinkState, NMEvent, Profile
+from ..nm import Candidate, LinkState, NMEvent, Profile
 from ..policy import Action, Decision, Health, PolicyParams, decide
 from .actuator import Actuator, NetworkManagerPort
 from .evidence import TrafficEvidence
@@ -30,6 +30,15 @@ _Event = TypeVar("_Event", SwitchEvent, DnsMoved)
 # How recent a proof of the uplink traffic moves to must be when the one it leaves was in no doubt (a pin,
 # a failover test, a pulled cable).
 FRESH_PROOF = 5.0
+
+
+@runtime_checkable
+class UplinkFinder(Protocol):
+    """Where the uplinks are found when none are named (the NetworkManager client)."""
+
+    async def active_candidates(self) -> list[Candidate]: ...
+
+
 # Asked before failing back; False vetoes the failback for now (asked again a round later).
 FailbackGuard = Callable[[SwitchEvent], Awaitable[bool]]
 
@@ -95,7 +104,7 @@ class Engine:
             self.actuator,
             self.supervisor,
             self.reconcile,
-            discover=self.discover if settings.auto_uplinks else None,
+            discover=self.discover if settings.auto_uplinks and isinstance(nm, UplinkFinder) else None,
         )
         self._nm = nm
         self._waiting_said = False
@@ -179,6 +188,7 @@ class Engine:
     async def discover(self) -> None:
         """The uplinks are the active connections that can carry the default route, in the order a person
         would prefer them (nmfailover.discovery); re-read at every change of the active connections."""
+        assert isinstance(self._nm, UplinkFinder)  # only then is this the intake's discover
         self.choice = choose(await self._nm.active_candidates(), self.settings.max_uplinks)
         await self.reshape([r.profile for r in self.choice.uplinks])
 
