@@ -157,6 +157,8 @@ class Engine:
                     where,
                     ", ".join(f"{u.label} {u.health.health.value}" for u in self.uplinks),
                 )
+                if self.choice is not None:
+                    self._log_order("uplinks found")
             jobs: dict[str, Job] = {}
             if self.managing:
                 for uplink in self.uplinks:
@@ -243,10 +245,10 @@ class Engine:
                 if self.supervisor.running and (not was_managing or uplink.profile.uuid not in staying):
                     for name, job in self._uplink_jobs(uplink).items():
                         self.supervisor.start(name, job)
-            logger.info(
-                "uplinks now: {}",
-                "; ".join(f"{u.label}: {self.why(u)}" for u in new),
-            )
+            self._log_order("uplinks now")
+
+    def _log_order(self, what: str) -> None:
+        logger.info("{}: {}", what, "; ".join(f"{u.label}: {self.why(u)}" for u in self.uplinks))
 
     def why(self, uplink: Uplink) -> str:
         """Why the uplink stands where it does."""
