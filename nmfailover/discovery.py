@@ -94,7 +94,11 @@ def rank(candidates: list[Candidate] | tuple[Candidate, ...]) -> tuple[tuple[Ran
     """The uplinks, most preferred first, and the connections left out with the reason."""
     ranked: list[Ranked] = []
     left: list[Left] = []
+    seen: set[str] = set()
     for candidate in candidates:
+        if candidate.profile.uuid in seen:
+            continue  # one profile is one uplink, even while NetworkManager lists it twice
+        seen.add(candidate.profile.uuid)
         kind = kind_of(candidate)
         if isinstance(kind, str):
             left.append(Left(candidate, kind))

@@ -29,6 +29,11 @@ class NMUnavailable(NMError):
     """The bus or NetworkManager cannot be reached right now."""
 
 
+class NMLinkChanged(NMError):
+    """The device was deactivated or went away between reading it and changing it: no fault of ours or
+    NetworkManager's, and the event that comes with it has the link read again."""
+
+
 class NMAccessDenied(NMError):
     """NetworkManager (polkit) refused the call: a permission problem, never a missing profile."""
 

@@ -16,7 +16,7 @@ from typing import Any
 from loguru import logger
 
 from .bus import BusType, Message, MessageBus, MessageType, Variant
-from .errors import NMAccessDenied, NMError, NMUnavailable, ProfileError
+from .errors import NMAccessDenied, NMError, NMLinkChanged, NMUnavailable, ProfileError
 
 NM_BUS = "org.freedesktop.NetworkManager"
 NM_PATH = "/org/freedesktop/NetworkManager"
@@ -32,6 +32,7 @@ IFACE_IP6 = f"{NM_BUS}.IP6Config"
 IFACE_PROPERTIES = "org.freedesktop.DBus.Properties"
 
 DEVICE_STATE_ACTIVATED = 100
+ACTIVE_CONNECTION_DEACTIVATING = 3  # NMActiveConnectionState; 4 is deactivated
 DEVICE_TYPE_BT = 5
 DEVICE_TYPE_MODEM = 8
 UPDATE2_IN_MEMORY = 0x2
@@ -94,6 +95,14 @@ ERROR_DENIED = frozenset(
         "org.freedesktop.NetworkManager.PermissionDenied",
         "org.freedesktop.NetworkManager.Settings.PermissionDenied",
         "org.freedesktop.NetworkManager.Device.PermissionDenied",
+    }
+)
+ERROR_LINK_CHANGED = frozenset(
+    {
+        "org.freedesktop.NetworkManager.Device.NotActive",
+        "org.freedesktop.DBus.Error.UnknownObject",
+        # GDBus's answer for a device object that is gone (NetworkManager restarted, the device removed).
+        "org.freedesktop.DBus.Error.UnknownMethod",
     }
 )
 ERROR_NO_SUCH_PROFILE = "org.freedesktop.NetworkManager.Settings.InvalidConnection"
@@ -233,6 +242,7 @@ class LinkState:
     # also covers the privacy addresses the kernel keeps rotating. Link-local ones never leave the link.
     sources4: tuple[str, ...] = ()
     sources6: tuple[str, ...] = ()
+    active: str | None = None  # D-Bus path of its active connection: a re-activation makes a new one
 
     @property
     def activated(self) -> bool:
@@ -577,6 +587,10 @@ class NetworkManagerClient:
         (value,) = await self._nm(path, IFACE_PROPERTIES, "Get", "ss", [interface, name])
         return _unwrap(value)
 
+    async def starting_up(self) -> bool:
+        """True until NetworkManager has tried to activate every connection it can at its start."""
+        return bool(await self._get(NM_PATH, IFACE_NM, "Startup"))
+
     async def version(self) -> str:
         return str(await self._get(NM_PATH, IFACE_NM, "Version"))
 
@@ -663,6 +677,8 @@ class NetworkManagerClient:
         found: list[Candidate] = []
         for props in await self._active_connections():
             devices = props.get("Devices") or []
+            if int(props.get("State", 0)) >= ACTIVE_CONNECTION_DEACTIVATING:
+                continue  # on its way out; a re-activation of the same profile is listed beside it
             try:
                 settings = await self._settings(str(props["Connection"]))
                 device = await self._get_all(str(devices[0]), IFACE_DEVICE) if devices else {}
@@ -692,33 +708,37 @@ class NetworkManagerClient:
     # -- links --------------------------------------------------------------------------------------
 
     async def _active_connections(self) -> list[dict[str, Any]]:
+        """Each active connection's properties, with its own object path under "Path"."""
         found = []
         for path in await self._get(NM_PATH, IFACE_NM, "ActiveConnections"):
             try:
-                found.append(await self._get_all(path, IFACE_ACTIVE))
+                found.append({**await self._get_all(path, IFACE_ACTIVE), "Path": str(path)})
             except NMUnavailable:
                 raise
             except NMError:
                 continue  # deactivated between the listing and the read: it is simply not active any more
         return found
 
-    async def _device_of(self, uuid: str) -> str | None:
+    async def _device_of(self, uuid: str) -> tuple[str, str] | None:
+        """The device the profile is active on and its active connection's path (new at each activation)."""
         for props in await self._active_connections():
             if props.get("Uuid") == uuid and props.get("Devices"):
-                return str(props["Devices"][0])
+                return str(props["Devices"][0]), str(props["Path"])
         return None
 
     async def link_state(self, uuid: str) -> LinkState:
         """Where the profile is active now, and what a probe needs to use that link."""
-        device = await self._device_of(uuid)
-        if device is None:
+        found = await self._device_of(uuid)
+        if found is None:
             return LinkState(uuid=uuid)
+        device, active = found
         props = await self._get_all(device, IFACE_DEVICE)
         ip4 = await self._get_all(str(props.get("Ip4Config", "/")), IFACE_IP4)
         ip6 = await self._get_all(str(props.get("Ip6Config", "/")), IFACE_IP6)
         return LinkState(
             uuid=uuid,
             device=device,
+            active=active,
             interface=str(props.get("IpInterface") or props.get("Interface") or "") or None,
             state=int(props.get("State", 0)),
             nameservers=_nameservers(ip4, ip6),
@@ -1112,6 +1132,8 @@ def _error(member: str, name: str | None, text: str) -> NMError:
         return NMUnavailable(f"NetworkManager is not answering ({member}): {text}", name)
     if name in ERROR_DENIED:
         return NMAccessDenied(f"{member} was refused (permission denied): {text}", name)
+    if name in ERROR_LINK_CHANGED:
+        return NMLinkChanged(message, name)
     return NMError(message, name)
 
 

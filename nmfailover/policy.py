@@ -77,6 +77,9 @@ class UplinkHealth:
     samples: tuple[Sample, ...] = ()  # answers (or their absence) within the brownout window
     baseline: float | None = None  # its usual answer time, learnt while it is not degraded
     degraded_at: float | None = None  # when it was last found degraded
+    # Its link went away and came back (a new activation): once proved it needs no hold-down, unless its
+    # path failed since or it flapped.
+    relinked: bool = False
 
     @property
     def suspect(self) -> bool:
@@ -120,8 +123,12 @@ def observe(
 
     changed_at = now if health is not state.health else state.changed_at
     downs = tuple(t for t in state.downs if now - t < params.flap_window)
-    if state.health is Health.UP and health is Health.DOWN:
-        downs += (now,)  # a portal is the user's to click through, not a flap
+    relinked = state.relinked
+    if state.health is Health.UP and health is Health.DOWN and not hard:
+        # A portal is the user's to click through, and a link that went away (a cable pulled, networking
+        # off, a suspend) did so by itself: neither is a flap of the path.
+        downs += (now,)
+        relinked = False
     return replace(
         state,
         health=health,
@@ -129,6 +136,7 @@ def observe(
         consecutive_successes=successes,
         changed_at=changed_at,
         downs=downs,
+        relinked=relinked,
     )
 
 
@@ -181,6 +189,8 @@ def hold_down(state: UplinkHealth, now: float, params: PolicyParams) -> tuple[fl
     """How long `state`'s uplink must stay up before traffic moves back to it, and why."""
     base = params.failback_hold_down
     recent = sum(1 for t in state.downs if now - t < params.flap_window)
+    if state.relinked and recent == 0:
+        return 0.0, "its link came back"
     if params.max_hold_down is None or recent <= 1:
         return base, "the configured hold-down"
     seconds = min(base * 2 ** (recent - 1), params.max_hold_down)

@@ -131,3 +131,9 @@ def test_beyond_the_limit_is_left_out_with_the_reason() -> None:
     choice = choose([candidate(f"eth{i}", metric=i) for i in range(4)], limit=2)
     assert [r.profile.id for r in choice.uplinks] == ["eth0", "eth1"]
     assert [x.why for x in choice.left] == ["beyond the first 2 uplinks"] * 2
+
+
+def test_a_profile_listed_twice_is_one_uplink() -> None:
+    # NetworkManager lists a re-activated profile twice for a moment: the new activation and the old one.
+    ranked, _ = rank([candidate("wifi", WIFI), candidate("eth"), candidate("wifi", WIFI)])
+    assert [r.profile.id for r in ranked] == ["eth", "wifi"]

@@ -76,7 +76,7 @@ OBSERVE_CASES: list[tuple[str, UplinkHealth, bool, bool, PolicyParams, UplinkHea
     ("up-fail-first", H(UP, 0, 7), False, False, P, H(UP, 1, 0, 5.0)),
     ("up-fail-one-below", H(UP, 1, 0), False, False, P, H(UP, 2, 0, 5.0)),
     ("up-fail-at-threshold", H(UP, 2, 0), False, False, P, H(DOWN, 3, 0, 10.0, (10.0,))),
-    ("up-hard-down-at-once", H(UP, 0, 9), False, True, P, H(DOWN, 1, 0, 10.0, (10.0,))),
+    ("up-hard-down-at-once", H(UP, 0, 9), False, True, P, H(DOWN, 1, 0, 10.0, ())),
     ("up-ok-hard-ignored", H(UP, 1, 0), True, True, P, H(UP, 0, 1, 5.0)),
     ("up-fail-count-1", H(UP, 0, 3), False, False, PolicyParams(1, 5, 0.0), H(DOWN, 1, 0, 10.0, (10.0,))),
     ("down-fail-stays-kept", H(DOWN, 3, 0), False, False, P, H(DOWN, 4, 0, 5.0)),
@@ -756,3 +756,30 @@ BROWN_DECIDE_CASES: list[tuple[str, list[UplinkHealth], int, Decision]] = [
 )
 def test_decide_brownout(uplinks: list[UplinkHealth], current: int, expected: Decision) -> None:
     assert decide(uplinks, current, 100.0, BROWN, names=N2) == expected
+
+
+RELINKED_CASES: list[tuple[str, tuple[float, ...], tuple[float, str]]] = [
+    # id, downs of its path, (seconds, why)
+    ("its link came back: no hold-down", (), (0.0, "its link came back")),
+    ("its path failed within the window: the hold-down", (900.0,), (30.0, "the configured hold-down")),
+    ("and flapped: the damped one", (800.0, 900.0), (60.0, "2 failures in the last 3600s")),
+]
+
+
+@pytest.mark.parametrize(
+    ("downs", "expected"), [c[1:] for c in RELINKED_CASES], ids=[c[0] for c in RELINKED_CASES]
+)
+def test_a_link_that_came_back_needs_no_hold_down_unless_its_path_failed(
+    downs: tuple[float, ...], expected: tuple[float, str]
+) -> None:
+    assert hold_down(replace(H(UP, downs=downs), relinked=True), 1000.0, DAMPED) == expected
+
+
+def test_a_link_going_away_is_no_flap_and_a_path_failure_ends_the_waiver() -> None:
+    relinked = replace(H(UP, 0, 3, 0.0), relinked=True)
+    gone = observe(relinked, False, 10.0, P, hard=True)
+    assert gone.health is DOWN and gone.downs == () and gone.relinked
+    failed = relinked
+    for now in range(10, 10 + P.fail_count):
+        failed = observe(failed, False, float(now), P)
+    assert failed.health is DOWN and failed.downs == (12.0,) and not failed.relinked

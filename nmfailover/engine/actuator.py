@@ -14,7 +14,7 @@ from loguru import logger
 
 from .. import runstate
 from ..config import Settings
-from ..errors import ConfigError, NMError
+from ..errors import ConfigError, NMError, NMLinkChanged, NMUnavailable
 from ..nm import (
     METERED_NAMES,
     METERED_YES,
@@ -234,9 +234,7 @@ class Actuator:
                     if not uplink.missing:
                         await self.nm.set_autoconnect_priority(uplink.profile.uuid, len(ranked) - rank)
         except NMError as exc:
-            logger.error(
-                "could not apply the preference for {}: {} (will retry)", self.uplinks[preferred].label, exc
-            )
+            _failed(f"could not apply the preference for {self.uplinks[preferred].label}", exc)
             return
         self.applied_for, self.applied_ipv6_down = preferred, ipv6_down
         for uplink, _, _, _ in live:
@@ -345,7 +343,7 @@ class Actuator:
                     device, not withdraw, self.ipv6_withdrawn.get(uplink.index)
                 )
             except NMError as exc:
-                logger.error("{}: could not change its IPv6 default route: {}", uplink.label, exc)
+                _failed(f"{uplink.label}: could not change its IPv6 default route", exc)
                 continue
             if withdraw:
                 self.ipv6_withdrawn[uplink.index] = gateway
@@ -410,7 +408,7 @@ class Actuator:
             try:
                 changed = await self.router.set_source_routing(device, wanted)
             except NMError as exc:
-                logger.error("{}: could not route its connections by source address: {}", uplink.label, exc)
+                _failed(f"{uplink.label}: could not route its connections by source address", exc)
                 continue
             self.source_routing[uplink.index] = wanted
             if changed:
@@ -485,7 +483,7 @@ class Actuator:
                 if not wanted_routes.servers:
                     changed |= await self._route_resolvers(index, wanted_routes)
         except NMError as exc:
-            logger.error("could not move DNS: {} (will retry)", exc)
+            _failed("could not move DNS", exc)
             return False
         return changed
 
@@ -551,6 +549,16 @@ class Actuator:
         else:
             del self._resolver_routes[index]
         return changed
+
+
+def _failed(what: str, exc: NMError) -> None:
+    """A change that did not take, retried at the next round; an error unless the link changed under it."""
+    if isinstance(exc, NMLinkChanged):
+        logger.info("{}: its link changed meanwhile ({}); it is read again", what, exc)
+    elif isinstance(exc, NMUnavailable):
+        logger.warning("{}: {}; again when it is back", what, exc)
+    else:
+        logger.error("{}: {} (will retry)", what, exc)
 
 
 def _normalized(server: str) -> str:

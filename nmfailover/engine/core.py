@@ -30,6 +30,9 @@ _Event = TypeVar("_Event", SwitchEvent, DnsMoved)
 # How recent a proof of the uplink traffic moves to must be when the one it leaves was in no doubt (a pin,
 # a failover test, a pulled cable).
 FRESH_PROOF = 5.0
+# With no uplink carrying traffic (start, resume, networking back on), links activated this recently are
+# waited for, up to their first verdict, before traffic goes anywhere: the best one, not the first one up.
+SETTLE = 3.0
 
 
 @runtime_checkable
@@ -335,11 +338,15 @@ class Engine:
 
     async def _reconcile_route(self) -> None:
         self._deadlines_changed.set()
+        if self.current is not None and not any(u.link.activated for u in self.uplinks):
+            self.current = None  # every link gone (asleep, networking off): nothing carries traffic
         self._refresh_next_candidate()
         decision = self.decision(self.clock())
         target = decision.preferred
         if target is None or self.uplinks[target].health.health != Health.UP:
             return  # with nothing healthy, nothing is changed
+        if decision.action is Action.INITIAL and self._settling(target):
+            return  # the loops of those still waited for reconcile after their verdict
         if target == self.current:
             if not self.actuator.up_to_date(target):
                 await self.actuator.apply(target)
@@ -367,6 +374,17 @@ class Engine:
         self._switched.put_nowait(event)
         # Its loop may be waiting out a standby interval: from now on it is watched at the active pace.
         self.uplinks[target].wake.set()
+
+    def _settling(self, target: int) -> bool:
+        """A more preferred uplink whose link has just come up has no verdict yet."""
+        now = self.clock()
+        return any(
+            u.link.activated
+            and u.health.health is Health.UNKNOWN
+            and u.activated_at is not None
+            and now - u.activated_at < SETTLE
+            for u in self.uplinks[:target]
+        )
 
     def _refresh_next_candidate(self) -> None:
         """While the current uplink is in doubt, the one traffic would move to is proved at once: a backup

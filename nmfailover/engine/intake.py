@@ -4,10 +4,13 @@ immediate probes, routing tables that follow the uplinks' addresses, and a fresh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from loguru import logger
 
+from ..detection import Watch
 from ..errors import NMError, NMUnavailable
 from ..nm import (
     ActiveConnectionsChanged,
@@ -21,13 +24,23 @@ from ..nm import (
     NMStopped,
     ProfilesChanged,
 )
+from ..policy import UplinkHealth
 from .actuator import Actuator, NetworkManagerPort
 from .state import Uplink
 from .supervisor import Supervisor
 
 BURST = 0.02  # the signals of one change arrive together: collect them, then act once
+# A NetworkManager that has just started re-activates its connections: their links are read once it has
+# (or after this long), so that a restart never reads as every link gone.
+STARTUP_WAIT = 15.0
+STARTUP_POLL = 0.2
 IDLE_BEAT = 5.0  # an idle loop still proves it is alive this often
 RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+@runtime_checkable
+class StartupWatch(Protocol):
+    async def starting_up(self) -> bool: ...
 
 
 class EventIntake:
@@ -78,6 +91,7 @@ class EventIntake:
                 logger.warning("NetworkManager left the bus; probing goes on, changes wait for its return")
                 return
             case NMStarted():
+                await self._startup_done()
                 logger.info("NetworkManager is back; re-reading links and re-applying the preference")
                 self.actuator.applied_for = None
                 for uplink in self.uplinks:
@@ -114,6 +128,14 @@ class EventIntake:
         await self.actuator.apply_dns()
         await self._reconcile()
 
+    async def _startup_done(self) -> None:
+        if not isinstance(self.nm, StartupWatch):
+            return
+        deadline = self.supervisor.clock() + STARTUP_WAIT
+        with contextlib.suppress(NMError):
+            while await self.nm.starting_up() and self.supervisor.clock() < deadline:
+                await asyncio.sleep(STARTUP_POLL)
+
     async def refresh_links(self) -> list[Uplink]:
         """Re-read every uplink's link; return those whose link changed in a way a probe should see."""
         changed = []
@@ -128,18 +150,25 @@ class EventIntake:
             if link.device is None or uplink.missing:
                 await self._check_profile_exists(uplink)
             old = uplink.link
-            if (link.device, link.interface, link.state, link.nameservers) != (
+            if (link.device, link.active, link.interface, link.state, link.nameservers) != (
                 old.device,
+                old.active,
                 old.interface,
                 old.state,
                 old.nameservers,
             ):
                 if old.state or link.state:
                     logger.info("{}: link {} -> {}", uplink.label, old.state_name, link.state_name)
-                if link.activated and not old.activated:
+                reactivated = link.active != old.active
+                if link.activated and (not old.activated or reactivated):
                     # A fresh activation brings back the profile's own metrics.
                     self.actuator.applied_for = None
-                if link.device != old.device or link.activated != old.activated:
+                    # ...and is a new link (a new lease, maybe another router): judged afresh, at once, by
+                    # one round as at start; only its flap history stays.
+                    relinked = uplink.activated_at is not None  # not its first activation in this run
+                    uplink.watch = Watch(health=UplinkHealth(downs=uplink.health.downs, relinked=relinked))
+                    uplink.activated_at = self.supervisor.clock()
+                if link.device != old.device or link.activated != old.activated or reactivated:
                     # ...and a new applied connection, without our table and rules.
                     self.actuator.forget_source_routing(uplink.index)
                     self.actuator.forget_dns(uplink.index)
