@@ -23,7 +23,8 @@ def sleep(lab: NMLab, asleep: bool) -> None:
     """What systemd-logind's suspend and resume ask of NetworkManager."""
     lab.host(
         "dbus-send", "--system", "--print-reply", "--dest=org.freedesktop.NetworkManager",
-        "/org/freedesktop/NetworkManager", "org.freedesktop.NetworkManager.Sleep", f"boolean:{str(asleep).lower()}",
+        "/org/freedesktop/NetworkManager", "org.freedesktop.NetworkManager.Sleep",
+            f"boolean:{str(asleep).lower()}",
     )  # fmt: skip
 
 

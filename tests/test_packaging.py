@@ -614,16 +614,21 @@ FAKE_SYSTEMCTL = """#!/bin/sh
 # Logs every call; answers like systemd for a unit that is enabled / running only when the test says so.
 echo "$*" >> /tmp/systemctl.log
 case " $* " in
-    *" is-enabled "*) if [ -e /tmp/unit-enabled ]; then echo enabled; else echo disabled; exit 1; fi ;;
+    *" is-enabled "*)
+        if [ -e /tmp/unit-enabled ] || [ -e /etc/systemd/system/multi-user.target.wants/nmfailover.service ]; then
+            echo enabled
+        else
+            echo disabled; exit 1
+        fi ;;
     *" is-active "*) [ -e /tmp/unit-active ] || exit 3 ;;
 esac
 """
 
 
-def _maintainer_scripts_never_enable_or_start(chroot: Chroot, deb: str) -> None:
-    """With a (fake) running systemd: installing reloads only, and neither enables nor starts the unit; an
-    upgrade restarts it only if the administrator enabled it or it runs; removal stops it; purge forgets
-    its enablement links."""
+def _maintainer_scripts_enable_and_start_on_install(chroot: Chroot, deb: str) -> None:
+    """With a (fake) running systemd: installing enables and starts the unit (it finds its uplinks itself);
+    an upgrade restarts it if it is enabled or runs and keeps an administrator's disable; removal stops it;
+    purge forgets its enablement links."""
     # The dependencies first, without the fake: their own scripts would talk to it too.
     chroot.apt_install(deb)
     chroot.run("dpkg", "-P", "nmfailover")
@@ -654,24 +659,25 @@ def _maintainer_scripts_never_enable_or_start(chroot: Chroot, deb: str) -> None:
 
     try:
         set_state(enabled=False, active=False)
-        assert actions("dpkg", "-i", deb) == ["--system daemon-reload"]
-        assert not wants.exists() and not wants.is_symlink(), "installing enabled the unit"
-        # An upgrade (the same version again) of a unit nobody enabled or started leaves it alone.
-        assert actions("dpkg", "-i", deb) == ["--system daemon-reload"]
-        # Enabled by the administrator (the link `systemctl enable` makes) and running: the upgrade
-        # restarts it on the new code.
+        installed = actions("dpkg", "-i", deb)
+        assert wants.is_symlink(), "installing did not enable the unit"
+        assert installed[-1] == "--quiet --system start nmfailover.service", installed
+        # Running, enabled: an upgrade (the same version again) restarts it on the new code.
+        set_state(enabled=True, active=True)
+        assert actions("dpkg", "-i", deb)[-1] == "--quiet --system restart nmfailover.service"
+        # Disabled and stopped by the administrator: an upgrade keeps it so.
+        wants.unlink()
+        set_state(enabled=False, active=False)
+        upgraded = actions("dpkg", "-i", deb)
+        assert not wants.is_symlink(), "an upgrade enabled the unit an administrator disabled"
+        assert not any(re.search(r"\b(start|restart)\b", call) for call in upgraded), upgraded
         (unit,) = [
             f
             for f in chroot.run("dpkg", "-L", "nmfailover").stdout.split()
             if f.endswith("/systemd/system/nmfailover.service")
         ]
-        wants.parent.mkdir(parents=True, exist_ok=True)
         wants.symlink_to(unit)
         set_state(enabled=True, active=True)
-        assert actions("dpkg", "-i", deb) == [
-            "--system daemon-reload",
-            "--quiet --system restart nmfailover.service",
-        ]
         assert actions("dpkg", "-r", "nmfailover") == ["stop nmfailover.service", "--system daemon-reload"]
         # Purge: the enablement link goes with the package, and nothing is started or enabled.
         assert actions("dpkg", "-P", "nmfailover") == ["daemon-reload"]
@@ -695,7 +701,7 @@ def test_debian_12_installs_runs_and_removes_the_package(built: Build, tmp_path:
         shutil.copy(built.deb, debian.path("/tmp"))
         deb = f"/tmp/{built.deb.name}"
         _installs_runs_and_removes_cleanly(debian, deb, built)
-        _maintainer_scripts_never_enable_or_start(debian, deb)
+        _maintainer_scripts_enable_and_start_on_install(debian, deb)
         print(
             f"Debian 12: install, checks, remove, purge, maintainer scripts: {time.monotonic() - started:.0f} s"
         )
@@ -751,5 +757,5 @@ def test_debian_13_builds_lints_and_installs_the_package(built: Build, tmp_path:
         print(f"Debian 13: lintian (install and run) {time.monotonic() - linted:.0f} s")
 
         _installs_runs_and_removes_cleanly(debian, f"/build/{deb.name}", built)
-        _maintainer_scripts_never_enable_or_start(debian, f"/build/{deb.name}")
+        _maintainer_scripts_enable_and_start_on_install(debian, f"/build/{deb.name}")
         print(f"Debian 13: build, lintian, install, checks: {time.monotonic() - started:.0f} s")
