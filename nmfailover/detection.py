@@ -591,6 +591,10 @@ def _fold_excuse(
         watch = replace(watch, echoed=True)
         watch, notes = _verdict(watch, False, failed, loaded, now, params)
         return watch, None, notes
+    if answers < sent and not isinstance(after.step, Proof):
+        # Some echoes lost: the cheap check may have been lost too, so it says nothing of its own layer
+        # until the loss test has spoken (a lossy path is no dead resolver).
+        return _loss_test(watch, after, answers, sent, loaded, situation, params)
     match after.step:
         case DnsCheck():
             return _fold_dns(watch, failed, situation, params)
@@ -611,6 +615,39 @@ def _fold_excuse(
         f"({watch.excused}/{params.loss_excuses})"
     )
     return watch, None, (note,)
+
+
+def _loss_test(
+    watch: Watch,
+    after: Unanswered,
+    answers: int,
+    sent: int,
+    loaded: bool,
+    situation: Situation,
+    params: DetectionParams,
+) -> Folded:
+    """The excuse burst of a cheap check opens the loss test: heavy loss is a failure, tolerated loss
+    excuses the check (a failed kept-alive check still calls its proof), undecided asks more bursts."""
+    score = loss_score(0.0, answers, sent, params)
+    if score >= math.log(1 / FALSE_ALARM):
+        why = f"heavy loss: {answers}/{sent} echoes answered in the last burst"
+        watch, notes = _verdict(
+            replace(watch, echoed=True), False, after.result, loaded, situation.now, params, why
+        )
+        return watch, None, notes
+    if score <= math.log(MISS):
+        if isinstance(after.step, HttpCheck):
+            return _http_failed(watch, after.result, params)
+        return (
+            watch,
+            None,
+            (Note(f"lossy, not failed: {after.result.summary}; {answers}/{sent} echoes answered"),),
+        )
+    assert watch.echo_peer is not None  # the burst went to it
+    burst = Echo(
+        watch.echo_peer, params.echo_burst, echo_timeout(watch, watch.echo_peer, params), Purpose.CONFIRM
+    )
+    return replace(watch, loss_score=score, loss_bursts=1), burst, ()
 
 
 def _http_failed(watch: Watch, result: RoundResult, params: DetectionParams) -> Folded:

@@ -380,7 +380,17 @@ def test_a_failed_kept_alive_check_calls_a_proof_at_once() -> None:
     assert step is None
 
 
-@pytest.mark.parametrize(("answered", "next_step", "failures"), [(0, None, 1), (8, Proof, 0), (3, Proof, 0)])
+@pytest.mark.parametrize(
+    ("answered", "next_step", "failures"),
+    [(0, None, 1), (8, Proof, 0), (7, Proof, 0), (3, Echo, 0), (0, None, 1)],
+    ids=[
+        "silent: a cut",
+        "clean: HTTP's own",
+        "tolerated loss: its proof",
+        "undecided: the loss test",
+        "cut",
+    ],
+)
 def test_a_kept_alive_check_nothing_answered_asks_the_path_first(
     answered: int, next_step: type[Step] | None, failures: int
 ) -> None:
@@ -454,3 +464,43 @@ def test_a_passing_proof_counts_as_both_cheap_checks() -> None:
     proved, _, _ = fold_proof(stale, round_of(answer()))
     _, step = plan(proved, at(103.0), PARAMS)
     assert isinstance(step, Echo) and step.purpose is Purpose.HEARTBEAT
+
+
+DNS_BURST_CASES = [
+    # (burst answers of 8, DNS failures after, path failures after, next step, why)
+    (8, 1, 0, None, "a clean path: the resolvers' fault"),
+    (7, 0, 0, None, "tolerated loss: the query may have been lost, nothing judged"),
+    (2, 0, 0, Echo, "heavy-looking loss: the loss test goes on"),
+    (0, 0, 1, None, "a silent path: a cut"),
+]
+
+
+@pytest.mark.parametrize(
+    ("answers", "dns_failures", "failures", "next_step", "why"),
+    DNS_BURST_CASES,
+    ids=[c[-1] for c in DNS_BURST_CASES],
+)
+def test_a_lossy_path_is_no_dead_resolver(
+    answers: int, dns_failures: int, failures: int, next_step: type[Step] | None, why: str
+) -> None:
+    watch, step, _ = fold(
+        HEALTHY, DnsCheck("one.example", 0.25), Observed(dns_result(False)), at(101.0), PARAMS
+    )
+    watch, step, _ = then_burst(watch, step, answers, 101.3)
+    assert (watch.dns.failures, watch.health.consecutive_failures) == (dns_failures, failures), why
+    assert (type(step) if step else None) is next_step, why
+    if isinstance(step, Echo):
+        assert step.purpose is Purpose.CONFIRM and watch.loss_score > 0
+
+
+def test_heavy_loss_behind_a_failed_check_is_found_by_the_loss_test() -> None:
+    watch, step, _ = fold(
+        HEALTHY, DnsCheck("one.example", 0.25), Observed(dns_result(False)), at(101.0), PARAMS
+    )
+    watch, step, text = then_burst(watch, step, 1, 101.3)
+    now = 101.6
+    while isinstance(step, Echo):
+        watch, step, notes = fold(watch, step, Observed(echoes(2, 8)), at(now), PARAMS)
+        text = " ".join(n.text for n in notes)
+        now += 0.3
+    assert watch.health.consecutive_failures == 1 and "heavy loss" in text and watch.dns.failures == 0

@@ -5,7 +5,7 @@ installs, runs and goes away cleanly in clean Debian roots made here with deboot
 - Debian 12 (bookworm): the package this machine builds (CI's machine is Debian 12) is installed in a
   minbase bookworm root: owners and modes, the installed copy runs (`--version`, `check --help`, every
   module imports, a real probe over loopback), remove keeps the env file and purge deletes it, and the
-  maintainer scripts (dh_installsystemd's) never enable or start the service.
+  maintainer scripts (dh_installsystemd's) enable and start the service on install and keep a disable.
 - Debian 13 (trixie): the source package this machine builds is built again inside a trixie root, as a
   Debian build machine would (its Build-Depends, its python3 3.13, pip reaching PyPI from the root), then
   checked with dpkg-deb and trixie's lintian and put through the same install checks there.
@@ -614,6 +614,15 @@ FAKE_SYSTEMCTL = """#!/bin/sh
 # Logs every call; answers like systemd for a unit that is enabled / running only when the test says so.
 echo "$*" >> /tmp/systemctl.log
 case " $* " in
+    # deb-systemd-helper enables through the presets when systemctl is there; Debian's default preset is
+    # "enable", which makes the unit's WantedBy= link.
+    *" preset nmfailover.service "*)
+        mkdir -p /etc/systemd/system/multi-user.target.wants
+        for unit in /usr/lib/systemd/system/nmfailover.service /lib/systemd/system/nmfailover.service; do
+            if [ -e "$unit" ]; then
+                ln -sf "$unit" /etc/systemd/system/multi-user.target.wants/nmfailover.service; break
+            fi
+        done ;;
     *" is-enabled "*)
         if [ -e /tmp/unit-enabled ] || [ -e /etc/systemd/system/multi-user.target.wants/nmfailover.service ]; then
             echo enabled
@@ -660,7 +669,7 @@ def _maintainer_scripts_enable_and_start_on_install(chroot: Chroot, deb: str) ->
     try:
         set_state(enabled=False, active=False)
         installed = actions("dpkg", "-i", deb)
-        assert wants.is_symlink(), "installing did not enable the unit"
+        assert wants.is_symlink(), f"installing did not enable the unit: {installed}"
         assert installed[-1] == "--quiet --system start nmfailover.service", installed
         # Running, enabled: an upgrade (the same version again) restarts it on the new code.
         set_state(enabled=True, active=True)

@@ -111,6 +111,7 @@ class Engine:
         )
         self._nm = nm
         self._waiting_said = False
+        self._settle_until: float | None = None
         self.current: int | None = None
         self.last_switch_at: float | None = None
         self.switches = 0
@@ -346,7 +347,9 @@ class Engine:
         if target is None or self.uplinks[target].health.health != Health.UP:
             return  # with nothing healthy, nothing is changed
         if decision.action is Action.INITIAL and self._settling(target):
-            return  # the loops of those still waited for reconcile after their verdict
+            # Their loops reconcile after their verdict; the timers, when the wait is over without one.
+            self._settle_until = (self.uplinks[target].activated_at or self.clock()) + SETTLE
+            return
         if target == self.current:
             if not self.actuator.up_to_date(target):
                 await self.actuator.apply(target)
@@ -376,13 +379,14 @@ class Engine:
         self.uplinks[target].wake.set()
 
     def _settling(self, target: int) -> bool:
-        """A more preferred uplink whose link has just come up has no verdict yet."""
-        now = self.clock()
+        """Its link has just come up, and a more preferred uplink's has too, or will (it was up before all
+        went away): that one's first verdict is waited for, briefly."""
+        now, chosen = self.clock(), self.uplinks[target]
+        if chosen.activated_at is None or now - chosen.activated_at >= SETTLE:
+            return False
         return any(
-            u.link.activated
-            and u.health.health is Health.UNKNOWN
-            and u.activated_at is not None
-            and now - u.activated_at < SETTLE
+            (u.link.activated and u.health.health is Health.UNKNOWN)
+            or (not u.link.activated and u.activated_at is not None)
             for u in self.uplinks[:target]
         )
 
@@ -467,6 +471,7 @@ class Engine:
             self._vetoed_until,
             self.avoid.until if self.avoid is not None else None,
             self.pin.until if self.pin is not None else None,
+            self._settle_until,
         ]
         return min((t for t in times if t is not None), default=None)
 
@@ -492,6 +497,8 @@ class Engine:
             if self.pin is not None and not self.pin.active(now):
                 logger.info("preference for {} expired", self.uplinks[self.pin.index].label)
                 self.pin = None
+            if self._settle_until is not None and now >= self._settle_until:
+                self._settle_until = None  # waited long enough for a better uplink's return
             if deadline is not None and now >= deadline:
                 await self.reconcile()
 
