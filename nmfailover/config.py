@@ -246,6 +246,10 @@ class Settings(BaseSettings):
     # name stands for (role, profile id, UUID, interface) is known only once NetworkManager has resolved the
     # profiles, so engine/actuator.py refuses the names that are none of them.
     metered: tuple[str, ...] = ()
+    # Uplinks kept down while a more preferred one is healthy, activated when none is, and deactivated
+    # again this long after traffic left them (connections still on them finish first). Named as METERED.
+    on_demand: tuple[str, ...] = ()
+    on_demand_linger: HoldDown = 30.0
     # Routing by source address: each uplink's applied connection gets a routing table of its own (table
     # base + its index) with its default route, and rules "from its addresses" into it, so a connection
     # keeps leaving through the uplink whose address it uses when the main default route moves.
@@ -330,9 +334,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name!r} is listed twice")
         return uplinks
 
-    @field_validator("metered", mode="before")
+    @field_validator("metered", "on_demand", mode="before")
     @classmethod
-    def _split_metered(cls, value: object) -> object:
+    def _split_uplink_names(cls, value: object) -> object:
         if not isinstance(value, str):
             return value
         if not value.strip():

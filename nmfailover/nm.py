@@ -845,6 +845,21 @@ class NetworkManagerClient:
                     raise
         return True  # pragma: no cover - the loop always returns or raises
 
+    async def activate(self, uuid: str) -> None:
+        """Activate the profile on whatever device it fits (ActivateConnection); returns once NetworkManager
+        has taken it on, not once it is up (the events tell)."""
+        path = await self._profile_path(uuid)
+        await self._nm(NM_PATH, IFACE_NM, "ActivateConnection", "ooo", [path, "/", "/"])
+
+    async def deactivate(self, uuid: str) -> bool:
+        """Deactivate the profile where it is active (DeactivateConnection), which also keeps NetworkManager
+        from activating it again by itself until someone does; False if it was not active."""
+        for props in await self._active_connections():
+            if props.get("Uuid") == uuid:
+                await self._nm(NM_PATH, IFACE_NM, "DeactivateConnection", "o", [props["Path"]])
+                return True
+        return False
+
     async def set_autoconnect_priority(self, uuid: str, priority: int) -> bool:
         """Set connection.autoconnect-priority in memory only (nothing written to disk)."""
         path = await self._profile_path(uuid)

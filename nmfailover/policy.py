@@ -6,7 +6,7 @@ Everything here is a function of its arguments. Time comes in as float seconds s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -340,3 +340,23 @@ def decide(
             current, Action.KEEP, f"{names[best]} is degraded ({degraded[best]}); keeping {names[current]}"
         )
     return Decision(current, Action.KEEP, f"keeping {names[current]} ({uplinks[current].health})")
+
+
+def on_demand_wanted(
+    uplinks: Sequence[UplinkHealth],
+    current: int | None,
+    on_demand: frozenset[int],
+    left_at: Mapping[int, float],
+    now: float,
+    linger: float,
+) -> frozenset[int]:
+    """The on-demand uplinks that should be up now: the one carrying traffic; one traffic left less than
+    `linger` ago (connections still on it finish); and any with no more preferred uplink up, which is
+    what it is there for. The rest are kept down."""
+    wanted = set()
+    for index in on_demand:
+        better_up = any(u.health is Health.UP for u in uplinks[:index])
+        lingering = index in left_at and now - left_at[index] < linger
+        if index == current or lingering or not better_up:
+            wanted.add(index)
+    return frozenset(wanted)

@@ -33,6 +33,7 @@ from .state import Uplink, role_name
 _T = TypeVar("_T")
 
 METERED_VARIABLE = "NMFAILOVER_METERED"
+ON_DEMAND_VARIABLE = "NMFAILOVER_ON_DEMAND"
 # The dns-priority that puts an uplink's resolvers behind every other uplink's while its lookups are moved
 # to theirs (NetworkManager's defaults are 100, and 50 for a VPN).
 DNS_PRIORITY_MOVED = 10_000
@@ -86,14 +87,26 @@ class SourceRouter(Protocol):
 
 
 def metered_uplinks(settings: Settings, profiles: Sequence[Profile]) -> frozenset[int]:
-    """The indexes of the uplinks NMFAILOVER_METERED names; a name that is none of them is a ConfigError,
-    except with uplinks found at run time, where it names one that is not there now.
+    """The indexes of the uplinks NMFAILOVER_METERED names (see named_uplinks)."""
+    return named_uplinks(settings, profiles, settings.metered, METERED_VARIABLE)
+
+
+def on_demand_uplinks(settings: Settings, profiles: Sequence[Profile]) -> frozenset[int]:
+    """The indexes of the uplinks NMFAILOVER_ON_DEMAND names (see named_uplinks)."""
+    return named_uplinks(settings, profiles, settings.on_demand, ON_DEMAND_VARIABLE)
+
+
+def named_uplinks(
+    settings: Settings, profiles: Sequence[Profile], names: Sequence[str], variable: str
+) -> frozenset[int]:
+    """The indexes of the uplinks `names` name; a name that is none of them is a ConfigError, except with
+    uplinks found at run time, where it names one that is not there now.
 
     A name is looked up as written in NMFAILOVER_UPLINKS first, then as a profile id, UUID or bound
     interface, then as a role: a profile called "backup" listed first is the primary, not the second uplink.
     """
     chosen: set[int] = set()
-    for name in settings.metered:
+    for name in names:
         tiers = (
             [i for i, p in enumerate(profiles) if p.spec == name],
             [i for i, p in enumerate(profiles) if name in (p.id, p.uuid, p.interface_name)],
@@ -106,7 +119,7 @@ def metered_uplinks(settings: Settings, profiles: Sequence[Profile]) -> frozense
             known = ", ".join(f"{role_name(i)} ({p.id})" for i, p in enumerate(profiles))
             problem = "names several uplinks" if found else "is not one of the uplinks"
             raise ConfigError(
-                METERED_VARIABLE,
+                variable,
                 f"{name!r} {problem}; name them as in NMFAILOVER_UPLINKS, by role, or by profile id, UUID "
                 f"or interface: {known}",
             )
@@ -136,6 +149,7 @@ class Actuator:
         self.nm = nm
         self.uplinks = uplinks
         self.metered = metered_uplinks(settings, [u.profile for u in uplinks])
+        self.on_demand = on_demand_uplinks(settings, [u.profile for u in uplinks])
         self._warned: set[int] = set()  # uplinks whose metered warning is in the log already
         self.applied_for: int | None = None  # the preference NetworkManager last confirmed
         self.applied_ipv6_down: frozenset[int] = frozenset()  # and the uplinks whose IPv6 it ranked last
@@ -319,6 +333,7 @@ class Actuator:
         self.ipv6_withdrawn = carry(self.ipv6_withdrawn)
         self._warned = {moved[i] for i in self._warned if i in moved}
         self.metered = metered_uplinks(self.settings, [u.profile for u in self.uplinks])
+        self.on_demand = on_demand_uplinks(self.settings, [u.profile for u in self.uplinks])
         self.applied_for, self.applied_ipv6_down = None, frozenset()
 
     async def withdraw_dead_ipv6(self, current: int | None) -> None:

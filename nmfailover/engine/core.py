@@ -20,6 +20,7 @@ from ..policy import Action, Decision, Health, PolicyParams, decide
 from .actuator import Actuator, NetworkManagerPort
 from .evidence import TrafficEvidence
 from .intake import IDLE_BEAT, EventIntake
+from .ondemand import Activator, OnDemand
 from .probing import DnsChecker, Echoer, HttpChecker, Prober, ProbeScheduler, RxCounter
 from .state import DnsMoved, Override, SwitchEvent, Uplink
 from .supervisor import Job, Supervisor
@@ -112,6 +113,11 @@ class Engine:
         self._nm = nm
         self._waiting_said = False
         self._settle_until: float | None = None
+        self.on_demand = (
+            OnDemand(nm, settings.on_demand_linger)
+            if settings.on_demand and isinstance(nm, Activator)
+            else None
+        )
         self.current: int | None = None
         self.last_switch_at: float | None = None
         self.switches = 0
@@ -174,6 +180,8 @@ class Engine:
             jobs.update(extra_jobs or {})
             await self.supervisor.run(jobs, self._stopping)
         finally:
+            if self.on_demand is not None:
+                await self.on_demand.restore(self.uplinks)
             await self.actuator.restore()
 
     # -- uplinks that come and go --------------------------------------------------------------------
@@ -305,6 +313,8 @@ class Engine:
             return
         async with self._apply_lock:
             await self._reconcile_route()
+            if self.on_demand is not None:
+                await self.on_demand.keep(self.uplinks, self.current, self.actuator.on_demand, self.clock())
             await self.actuator.withdraw_dead_ipv6(self.current)
             if self.settings.dns_failover:
                 await self._move_dns()
@@ -369,6 +379,8 @@ class Engine:
             else decision.reason
         )
         logger.warning("{} -> switching to {}", cause, self.uplinks[target].label)
+        if old is not None and self.on_demand is not None:
+            self.on_demand.traffic_left(old, self.clock())
         self.current = target
         self.last_switch_at = self.clock()
         self.switches += 1
@@ -472,6 +484,7 @@ class Engine:
             self.avoid.until if self.avoid is not None else None,
             self.pin.until if self.pin is not None else None,
             self._settle_until,
+            self.on_demand.deadline(self.uplinks, self.actuator.on_demand, now) if self.on_demand else None,
         ]
         return min((t for t in times if t is not None), default=None)
 
