@@ -139,6 +139,8 @@ ENV_CASES: list[Case] = [
     *bad("NMFAILOVER_METRIC_STEP", "", "abc", "0", "-100", "4294967295"),
     *bad("NMFAILOVER_MANAGE_AUTOCONNECT_PRIORITY", "", "maybe", "2", "on", "$(touch {marker})"),
     *bad("NMFAILOVER_METERED", "nosuch", "backup,nodefault", "fallback", ",", "backup,backup", *HOSTILE),
+    *bad("NMFAILOVER_ON_DEMAND", "nosuch", "fallback", ",", "backup,backup", *HOSTILE),
+    *bad("NMFAILOVER_ON_DEMAND_LINGER", "", "abc", "-1", "inf"),
     *bad("NMFAILOVER_SOURCE_ROUTING", "", "maybe", "2", "$(touch {marker})"),
     # 252: the backup would get 253; 4294967295: the backup's would not fit in 32 bits.
     *bad("NMFAILOVER_SOURCE_ROUTING_TABLE", "", "abc", "0", "-1", "1.5", "253", "254", "255", "252"),

@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "metric_base": 100,
     "metric_step": 100,
     "manage_autoconnect_priority": True,
+    "on_demand": (),
+    "on_demand_linger": 30.0,
     "log_level": "INFO",
 }
 
@@ -157,6 +159,11 @@ VALID: list[Any] = [
         for raw, expected in [("1", True), ("0", False), ("true", True), ("FALSE", False), ("Yes", True)]
     ),
     pytest.param({**UPLINKS, "NMFAILOVER_LOG_LEVEL": " Warning "}, {"log_level": "WARNING"}, id="level-case"),
+    pytest.param(
+        {**UPLINKS, "NMFAILOVER_ON_DEMAND": "wwan0", "NMFAILOVER_ON_DEMAND_LINGER": "0"},
+        {"on_demand": ("wwan0",), "on_demand_linger": 0.0},
+        id="on-demand",
+    ),
     pytest.param({**UPLINKS, "PATH": "/usr/bin", "NMFAILOVERX": "1"}, {}, id="unrelated-variables"),
     # No uplinks named: found at run time; room for the metrics and tables of AUTO_MAX_UPLINKS is checked.
     pytest.param({}, {"uplinks": ()}, id="uplinks-unset-auto"),

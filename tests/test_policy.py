@@ -17,6 +17,7 @@ from nmfailover.policy import (
     decide,
     hold_down,
     observe,
+    on_demand_wanted,
     probe_timeout,
     quality,
     record,
@@ -783,3 +784,31 @@ def test_a_link_going_away_is_no_flap_and_a_path_failure_ends_the_waiver() -> No
     for now in range(10, 10 + P.fail_count):
         failed = observe(failed, False, float(now), P)
     assert failed.health is DOWN and failed.downs == (12.0,) and not failed.relinked
+
+
+ON_DEMAND_CASES: list[tuple[str, list[UplinkHealth], int | None, dict[int, float], set[int]]] = [
+    # id, healths (the backup, 1, on demand), current, when traffic left each, wanted
+    ("primary up: kept down", [H(UP), H(DOWN)], 0, {}, set()),
+    ("primary down: brought up", [H(DOWN), H(DOWN)], 0, {}, {1}),
+    ("primary not judged yet: brought up (nothing better is up)", [H(UNKNOWN), H(DOWN)], None, {}, {1}),
+    ("carrying traffic: up, whatever the primary", [H(UP), H(UP)], 1, {}, {1}),
+    ("traffic left it 10 s ago: lingers", [H(UP), H(UP)], 0, {1: 990.0}, {1}),
+    ("traffic left it 40 s ago: down", [H(UP), H(UP)], 0, {1: 960.0}, set()),
+    ("a primary in doubt is still up: no activation", [H(UP, 1, 0), H(DOWN)], 0, {}, set()),
+]
+
+
+@pytest.mark.parametrize(
+    ("healths", "current", "left_at", "wanted"),
+    [c[1:] for c in ON_DEMAND_CASES],
+    ids=[c[0] for c in ON_DEMAND_CASES],
+)
+def test_on_demand_wanted(
+    healths: list[UplinkHealth], current: int | None, left_at: dict[int, float], wanted: set[int]
+) -> None:
+    assert on_demand_wanted(healths, current, frozenset({1}), left_at, 1000.0, 30.0) == wanted
+
+
+def test_only_on_demand_uplinks_are_ever_wanted_or_not() -> None:
+    assert on_demand_wanted([H(DOWN), H(DOWN), H(DOWN)], 0, frozenset({2}), {}, 0.0, 30.0) == {2}
+    assert on_demand_wanted([H(DOWN), H(UP), H(DOWN)], 1, frozenset({2}), {}, 0.0, 30.0) == set()
