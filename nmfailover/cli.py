@@ -27,7 +27,7 @@ from .control import BUS_NAME, call_daemon
 from .daemon import connect, found_uplinks, run_daemon
 from .doctor import run as run_doctor
 from .engine import role_name
-from .engine.actuator import metered_uplinks, metered_warning
+from .engine.actuator import metered_uplinks, metered_warning, on_demand_uplinks
 from .errors import (
     ConfigError,
     ControlAccessDenied,
@@ -242,6 +242,7 @@ async def _check(settings: Settings, as_json: bool) -> int:
         profiles = await connect(settings, client)
         choice = await found_uplinks(settings, client) if settings.auto_uplinks else None
         marked = metered_uplinks(settings, profiles)  # a name that is no uplink: ConfigError, exit 2
+        on_demand_uplinks(settings, profiles)  # likewise
         await check_names(settings, client)  # likewise a WireGuard interface that is not here
         links = [await client.link_state(p.uuid) for p in profiles]
     except NMUnavailable as exc:
