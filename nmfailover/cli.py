@@ -24,9 +24,9 @@ from typing import Any
 from . import __version__, system_files
 from .config import Settings, load_settings
 from .control import BUS_NAME, call_daemon
-from .daemon import connect, found_uplinks, run_daemon
+from .daemon import connect, run_daemon
 from .doctor import run as run_doctor
-from .engine import role_name
+from .engine import find_uplinks, role_name
 from .engine.actuator import metered_uplinks, metered_warning, on_demand_uplinks
 from .errors import (
     ConfigError,
@@ -240,7 +240,7 @@ async def _check(settings: Settings, as_json: bool) -> int:
     client = NetworkManagerClient()
     try:
         profiles = await connect(settings, client)
-        choice = await found_uplinks(settings, client) if settings.auto_uplinks else None
+        choice = await find_uplinks(client, settings) if settings.auto_uplinks else None
         marked = metered_uplinks(settings, profiles)  # a name that is no uplink: ConfigError, exit 2
         on_demand_uplinks(settings, profiles)  # likewise
         await check_names(settings, client)  # likewise a WireGuard interface that is not here

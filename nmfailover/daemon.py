@@ -13,9 +13,8 @@ from . import __version__, sdnotify
 from .bus import DBUS_LIBRARY
 from .config import Settings, uplink_variable
 from .control import ControlService
-from .discovery import Choice, choose
 from .echo import echo_available, echo_round
-from .engine import Engine, Operator, SwitchEvent, SwitchListener, role_name
+from .engine import Engine, Operator, SwitchEvent, SwitchListener, find_uplinks, role_name
 from .engine.evidence import TrafficEvidence
 from .engine.probing import Echoer, Prober
 from .errors import ConfigError, ControlError, NMError, ProfileError, TaskGaveUp
@@ -33,15 +32,11 @@ async def connect(settings: Settings, client: NetworkManagerClient) -> list[Prof
     is a ConfigError."""
     await client.connect()
     if settings.auto_uplinks:
-        return [r.profile for r in (await found_uplinks(settings, client)).uplinks]
+        return [r.profile for r in (await find_uplinks(client, settings)).uplinks]
     try:
         return await client.resolve(settings.uplinks)
     except ProfileError as exc:
         raise ConfigError(uplink_variable(settings, exc.spec), str(exc)) from exc
-
-
-async def found_uplinks(settings: Settings, client: NetworkManagerClient) -> Choice:
-    return choose(await client.active_candidates(), settings.max_uplinks)
 
 
 def _heartbeats(settings: Settings, echo: Echoer) -> Echoer | None:

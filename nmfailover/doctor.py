@@ -28,8 +28,7 @@ from typing import TextIO
 
 from .config import DEFAULT_ENV_FILE, ENV_FILE_VARIABLE, Settings, load_settings
 from .control import BUS_NAME
-from .discovery import choose
-from .engine import role_name
+from .engine import find_uplinks, role_name
 from .errors import ConfigError, NMError, ProfileError
 from .nm import LinkState, NetworkManagerClient, Profile
 from .probe import Link, probe_round
@@ -305,7 +304,7 @@ class Doctor:
     ) -> AsyncIterator[tuple[Check, tuple[int, Profile, LinkState] | None]]:
         """The uplinks found among the active connections, in their order and why, and those left out."""
         try:
-            choice = choose(await client.active_candidates(), settings.max_uplinks)
+            choice = await find_uplinks(client, settings)
             links = [await client.link_state(r.profile.uuid) for r in choice.uplinks]
         except NMError as exc:
             yield Check(FAIL, f"uplinks: {exc}", "systemctl status NetworkManager"), None

@@ -105,6 +105,8 @@ ERROR_LINK_CHANGED = frozenset(
         "org.freedesktop.DBus.Error.UnknownMethod",
     }
 )
+# Set on a bridge's, bond's or team's port (older and newer names).
+_PORT_KEYS = ("master", "controller", "slave-type", "port-type")
 ERROR_NO_SUCH_PROFILE = "org.freedesktop.NetworkManager.Settings.InvalidConnection"
 ERROR_VERSION_MISMATCH = "org.freedesktop.NetworkManager.Device.VersionIdMismatch"
 
@@ -687,10 +689,7 @@ class NetworkManagerClient:
             except NMError:
                 continue  # gone between the listing and the read
             connection = settings["connection"]
-            controller = any(
-                _unwrap(connection.get(key, ""))
-                for key in ("master", "controller", "slave-type", "port-type")
-            )
+            controller = any(_unwrap(connection.get(key, "")) for key in _PORT_KEYS)
             found.append(
                 Candidate(
                     profile=_profile(str(_unwrap(connection["id"])), settings),
@@ -701,6 +700,25 @@ class NetworkManagerClient:
                     metered=int(device.get("Metered", METERED_UNKNOWN)),
                     port=bool(controller),
                     vpn=bool(props.get("Vpn", False)),
+                )
+            )
+        return found
+
+    async def saved_candidates(self, names: Sequence[str]) -> list[Candidate]:
+        """The saved profiles `names` name (id, UUID or bound interface), active or not: on-demand uplinks
+        are uplinks while they are down too."""
+        found: list[Candidate] = []
+        for settings in await self._all_profiles():
+            connection = settings["connection"]
+            bound = str(_unwrap(connection.get("interface-name", "")))
+            if not {str(_unwrap(connection["id"])), str(_unwrap(connection["uuid"])), bound} & set(names):
+                continue
+            found.append(
+                Candidate(
+                    profile=_profile(str(_unwrap(connection["id"])), settings),
+                    connection_type=str(_unwrap(connection.get("type", ""))),
+                    interface=bound,
+                    port=any(_unwrap(connection.get(key, "")) for key in _PORT_KEYS),
                 )
             )
         return found

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
@@ -22,10 +24,17 @@ def active(lab: NMLab) -> set[str]:
     return set(lab.nmcli("-t", "-f", "NAME", "connection", "show", "--active").split())
 
 
+@pytest.mark.parametrize("uplinks", ["named", "auto"])
 def test_a_cold_backup_comes_up_for_an_outage_and_goes_down_after_failback(
-    nmlab: NMLab, tmp_path: Path
+    nmlab: NMLab, tmp_path: Path, uplinks: str
 ) -> None:
-    with running_daemon(nmlab, tmp_path / "daemon.log", env_extra=ON_DEMAND) as daemon:
+    env = dict(ON_DEMAND)
+    if uplinks == "auto":
+        # Found: the on-demand backup stays an uplink while it is down (its metric orders it second).
+        env["NMFAILOVER_UPLINKS"] = "auto"
+        for profile, metric in (("primary", 100), ("backup", 200)):
+            nmlab.nmcli("connection", "modify", profile, "ipv4.route-metric", str(metric))
+    with running_daemon(nmlab, tmp_path / "daemon.log", env_extra=env) as daemon:
         daemon.wait_log(r"backup \(wanb\): on demand, taken down")
         wait_for(lambda: "backup" not in active(nmlab), 10, "the backup down")
         time.sleep(3.0)
@@ -45,7 +54,7 @@ def test_a_cold_backup_comes_up_for_an_outage_and_goes_down_after_failback(
         assert daemon.text().count("could not activate") == 0
         assert daemon.stop() == 0
     # It was up before the daemon took it down: up again after.
-    wait_for(lambda: "backup" in active(nmlab), 10, "the backup given back")
+    wait_for(lambda: "backup" in active(nmlab), 20, "the backup given back")
 
 
 def test_an_activation_that_fails_is_logged_once_and_retried(nmlab: NMLab, tmp_path: Path) -> None:

@@ -41,6 +41,16 @@ class UplinkFinder(Protocol):
     """Where the uplinks are found when none are named (the NetworkManager client)."""
 
     async def active_candidates(self) -> list[Candidate]: ...
+    async def saved_candidates(self, names: Sequence[str]) -> list[Candidate]: ...
+
+
+async def find_uplinks(finder: UplinkFinder, settings: Settings) -> Choice:
+    """The uplinks among the active connections, and the on-demand ones, which are uplinks while they are
+    down too (the active listing comes first, and wins)."""
+    candidates = await finder.active_candidates()
+    if settings.on_demand:
+        candidates += await finder.saved_candidates(settings.on_demand)
+    return choose(candidates, settings.max_uplinks)
 
 
 # Asked before failing back; False vetoes the failback for now (asked again a round later).
@@ -203,7 +213,7 @@ class Engine:
         """The uplinks are the active connections that can carry the default route, in the order a person
         would prefer them (nmfailover.discovery); re-read at every change of the active connections."""
         assert isinstance(self._nm, UplinkFinder)  # only then is this the intake's discover
-        self.choice = choose(await self._nm.active_candidates(), self.settings.max_uplinks)
+        self.choice = await find_uplinks(self._nm, self.settings)
         await self.reshape([r.profile for r in self.choice.uplinks])
 
     async def reshape(self, profiles: Sequence[Profile]) -> None:

@@ -30,6 +30,7 @@ class OnDemand:
         self._retry_at: dict[str, float] = {}
         self._kept_down: set[str] = set()  # up before we took them down: given back at stop
         self._activated: set[str] = set()  # brought up by us at some time: down is how they were
+        self._down: set[str] = set()  # taken down by us, and not brought up since
 
     def traffic_left(self, uplink: Uplink, now: float) -> None:
         self._left_at[uplink.profile.uuid] = now
@@ -56,6 +57,7 @@ class OnDemand:
             elif index not in wanted and uplink.link.device is not None:
                 try:
                     if await self.nm.deactivate(uuid):
+                        self._down.add(uuid)
                         if uuid not in self._activated:
                             self._kept_down.add(uuid)
                         self._left_at.pop(uuid, None)
@@ -83,12 +85,13 @@ class OnDemand:
             logger.info("{}: on demand, activation taken on after earlier failures", uplink.label)
         self._retry_at.pop(uuid, None)
         self._activated.add(uuid)
+        self._down.discard(uuid)
         logger.info("{}: on demand, activated: no more preferred uplink is up", uplink.label)
 
     async def restore(self, uplinks: Sequence[Uplink]) -> None:
         """Those it took down come back up, as they were before it started."""
         for uplink in uplinks:
-            if uplink.profile.uuid in self._kept_down and uplink.link.device is None:
+            if uplink.profile.uuid in self._kept_down & self._down:
                 try:
                     await self.nm.activate(uplink.profile.uuid)
                     logger.info("{}: on demand no more: activated again, as it was", uplink.label)
