@@ -39,7 +39,8 @@ from .errors import (
 )
 from .log import setup_logging
 from .nm import NetworkManagerClient
-from .notify import FLAP_COUNT, FLAP_WINDOW, NoticeBoard, count_arg, run_agent
+from .notice import FLAP_COUNT, FLAP_WINDOW, NoticeBoard
+from .notify import count_arg, run_agent
 from .probe import Link, probe_round
 from .tunnels import check_names
 
