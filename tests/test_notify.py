@@ -28,7 +28,8 @@ from nmfailover import cli as nmfailover_cli
 from nmfailover.bus import Message, MessageBus, MessageType
 from nmfailover.control import BUS_NAME, INTERFACE, OBJECT_PATH
 from nmfailover.engine.state import SwitchEvent, UplinkView
-from nmfailover.notify import AGENT_NAME, NoticeBoard, Switch
+from nmfailover.notice import NoticeBoard, Switch
+from nmfailover.notify import AGENT_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "packaging" / "dbus" / "net.nmfailover.Failover1.conf"
