@@ -234,7 +234,9 @@ class NoticeBoard:
             )
         if switch.action == "avoid":
             return Notice(f"Failover test: now on {to}", _join(why, metered), "network-transmit-receive")
-        return Notice(f"Starting on {to}", _join(why, metered), "network-error", NORMAL, stay)
+        if switch.action == "initial":
+            return Notice(f"Starting on {to}", _join(why, metered), "network-error", NORMAL, stay)
+        return Notice(f"Now on {to}", _join(why, metered), "network-transmit-receive", NORMAL, stay)
 
     def at_login(self, snapshot: Snapshot) -> Notice | None:
         """What the person should know when the agent starts: nothing while traffic is on the most
