@@ -5,7 +5,8 @@ doctor.py).
 
 Exit codes: 0 success; 1 runtime failure (NetworkManager or the bus unreachable, preferred uplink unhealthy
 for `check`, name already owned for `run`); 2 bad configuration or usage; 3 the daemon is not running;
-4 access denied by the bus policy. Configuration errors are reported before anything is changed.
+4 access denied (by the bus policy, or by the daemon after asking polkit). Configuration errors are
+reported before anything is changed.
 """
 
 from __future__ import annotations
@@ -436,7 +437,7 @@ def _run_client(args: argparse.Namespace) -> int:
         return EXIT_NOT_RUNNING
     except ControlAccessDenied as exc:
         print(
-            f"nmfailover: access denied by the D-Bus policy (root or the nmfailover group only): {exc}",
+            f"nmfailover: access denied (root, the nmfailover group, or polkit for the desktop): {exc}",
             file=sys.stderr,
         )
         return EXIT_DENIED

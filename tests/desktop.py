@@ -21,14 +21,16 @@ TOOLS = {
     "Xvfb": "xvfb",
     "dunst": "dunst",
     "dunstctl": "dunst",
-    "import": "imagemagick",
     "/usr/lib/polkit-1/polkitd": "polkitd",
+    "pkaction": "polkitd",
     "dbus-daemon": "dbus",
 }
 
 
-def require_desktop_tools() -> None:
-    missing = sorted({package for tool, package in TOOLS.items() if shutil.which(tool) is None})
+def require_desktop_tools(*tools: str) -> None:
+    """Fail in CI, else skip, unless `tools` (default: all of them) are installed and this is root."""
+    wanted = tools or tuple(TOOLS)
+    missing = sorted({TOOLS[tool] for tool in wanted if shutil.which(tool) is None})
     problem = f"needs apt packages {', '.join(missing)}" if missing else None
     if problem is None and os.geteuid() != 0:
         problem = "needs root (polkitd in a mount namespace, the agent as nobody)"
@@ -115,7 +117,8 @@ class Desktop:
         return [{key: value["data"] for key, value in entry.items()} for entry in entries]
 
     def screenshot(self, name: str) -> None:
-        """Saved only where NMFAILOVER_TEST_SCREENSHOTS names a directory: for a person to look at."""
+        """Saved only where NMFAILOVER_TEST_SCREENSHOTS names a directory: for a person to look at (needs
+        imagemagick's `import`, which CI does without)."""
         directory = os.environ.get("NMFAILOVER_TEST_SCREENSHOTS")
         if directory:
             path = Path(directory) / f"{name}.png"
