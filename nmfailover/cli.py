@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"the window --flap-count looks back over (default: {FLAP_WINDOW:g})",
     )
+    notify.add_argument(
+        "--no-tray",
+        action="store_true",
+        help="show no tray indicator (StatusNotifierItem), only the notifications",
+    )
     _add_setup_commands(commands)
     return parser
 
@@ -472,7 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "notify":
             # A user's session agent: the daemon's settings are none of its business.
             setup_logging("INFO")
-            return asyncio.run(run_agent(NoticeBoard(args.flap_count, args.flap_window)))
+            return asyncio.run(
+                run_agent(NoticeBoard(args.flap_count, args.flap_window), tray=not args.no_tray)
+            )
         if args.command in CLIENT_COMMANDS:
             # A client needs no settings: it must work from any shell, and from a hook.
             return _run_client(args)

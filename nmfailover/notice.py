@@ -32,6 +32,8 @@ class Uplink:
     health: str
     metered: bool
     carrying: bool
+    kind: str = "wired"  # wired, wireless or cellular
+    latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class Snapshot:
                 str(u.get("health") or "unknown"),
                 u.get("metered") in _METERED or u.get("metered_marked") is True,
                 u.get("carrying_traffic") is True,
+                str(u.get("kind") or "wired"),
+                float(u["latency_ms"]) if isinstance(u.get("latency_ms"), int | float) else None,
             )
             for u in doc.get("uplinks") or ()
             if isinstance(u, dict)
@@ -136,13 +140,14 @@ class DnsMove:
 
 @dataclass(frozen=True)
 class Action:
-    """A button on the notice, and the control interface call it makes: Prefer(uplink, 0) or
-    ClearPreference()."""
+    """A button on the notice or an entry of the tray's menu, and the control interface call it makes:
+    Prefer(uplink, 0), ClearPreference() or ForceFailover(seconds)."""
 
     key: str
     label: str
     method: str
     uplink: str = ""
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -265,12 +270,19 @@ class NoticeBoard:
     @staticmethod
     def after_action(action: Action, snapshot: Snapshot) -> Notice:
         """What an action the person took did (it moves nothing when traffic is already there)."""
+        if action.method == "ForceFailover":
+            return Notice(
+                f"Testing failover for {action.seconds:g} s",
+                "Traffic leaves the uplink carrying it for a while; nmfailover brings it back by itself.",
+                "network-transmit-receive",
+            )
         if action.method == "Prefer":
             first = snapshot.uplinks[0].profile if snapshot.uplinks else "the first uplink"
+            unless = "" if action.uplink == first else f", even when {first} is back"
             return Notice(
                 f"Staying on {action.uplink}",
                 _join(
-                    f"Traffic stays on {action.uplink} while it works, even when {first} is back.",
+                    f"Traffic stays on {action.uplink} while it works{unless}.",
                     _metered(action.uplink, snapshot),
                 ),
                 "network-transmit-receive",

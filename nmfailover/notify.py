@@ -27,7 +27,9 @@ from loguru import logger
 from .bus import BusType, Message, MessageBus, MessageType, Variant
 from .control import BUS_NAME, INTERFACE, OBJECT_PATH
 from .errors import NmfailoverError
+from .indicator import Indicator
 from .notice import Action, DnsMove, Notice, NoticeBoard, Snapshot, Switch
+from .tray import tray_view
 
 CALL_TIMEOUT = 5.0
 RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -60,6 +62,8 @@ ACTION_MATCH = (
     "member='ActionInvoked',path='/org/freedesktop/Notifications'"
 )
 _SIGNATURES = {"Switched": "ssss", "DnsMoved": "sass"}
+# How often the tray reads the daemon's status between switches: health changes without a switch too.
+TRAY_REFRESH = 10.0
 _REQUEST_NAME_DO_NOT_QUEUE = 0x4
 _PRIMARY_OWNER = 1
 
@@ -85,12 +89,22 @@ class Invoked:
     key: str
 
 
-Event = Switch | DnsMove | Login | Invoked
+@dataclass(frozen=True)
+class Chosen:
+    """The person chose an entry of the tray's menu."""
+
+    action: Action
+
+
+Event = Switch | DnsMove | Login | Invoked | Chosen
 
 
 class NoticeAgent:
-    def __init__(self, board: NoticeBoard) -> None:
+    def __init__(self, board: NoticeBoard, tray: bool = True) -> None:
         self.board = board
+        self.tray = tray
+        self._indicator: Indicator | None = None
+        self._tray_due = asyncio.Event()
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._owner: str | None = None  # unique name of the daemon's connection
         self._owner_changes = 0
@@ -118,6 +132,10 @@ class NoticeAgent:
                 group.create_task(self._watch_system_bus())
                 group.create_task(self._show_notices())
                 group.create_task(self._session_lost())
+                if self.tray:
+                    self._indicator = Indicator(self._session, lambda a: self._events.put_nowait(Chosen(a)))
+                    await self._indicator.start(_call)
+                    group.create_task(self._keep_tray())
         finally:
             self._session.disconnect()
 
@@ -195,6 +213,7 @@ class NoticeAgent:
         ):
             new_owner = msg.body[2] or None
             self._owner, self._owner_changes = new_owner, self._owner_changes + 1
+            self._tray_due.set()
             logger.info("the daemon {}", "started" if new_owner else "stopped")
         elif msg.interface == INTERFACE and msg.member in _SIGNATURES and msg.path == OBJECT_PATH:
             # Signals sent to us directly bypass the bus's match rules: check the sender here as well.
@@ -206,6 +225,7 @@ class NoticeAgent:
                 logger.warning("ignored a {} signal with arguments ({})", msg.member, msg.signature)
             elif msg.member == "Switched":
                 self._events.put_nowait(Switch.from_signal(msg.body))
+                self._tray_due.set()
             else:
                 self._events.put_nowait(DnsMove.from_signal(msg.body))
         return False
@@ -227,6 +247,8 @@ class NoticeAgent:
             return self.board.action_failed(action, "the system bus is not reachable")
         if action.method == "Prefer":
             signature, body = "sd", [action.uplink, 0.0]
+        elif action.method == "ForceFailover":
+            signature, body = "d", [action.seconds]
         else:
             signature, body = "", []
         try:
@@ -239,7 +261,21 @@ class NoticeAgent:
         except NoticeError as exc:
             return self.board.action_failed(action, str(exc))
         logger.info("{}({}) done for the person at the desktop", action.method, action.uplink)
+        self._tray_due.set()
         return self.board.after_action(action, await self._status())
+
+    async def _keep_tray(self) -> None:
+        """The indicator follows the daemon: at once after a switch, a start or a stop, else every
+        TRAY_REFRESH seconds (health changes without a switch)."""
+        assert self._indicator is not None
+        while True:
+            self._tray_due.clear()
+            self._indicator.update(tray_view(await self._status() if self._owner else None))
+            try:
+                async with asyncio.timeout(TRAY_REFRESH):
+                    await self._tray_due.wait()
+            except TimeoutError:
+                pass
 
     # -- the session bus ----------------------------------------------------------------------------
 
@@ -261,6 +297,8 @@ class NoticeAgent:
         if isinstance(event, Login):
             self._told_login = True
             return self.board.at_login(await self._status())
+        if isinstance(event, Chosen):
+            return await self._act(event.action)
         # Only the buttons of the notice on screen: an older one's were replaced with it.
         action = self._actions.get(event.key) if event.notification_id == self._last_id else None
         return None if action is None else await self._act(action)
@@ -348,14 +386,14 @@ async def _call(
     return list(reply.body)
 
 
-async def run_agent(board: NoticeBoard) -> int:
+async def run_agent(board: NoticeBoard, tray: bool = True) -> int:
     """`nmfailover notify`: 0 on SIGTERM/SIGINT or when another agent serves the session, 1 when the
     session bus is unreachable or lost."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = asyncio.ensure_future(NoticeAgent(board).run())
+    agent = asyncio.ensure_future(NoticeAgent(board, tray).run())
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({agent, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
