@@ -1,5 +1,6 @@
-"""A headless desktop for the tests: Xvfb, a private session bus, dunst (a real notification server) and
-polkitd (the real authority) on a lab's system bus, with the shipped polkit actions and rules."""
+"""A headless desktop for the tests: Xvfb, a private session bus, dunst (a real notification server),
+headless sway with waybar (a real tray: StatusNotifierWatcher and host) and polkitd (the real authority) on
+a lab's system bus, with the shipped polkit actions and rules."""
 
 from __future__ import annotations
 
@@ -24,7 +25,13 @@ TOOLS = {
     "/usr/lib/polkit-1/polkitd": "polkitd",
     "pkaction": "polkitd",
     "dbus-daemon": "dbus",
+    "sway": "sway",
+    "waybar": "waybar",
 }
+NOBODY = 65534
+# Adwaita, which GTK brings, draws network icons only in their -symbolic names; Tango (apt package
+# tango-icon-theme, where installed) draws the plain freedesktop names, for screenshots a person reads.
+SCREENSHOT_ICONS = "/usr/share/icons/Tango"
 
 
 def require_desktop_tools(*tools: str) -> None:
@@ -89,6 +96,7 @@ class Desktop:
         config = workdir / "dunstrc"
         config.write_text(
             "[global]\n    font = DejaVu Sans 11\n    width = 420\n    offset = 10x10\n"
+            f"    icon_path = {SCREENSHOT_ICONS}/32x32/status:{SCREENSHOT_ICONS}/32x32/devices\n"
             f'[record]\n    summary = "*"\n    script = {script}\n'
         )
         dunst = _spawn(["dunst", "-config", str(config)], workdir / "dunst.log", self.env)
@@ -159,3 +167,75 @@ def polkit_authority(bus_address: str, workdir: Path, extra_rules: str) -> Itera
     finally:
         _stop(proc)
         print(f"--- polkitd\n{log.read_text()}")
+
+
+class Panel:
+    """Headless sway (as nobody: it refuses root) running waybar with its tray, the StatusNotifierWatcher
+    and host, on `session_address`."""
+
+    def __init__(self, stack: ExitStack, workdir: Path, session_address: str) -> None:
+        self.runtime = workdir / "sway-run"
+        self.runtime.mkdir(mode=0o700)
+        os.chown(self.runtime, NOBODY, NOBODY)
+        (workdir / "waybar.json").write_text(
+            json.dumps(
+                {
+                    "layer": "top",
+                    "position": "top",
+                    "height": 32,
+                    "modules-left": ["clock"],
+                    "modules-right": ["tray"],
+                    "tray": {"icon-size": 22, "spacing": 8},
+                }
+            )
+        )
+        (workdir / "sway.conf").write_text(
+            f"output HEADLESS-1 resolution 640x200\nexec waybar -c {workdir / 'waybar.json'} -l debug\n"
+        )
+        self.env = dict(
+            os.environ,
+            DBUS_SESSION_BUS_ADDRESS=session_address,
+            XDG_RUNTIME_DIR=str(self.runtime),
+            HOME=str(self.runtime),
+            WLR_BACKENDS="headless",
+            WLR_LIBINPUT_NO_DEVICES="1",
+            WLR_RENDERER="pixman",
+            GSETTINGS_BACKEND="keyfile",
+        )
+        # GTK on Wayland takes its icon theme from GSettings: a keyfile backend names the screenshots' one.
+        settings = self.runtime / ".config" / "glib-2.0" / "settings"
+        settings.mkdir(parents=True)
+        theme = Path(SCREENSHOT_ICONS).name
+        (settings / "keyfile").write_text(f"[org/gnome/desktop/interface]\nicon-theme='{theme}'\n")
+        for path in (self.runtime / ".config", settings.parent, settings, settings / "keyfile"):
+            os.chown(path, NOBODY, NOBODY)
+        self.log = workdir / "sway.log"
+        sway = _spawn(
+            [
+                "setpriv",
+                f"--reuid={NOBODY}",
+                f"--regid={NOBODY}",
+                "--clear-groups",
+                "sway",
+                "-c",
+                str(workdir / "sway.conf"),
+            ],
+            self.log,
+            self.env,
+        )
+        stack.callback(_stop, sway)
+        wait_for("sway's Wayland socket", lambda: (self.runtime / "wayland-1").exists(), 20)
+        self.env["WAYLAND_DISPLAY"] = "wayland-1"
+
+    def screenshot(self, name: str) -> None:
+        """Saved only where NMFAILOVER_TEST_SCREENSHOTS names a directory, with grim."""
+        directory = os.environ.get("NMFAILOVER_TEST_SCREENSHOTS")
+        if directory:
+            shot = self.runtime / "shot.png"
+            subprocess.run(
+                ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "grim", str(shot)],
+                env=self.env,
+                check=True,
+                timeout=20,
+            )
+            shutil.copy(shot, Path(directory) / f"{name}.png")

@@ -50,7 +50,7 @@ def _shown(desktop: Desktop, count: int) -> list[tuple[str, str, str]]:
 @pytest.mark.lab
 def test_the_notice_on_a_real_desktop(workdir: Path) -> None:
     _require_lab()
-    require_desktop_tools()
+    require_desktop_tools("Xvfb", "dunst", "dunstctl", "dbus-daemon", "/usr/lib/polkit-1/polkitd", "pkaction")
     with ExitStack() as stack:
         lab = stack.enter_context(NMLab(2, bus_policy=POLICY))
         # The person's own names for the uplinks.
