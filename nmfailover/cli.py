@@ -160,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "notify",
         help="show every switch as a desktop notification (runs in your desktop session)",
         description="Listen for the daemon's Switched signal on the system bus and show one desktop "
-        "notification per switch, each replacing the last; while the uplinks flap, one summary. "
-        "Started by the shipped XDG autostart entry or systemd user unit; needs no settings.",
+        "notification per switch, each replacing the last; while the uplinks flap, one summary. A tray "
+        "indicator (StatusNotifierItem) shows where traffic goes, with a menu to choose the uplink and test "
+        "failover. Started by the shipped XDG autostart entry or systemd user unit; needs no settings.",
     )
     notify.add_argument(
         "--flap-count",
