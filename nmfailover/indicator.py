@@ -27,6 +27,7 @@ WATCHER_MATCH = (
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
     f"member='NameOwnerChanged',arg0='{WATCHER[0]}'"
 )
+_BUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
 _PROPERTIES = "org.freedesktop.DBus.Properties"
 _INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
 _LAYOUT = "(ia{sv}av)"
@@ -293,6 +294,3 @@ class Indicator:
         if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
             self._send(reply)
         return True
-
-
-_BUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")

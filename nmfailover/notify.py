@@ -3,7 +3,9 @@ daemon's Switched and DnsMoved signals on the system bus and shows one notificat
 name resolution) through org.freedesktop.Notifications on the session bus, each replacing the previous
 one; what they say is nmfailover.notice's business. At start it asks the daemon's Status(), so that a
 login while traffic is on the backup is told too. Buttons on a notice (where the server shows actions)
-call Prefer / ClearPreference with the person's own rights: the bus policy and polkit decide.
+call Prefer / ClearPreference with the person's own rights: the bus policy and polkit decide. Unless
+--no-tray, it also shows a tray indicator (indicator.py, what it shows from tray.py) that follows the
+daemon's status, whose menu makes the same calls.
 
 Plain D-Bus messages over nmfailover.bus, like control.py. The daemon may restart (signals count only from
 the current owner of its bus name, followed through NameOwnerChanged) and the system bus may go away

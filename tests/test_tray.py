@@ -4,7 +4,6 @@ real StatusNotifierItem host: waybar's tray in headless sway, with the real daem
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -123,8 +122,7 @@ def workdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="nmfailover-tray-"))
     path.chmod(0o755)
     yield path
-    if not os.environ.get("KEEP"):
-        shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class Session:
