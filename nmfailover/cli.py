@@ -5,7 +5,8 @@ doctor.py).
 
 Exit codes: 0 success; 1 runtime failure (NetworkManager or the bus unreachable, preferred uplink unhealthy
 for `check`, name already owned for `run`); 2 bad configuration or usage; 3 the daemon is not running;
-4 access denied by the bus policy. Configuration errors are reported before anything is changed.
+4 access denied (by the bus policy, or by the daemon after asking polkit). Configuration errors are
+reported before anything is changed.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from .errors import (
 )
 from .log import setup_logging
 from .nm import NetworkManagerClient
-from .notify import FLAP_COUNT, FLAP_WINDOW, NoticeBoard, count_arg, run_agent
+from .notice import FLAP_COUNT, FLAP_WINDOW, NoticeBoard
+from .notify import count_arg, run_agent
 from .probe import Link, probe_round
 from .tunnels import check_names
 
@@ -158,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "notify",
         help="show every switch as a desktop notification (runs in your desktop session)",
         description="Listen for the daemon's Switched signal on the system bus and show one desktop "
-        "notification per switch, each replacing the last; while the uplinks flap, one summary. "
-        "Started by the shipped XDG autostart entry or systemd user unit; needs no settings.",
+        "notification per switch, each replacing the last; while the uplinks flap, one summary. A tray "
+        "indicator (StatusNotifierItem) shows where traffic goes, with a menu to choose the uplink and test "
+        "failover. Started by the shipped XDG autostart entry or systemd user unit; needs no settings.",
     )
     notify.add_argument(
         "--flap-count",
@@ -174,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=FLAP_WINDOW,
         metavar="SECONDS",
         help=f"the window --flap-count looks back over (default: {FLAP_WINDOW:g})",
+    )
+    notify.add_argument(
+        "--no-tray",
+        action="store_true",
+        help="show no tray indicator (StatusNotifierItem), only the notifications",
     )
     _add_setup_commands(commands)
     return parser
@@ -463,7 +471,7 @@ def _run_client(args: argparse.Namespace) -> int:
         return EXIT_NOT_RUNNING
     except ControlAccessDenied as exc:
         print(
-            f"nmfailover: access denied by the D-Bus policy (root or the nmfailover group only): {exc}",
+            f"nmfailover: access denied (root, the nmfailover group, or polkit for the desktop): {exc}",
             file=sys.stderr,
         )
         return EXIT_DENIED
@@ -498,7 +506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "notify":
             # A user's session agent: the daemon's settings are none of its business.
             setup_logging("INFO")
-            return asyncio.run(run_agent(NoticeBoard(args.flap_count, args.flap_window)))
+            return asyncio.run(
+                run_agent(NoticeBoard(args.flap_count, args.flap_window), tray=not args.no_tray)
+            )
         if args.command in CLIENT_COMMANDS:
             # A client needs no settings: it must work from any shell, and from a hook.
             return _run_client(args)

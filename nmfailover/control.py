@@ -1,8 +1,10 @@
 """The control interface: `net.nmfailover.Failover1` on the system bus, and the client the CLI uses.
 
 Plain D-Bus messages (no ServiceInterface decorators, whose annotations differ between dbus-fast and
-dbus-next), like nm.py. Who may call what is the bus's business (packaging/dbus/): the daemon never sees a
-call the policy denied.
+dbus-next), like nm.py. Who may call what is first the bus's business (packaging/dbus/): the daemon never
+sees a call the policy denied. The policy lets anyone send the calls a person at the desktop may make
+(pin an uplink, the failover test); for those the daemon decides (access()): root, its own user and the
+group "nmfailover" may, anyone else only if polkit says so (packaging/polkit/: the active local session).
 
 Methods (interface net.nmfailover.Failover1, object /net/nmfailover/Failover1):
   Status() -> s                   the Operator.status() dict as JSON text
@@ -21,13 +23,16 @@ else that goes wrong is a bug: logged with its traceback and answered with ...Er
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
+import os
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 
-from .bus import BusType, Message, MessageBus, MessageFlag, MessageType
+from .bus import BusType, Message, MessageBus, MessageFlag, MessageType, Variant
 from .engine import DnsMoved, Operator, SwitchEvent
 from .engine.supervisor import Liveness
 from .errors import ControlAccessDenied, ControlCallFailed, ControlError, DaemonNotRunning, InvalidRequest
@@ -95,6 +100,41 @@ INTROSPECTION = (
 </node>
 """
 )
+# The calls a person at the desktop may make through polkit, by action id (packaging/polkit/).
+POLKIT_ACTIONS = {
+    "Prefer": "net.nmfailover.prefer",
+    "ClearPreference": "net.nmfailover.prefer",
+    "ForceFailover": "net.nmfailover.test-failover",
+    "EndForce": "net.nmfailover.test-failover",
+}
+GROUP = "nmfailover"
+ERROR_ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+_POLKIT = (
+    "org.freedesktop.PolicyKit1",
+    "/org/freedesktop/PolicyKit1/Authority",
+    "org.freedesktop.PolicyKit1.Authority",
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a call, as the bus says (GetConnectionCredentials)."""
+
+    uid: int
+    gids: frozenset[int]
+
+
+def access(member: str, caller: Caller, daemon_uid: int, group_gid: int | None) -> str | None:
+    """The polkit action to ask about before `member` runs for `caller`, or None: no question (a call
+    without an action got past the bus policy, so the policy let it in)."""
+    action = POLKIT_ACTIONS.get(member)
+    if action is None or caller.uid in (0, daemon_uid):
+        return None
+    if group_gid is not None and group_gid in caller.gids:
+        return None
+    return action
+
+
 # So that `busctl tree` and d-feet can walk down to the object.
 _PARENTS = {"/": "net", "/net": "nmfailover", "/net/nmfailover": "Failover1"}
 
@@ -257,9 +297,46 @@ class ControlService:
         expected, handler = method
         if signature != expected:
             raise InvalidRequest(f"{member} takes arguments ({expected}), got ({signature})")
+        refusal = await self._refusal(msg) if member in POLKIT_ACTIONS else None
+        if refusal is not None:
+            logger.info("control: {} refused to {}: {}", member, msg.sender, refusal)
+            return Message.new_error(msg, ERROR_ACCESS_DENIED, refusal)
         logger.debug("control: {}{} from {}", member, tuple(msg.body), msg.sender)
         out_signature, body = await handler(self._operator, list(msg.body))
         return Message.new_method_return(msg, out_signature, body)
+
+    async def _refusal(self, msg: Any) -> str | None:
+        """Why `msg`'s sender may not make this call, or None when it may."""
+        try:
+            (credentials,) = await _call(self._bus, *_DBUS, "GetConnectionCredentials", "s", [msg.sender])
+            caller = Caller(
+                int(credentials["UnixUserID"].value),
+                frozenset(int(g) for g in credentials["UnixGroupIDs"].value)
+                if "UnixGroupIDs" in credentials
+                else frozenset(),
+            )
+        except (ControlError, KeyError) as exc:
+            return f"the bus does not say who is calling: {exc}"
+        try:
+            group_gid: int | None = grp.getgrnam(GROUP).gr_gid
+        except KeyError:
+            group_gid = None
+        action = access(msg.member, caller, os.getuid(), group_gid)
+        if action is None:
+            return None
+        subject = ["system-bus-name", {"name": Variant("s", msg.sender)}]
+        try:
+            ((authorized, challenge, _),) = await _call(
+                self._bus, *_POLKIT, "CheckAuthorization", "(sa{sv})sa{ss}us", [subject, action, {}, 0, ""]
+            )
+        except DaemonNotRunning:
+            return f"only root and the group {GROUP} may: polkit is not running to ask about {action}"
+        except ControlError as exc:
+            return f"polkit did not answer about {action}: {exc}"
+        if authorized:
+            return None
+        how = "needs authentication" if challenge else "is not allowed"
+        return f"uid {caller.uid} {how} for {action} (polkit); root and the group {GROUP} may"
 
     def _reply(self, call: Any, reply: Any) -> None:
         if call.flags & MessageFlag.NO_REPLY_EXPECTED or self._bus is None:

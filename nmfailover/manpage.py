@@ -45,7 +45,11 @@ EXIT_STATUS = (
         "was changed.",
     ),
     (cli.EXIT_NOT_RUNNING, "The daemon is not running (no net.nmfailover.Failover1 on the system bus)."),
-    (cli.EXIT_DENIED, "Access denied by the D-Bus policy (root or the nmfailover group only)."),
+    (
+        cli.EXIT_DENIED,
+        "Access denied: root and the nmfailover group may change things; prefer and test-failover also "
+        "the user of the active local session (polkit).",
+    ),
 )
 # How a value is completed, by the option's metavar.
 _DIRECTORY_METAVARS = frozenset({"DIR"})

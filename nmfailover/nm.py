@@ -33,6 +33,7 @@ IFACE_PROPERTIES = "org.freedesktop.DBus.Properties"
 
 DEVICE_STATE_ACTIVATED = 100
 ACTIVE_CONNECTION_DEACTIVATING = 3  # NMActiveConnectionState; 4 is deactivated
+DEVICE_TYPE_WIFI = 2
 DEVICE_TYPE_BT = 5
 DEVICE_TYPE_MODEM = 8
 UPDATE2_IN_MEMORY = 0x2
@@ -258,6 +259,16 @@ class LinkState:
     def metered_name(self) -> str | None:
         """The device's Metered as NetworkManager names it; None while the profile is not active."""
         return METERED_NAMES.get(self.metered, str(self.metered)) if self.device is not None else None
+
+    @property
+    def kind(self) -> str:
+        """wireless, cellular (a modem or a tethered phone) or wired (everything else: ethernet, veth,
+        bridges...), as a desktop's icons tell uplinks apart."""
+        if self.device_type == DEVICE_TYPE_WIFI:
+            return "wireless"
+        if self.device_type in (DEVICE_TYPE_MODEM, DEVICE_TYPE_BT) or self.driver in USB_TETHERING_DRIVERS:
+            return "cellular"
+        return "wired"
 
     @property
     def looks_mobile(self) -> str | None:

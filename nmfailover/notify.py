@@ -1,14 +1,17 @@
 """`nmfailover notify`: the desktop notice. An agent in the user's graphical session that listens for the
 daemon's Switched and DnsMoved signals on the system bus and shows one notification per switch (or move of
-name resolution) through
-org.freedesktop.Notifications on the session bus. Each notification replaces the previous one, and while
-the uplinks flap (more than `flap_count` switches within `flap_window` seconds) it becomes a summary,
-"nmfailover: 5 switches in the last minute, now on backup (wwan0)", updated in place.
+name resolution) through org.freedesktop.Notifications on the session bus, each replacing the previous
+one; what they say is nmfailover.notice's business. At start it asks the daemon's Status(), so that a
+login while traffic is on the backup is told too. Buttons on a notice (where the server shows actions)
+call Prefer / ClearPreference with the person's own rights: the bus policy and polkit decide. Unless
+--no-tray, it also shows a tray indicator (indicator.py, what it shows from tray.py) that follows the
+daemon's status, whose menu makes the same calls.
 
 Plain D-Bus messages over nmfailover.bus, like control.py. The daemon may restart (signals count only from
 the current owner of its bus name, followed through NameOwnerChanged) and the system bus may go away
 (reconnected with back-off); the session bus going away ends the agent (exit 1), as the session is over.
-It needs no settings and no privileges: anyone may receive the signal under the shipped D-Bus policy.
+It needs no settings and no privileges: anyone may receive the signal and read Status() under the shipped
+D-Bus policy.
 """
 
 from __future__ import annotations
@@ -16,11 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import html
-import json
 import signal
-import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +29,10 @@ from loguru import logger
 from .bus import BusType, Message, MessageBus, MessageType, Variant
 from .control import BUS_NAME, INTERFACE, OBJECT_PATH
 from .errors import NmfailoverError
+from .indicator import Indicator
+from .notice import Action, DnsMove, Notice, NoticeBoard, Snapshot, Switch
+from .tray import tray_view
 
-FLAP_COUNT = 3
-FLAP_WINDOW = 60.0
 CALL_TIMEOUT = 5.0
 RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 APP_NAME = "nmfailover"
@@ -45,6 +46,7 @@ _NOTIFICATIONS = (
     "/org/freedesktop/Notifications",
     "org.freedesktop.Notifications",
 )
+_DAEMON = (BUS_NAME, OBJECT_PATH, INTERFACE)
 # The bus delivers only the signals of the name's current owner: any local user may send a signal with
 # our interface and path, and must not be able to put words on the desktop.
 SWITCHED_MATCH = (
@@ -57,10 +59,15 @@ OWNER_MATCH = (
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
     f"member='NameOwnerChanged',arg0='{BUS_NAME}'"
 )
+ACTION_MATCH = (
+    "type='signal',sender='org.freedesktop.Notifications',interface='org.freedesktop.Notifications',"
+    "member='ActionInvoked',path='/org/freedesktop/Notifications'"
+)
 _SIGNATURES = {"Switched": "ssss", "DnsMoved": "sass"}
+# How often the tray reads the daemon's status between switches: health changes without a switch too.
+TRAY_REFRESH = 10.0
 _REQUEST_NAME_DO_NOT_QUEUE = 0x4
 _PRIMARY_OWNER = 1
-_URGENCY_NORMAL = 1
 
 
 class NoticeError(NmfailoverError):
@@ -72,125 +79,43 @@ class AgentRunning(NoticeError):
 
 
 @dataclass(frozen=True)
-class Switch:
-    """One Switched signal, as much as a notice needs of it."""
-
-    from_profile: str
-    to_profile: str
-    reason: str
-    action: str
-    role: str  # of the uplink now carrying traffic: primary, backup, ...
-    device: str
-
-    @classmethod
-    def from_signal(cls, body: Sequence[Any]) -> Switch:
-        from_profile, to_profile, reason, details_json = (str(part) for part in body)
-        try:
-            details = json.loads(details_json)
-        except ValueError:
-            details = None
-        if not isinstance(details, dict):
-            details = {}  # a daemon of another version: the profile ids still tell enough
-        return cls(
-            from_profile,
-            to_profile,
-            reason,
-            str(details.get("action", "")),
-            str(details.get("state", "")).lower(),
-            str(details.get("device", "")),
-        )
-
-    @property
-    def where(self) -> str:
-        name = self.role or self.to_profile
-        return f"{name} ({self.device})" if self.device else name
+class Login:
+    """The agent found the daemon running: what it does now is news to the person."""
 
 
 @dataclass(frozen=True)
-class DnsMove:
-    """One DnsMoved signal: an uplink's lookups moved to `servers` (its resolvers are dead, its line is
-    not), or given back to its own (no servers)."""
+class Invoked:
+    """The person pressed a button on the notice with this id."""
 
-    profile: str
-    servers: tuple[str, ...]
-    reason: str
-
-    @classmethod
-    def from_signal(cls, body: Sequence[Any]) -> DnsMove:
-        profile, servers, reason = body
-        return cls(str(profile), tuple(str(s) for s in servers), str(reason))
+    notification_id: int
+    key: str
 
 
 @dataclass(frozen=True)
-class Notice:
-    summary: str
-    body: str
-    icon: str
+class Chosen:
+    """The person chose an entry of the tray's menu."""
+
+    action: Action
 
 
-class NoticeBoard:
-    """What to show for each switch: pure, with the clock passed in."""
-
-    def __init__(
-        self,
-        flap_count: int = FLAP_COUNT,
-        flap_window: float = FLAP_WINDOW,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.flap_count = flap_count
-        self.flap_window = flap_window
-        self._clock = clock
-        self._recent: deque[float] = deque()
-
-    def notice(self, switch: Switch) -> Notice | None:
-        """The notice for `switch`, or None for a start on the primary (the daemon started, nothing moved)."""
-        if switch.action == "initial" and switch.role == "primary":
-            return None
-        now = self._clock()
-        self._recent.append(now)
-        while self._recent and self._recent[0] <= now - self.flap_window:
-            self._recent.popleft()
-        if len(self._recent) > self.flap_count:
-            window = "minute" if self.flap_window == 60 else f"{self.flap_window:g} s"
-            return Notice(
-                f"{APP_NAME}: {len(self._recent)} switches in the last {window}, now on {switch.where}",
-                f"The uplinks are flapping. Last switch: {switch.reason}",
-                "network-error",
-            )
-        if switch.action == "failback":
-            summary = f"{APP_NAME}: back on {switch.where}"
-        elif switch.action == "initial":
-            summary = f"{APP_NAME}: starting on {switch.where}"
-        else:
-            summary = f"{APP_NAME}: now on {switch.where}"
-        return Notice(summary, switch.reason, "network-transmit-receive")
-
-    @staticmethod
-    def dns_notice(move: DnsMove) -> Notice:
-        """What a move of name resolution looks like: it never counts toward flapping (no traffic moved)."""
-        if move.servers:
-            return Notice(
-                f"{APP_NAME}: lookups moved off {move.profile}",
-                f"{move.profile}'s name servers do not answer, its line does: names are looked up through "
-                f"{', '.join(move.servers)} while traffic stays on {move.profile}.",
-                "network-transmit-receive",
-            )
-        return Notice(
-            f"{APP_NAME}: {move.profile}'s name servers answer again",
-            f"Names are looked up through {move.profile}'s own name servers again.",
-            "network-transmit-receive",
-        )
+Event = Switch | DnsMove | Login | Invoked | Chosen
 
 
 class NoticeAgent:
-    def __init__(self, board: NoticeBoard) -> None:
+    def __init__(self, board: NoticeBoard, tray: bool = True) -> None:
         self.board = board
-        self._switches: asyncio.Queue[Switch | DnsMove] = asyncio.Queue()
+        self.tray = tray
+        self._indicator: Indicator | None = None
+        self._tray_due = asyncio.Event()
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._owner: str | None = None  # unique name of the daemon's connection
         self._owner_changes = 0
         self._session: Any = None
-        self._markup: bool | None = None
+        self._system: Any = None
+        self._capabilities: frozenset[str] | None = None
         self._last_id = 0
+        self._actions: dict[str, Action] = {}  # the buttons of the notice shown last
+        self._told_login = False
 
     async def run(self) -> None:
         """Until cancelled; NoticeError when the session bus is unreachable or lost, AgentRunning when
@@ -202,11 +127,17 @@ class NoticeAgent:
             )
             if result != _PRIMARY_OWNER:
                 raise AgentRunning(f"another agent owns {AGENT_NAME} on the session bus")
+            self._session.add_message_handler(self._on_session_message)
+            await _call(self._session, *_DBUS, "AddMatch", "s", [ACTION_MATCH])
             logger.info("showing nmfailover's switches as desktop notifications")
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._watch_system_bus())
                 group.create_task(self._show_notices())
                 group.create_task(self._session_lost())
+                if self.tray:
+                    self._indicator = Indicator(self._session, lambda a: self._events.put_nowait(Chosen(a)))
+                    await self._indicator.start(_call)
+                    group.create_task(self._keep_tray())
         finally:
             self._session.disconnect()
 
@@ -234,15 +165,19 @@ class NoticeAgent:
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
+            self._system = bus
             logger.info(
                 "listening for switches on the system bus (daemon {})",
                 "running" if self._owner else "not running",
             )
+            if self._owner and not self._told_login:
+                self._events.put_nowait(Login())
             try:
                 await bus.wait_for_disconnect()
             except Exception as exc:  # noqa: BLE001 - any end of the connection means reconnecting
                 logger.debug("system bus connection ended: {!r}", exc)
             finally:
+                self._system = None
                 bus.disconnect()  # a no-op once it is lost; when cancelled, the agent is stopping
             logger.warning("lost the system bus; reconnecting")
             self._owner = None
@@ -280,6 +215,7 @@ class NoticeAgent:
         ):
             new_owner = msg.body[2] or None
             self._owner, self._owner_changes = new_owner, self._owner_changes + 1
+            self._tray_due.set()
             logger.info("the daemon {}", "started" if new_owner else "stopped")
         elif msg.interface == INTERFACE and msg.member in _SIGNATURES and msg.path == OBJECT_PATH:
             # Signals sent to us directly bypass the bus's match rules: check the sender here as well.
@@ -290,22 +226,89 @@ class NoticeAgent:
             elif msg.signature != _SIGNATURES[msg.member]:
                 logger.warning("ignored a {} signal with arguments ({})", msg.member, msg.signature)
             elif msg.member == "Switched":
-                self._switches.put_nowait(Switch.from_signal(msg.body))
+                self._events.put_nowait(Switch.from_signal(msg.body))
+                self._tray_due.set()
             else:
-                self._switches.put_nowait(DnsMove.from_signal(msg.body))
+                self._events.put_nowait(DnsMove.from_signal(msg.body))
         return False
 
+    async def _status(self) -> Snapshot:
+        """The daemon's uplinks now; empty when it cannot say (the notice then says less)."""
+        if self._system is None:
+            return Snapshot()
+        try:
+            (text,) = await _call(self._system, *_DAEMON, "Status")
+        except NoticeError as exc:
+            logger.warning("could not read the daemon's status: {}", exc)
+            return Snapshot()
+        return Snapshot.from_status(str(text))
+
+    async def _act(self, action: Action) -> Notice:
+        """Make the call a button stands for, with the person's own rights."""
+        if self._system is None:
+            return self.board.action_failed(action, "the system bus is not reachable")
+        if action.method == "Prefer":
+            signature, body = "sd", [action.uplink, 0.0]
+        elif action.method == "ForceFailover":
+            signature, body = "d", [action.seconds]
+        else:
+            signature, body = "", []
+        try:
+            await _call(self._system, *_DAEMON, action.method, signature, body)
+        except _CallFailed as exc:
+            logger.warning("{} refused: {}", action.method, exc)
+            if exc.error_name == "org.freedesktop.DBus.Error.AccessDenied":
+                return self.board.action_failed(action, f"not allowed: {exc.text}")
+            return self.board.action_failed(action, exc.text)
+        except NoticeError as exc:
+            return self.board.action_failed(action, str(exc))
+        logger.info("{}({}) done for the person at the desktop", action.method, action.uplink)
+        self._tray_due.set()
+        return self.board.after_action(action, await self._status())
+
+    async def _keep_tray(self) -> None:
+        """The indicator follows the daemon: at once after a switch, a start or a stop, else every
+        TRAY_REFRESH seconds (health changes without a switch)."""
+        assert self._indicator is not None
+        while True:
+            self._tray_due.clear()
+            self._indicator.update(tray_view(await self._status() if self._owner else None))
+            try:
+                async with asyncio.timeout(TRAY_REFRESH):
+                    await self._tray_due.wait()
+            except TimeoutError:
+                pass
+
     # -- the session bus ----------------------------------------------------------------------------
+
+    def _on_session_message(self, msg: Any) -> bool:
+        if (
+            msg.message_type == MessageType.SIGNAL
+            and msg.interface == _NOTIFICATIONS[2]
+            and msg.member == "ActionInvoked"
+            and msg.signature == "us"
+        ):
+            self._events.put_nowait(Invoked(int(msg.body[0]), str(msg.body[1])))
+        return False
+
+    async def _next_notice(self, event: Event) -> Notice | None:
+        if isinstance(event, Switch):
+            return self.board.notice(event, await self._status())
+        if isinstance(event, DnsMove):
+            return self.board.dns_notice(event)
+        if isinstance(event, Login):
+            self._told_login = True
+            return self.board.at_login(await self._status())
+        if isinstance(event, Chosen):
+            return await self._act(event.action)
+        # Only the buttons of the notice on screen: an older one's were replaced with it.
+        action = self._actions.get(event.key) if event.notification_id == self._last_id else None
+        return None if action is None else await self._act(action)
 
     async def _show_notices(self) -> None:
         # One at a time: each Notify must name the id the previous one got.
         while True:
-            received = await self._switches.get()
-            notice = (
-                self.board.notice(received)
-                if isinstance(received, Switch)
-                else self.board.dns_notice(received)
-            )
+            notice = await self._next_notice(await self._events.get())
             if notice is None:
                 continue
             try:
@@ -315,33 +318,46 @@ class NoticeAgent:
                 logger.warning("could not show {!r}: {}", notice.summary, exc)
 
     async def _notify(self, notice: Notice) -> int:
-        body = html.escape(notice.body, quote=False) if await self._body_markup() else notice.body
-        hints = {"urgency": Variant("y", _URGENCY_NORMAL), "category": Variant("s", "network")}
+        capabilities = await self._server_capabilities()
+        # A server with body markup reads "&" and "<" in a profile name as markup; one without shows
+        # entities as they are. So escape exactly when the server says it reads markup.
+        body = html.escape(notice.body, quote=False) if "body-markup" in capabilities else notice.body
+        actions = notice.actions if "actions" in capabilities else ()
+        hints = {"urgency": Variant("y", notice.urgency), "category": Variant("s", "network")}
         (notification_id,) = await _call(
             self._session,
             *_NOTIFICATIONS,
             "Notify",
             "susssasa{sv}i",
-            [APP_NAME, self._last_id, notice.icon, notice.summary, body, [], hints, -1],
+            [
+                APP_NAME,
+                self._last_id,
+                notice.icon,
+                notice.summary,
+                body,
+                [part for action in actions for part in (action.key, action.label)],
+                hints,
+                -1,
+            ],
         )
+        self._actions = {action.key: action for action in actions}
         return int(notification_id)
 
-    async def _body_markup(self) -> bool:
-        # A server with body markup reads "&" and "<" in a profile name as markup; one without shows
-        # entities as they are. So escape exactly when the server says it reads markup.
-        if self._markup is None:
+    async def _server_capabilities(self) -> frozenset[str]:
+        if self._capabilities is None:
             try:
                 (capabilities,) = await _call(self._session, *_NOTIFICATIONS, "GetCapabilities")
             except NoticeError:
-                return False  # no notification server yet: ask again next time
-            self._markup = "body-markup" in capabilities
-        return self._markup
+                return frozenset()  # no notification server yet: ask again next time
+            self._capabilities = frozenset(str(c) for c in capabilities)
+        return self._capabilities
 
 
 class _CallFailed(NoticeError):
     def __init__(self, error_name: str, text: str) -> None:
         super().__init__(f"{error_name}: {text}")
         self.error_name = error_name
+        self.text = text
 
 
 async def _connect(bus_type: BusType, which: str) -> Any:
@@ -372,14 +388,14 @@ async def _call(
     return list(reply.body)
 
 
-async def run_agent(board: NoticeBoard) -> int:
+async def run_agent(board: NoticeBoard, tray: bool = True) -> int:
     """`nmfailover notify`: 0 on SIGTERM/SIGINT or when another agent serves the session, 1 when the
     session bus is unreachable or lost."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = asyncio.ensure_future(NoticeAgent(board).run())
+    agent = asyncio.ensure_future(NoticeAgent(board, tray).run())
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({agent, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()

@@ -38,6 +38,8 @@ MANPAGE = PurePosixPath("/usr/local/share/man/man8/nmfailover.8")
 BASH_COMPLETION = PurePosixPath("/usr/local/share/bash-completion/completions/nmfailover")
 ZSH_COMPLETION = PurePosixPath("/usr/local/share/zsh/site-functions/_nmfailover")
 POLKIT_RULE = PurePosixPath("/etc/polkit-1/rules.d/50-nmfailover.rules")
+POLKIT_ACTIONS = PurePosixPath("/usr/share/polkit-1/actions/net.nmfailover.policy")  # read from nowhere else
+POLKIT_DESKTOP_RULE = PurePosixPath("/etc/polkit-1/rules.d/60-nmfailover-desktop.rules")
 NON_ROOT_DROP_IN = PurePosixPath("/etc/systemd/system/nmfailover.service.d/non-root.conf")
 NOTIFY_USER_UNIT = PurePosixPath("/etc/systemd/user/nmfailover-notify.service")
 NOTIFY_AUTOSTART = PurePosixPath("/etc/xdg/autostart/nmfailover-notify.desktop")
@@ -185,6 +187,10 @@ SYSTEM_FILES: tuple[SystemFile, ...] = (
     SystemFile(ZSH_COMPLETION, "zsh completion", 0o644, _generated("zsh")),
     SystemFile(NOTIFY_USER_UNIT, "desktop notice, user unit", 0o644, _running("nmfailover-notify.service")),
     SystemFile(NOTIFY_AUTOSTART, "desktop notice, autostart", 0o644, _running("nmfailover-notify.desktop")),
+    SystemFile(POLKIT_ACTIONS, "polkit actions", 0o644, _shipped("net.nmfailover.policy")),
+    SystemFile(
+        POLKIT_DESKTOP_RULE, "polkit rule: the desktop's user", 0o644, _shipped("60-nmfailover-desktop.rules")
+    ),
     SystemFile(POLKIT_RULE, "polkit rule", 0o644, _shipped("50-nmfailover.rules"), non_root=True),
     SystemFile(
         NON_ROOT_DROP_IN, "drop-in: run as user nmfailover", 0o644, _shipped("non-root.conf"), non_root=True

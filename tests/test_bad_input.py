@@ -206,6 +206,7 @@ CLI_CASES: list[Case] = [
     Case("extra", argv=("doctor", "extra")),
     *(Case("--flap-count", argv=("notify", "--flap-count", v)) for v in ("", "0", "-1", "abc")),
     *(Case("--flap-window", argv=("notify", "--flap-window", v)) for v in ("", "0", "abc", "inf")),
+    Case("--no-tray", argv=("notify", "--no-tray=yes")),
     Case("extra", argv=("notify", "extra")),
 ]
 

@@ -6,19 +6,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
 from nmfailover import cli as nmfailover_cli
+from nmfailover.control import INTERFACE, POLKIT_ACTIONS, Caller, access
 from nmfailover.lab.demo import DaemonProcess, daemon_env, wait_for
 from nmfailover.lab.sandbox import NMLab
 from tests.conftest import _require_lab
 from tests.daemon import running_daemon
+from tests.desktop import POLKIT, polkit_authority, require_desktop_tools
 from tests.operate import POLICY, SignalRecorder, cli, policed_lab, status
 
 NOT_RUNNING = "nmfailover: the daemon is not running (no net.nmfailover.Failover1 on the system bus)\n"
@@ -172,7 +177,11 @@ def test_non_root_may_read_but_not_change(lab: NMLab, tmp_path: Path) -> None:
         assert code == 0 and json.loads(text)["preferred"] == "primary"
         code, text = _as_nobody(lab, "test-failover", "--seconds", "30")
         assert code == 4
-        assert text.startswith("nmfailover: access denied by the D-Bus policy") and text.count("\n") == 1
+        # Past the bus, refused by the daemon: no polkit runs here to ask.
+        assert text.startswith("nmfailover: access denied (root, the nmfailover group, or polkit") and (
+            "polkit is not running to ask about net.nmfailover.test-failover" in text
+        )
+        assert text.count("\n") == 1
         for changing in ("recheck", "prefer backup", "prefer --clear", "test-failover --end"):
             assert _as_nobody(lab, *changing.split())[0] == 4, changing
 
@@ -191,6 +200,13 @@ def test_non_root_may_read_but_not_change(lab: NMLab, tmp_path: Path) -> None:
         ]
         denied = lab.host(*busctl, "ForceFailover", "d", "30", check=False)
         assert denied.returncode != 0 and "Access denied" in denied.stderr
+        assert re.search(
+            r"control: ForceFailover refused to :\S+: only root and the group nmfailover", daemon.text()
+        )
+        # Recheck is never asked about: the bus itself refuses it, the daemon never sees it.
+        denied = lab.host(*busctl, "Recheck", "ss", "", "x", check=False)
+        assert denied.returncode != 0 and "Access denied" in denied.stderr
+        assert "control: Recheck" not in daemon.text()
         allowed = lab.host(*busctl, "Status", check=False)
         assert allowed.returncode == 0 and '\\"preferred\\": \\"primary\\"' in allowed.stdout
 
@@ -199,24 +215,42 @@ def test_non_root_may_read_but_not_change(lab: NMLab, tmp_path: Path) -> None:
         assert cli(lab, "status").returncode == 0
 
 
+# An operator's rule for another group, as Debian's lets the group netdev change NetworkManager's settings.
+GROUP_RULE = """polkit.addRule(function (action, subject) {
+    if (action.id.indexOf("net.nmfailover.") === 0 && subject.isInGroup("nogroup")) {
+        return polkit.Result.YES;
+    }
+});
+"""
+
+
 @pytest.mark.lab
-def test_the_policy_group_may_change_things(tmp_path: Path) -> None:
-    # The shipped policy with its group swapped for nobody's own: what an operator's edit does.
+def test_another_group_may_change_things(tmp_path: Path) -> None:
+    # The shipped policy with its group swapped for nobody's own (what an operator's edit does) lets it
+    # send everything; the daemon asks polkit about the rest, and the operator's polkit rule says yes.
+    require_desktop_tools("/usr/lib/polkit-1/polkitd", "pkaction")
+    workdir = Path(tempfile.mkdtemp(prefix="nmfailover-group-"))
+    workdir.chmod(0o755)  # polkitd reads its rules there as the user polkitd
     policy = tmp_path / "policy.conf"
     policy.write_text(POLICY.read_text().replace('group="nmfailover"', 'group="nogroup"'))
     _require_lab()
-    with (
-        NMLab(2, bus_policy=policy) as lab,
-        running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="1") as daemon,
-    ):
-        daemon.wait_log(r"ready: traffic on primary")
-        assert cli(lab, "status").returncode == 0
-        assert _as_nobody(lab, "test-failover", "--seconds", "2") == (
-            0,
-            "failover test: traffic avoids the current uplink for 2 s\n",
-        )
-        daemon.wait_route("wanb", timeout=3)
-        daemon.wait_route("wana", timeout=6)
+    try:
+        with (
+            NMLab(2, bus_policy=policy) as lab,
+            polkit_authority(lab.bus_address, workdir, GROUP_RULE),
+            running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="1") as daemon,
+        ):
+            daemon.wait_log(r"ready: traffic on primary")
+            assert cli(lab, "status").returncode == 0
+            assert _as_nobody(lab, "recheck") == (0, "re-checking 2 uplink(s)\n")
+            assert _as_nobody(lab, "test-failover", "--seconds", "2") == (
+                0,
+                "failover test: traffic avoids the current uplink for 2 s\n",
+            )
+            daemon.wait_route("wanb", timeout=3)
+            daemon.wait_route("wana", timeout=6)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.mark.lab
@@ -288,3 +322,51 @@ def test_every_command_has_help(command: str) -> None:
         check=False,
     )
     assert result.returncode == 0 and "exit 3 if it is not running" in " ".join(result.stdout.split())
+
+
+ROOT_CALLER = Caller(0, frozenset({0}))
+USER = Caller(1000, frozenset({1000, 27}))
+GROUP_MEMBER = Caller(1001, frozenset({1001, 990}))
+
+
+@pytest.mark.parametrize(
+    ("member", "caller", "group_gid", "ask"),
+    [
+        ("Prefer", ROOT_CALLER, 990, None),
+        ("Prefer", Caller(998, frozenset({998})), 990, None),  # the daemon's own user (non-root service)
+        ("Prefer", GROUP_MEMBER, 990, None),
+        ("Prefer", USER, 990, "net.nmfailover.prefer"),
+        ("ClearPreference", USER, 990, "net.nmfailover.prefer"),
+        ("ForceFailover", USER, 990, "net.nmfailover.test-failover"),
+        ("EndForce", USER, 990, "net.nmfailover.test-failover"),
+        ("ForceFailover", GROUP_MEMBER, None, "net.nmfailover.test-failover"),  # no such group here
+        ("Status", USER, 990, None),  # the bus let it through: anyone may
+        ("Recheck", USER, 990, None),  # the bus lets only root and the group send it
+    ],
+)
+def test_who_the_daemon_asks_polkit_about(
+    member: str, caller: Caller, group_gid: int | None, ask: str | None
+) -> None:
+    assert access(member, caller, 998, group_gid) == ask
+
+
+def test_the_shipped_polkit_files_name_the_actions_the_daemon_asks_about() -> None:
+    root = ElementTree.parse(POLKIT / "net.nmfailover.policy").getroot()
+    actions = {a.get("id"): a for a in root.iter("action")}
+    assert set(actions) == set(POLKIT_ACTIONS.values())
+    for action in actions.values():
+        defaults_element = action.find("defaults")
+        assert defaults_element is not None
+        defaults = {d.tag: d.text for d in defaults_element}
+        # Nobody is let in by the actions alone: only by a rule (the desktop's) or a password.
+        assert defaults == dict.fromkeys(("allow_any", "allow_inactive", "allow_active"), "auth_admin_keep")
+    rule = (POLKIT / "60-nmfailover-desktop.rules").read_text()
+    assert set(re.findall(r'action\.id === "([^"]+)"', rule)) == set(POLKIT_ACTIONS.values())
+    assert "subject.local && subject.active" in rule
+    # The bus lets anyone send exactly the calls the daemon asks polkit about, besides Status.
+    policy = ElementTree.parse(POLICY).getroot()
+    (default,) = [p for p in policy.iter("policy") if p.get("context") == "default"]
+    open_members = {
+        a.get("send_member") for a in default.iter("allow") if a.get("send_interface") == INTERFACE
+    }
+    assert open_members == {"Status", *POLKIT_ACTIONS}

@@ -1,6 +1,8 @@
-"""`nmfailover notify` end to end: the agent, run as nobody, on a real session bus with a fake notification
-server, and a real "system" bus configured like Debian's with the shipped policy, on which the test plays
-the daemon (owning its name) and emits Switched signals."""
+"""`nmfailover notify` end to end: the agent, run as nobody, on a real session bus with a recording
+notification server, and a real "system" bus configured like Debian's with the shipped policy, on which the
+test plays the daemon (owning its name, answering Status) and emits Switched signals: for what a recorder
+sees exactly (ids chained, hints) and what no real daemon can be made to do on cue (impostors, restarts).
+What a person sees under a real notification server and the real daemon: tests/test_desktop.py."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from nmfailover import cli as nmfailover_cli
 from nmfailover.bus import Message, MessageBus, MessageType
 from nmfailover.control import BUS_NAME, INTERFACE, OBJECT_PATH
 from nmfailover.engine.state import SwitchEvent, UplinkView
-from nmfailover.notify import AGENT_NAME, NoticeBoard, Switch
+from nmfailover.notify import AGENT_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "packaging" / "dbus" / "net.nmfailover.Failover1.conf"
@@ -80,8 +82,8 @@ SYSTEM_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Con
 """
 
 UPLINKS = (
-    UplinkView("primary", "primary", "wana", "192.0.2.1", "", ()),
-    UplinkView("backup", "backup", "wanb", "192.0.2.65", "", ()),
+    UplinkView("primary", "Fiber", "wana", "192.0.2.1", "", ()),
+    UplinkView("backup", "Hotspot", "wanb", "192.0.2.65", "", ()),
 )
 
 
@@ -235,14 +237,35 @@ class FakeDaemon:
     def __init__(self, address: str) -> None:
         self.address = address
         self.bus: Any = None
+        self.carrying = "primary"
 
     async def start(self, own: bool = True) -> FakeDaemon:
         self.bus = await _connect(self.address)
+        self.bus.add_message_handler(self._on_message)
         if own:
             assert await _call(self.bus, "RequestName", "su", [BUS_NAME, 4]) == [1]
         return self
 
+    def _on_message(self, msg: Any) -> Any:
+        if msg.message_type != MessageType.METHOD_CALL or msg.member != "Status":
+            return False
+        # As much of Operator.status() as the agent reads: the backup is metered.
+        uplinks = [
+            {
+                "role": u.role,
+                "profile": u.profile,
+                "device": u.interface,
+                "health": "up",
+                "metered": "yes" if u.role == "backup" else "no",
+                "carrying_traffic": u.role == self.carrying,
+            }
+            for u in UPLINKS
+        ]
+        return Message.new_method_return(msg, "s", [json.dumps({"pinned": None, "uplinks": uplinks})])
+
     async def switched(self, action: str, to: str, reason: str, destination: str | None = None) -> None:
+        if destination is None:
+            self.carrying = to
         new = next(u for u in UPLINKS if u.role == to)
         old = next((u for u in UPLINKS if u.role != to), None) if action != "initial" else None
         event = SwitchEvent(
@@ -464,21 +487,31 @@ def test_one_notice_per_switch_each_replacing_the_last_and_flapping_summed_up(wo
         _notices(world, number)
     calls = _calls(world, len(reasons))
 
-    assert [c["summary"] for c in calls] == [
-        "nmfailover: now on backup (wanb)",
-        "nmfailover: back on primary (wana)",
-        "nmfailover: now on backup (wanb)",
-        "nmfailover: 4 switches in the last minute, now on primary (wana)",
-        "nmfailover: 5 switches in the last minute, now on backup (wanb)",
+    metered = "Hotspot is metered: large downloads and updates may cost you."
+    assert [(c["summary"], c["body"], c["hints"]["urgency"], c["app_icon"]) for c in calls] == [
+        ("Fiber failed: now on Hotspot", f"Fiber is down; moving to Hotspot. {metered}", 1, "network-error"),
+        ("Back on Fiber", "Fiber healthy for 30s; moving back.", 0, "network-transmit-receive"),
+        ("Fiber failed: now on Hotspot", f"Fiber is down; moving to Hotspot. {metered}", 1, "network-error"),
+        (
+            "Connection unstable: now on Fiber",
+            "Traffic moved 4 times in the last minute. Last: Fiber healthy for 30s; moving back.",
+            2,
+            "network-error",
+        ),
+        (
+            "Connection unstable: now on Hotspot",
+            "Traffic moved 5 times in the last minute. Last: Fiber is behind a captive portal; moving to "
+            f"Hotspot. {metered}",
+            2,
+            "network-error",
+        ),
     ]
-    assert [c["body"] for c in calls[:3]] == [reason for _, _, reason in reasons[:3]]
-    assert calls[4]["body"] == f"The uplinks are flapping. Last switch: {reasons[4][2]}"
     # Each replaces the one before: 0 first, then always the id the server returned last.
     assert _chained(calls) == [0, *(c["returned_id"] for c in calls[:-1])]
-    assert {(c["app_name"], c["expire_timeout"], json.dumps(c["hints"], sort_keys=True)) for c in calls} == {
-        ("nmfailover", -1, '{"category": "network", "urgency": 1}')
-    }
-    assert [c["app_icon"] for c in calls] == ["network-transmit-receive"] * 3 + ["network-error"] * 2
+    # No buttons: this server does not say it shows actions.
+    assert {
+        (c["app_name"], c["expire_timeout"], c["hints"]["category"], len(c["actions"])) for c in calls
+    } == {("nmfailover", -1, "network", 0)}
     # The broadcast by the impostor never reached the agent: the bus matched on the name's owner.
     assert agent.text().count("ignored a Switched signal") == 1
     assert agent.stop() == 0
@@ -498,16 +531,19 @@ def test_moving_name_resolution_is_told_and_never_counts_as_flapping(world: Worl
     calls = _calls(world, 3)
     assert [(c["summary"], c["body"]) for c in calls] == [
         (
-            "nmfailover: lookups moved off Fiber",
+            "Lookups moved off Fiber",
             "Fiber's name servers do not answer, its line does: names are looked up through 198.51.100.53 "
             "while traffic stays on Fiber.",
         ),
         (
-            "nmfailover: Fiber's name servers answer again",
+            "Fiber's name servers answer again",
             "Names are looked up through Fiber's own name servers again.",
         ),
         # One switch after two moves of DNS is no flapping, even at a flap count of one.
-        ("nmfailover: now on backup (wanb)", "primary (wana) is down; moving to backup (wanb)"),
+        (
+            "Fiber failed: now on Hotspot",
+            "Fiber is down; moving to Hotspot. Hotspot is metered: large downloads and updates may cost you.",
+        ),
     ]
     assert _chained(calls) == [0, *(c["returned_id"] for c in calls[:-1])]
     assert agent.stop() == 0
@@ -540,13 +576,11 @@ def test_survives_the_daemon_restarting_and_the_system_bus_restarting(world: Wor
     thread.run(third.switched("pin", "backup", "backup (wanb) is pinned and healthy"))
     calls = _calls(world, 3)
 
+    metered = "Hotspot is metered: large downloads and updates may cost you."
     assert [(c["summary"], c["body"]) for c in calls] == [
-        (
-            "nmfailover: now on backup (wanb)",
-            "primary (wana) is down; moving to &lt;R&amp;D&gt; backup (wanb)",
-        ),
-        ("nmfailover: back on primary (wana)", "primary (wana) healthy for 30s; moving back"),
-        ("nmfailover: now on backup (wanb)", "backup (wanb) is pinned and healthy"),
+        ("Fiber failed: now on Hotspot", f"Fiber is down; moving to &lt;R&amp;D&gt; Hotspot. {metered}"),
+        ("Back on Fiber", "Fiber healthy for 30s; moving back."),
+        ("Now on Hotspot, as chosen", f"Hotspot is pinned and healthy. {metered}"),
     ]
     assert _chained(calls) == [0, calls[0]["returned_id"], calls[1]["returned_id"]]
 
@@ -554,73 +588,6 @@ def test_survives_the_daemon_restarting_and_the_system_bus_restarting(world: Wor
     world.session.stop()
     assert agent.wait() == 1
     assert "lost the session bus" in agent.text()
-
-
-# -- the notices alone ----------------------------------------------------------------------------------
-
-
-def _switch(action: str, role: str) -> Switch:
-    return Switch("a", "b", f"{action} to {role}", action, role, "eth0" if role == "primary" else "wwan0")
-
-
-def test_flapping_ends_when_the_window_has_passed() -> None:
-    now = [0.0]
-    board = NoticeBoard(flap_count=3, flap_window=60, clock=lambda: now[0])
-    summaries = []
-    times = (
-        (0, "backup"),
-        (10, "primary"),
-        (20, "backup"),
-        (30, "primary"),
-        (80, "backup"),
-        (85, "primary"),
-        (86, "backup"),
-    )
-    for at, role in times:
-        now[0] = at
-        notice = board.notice(_switch("failover" if role == "backup" else "failback", role))
-        assert notice is not None
-        summaries.append(notice.summary)
-    assert summaries == [
-        "nmfailover: now on backup (wwan0)",
-        "nmfailover: back on primary (eth0)",
-        "nmfailover: now on backup (wwan0)",
-        "nmfailover: 4 switches in the last minute, now on primary (eth0)",
-        # At 80 s the switches at 0 and 10 s are out of the window: 20, 30 and 80 remain.
-        "nmfailover: now on backup (wwan0)",
-        "nmfailover: back on primary (eth0)",
-        "nmfailover: 4 switches in the last minute, now on backup (wwan0)",
-    ]
-    other = NoticeBoard(flap_count=1, flap_window=90, clock=lambda: 0.0)
-    other.notice(_switch("failover", "backup"))
-    notice = other.notice(_switch("failback", "primary"))
-    assert (
-        notice is not None
-        and notice.summary == "nmfailover: 2 switches in the last 90 s, now on primary (eth0)"
-    )
-
-
-def test_start_up_is_told_only_off_the_primary() -> None:
-    board = NoticeBoard()
-    assert board.notice(_switch("initial", "primary")) is None
-    notice = board.notice(_switch("initial", "backup"))
-    assert notice is not None and notice.summary == "nmfailover: starting on backup (wwan0)"
-
-
-@pytest.mark.parametrize(
-    ("details", "where"),
-    [
-        ('{"action": "failover", "state": "BACKUP", "device": "wwan0"}', "backup (wwan0)"),
-        ('{"action": "failover", "state": "BACKUP", "device": ""}', "backup"),
-        ("not json", "Hotspot"),
-        ("[1, 2]", "Hotspot"),
-    ],
-)
-def test_signal_details_from_another_version_still_make_a_notice(details: str, where: str) -> None:
-    switch = Switch.from_signal(["Fiber", "Hotspot", "why", details])
-    assert switch.where == where and switch.reason == "why"
-    notice = NoticeBoard().notice(switch)
-    assert notice is not None and notice.summary == f"nmfailover: now on {where}"
 
 
 # -- how it is started ------------------------------------------------------------------------------------

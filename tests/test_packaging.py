@@ -565,6 +565,8 @@ def _installs_runs_and_removes_cleanly(chroot: Chroot, deb: str, built: Build) -
     assert "/etc/nmfailover/nmfailover.env " in conffiles
     assert "/etc/xdg/autostart/nmfailover-notify.desktop " in conffiles
     for name in chroot.run("dpkg", "-L", "nmfailover").stdout.split():
+        if name == "/usr/share/polkit-1/rules.d":
+            continue  # polkitd's own directory (polkitd:root 0700), where the desktop rule goes
         uid, gid, mode = _mode(chroot.path(name))
         assert (uid, gid) == (0, 0), name
         if not chroot.path(name).is_symlink():

@@ -27,6 +27,8 @@ SOURCES = {
     "90-nmfailover": REPO / "dispatcher.d/90-nmfailover",
     "nmfailover.env": REPO / "packaging/nmfailover.env",
     "50-nmfailover.rules": REPO / "packaging/polkit/50-nmfailover.rules",
+    "60-nmfailover-desktop.rules": REPO / "packaging/polkit/60-nmfailover-desktop.rules",
+    "net.nmfailover.policy": REPO / "packaging/polkit/net.nmfailover.policy",
     "non-root.conf": REPO / "packaging/non-root.conf",
     "nmfailover-notify.service": REPO / "packaging/nmfailover-notify.service",
     "nmfailover-notify.desktop": REPO / "packaging/nmfailover-notify.desktop",

@@ -171,6 +171,7 @@ def _uplink_status(
         "profile": uplink.profile.id,
         "uuid": uplink.profile.uuid,
         "device": uplink.link.interface,
+        "kind": uplink.link.kind,  # wired, wireless or cellular: which icon a desktop shows for it
         "link": uplink.link.state_name,
         "health": state,
         "degraded": fit.degraded,  # why, or null
