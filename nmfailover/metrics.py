@@ -83,6 +83,9 @@ class Metrics:
         self._loop = asyncio.get_running_loop()
         self._switches: Counter[tuple[str, str, str]] = Counter()
         self._carrying = CarryingTime(clock())
+        # Epoch seconds, so that alerting rules can count restarts (the counters' resets cannot tell a
+        # restart from a scrape gap).
+        self._started_at = time.time()
         self._switched = asyncio.Event()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_StatusCollector(self))
@@ -287,6 +290,9 @@ class Metrics:
             "Seconds left of the failover test (`nmfailover test-failover`).",
             (),
         ).add_metric([], status["forced_failover_remaining"])
+        gauge(
+            "nmfailover_start_time_seconds", "When the daemon started (seconds since the epoch).", ()
+        ).add_metric([], round(self._started_at, 3))
         restarts = counter(
             "nmfailover_task_restarts", "Restarts of each supervised loop after a crash.", ("task",)
         )
