@@ -37,6 +37,7 @@ from .errors import (
     NmfailoverError,
     NMUnavailable,
 )
+from .follow import FOLLOW_INTERVAL, follow_status
 from .log import setup_logging
 from .nm import NetworkManagerClient
 from .notify import FLAP_COUNT, FLAP_WINDOW, NoticeBoard, count_arg, run_agent
@@ -117,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
         "last probe and counts, the last switch and what is pending." + daemon_note,
     )
     status.add_argument("--json", action="store_true", help="print the daemon's JSON status (see README)")
+    status.add_argument(
+        "--follow",
+        action="store_true",
+        help="print one JSON line now and one more each time it changes, for status bars (see README); "
+        "waits while the daemon is not running",
+    )
+    status.add_argument(
+        "--interval",
+        type=_seconds_arg(False),
+        default=None,
+        metavar="SECONDS",
+        help="with --follow: how often to look again besides the daemon's signals "
+        f"(default: {FOLLOW_INTERVAL:g})",
+    )
     recheck = commands.add_parser(
         "recheck",
         help="make the daemon probe now",
@@ -428,6 +443,10 @@ def _run_client(args: argparse.Namespace) -> int:
         args.clear == (args.uplink is not None) or (args.clear and args.seconds)
     ):
         raise UsageError("nmfailover prefer: give either UPLINK [--seconds N] or --clear")
+    if args.command == "status" and args.interval is not None and not args.follow:
+        raise UsageError("nmfailover status: --interval needs --follow")
+    if args.command == "status" and args.follow:
+        return asyncio.run(follow_status(args.interval or FOLLOW_INTERVAL))
     try:
         return asyncio.run(_client(args))
     except DaemonNotRunning:

@@ -46,7 +46,10 @@ def metric_names(expr: str) -> set[str]:
 @pytest.mark.parametrize(
     ("expr", "names"),
     [
-        ('nmfailover_uplink_carrying_traffic{uplink!="primary"} == 1', {"nmfailover_uplink_carrying_traffic"}),
+        (
+            'nmfailover_uplink_carrying_traffic{uplink!="primary"} == 1',
+            {"nmfailover_uplink_carrying_traffic"},
+        ),
         (
             'sum without (action, from, to) (increase(nmfailover_switches_total{action=~"a|b"}[1h])) >= 4',
             {"nmfailover_switches_total"},
@@ -102,7 +105,19 @@ async def exported_names() -> set[str]:
     }
     metrics = Metrics(lambda: status)
     await metrics.on_switch(
-        SwitchEvent("failover", "BACKUP", "primary", "backup", "wan-primary", "wan-backup", "", "", "why", 0.0, uplinks)
+        SwitchEvent(
+            "failover",
+            "BACKUP",
+            "primary",
+            "backup",
+            "wan-primary",
+            "wan-backup",
+            "",
+            "",
+            "why",
+            0.0,
+            uplinks,
+        )
     )
     text = metrics.exposition().decode()
     names = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
@@ -195,7 +210,9 @@ def test_promtool_unit_tests_of_the_rules() -> None:
         for case in test.get("alert_rule_test", [])
         if case["exp_alerts"]
     }
-    alerts = {rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]}
+    alerts = {
+        rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]
+    }
     assert fired == alerts
 
 

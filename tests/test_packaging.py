@@ -537,7 +537,10 @@ def _installs_runs_and_removes_cleanly(chroot: Chroot, deb: str, built: Build) -
         assert (doc / "examples" / relative).read_bytes() == built.source(f"packaging/{relative}"), example
     # The fleet view: alerting rules and dashboard where a Prometheus or Grafana set-up can name them.
     for shipped_file, source in (
-        ("/usr/share/nmfailover/prometheus/nmfailover.rules.yml", "packaging/prometheus/nmfailover.rules.yml"),
+        (
+            "/usr/share/nmfailover/prometheus/nmfailover.rules.yml",
+            "packaging/prometheus/nmfailover.rules.yml",
+        ),
         ("/usr/share/nmfailover/grafana/nmfailover.json", "packaging/grafana/nmfailover.json"),
     ):
         assert _mode(chroot.path(shipped_file)) == (0, 0, "0o644"), shipped_file

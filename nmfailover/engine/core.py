@@ -87,6 +87,7 @@ class Engine:
         self.intake = EventIntake(nm, self.uplinks, self.actuator, self.supervisor, self.reconcile)
         self.current: int | None = None
         self.last_switch_at: float | None = None
+        self.last_switch: SwitchEvent | None = None
         self.switches = 0
         self.avoid: Override | None = None  # the failover test
         self.pin: Override | None = None
@@ -222,7 +223,7 @@ class Engine:
         )
         logger.warning("{} -> switching to {}", cause, self.uplinks[target].label)
         self.current = target
-        self.last_switch_at = self.clock()
+        self.last_switch_at, self.last_switch = self.clock(), event
         self.switches += 1
         self.actuator.applied_for = None
         await self.actuator.apply(target)
