@@ -529,6 +529,7 @@ def _installs_runs_and_removes_cleanly(chroot: Chroot, deb: str, built: Build) -
         assert chroot.path("/usr/share/zsh/vendor-completions/_nmfailover").is_file()
     shipped = [
         *(PACKAGING / "hooks.d").glob("*"),
+        *(PACKAGING / "bars").glob("*"),
         PACKAGING / "non-root.conf",
         PACKAGING / "polkit/50-nmfailover.rules",
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -125,6 +126,33 @@ def test_what_changes_by_itself_never_makes_a_new_line() -> None:
     assert StatusLine.from_status(before).to_json() != StatusLine.from_status(later).to_json()
 
 
+BARS = Path(__file__).resolve().parent.parent / "packaging" / "bars"
+
+
+def example_command(path: Path, key: str) -> str:
+    return next(line.removeprefix(key) for line in path.read_text().splitlines() if line.startswith(key))
+
+
+def test_bar_examples_run_the_stream() -> None:
+    assert example_command(BARS / "i3blocks.conf", "command=").startswith("nmfailover status --follow |")
+    assert example_command(BARS / "polybar.ini", "exec = ") == example_command(
+        BARS / "i3blocks.conf", "command="
+    )
+    # Waybar reads JSON with comments: take them out, then it must be the module Waybar expects.
+    text = "\n".join(
+        line for line in (BARS / "waybar-config.jsonc").read_text().splitlines() if "//" not in line
+    )
+    module = json.loads(text)["custom/nmfailover"]
+    assert (module["exec"], module["return-type"]) == ("nmfailover status --follow", "json")
+    # Every class the style sheet names is one the line can carry.
+    css = (BARS / "waybar-style.css").read_text()
+    line = StatusLine.from_status(
+        status(uplink("primary", "down"), uplink("backup", carrying=True, metered="yes"))
+    )
+    for name in re.findall(r"#custom-nmfailover\.([\w-]+)", css):
+        assert name in (*line.css_class, "none", "fallback"), name
+
+
 # -- the real daemon ---------------------------------------------------------------------------------------
 
 
@@ -169,6 +197,16 @@ def test_the_stream_follows_a_real_failover(nmlab: NMLab, tmp_path: Path) -> Non
             line = json.loads(out.next(timeout=5))
         assert [u["health"] for u in line["uplinks"]] == ["up", "up"] and line["class"] == ["primary"]
 
+        # The i3blocks and polybar example, as shipped: the line's text through jq.
+        i3blocks = nmlab.popen_host(
+            ["sh", "-c", example_command(BARS / "i3blocks.conf", "command=")],
+            env={**nmlab.env, "PATH": f"{Path(sys.executable).parent}:{nmlab.env['PATH']}"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert i3blocks.stdout is not None
+        texts = Stream(i3blocks.stdout)
+        assert texts.next(timeout=10) == "primary (wana)\n"
         # A second bar that goes away: the next change ends it cleanly (a closed pipe).
         gone = follower(nmlab)
         assert gone.stdout is not None
@@ -186,6 +224,10 @@ def test_the_stream_follows_a_real_failover(nmlab: NMLab, tmp_path: Path) -> Non
         assert (line["last_switch"]["from"], line["last_switch"]["to"]) == ("primary", "backup")
         assert [u["health"] for u in line["uplinks"]][0] == "down"
         assert gone.wait(timeout=15) == 0, gone.stderr.read() if gone.stderr else ""
+
+        assert texts.next(timeout=5) == "backup (wanb)\n"
+        i3blocks.terminate()
+        i3blocks.wait(timeout=10)
 
         bar.send_signal(signal.SIGINT)
         assert bar.wait(timeout=10) == 0
