@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from loguru import logger
 
 from . import __version__, sdnotify
+from .budget import BudgetKeeper
 from .bus import DBUS_LIBRARY
 from .config import Settings, uplink_variable
 from .control import ControlService
@@ -77,6 +78,8 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
 
         metrics = Metrics(lambda: operator.status())
         listeners.append(metrics.on_switch)
+    budget = BudgetKeeper(lambda: operator.status(), settings.metered_budget, settings.metered_budget_warn)
+    listeners.append(budget.on_switch)
     kept_alive = KeptAliveChecks()
     engine = Engine(
         settings,
@@ -93,6 +96,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
     )
     operator = Operator(engine)
     operator.tunnels = tunnels.status
+    operator.metered_budget = budget.status
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.stop)
@@ -116,6 +120,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
             supervisor.liveness("control-bus", CONTROL_MAX_SILENCE)
         ),
         "systemd": lambda: systemd(engine, control.owned, sdnotify.watchdog_interval()),
+        "metered-budget": budget.run,
     }
     if metrics is not None:
         jobs.update(metrics.jobs(settings))

@@ -29,6 +29,8 @@ class Operator:
         self.engine = engine
         # The WireGuard tunnels moved at the last switch (tunnels.py); the daemon plugs it in.
         self.tunnels: Callable[[], dict[str, Any] | None] = lambda: None
+        # The metered uplinks' bytes and budget (budget.py); the daemon plugs it in.
+        self.metered_budget: Callable[[], dict[str, Any] | None] = lambda: None
 
     def find_uplink(self, name: str) -> Uplink:
         """An uplink by role (primary, backup...), profile id, UUID, configured name or interface."""
@@ -112,6 +114,7 @@ class Operator:
             "pinned": engine.uplinks[pin.index].role if pin is not None else None,
             "task_restarts": dict(engine.supervisor.restarts),
             "tunnels": self.tunnels(),
+            "metered_budget": self.metered_budget(),
             "uplinks": [
                 _uplink_status(
                     u,
