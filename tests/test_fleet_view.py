@@ -102,6 +102,15 @@ async def exported_names() -> set[str]:
         "pinned": None,
         "task_restarts": {"nm-events": 0},
         "uplinks": [_uplink_status("primary", "down", False), _uplink_status("backup", "up", True)],
+        "metered_budget": {
+            "month": "2026-12",
+            "month_bytes": 800,
+            "month_bytes_by_uplink": {"backup": 800},
+            "budget_bytes": 1000,
+            "used_pct": 80.0,
+            "warned_pct": 75,
+            "outage": {"uplink": "backup", "started_at": 1.0, "ended_at": None, "bytes": 300},
+        },
     }
     metrics = Metrics(lambda: status)
     await metrics.on_switch(
