@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, system_files
+from .budget import format_size
 from .config import Settings, load_settings
 from .control import BUS_NAME, call_daemon
 from .daemon import connect, run_daemon
@@ -339,6 +340,7 @@ def print_status(status: dict[str, Any]) -> None:
     if status["hold_down_remaining"]:
         print(f"failback hold-down: {status['hold_down_remaining']:.0f} s left")
     _print_tunnels(status.get("tunnels"))  # .get: a daemon started before an upgrade has none
+    _print_budget(status.get("metered_budget"))
     rows = [
         {
             "": "*" if u["carrying_traffic"] else "",
@@ -382,6 +384,19 @@ def _print_source_routing(uplinks: list[dict[str, Any]]) -> None:
             print(f"{u['role']} keeps its connections in table {u['routing_table']}:")
             for line in (*u.get("routing_routes", []), *u.get("routing_rules", [])):
                 print(f"  {line}")
+
+
+def _print_budget(budget: dict[str, Any] | None) -> None:
+    if not budget or (not budget["month_bytes"] and budget["outage"] is None):
+        return  # nothing metered has carried traffic: nothing to say
+    line = f"metered data this month: {format_size(budget['month_bytes'])}"
+    if budget["budget_bytes"]:
+        line += f" of {format_size(budget['budget_bytes'])} ({budget['used_pct']:g} %)"
+    outage = budget["outage"]
+    if outage is not None:
+        now = "this" if outage["ended_at"] is None else "last"
+        line += f"; {now} outage on {outage['uplink']}: {format_size(outage['bytes'])}"
+    print(line)
 
 
 def _print_tunnels(tunnels: dict[str, Any] | None) -> None:

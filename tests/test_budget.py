@@ -27,7 +27,7 @@ from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import NMLab
 from nmfailover.metrics import Metrics
 from tests.daemon import running_daemon
-from tests.operate import status
+from tests.operate import cli, status
 
 
 @pytest.mark.parametrize(
@@ -282,6 +282,12 @@ def test_a_metered_backup_is_counted_after_a_failover_and_kept_across_a_restart(
             first["month_bytes_by_uplink"]["backup"] == first["month_bytes"] >= first["outage"]["bytes"] > 0
         )
         assert first["month_bytes"] * 100 >= 95 * 40_000 and first["used_pct"] >= 95
+        table = cli(nmlab, "status").stdout
+        assert re.search(
+            r"^metered data this month: [\d.]+ KiB of 39\.1 KiB \([\d.]+ %\); this outage on backup: ",
+            table,
+            re.M,
+        ), table
         log = daemon.text()
         # Each share passed is told once; a reading that jumps past both tells only the higher one.
         warned = re.findall(
