@@ -266,24 +266,19 @@ class BudgetKeeper:
         self._clock = clock
         self.ledger = load_ledger(self._path, clock())
         self._saved, self._saved_at = self.ledger, clock()
-        self._wake = asyncio.Event()
         self._failing: str | None = None
 
     async def on_switch(self, _: object) -> None:
-        """A switch listener: count what the old uplink carried up to now."""
-        self._wake.set()
+        """A switch listener: count what the old uplink carried up to now, before the listeners after it
+        (the Switched signal) tell the switch."""
+        self.sample()
 
     async def run(self, interval: float = SAMPLE_INTERVAL) -> None:
         """Sample until cancelled; the ledger is written whenever it changed, and once more at the end."""
         try:
             while True:
-                self._wake.clear()
                 self.sample()
-                try:
-                    async with asyncio.timeout(interval):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+                await asyncio.sleep(interval)
         finally:
             self._save(force=True)
 

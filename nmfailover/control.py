@@ -107,6 +107,8 @@ class ControlService:
         self._operator: Operator | None = None
         self._bus: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # More for the Switched signal's details than the switch itself knows (the daemon plugs it in).
+        self.switch_details: Callable[[], dict[str, Any]] = dict
         self._methods: dict[
             str, tuple[str, Callable[[Operator, list[Any]], Awaitable[tuple[str, list[Any]]]]]
         ] = {
@@ -189,7 +191,7 @@ class ControlService:
 
     async def on_switch(self, event: SwitchEvent) -> None:
         """A switch listener: broadcast the Switched signal."""
-        details = json.dumps(event.as_dict())
+        details = json.dumps(event.as_dict() | self.switch_details())
         await self._signal("Switched", "ssss", [event.from_profile, event.to_profile, event.reason, details])
 
     async def on_dns(self, moved: DnsMoved) -> None:

@@ -66,7 +66,10 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
         return EXIT_FAILURE
     control = ControlService()
     hooks = SwitchHooks(settings)
-    listeners: list[SwitchListener] = [control.on_switch, hooks.on_switch, _report_switch]
+    budget = BudgetKeeper(lambda: operator.status(), settings.metered_budget, settings.metered_budget_warn)
+    # First: the Switched signal carries what the metered uplink carried up to this switch.
+    control.switch_details = lambda: {"metered_budget": budget.status()}
+    listeners: list[SwitchListener] = [budget.on_switch, control.on_switch, hooks.on_switch, _report_switch]
     if settings.webhook_url:
         listeners.append(Webhook(settings.webhook_url).on_switch)
     if tunnels.enabled:
@@ -78,8 +81,6 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
 
         metrics = Metrics(lambda: operator.status())
         listeners.append(metrics.on_switch)
-    budget = BudgetKeeper(lambda: operator.status(), settings.metered_budget, settings.metered_budget_warn)
-    listeners.append(budget.on_switch)
     kept_alive = KeptAliveChecks()
     engine = Engine(
         settings,

@@ -27,7 +27,7 @@ from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import NMLab
 from nmfailover.metrics import Metrics
 from tests.daemon import running_daemon
-from tests.operate import cli, status
+from tests.operate import SignalRecorder, cli, status
 
 
 @pytest.mark.parametrize(
@@ -303,7 +303,10 @@ def test_a_metered_backup_is_counted_after_a_failover_and_kept_across_a_restart(
 
     # Restarted while the primary is still dead: the month goes on from what was kept, the warnings given
     # this month are not given again.
-    with running_daemon(nmlab, tmp_path / "second.log", env_extra=settings) as daemon:
+    with (
+        running_daemon(nmlab, tmp_path / "second.log", env_extra=settings, failback_hold_down="2") as daemon,
+        SignalRecorder(nmlab.bus_address) as recorder,
+    ):
         daemon.wait_log(r"ready: traffic on")
         daemon.wait_route("wanb", timeout=15)
         again = budget_of(nmlab)
@@ -312,4 +315,19 @@ def test_a_metered_backup_is_counted_after_a_failover_and_kept_across_a_restart(
         with nmlab.user_traffic():
             wait_for(lambda: budget_of(nmlab)["month_bytes"] > again["month_bytes"], 20, "more bytes counted")
         assert "of the budget" not in daemon.text()
+
+        # Back on the primary: the Switched signal tells what the backup carried in the outage just ended.
+        nmlab.upstreams[0].heal()
+        daemon.wait_route("wana", timeout=20)
+        wait_for(
+            lambda: any(json.loads(s[4])["action"] == "failback" for s in recorder.signals), 5, "failback"
+        )
+        failback = next(
+            json.loads(s[4]) for s in recorder.signals if json.loads(s[4])["action"] == "failback"
+        )
+        told = failback["metered_budget"]
+        print("in the failback's Switched signal:", json.dumps(told))
+        assert told["outage"]["uplink"] == "backup" and told["outage"]["ended_at"] is not None
+        assert told["outage"]["bytes"] > 0 and told["month_bytes"] > again["month_bytes"]
+        assert budget_of(nmlab)["outage"] == told["outage"]  # nothing more counted on the primary
         assert daemon.stop() == 0
