@@ -11,7 +11,8 @@ Methods (interface net.nmfailover.Failover1, object /net/nmfailover/Failover1):
   EndForce()
   Prefer(s uplink, d seconds)     pin an uplink; 0 seconds = until ClearPreference
   ClearPreference()
-Signal Switched(s from, s to, s reason, s details): profile ids, and the SwitchEvent as JSON.
+Signal Switched(s from, s to, s reason, s details): profile ids, and the SwitchEvent as JSON (plus what the
+daemon adds through switch_details: the metered budget).
 Signal DnsMoved(s profile, as servers, s reason): an uplink's name resolution moved to `servers` while its
 traffic stays (its resolvers are dead behind a live path), or given back to its own (servers empty).
 A bad argument gets the error net.nmfailover.Failover1.Error.InvalidArgs with a one-line message; anything
