@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, system_files
+from .budget import format_size
 from .config import Settings, load_settings
 from .control import BUS_NAME, call_daemon
 from .daemon import connect, run_daemon
@@ -38,6 +39,7 @@ from .errors import (
     NmfailoverError,
     NMUnavailable,
 )
+from .follow import FOLLOW_INTERVAL, follow_status
 from .log import setup_logging
 from .nm import NetworkManagerClient
 from .notice import FLAP_COUNT, FLAP_WINDOW, NoticeBoard
@@ -119,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
         "last probe and counts, the last switch and what is pending." + daemon_note,
     )
     status.add_argument("--json", action="store_true", help="print the daemon's JSON status (see README)")
+    status.add_argument(
+        "--follow",
+        action="store_true",
+        help="print one JSON line now and one more each time it changes, for status bars (see README); "
+        "waits while the daemon is not running",
+    )
+    status.add_argument(
+        "--interval",
+        type=_seconds_arg(False),
+        default=None,
+        metavar="SECONDS",
+        help="with --follow: how often to look again besides the daemon's signals "
+        f"(default: {FOLLOW_INTERVAL:g})",
+    )
     recheck = commands.add_parser(
         "recheck",
         help="make the daemon probe now",
@@ -346,6 +362,7 @@ def print_status(status: dict[str, Any]) -> None:
     if status["hold_down_remaining"]:
         print(f"failback hold-down: {status['hold_down_remaining']:.0f} s left")
     _print_tunnels(status.get("tunnels"))  # .get: a daemon started before an upgrade has none
+    _print_budget(status.get("metered_budget"))
     rows = [
         {
             "": "*" if u["carrying_traffic"] else "",
@@ -403,6 +420,19 @@ def _print_source_routing(uplinks: list[dict[str, Any]]) -> None:
             print(f"{u['role']} keeps its connections in table {u['routing_table']}:")
             for line in (*u.get("routing_routes", []), *u.get("routing_rules", [])):
                 print(f"  {line}")
+
+
+def _print_budget(budget: dict[str, Any] | None) -> None:
+    if not budget or (not budget["month_bytes"] and budget["outage"] is None):
+        return  # nothing metered has carried traffic: nothing to say
+    line = f"metered data this month: {format_size(budget['month_bytes'])}"
+    if budget["budget_bytes"]:
+        line += f" of {format_size(budget['budget_bytes'])} ({budget['used_pct']:g} %)"
+    outage = budget["outage"]
+    if outage is not None:
+        now = "this" if outage["ended_at"] is None else "last"
+        line += f"; {now} outage on {outage['uplink']}: {format_size(outage['bytes'])}"
+    print(line)
 
 
 def _print_tunnels(tunnels: dict[str, Any] | None) -> None:
@@ -464,6 +494,10 @@ def _run_client(args: argparse.Namespace) -> int:
         args.clear == (args.uplink is not None) or (args.clear and args.seconds)
     ):
         raise UsageError("nmfailover prefer: give either UPLINK [--seconds N] or --clear")
+    if args.command == "status" and args.interval is not None and not args.follow:
+        raise UsageError("nmfailover status: --interval needs --follow")
+    if args.command == "status" and args.follow:
+        return asyncio.run(follow_status(args.interval or FOLLOW_INTERVAL))
     try:
         return asyncio.run(_client(args))
     except DaemonNotRunning:

@@ -23,6 +23,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from nmfailover.probe import DEFAULT_TARGETS, Target, check_url, parse_target
 
+from .budget import parse_size
+
 # Re-exported (the redundant alias says so to mypy): callers catch config.ConfigError.
 from .errors import ConfigError as ConfigError
 
@@ -250,6 +252,10 @@ class Settings(BaseSettings):
     # again this long after traffic left them (connections still on them finish first). Named as METERED.
     on_demand: tuple[str, ...] = ()
     on_demand_linger: HoldDown = 30.0
+    # The data budget of the metered uplinks (budget.py): bytes a month, or None for none; and the shares
+    # of it (percent) at which a warning is logged.
+    metered_budget: int | None = None
+    metered_budget_warn: tuple[int, ...] = (75, 95)
     # Routing by source address: each uplink's applied connection gets a routing table of its own (table
     # base + its index) with its default route, and rules "from its addresses" into it, so a connection
     # keeps leaving through the uplink whose address it uses when the main default route moves.
@@ -346,6 +352,29 @@ class Settings(BaseSettings):
             if name in names[:index]:
                 raise ValueError(f"{name!r} is listed twice")
         return names
+
+    @field_validator("metered_budget", mode="before")
+    @classmethod
+    def _check_metered_budget(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return parse_size(value) if value.strip() else None
+
+    @field_validator("metered_budget_warn", mode="before")
+    @classmethod
+    def _check_metered_budget_warn(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return ()  # count, never warn
+        shares = []
+        for item in _split(value, "percentages from 1 to 100"):
+            if not (item.isascii() and item.isdigit()) or not 1 <= int(item) <= 100:
+                raise ValueError(f"must be whole percentages from 1 to 100, like 75,95; got {item!r}")
+            shares.append(int(item))
+        if shares != sorted(set(shares)):
+            raise ValueError(f"must rise from one percentage to the next, like 75,95; got {value!r}")
+        return tuple(shares)
 
     @field_validator("dns_servers", mode="before")
     @classmethod

@@ -13,7 +13,8 @@ Methods (interface net.nmfailover.Failover1, object /net/nmfailover/Failover1):
   EndForce()
   Prefer(s uplink, d seconds)     pin an uplink; 0 seconds = until ClearPreference
   ClearPreference()
-Signal Switched(s from, s to, s reason, s details): profile ids, and the SwitchEvent as JSON.
+Signal Switched(s from, s to, s reason, s details): profile ids, and the SwitchEvent as JSON (plus what the
+daemon adds through switch_details: the metered budget).
 Signal DnsMoved(s profile, as servers, s reason): an uplink's name resolution moved to `servers` while its
 traffic stays (its resolvers are dead behind a live path), or given back to its own (servers empty).
 A bad argument gets the error net.nmfailover.Failover1.Error.InvalidArgs with a one-line message; anything
@@ -147,6 +148,8 @@ class ControlService:
         self._operator: Operator | None = None
         self._bus: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # More for the Switched signal's details than the switch itself knows (the daemon plugs it in).
+        self.switch_details: Callable[[], dict[str, Any]] = dict
         self._methods: dict[
             str, tuple[str, Callable[[Operator, list[Any]], Awaitable[tuple[str, list[Any]]]]]
         ] = {
@@ -229,7 +232,7 @@ class ControlService:
 
     async def on_switch(self, event: SwitchEvent) -> None:
         """A switch listener: broadcast the Switched signal."""
-        details = json.dumps(event.as_dict())
+        details = json.dumps(event.as_dict() | self.switch_details())
         await self._signal("Switched", "ssss", [event.from_profile, event.to_profile, event.reason, details])
 
     async def on_dns(self, moved: DnsMoved) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from loguru import logger
 
 from . import __version__, sdnotify
+from .budget import BudgetKeeper
 from .bus import DBUS_LIBRARY
 from .config import Settings, uplink_variable
 from .control import ControlService
@@ -68,7 +69,10 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
         return EXIT_FAILURE
     control = ControlService()
     hooks = SwitchHooks(settings)
-    listeners: list[SwitchListener] = [control.on_switch, hooks.on_switch, _report_switch]
+    budget = BudgetKeeper(lambda: operator.status(), settings.metered_budget, settings.metered_budget_warn)
+    # First: the Switched signal carries what the metered uplink carried up to this switch.
+    control.switch_details = lambda: {"metered_budget": budget.status()}
+    listeners: list[SwitchListener] = [budget.on_switch, control.on_switch, hooks.on_switch, _report_switch]
     if settings.webhook_url:
         listeners.append(Webhook(settings.webhook_url).on_switch)
     if tunnels.enabled:
@@ -96,6 +100,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
     )
     operator = Operator(engine)
     operator.tunnels = tunnels.status
+    operator.metered_budget = budget.status
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.stop)
@@ -121,6 +126,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
             supervisor.liveness("control-bus", CONTROL_MAX_SILENCE)
         ),
         "systemd": lambda: systemd(engine, control.owned, sdnotify.watchdog_interval()),
+        "metered-budget": budget.run,
     }
     if metrics is not None:
         jobs.update(metrics.jobs(settings))

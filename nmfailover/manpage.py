@@ -348,6 +348,12 @@ def _environment() -> list[str]:
             "Where each profile's own autoconnect-priority is remembered until a clean stop puts it back "
             "(set by systemd's RuntimeDirectory=). Default: /run/nmfailover."
         ),
+        ".TP",
+        _bold("STATE_DIRECTORY"),
+        roff(
+            "Where the metered uplinks' bytes this month and in the last outage are kept "
+            "(set by systemd's StateDirectory=). Default: /var/lib/nmfailover."
+        ),
         ".PP",
         roff(
             "The daemon sets these for switch hooks and the failback guard; they are not settings: "

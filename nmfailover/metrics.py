@@ -83,6 +83,9 @@ class Metrics:
         self._loop = asyncio.get_running_loop()
         self._switches: Counter[tuple[str, str, str]] = Counter()
         self._carrying = CarryingTime(clock())
+        # Epoch seconds, so that alerting rules can count restarts (the counters' resets cannot tell a
+        # restart from a scrape gap).
+        self._started_at = time.time()
         self._switched = asyncio.Event()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_StatusCollector(self))
@@ -287,12 +290,58 @@ class Metrics:
             "Seconds left of the failover test (`nmfailover test-failover`).",
             (),
         ).add_metric([], status["forced_failover_remaining"])
+        _budget_families(status, uplinks, gauge)
+        gauge(
+            "nmfailover_start_time_seconds", "When the daemon started (seconds since the epoch).", ()
+        ).add_metric([], round(self._started_at, 3))
         restarts = counter(
             "nmfailover_task_restarts", "Restarts of each supervised loop after a crash.", ("task",)
         )
         for task, count in sorted(status["task_restarts"].items()):
             restarts.add_metric([task], count)
         return families
+
+
+def _budget_families(
+    status: Mapping[str, Any],
+    uplinks: list[Mapping[str, Any]],
+    gauge: Callable[[str, str, Iterable[str]], GaugeMetricFamily],
+) -> None:
+    """The metered uplinks' bytes and budget (budget.py), from the status's `metered_budget`."""
+    budget = status.get("metered_budget")
+    if budget is None:
+        return
+    # The ledger knows profiles (stable across restarts); the label is the role, as everywhere here.
+    roles = {u["profile"]: u["role"] for u in uplinks}
+    month = gauge(
+        "nmfailover_metered_month_bytes",
+        "Bytes each metered uplink carried while it carried traffic, this calendar month.",
+        ("uplink",),
+    )
+    for profile, count in sorted(budget["month_bytes_by_uplink"].items()):
+        month.add_metric([roles.get(profile, profile)], count)
+    outage = gauge(
+        "nmfailover_metered_outage_bytes",
+        "Bytes the metered uplink carried in the current outage, or the last one.",
+        ("uplink",),
+    )
+    if budget["outage"] is not None:
+        profile = budget["outage"]["uplink"]
+        outage.add_metric([roles.get(profile, profile)], budget["outage"]["bytes"])
+    if budget["budget_bytes"] is not None:
+        gauge(
+            "nmfailover_metered_budget_bytes", "The monthly budget (NMFAILOVER_METERED_BUDGET).", ()
+        ).add_metric([], budget["budget_bytes"])
+        gauge(
+            "nmfailover_metered_budget_used_ratio",
+            "Share of the monthly budget the metered uplinks used this month (0 to 1 and beyond).",
+            (),
+        ).add_metric([], round(budget["month_bytes"] / budget["budget_bytes"], 6))
+        gauge(
+            "nmfailover_metered_budget_warning_percent",
+            "The highest NMFAILOVER_METERED_BUDGET_WARN share passed this month (0: none).",
+            (),
+        ).add_metric([], budget["warned_pct"])
 
 
 class _StatusCollector(Collector):

@@ -141,6 +141,8 @@ ENV_CASES: list[Case] = [
     *bad("NMFAILOVER_METERED", "nosuch", "backup,nodefault", "fallback", ",", "backup,backup", *HOSTILE),
     *bad("NMFAILOVER_ON_DEMAND", "nosuch", "fallback", ",", "backup,backup", *HOSTILE),
     *bad("NMFAILOVER_ON_DEMAND_LINGER", "", "abc", "-1", "inf"),
+    *bad("NMFAILOVER_METERED_BUDGET", "5 GiG", "abc", "-1", "0", "0.5", "1.5.0GB", "GiB", "5 GiB 2"),
+    *bad("NMFAILOVER_METERED_BUDGET_WARN", "0", "101", "95,75", "75,75", "75,", "half", "7.5", "-5"),
     *bad("NMFAILOVER_SOURCE_ROUTING", "", "maybe", "2", "$(touch {marker})"),
     # 252: the backup would get 253; 4294967295: the backup's would not fit in 32 bits.
     *bad("NMFAILOVER_SOURCE_ROUTING_TABLE", "", "abc", "0", "-1", "1.5", "253", "254", "255", "252"),
@@ -215,6 +217,10 @@ CLIENT_CASES: list[Case] = [
     Case("extra", argv=("status", "extra")),
     Case("--json", argv=("status", "--json=yes")),
     Case("--bogus", argv=("status", "--bogus")),
+    Case("--interval", argv=("status", "--interval", "5")),  # without --follow
+    Case("--interval", argv=("status", "--follow", "--interval", "0")),
+    Case("--interval", argv=("status", "--follow", "--interval", "abc")),
+    Case("--follow", argv=("status", "--follow=yes")),
     Case("--interface", argv=("recheck", "--interface")),
     Case("--reason", argv=("recheck", "--reason")),
     Case("extra", argv=("recheck", "extra")),

@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "manage_autoconnect_priority": True,
     "on_demand": (),
     "on_demand_linger": 30.0,
+    "metered_budget": None,
+    "metered_budget_warn": (75, 95),
     "log_level": "INFO",
 }
 
@@ -87,6 +89,8 @@ VALID: list[Any] = [
             "NMFAILOVER_LOSS_TOLERATED": "10",
             "NMFAILOVER_LOSS_HEAVY": "40.5",
             "NMFAILOVER_PASSIVE": "no",
+            "NMFAILOVER_METERED_BUDGET": " 1.5GiB ",
+            "NMFAILOVER_METERED_BUDGET_WARN": "50, 80,100",
         },
         {
             "uplinks": ("lan", "5f3c0e9a-1111-2222-3333-444455556666", "wwan0"),
@@ -107,6 +111,8 @@ VALID: list[Any] = [
             "manage_autoconnect_priority": False,
             "log_level": "DEBUG",
             "dns_servers": ("192.0.2.53", "2001:db8::53"),
+            "metered_budget": 1610612736,
+            "metered_budget_warn": (50, 80, 100),
             "loss_tolerated": 10.0,
             "loss_heavy": 40.5,
             "passive": False,

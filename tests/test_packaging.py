@@ -529,12 +529,23 @@ def _installs_runs_and_removes_cleanly(chroot: Chroot, deb: str, built: Build) -
         assert chroot.path("/usr/share/zsh/vendor-completions/_nmfailover").is_file()
     shipped = [
         *(PACKAGING / "hooks.d").glob("*"),
+        *(PACKAGING / "bars").glob("*"),
         PACKAGING / "non-root.conf",
         PACKAGING / "polkit/50-nmfailover.rules",
     ]
     for example in shipped:
         relative = example.relative_to(PACKAGING)
         assert (doc / "examples" / relative).read_bytes() == built.source(f"packaging/{relative}"), example
+    # The fleet view: alerting rules and dashboard where a Prometheus or Grafana set-up can name them.
+    for shipped_file, source in (
+        (
+            "/usr/share/nmfailover/prometheus/nmfailover.rules.yml",
+            "packaging/prometheus/nmfailover.rules.yml",
+        ),
+        ("/usr/share/nmfailover/grafana/nmfailover.json", "packaging/grafana/nmfailover.json"),
+    ):
+        assert _mode(chroot.path(shipped_file)) == (0, 0, "0o644"), shipped_file
+        assert chroot.path(shipped_file).read_bytes() == built.source(source), shipped_file
     assert os.readlink(chroot.path("/usr/bin/nmfailover")) == "/opt/nmfailover/bin/nmfailover"
     # Debian's interpreter, not the build machine's, and the package depends on exactly its minor version.
     assert os.readlink(chroot.path("/opt/nmfailover/bin/python3")) == "/usr/bin/python3"

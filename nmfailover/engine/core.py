@@ -130,6 +130,7 @@ class Engine:
         )
         self.current: int | None = None
         self.last_switch_at: float | None = None
+        self.last_switch: SwitchEvent | None = None
         self.switches = 0
         self.avoid: Override | None = None  # the failover test
         self.pin: Override | None = None
@@ -392,7 +393,7 @@ class Engine:
         if old is not None and self.on_demand is not None:
             self.on_demand.traffic_left(old, self.clock())
         self.current = target
-        self.last_switch_at = self.clock()
+        self.last_switch_at, self.last_switch = self.clock(), event
         self.switches += 1
         self.actuator.applied_for = None
         await self.actuator.apply(target)

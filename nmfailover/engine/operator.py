@@ -14,7 +14,7 @@ from ..errors import InvalidRequest
 from ..policy import Health, Quality, hold_down, quality
 from .actuator import metered_warning
 from .core import Engine
-from .state import Override, Uplink
+from .state import Override, SwitchEvent, Uplink
 
 
 def _duration(seconds: float, *, zero_ok: bool) -> float:
@@ -29,6 +29,8 @@ class Operator:
         self.engine = engine
         # The WireGuard tunnels moved at the last switch (tunnels.py); the daemon plugs it in.
         self.tunnels: Callable[[], dict[str, Any] | None] = lambda: None
+        # The metered uplinks' bytes and budget (budget.py); the daemon plugs it in.
+        self.metered_budget: Callable[[], dict[str, Any] | None] = lambda: None
 
     def find_uplink(self, name: str) -> Uplink:
         """An uplink by role (primary, backup...), profile id, UUID, configured name or interface."""
@@ -105,6 +107,7 @@ class Operator:
         return {
             "preferred": engine.uplinks[engine.current].role if engine.current is not None else None,
             "last_switch_at": None if engine.last_switch_at is None else wall - (now - engine.last_switch_at),
+            "last_switch": _last_switch(engine.last_switch),
             "switches": engine.switches,
             "hold_down_remaining": round(settling, 3),
             "forced_failover_remaining": round(avoid.remaining(now), 3) if avoid is not None else 0.0,
@@ -118,6 +121,7 @@ class Operator:
                 for left in (engine.choice.left if engine.choice is not None else ())
             ],
             "tunnels": self.tunnels(),
+            "metered_budget": self.metered_budget(),
             "uplinks": [
                 _uplink_status(
                     u,
@@ -148,6 +152,19 @@ class Operator:
                 for u in engine.uplinks
             ],
         }
+
+
+def _last_switch(event: SwitchEvent | None) -> dict[str, str | None] | None:
+    """What the last switch did, by roles (`from` is null at start-up); its time is `last_switch_at`."""
+    if event is None:
+        return None
+    old = event.uplink(event.from_profile) if event.from_profile else None
+    return {
+        "action": event.action,
+        "from": old.role if old is not None else None,
+        "to": event.state.lower(),
+        "reason": event.reason,
+    }
 
 
 def _dns_health(uplink: Uplink) -> str:

@@ -39,6 +39,7 @@ def daemon_env(lab: NMLab, **overrides: str) -> dict[str, str]:
             "NMFAILOVER_LOG_LEVEL": "DEBUG",
             # The sandbox's profiles are gone with it: so is what the daemon remembers about them.
             "RUNTIME_DIRECTORY": str(lab.workdir / "run-nmfailover"),
+            "STATE_DIRECTORY": str(lab.workdir / "lib-nmfailover"),  # the metered uplinks' byte counts
             "NMFAILOVER_HOOKS_DIR": "",  # never the machine's own hooks
         }
     )
