@@ -60,6 +60,29 @@ def third_uplink(workdir: Path) -> dict[str, float]:
             }
 
 
+def on_demand(workdir: Path) -> dict[str, float]:
+    """A cold on-demand backup: the primary's silent death to traffic on it, its activation included."""
+    with NMLab(2) as lab:
+        own_metrics(lab, {"primary": 100, "backup": 200})
+        settings = {"on_demand": "backup", "on_demand_linger": "2", "failback_hold_down": "2"}
+        with daemon_in(lab, workdir / "on-demand.log", uplinks="auto", **settings) as daemon:
+            daemon.wait_log(r"on demand, taken down")
+            wait_for(lambda: lab.default_routes(4) == [("wana", 100)], 10, "the backup down")
+            started = time.monotonic()
+            lab.upstreams[0].blackhole()
+            daemon.wait_route("wanb", timeout=15)
+            cold = since(started)
+            lab.upstreams[0].heal()
+            daemon.wait_route("wana", timeout=20)
+            started = time.monotonic()
+            wait_for(lambda: lab.default_routes(4) == [("wana", 100)], 15, "the backup down again")
+            _check_clean(daemon)
+            return {
+                "on demand: outage to traffic on the cold backup": cold,
+                "on demand: down after failback (linger 2 s)": since(started),
+            }
+
+
 def networking_off_on(lab: NMLab) -> None:
     lab.nmcli("networking", "off")
     wait_for(lambda: not lab.default_routes(4), 10, "no default route")
@@ -82,9 +105,9 @@ def suspend_resume(lab: NMLab) -> None:
     for upstream in lab.upstreams:  # a laptop's own devices go down while it sleeps; the lab's veths do not
         upstream.cut_cable()
     wait_for(lambda: not lab.default_routes(4), 15, "no default route")
-    for upstream in lab.upstreams:
-        upstream.restore_cable()
     sleep(False)
+    for upstream in lab.upstreams:  # as a laptop's links come back: once it is awake
+        upstream.restore_cable()
 
 
 MOMENTS: dict[str, Callable[[NMLab], None]] = {
@@ -121,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True)
     runs: dict[str, list[float]] = {}
     for run in range(args.runs):
-        for key, seconds in third_uplink(workdir).items():
+        for key, seconds in (third_uplink(workdir) | on_demand(workdir)).items():
             runs.setdefault(key, []).append(seconds)
         for name, moment in MOMENTS.items():
             runs.setdefault(f"{name}: traffic back on the primary", []).append(

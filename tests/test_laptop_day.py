@@ -34,10 +34,10 @@ def suspend_and_resume(lab: NMLab) -> None:
     sleep(lab, True)
     for upstream in lab.upstreams:
         upstream.cut_cable()
-    wait_for(lambda: not lab.default_routes(4), 10, "no default route while asleep")
-    for upstream in lab.upstreams:
-        upstream.restore_cable()
+    wait_for(lambda: not lab.default_routes(4), 15, "no default route while asleep")
     sleep(lab, False)
+    for upstream in lab.upstreams:  # as a laptop's links come back: once it is awake
+        upstream.restore_cable()
 
 
 def networking_off_and_on(lab: NMLab) -> None:

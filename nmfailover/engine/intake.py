@@ -163,11 +163,13 @@ class EventIntake:
                 if link.activated and (not old.activated or reactivated):
                     # A fresh activation brings back the profile's own metrics.
                     self.actuator.applied_for = None
-                    # ...and is a new link (a new lease, maybe another router): judged afresh, at once, by
-                    # one round as at start; only its flap history stays.
-                    relinked = uplink.activated_at is not None  # not its first activation in this run
+                if link.activated and link.active != uplink.activation:
+                    # A new activation (not a read that failed in between) is a new link: a new lease, maybe
+                    # another router. It is judged afresh, at once, by one round as at start; only its flap
+                    # history stays.
+                    relinked = uplink.activation is not None  # not its first activation in this run
                     uplink.watch = Watch(health=UplinkHealth(downs=uplink.health.downs, relinked=relinked))
-                    uplink.activated_at = self.supervisor.clock()
+                    uplink.activation, uplink.activated_at = link.active, self.supervisor.clock()
                 if link.device != old.device or link.activated != old.activated or reactivated:
                     # ...and a new applied connection, without our table and rules.
                     self.actuator.forget_source_routing(uplink.index)

@@ -27,7 +27,8 @@ class Uplink:
     missing: bool = False  # its profile was deleted from NetworkManager
     proof_due: bool = False  # something happened to it: its next round is a proof, never an echo
     in_flight: bool = False  # a round is running: a decision waiting for its answer need not ask again
-    activated_at: float | None = None  # when its link was last activated (monotonic)
+    activation: str | None = None  # its last activation (active connection) seen
+    activated_at: float | None = None  # when (monotonic)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
