@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .budget import format_size
+
 FLAP_COUNT = 3
 FLAP_WINDOW = 60.0
 # Urgency hint values of the notification spec.
@@ -37,11 +39,28 @@ class Uplink:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """The metered uplinks' data this month (Status()'s metered_budget), and the last outage's."""
+
+    month_bytes: int = 0
+    budget_bytes: int | None = None
+    outage_uplink: str = ""
+    outage_bytes: int = 0
+
+    def month(self) -> str:
+        if self.budget_bytes:
+            used, of = format_size(self.month_bytes), format_size(self.budget_bytes)
+            return f"This month: {used} of {of} ({round(self.month_bytes * 100 / self.budget_bytes)} %)."
+        return f"This month: {format_size(self.month_bytes)}." if self.month_bytes else ""
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """The daemon's Status(): its uplinks, most preferred first, and the pinned one's role."""
+    """The daemon's Status(): its uplinks, most preferred first, the pinned one's role, the data budget."""
 
     uplinks: tuple[Uplink, ...] = ()
     pinned: str | None = None
+    budget: Budget = Budget()
 
     @classmethod
     def from_status(cls, text: str) -> Snapshot:
@@ -67,7 +86,7 @@ class Snapshot:
             if isinstance(u, dict)
         )
         pinned = doc.get("pinned")
-        return cls(uplinks, pinned if isinstance(pinned, str) else None)
+        return cls(uplinks, pinned if isinstance(pinned, str) else None, _budget(doc.get("metered_budget")))
 
     def profile(self, profile: str) -> Uplink | None:
         return next((u for u in self.uplinks if u.profile == profile), None)
@@ -176,11 +195,35 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else f"{text}."
 
 
+def _budget(doc: object) -> Budget:
+    if not isinstance(doc, dict):
+        return Budget()  # a daemon of another version
+    outage = doc.get("outage") if isinstance(doc.get("outage"), dict) else {}
+    assert isinstance(outage, dict)
+    budget = doc.get("budget_bytes")
+    return Budget(
+        int(doc.get("month_bytes") or 0),
+        int(budget) if isinstance(budget, int) and budget > 0 else None,
+        str(outage.get("uplink") or ""),
+        int(outage.get("bytes") or 0),
+    )
+
+
 def _metered(profile: str, snapshot: Snapshot) -> str:
     uplink = snapshot.profile(profile)
     if uplink is None or not uplink.metered:
         return ""
-    return f"{profile} is metered: large downloads and updates may cost you."
+    return _join(f"{profile} is metered: large downloads and updates may cost you.", snapshot.budget.month())
+
+
+def _carried(switch: Switch, snapshot: Snapshot) -> str:
+    """After an outage on a metered uplink: what it carried, and the month so far."""
+    budget, left = snapshot.budget, snapshot.profile(switch.from_profile)
+    if left is None or not left.metered or not budget.outage_bytes:
+        return ""
+    return _join(
+        f"{switch.from_profile} carried {format_size(budget.outage_bytes)} meanwhile.", budget.month()
+    )
 
 
 def _join(*parts: str) -> str:
@@ -228,7 +271,9 @@ class NoticeBoard:
             lost = switch.from_profile or "The connection"
             return Notice(f"{lost} failed: now on {to}", _join(why, metered), "network-error", NORMAL, stay)
         if switch.action == "failback":
-            return Notice(f"Back on {to}", why, "network-transmit-receive", LOW)
+            return Notice(
+                f"Back on {to}", _join(why, _carried(switch, snapshot)), "network-transmit-receive", LOW
+            )
         if switch.action == "pin":
             return Notice(
                 f"Now on {to}, as chosen",

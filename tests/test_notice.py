@@ -11,6 +11,7 @@ from nmfailover.notice import (
     LOW,
     NORMAL,
     Action,
+    Budget,
     DnsMove,
     NoticeBoard,
     Snapshot,
@@ -23,14 +24,22 @@ STAY = Action("stay", "Stay on Hotspot", "Prefer", "Hotspot")
 AUTOMATIC = Action("automatic", "Prefer Fiber", "ClearPreference")
 
 
-def snapshot(carrying: str = "backup", pinned: str | None = None, metered: bool = True) -> Snapshot:
+def snapshot(
+    carrying: str = "backup", pinned: str | None = None, metered: bool = True, budget: Budget | None = None
+) -> Snapshot:
     return Snapshot(
         (
             Uplink("primary", "Fiber", "eth0", "down", False, carrying == "primary"),
             Uplink("backup", "Hotspot", "wwan0", "up", metered, carrying == "backup"),
         ),
         pinned,
+        budget or Budget(),
     )
+
+
+SPENT = Budget(
+    month_bytes=3 * 2**30, budget_bytes=5 * 2**30, outage_uplink="Hotspot", outage_bytes=350 * 2**20
+)
 
 
 def switch(action: str, to: str = "backup", reason: str = "") -> Switch:
@@ -84,6 +93,25 @@ def switch(action: str, to: str = "backup", reason: str = "") -> Switch:
             snapshot("primary"),
             "Back on Fiber",
             "Fiber healthy for 30s; moving back.",
+            "network-transmit-receive",
+            LOW,
+            (),
+        ),
+        (  # the data budget: what the metered one carries this month, and what it carried in the outage
+            switch("failover", reason="primary (eth0) is down; moving to backup (wwan0)"),
+            snapshot(budget=SPENT),
+            "Fiber failed: now on Hotspot",
+            f"Fiber is down; moving to Hotspot. {METERED} This month: 3.0 GiB of 5.0 GiB (60 %).",
+            "network-error",
+            NORMAL,
+            (STAY,),
+        ),
+        (
+            switch("failback", "primary", "primary (eth0) healthy for 30s; moving back"),
+            snapshot("primary", budget=SPENT),
+            "Back on Fiber",
+            "Fiber healthy for 30s; moving back. Hotspot carried 350.0 MiB meanwhile. This month: 3.0 GiB of "
+            "5.0 GiB (60 %).",
             "network-transmit-receive",
             LOW,
             (),

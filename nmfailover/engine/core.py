@@ -323,6 +323,9 @@ class Engine:
             self._say_waiting()
             return
         async with self._apply_lock:
+            # Whichever loop decides first after a pin or test ran out ends it: never a decision without
+            # it while it still shows.
+            self._expire_overrides(self.clock())
             await self._reconcile_route()
             if self.on_demand is not None:
                 await self.on_demand.keep(self.uplinks, self.current, self.actuator.on_demand, self.clock())
@@ -400,6 +403,14 @@ class Engine:
         self._switched.put_nowait(event)
         # Its loop may be waiting out a standby interval: from now on it is watched at the active pace.
         self.uplinks[target].wake.set()
+
+    def _expire_overrides(self, now: float) -> None:
+        if self.avoid is not None and not self.avoid.active(now):
+            logger.info("forced failover over; normal policy resumes")
+            self.avoid = None
+        if self.pin is not None and not self.pin.active(now):
+            logger.info("preference for {} expired", self.uplinks[self.pin.index].label)
+            self.pin = None
 
     def _settling(self, target: int) -> bool:
         """Its link has just come up, and a more preferred uplink's has too, or will (it was up before all
@@ -515,12 +526,7 @@ class Engine:
             except TimeoutError:
                 pass
             now = self.clock()
-            if self.avoid is not None and not self.avoid.active(now):
-                logger.info("forced failover over; normal policy resumes")
-                self.avoid = None
-            if self.pin is not None and not self.pin.active(now):
-                logger.info("preference for {} expired", self.uplinks[self.pin.index].label)
-                self.pin = None
+            self._expire_overrides(now)
             if self._settle_until is not None and now >= self._settle_until:
                 self._settle_until = None  # waited long enough for a better uplink's return
             if deadline is not None and now >= deadline:
