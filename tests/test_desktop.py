@@ -107,16 +107,22 @@ def test_the_notice_on_a_real_desktop(workdir: Path) -> None:
             "LOW",
         )
         assert back[0] == "Back on Fiber" and back[2] == "LOW"
-        assert re.fullmatch(r"Fiber healthy for \d+s; moving back\.", back[1]), back
+        # The metered Hotspot's data: what it carried in the outage, and the month so far.
+        size = r"[\d.]+ (B|KiB|MiB)"
+        assert re.fullmatch(
+            rf"Fiber healthy for \d+s; moving back\. Hotspot carried {size} meanwhile\. This month: {size}\.",
+            back[1],
+        ), back
 
         # A failover while the person is there: said in their names, metered said, a button offered.
         lab.upstreams[0].blackhole()
         daemon.wait_route("wanb", timeout=30)
         failover = _shown(desktop, 5)[4]
-        assert failover == (
-            "Fiber failed: now on Hotspot",
-            f"Fiber is down; moving to Hotspot. {METERED}",
-            "NORMAL",
+        summary, body, urgency = failover
+        assert (summary, urgency) == ("Fiber failed: now on Hotspot", "NORMAL")
+        # The month's data on the metered Hotspot so far (the outage before this one).
+        assert re.fullmatch(
+            rf"Fiber is down; moving to Hotspot\. {re.escape(METERED)} This month: {size}\.", body
         )
         desktop.screenshot("notice-at-failover")
         # What dunst holds: closed now, it is its newest in history.
