@@ -167,7 +167,9 @@ def ip_rules(lab: NMLab, family: int = 4) -> list[str]:
 
 
 def table_routes(lab: NMLab, table: int, family: int = 4) -> str:
-    return lab.host("ip", f"-{family}", "route", "show", "table", str(table)).stdout.strip()
+    """The table's routes; empty while the kernel has no such table yet (a Reapply is answered before
+    NetworkManager has made it)."""
+    return lab.host("ip", f"-{family}", "route", "show", "table", str(table), check=False).stdout.strip()
 
 
 def settle(what: str, condition: Callable[[], bool]) -> None:
