@@ -78,6 +78,8 @@ def kind_of(candidate: Candidate) -> Kind | str:
         return "a port of a bridge, bond or team: its controller is the uplink"
     if candidate.profile.never_default:
         return "ipv4.never-default=yes: it never carries the default route"
+    if not candidate.addressed:
+        return "neither IPv4 nor IPv6 configured: it carries no route at all"
     kind = _KINDS.get(candidate.connection_type)
     if kind is None:
         return f"a {candidate.connection_type} connection carries no default route of its own"

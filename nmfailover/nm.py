@@ -227,6 +227,7 @@ class Candidate:
     metered: int = METERED_UNKNOWN  # the device's Metered: the profile's own value or NetworkManager's guess
     port: bool = False  # a bridge's, bond's or team's port: its controller carries the addresses
     vpn: bool = False
+    addressed: bool = True  # IPv4 or IPv6 configured at all (a bridge for VMs only may have neither)
 
 
 @dataclass(frozen=True)
@@ -711,6 +712,7 @@ class NetworkManagerClient:
                     metered=int(device.get("Metered", METERED_UNKNOWN)),
                     port=bool(controller),
                     vpn=bool(props.get("Vpn", False)),
+                    addressed=_addressed(settings),
                 )
             )
         return found
@@ -730,6 +732,7 @@ class NetworkManagerClient:
                     connection_type=str(_unwrap(connection.get("type", ""))),
                     interface=bound,
                     port=any(_unwrap(connection.get(key, "")) for key in _PORT_KEYS),
+                    addressed=_addressed(settings),
                 )
             )
         return found
@@ -1151,6 +1154,12 @@ def _sources(ip_config: dict[str, Any], version: int) -> tuple[str, ...]:
         if source not in found:
             found.append(source)
     return tuple(found)
+
+
+def _addressed(settings: Settings) -> bool:
+    ipv4 = str(_unwrap(settings.get("ipv4", {}).get("method", "auto")))
+    ipv6 = str(_unwrap(settings.get("ipv6", {}).get("method", "auto")))
+    return ipv4 != "disabled" or ipv6 not in ("disabled", "ignore")
 
 
 def _profile(spec: str, settings: Settings) -> Profile:

@@ -31,9 +31,10 @@ def candidate(
     never_default: bool = False,
     port: bool = False,
     vpn: bool = False,
+    addressed: bool = True,
 ) -> Candidate:
     profile = Profile(name, f"uuid-{name}", name, None, metric, -1, 0, never_default, metered=saved_metered)
-    return Candidate(profile, kind, f"if-{name}", device_type, driver, metered, port, vpn)
+    return Candidate(profile, kind, f"if-{name}", device_type, driver, metered, port, vpn, addressed)
 
 
 KIND_CASES: list[tuple[str, Candidate, Kind | str]] = [
@@ -51,6 +52,7 @@ KIND_CASES: list[tuple[str, Candidate, Kind | str]] = [
     ("loopback", candidate("a", "loopback"), "a loopback connection carries no default route of its own"),
     ("a bridge's port", candidate("a", port=True), "a port of a bridge, bond or team: its controller is the uplink"),
     ("never-default", candidate("a", never_default=True), "ipv4.never-default=yes: it never carries the default route"),
+    ("a bridge for VMs only", candidate("a", "bridge", addressed=False), "neither IPv4 nor IPv6 configured: it carries no route at all"),
 ]  # fmt: skip
 
 
