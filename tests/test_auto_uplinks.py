@@ -3,9 +3,11 @@ connections are the uplinks in the order a person would choose, and they come an
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
+from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
 
@@ -59,6 +61,10 @@ def test_a_third_uplink_joins_takes_the_traffic_as_the_best_and_leaves_with_its_
         assert daemon.stop() == 0
 
 
+def status(lab: NMLab) -> str:
+    return lab.host(sys.executable, "-m", "nmfailover", "status", env=lab.env).stdout
+
+
 def test_with_one_uplink_it_waits_and_a_second_one_makes_it_fail_over(nmlab: NMLab, tmp_path: Path) -> None:
     own_metrics(nmlab, {"primary": 100, "backup": 200})
     nmlab.nmcli("connection", "down", "backup")
@@ -70,6 +76,11 @@ def test_with_one_uplink_it_waits_and_a_second_one_makes_it_fail_over(nmlab: NML
         nmlab.nmcli("connection", "up", "backup")
         daemon.wait_log(r"uplinks now: primary \(wana\): wired, route metric 100; backup \(wanb\)")
         daemon.wait_log(r"backup \(wanb\) up")
+        # Renamed: the same uplink, followed by its UUID; status shows the order found and why.
+        nmlab.nmcli("connection", "modify", "backup", "connection.id", "Hotspot")
+        wait_for(lambda: "backup (Hotspot): wired, route metric 200" in status(nmlab), 10, "the new name")
+        assert "primary (primary): wired, route metric 100" in status(nmlab)
+        assert daemon.text().count("uplinks now") == 1, "a rename is no new uplink"
         nmlab.upstreams[0].blackhole()
         daemon.wait_route("wanb", timeout=10)
         assert daemon.stop() == 0

@@ -356,3 +356,19 @@ def test_run_counts_a_failure_and_ignores_skips(monkeypatch: pytest.MonkeyPatch,
     with out.open("w") as stream:
         assert doctor.run(tmp_path, out=stream) == 1
     assert out.read_text() == "ok    a\nskip  b\nFAIL  c — fix: d\n"
+
+
+@pytest.mark.lab
+def test_doctor_shows_the_uplinks_found_their_order_and_why(nmlab: NMLab, root: Path) -> None:
+    nmlab.nmcli("connection", "modify", "backup", "ipv4.route-metric", "50", "connection.metered", "yes")
+    done = run_doctor(nmlab, root, uplinks="auto")
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout
+    assert lines[0].startswith("ok    settings: uplinks found at run time (auto)")
+    # Metered last, whatever its own metric; the reason beside each.
+    assert "ok    uplink primary: 'primary' on wana (wired)" in lines
+    assert (
+        "ok    uplink backup: 'backup' on wanb (wired, metered (its profile says so), route metric 50)"
+        in lines
+    )
+    assert "ok    not an uplink: 'lo': a loopback connection carries no default route of its own" in lines
