@@ -81,7 +81,7 @@ def test_networkmanager_restart_while_on_primary_reapplies_and_keeps_working(
 ) -> None:
     with running_daemon(nmlab, tmp_path / "daemon.log", failback_hold_down=HOLD_DOWN) as daemon:
         daemon.wait_log(r"ready: traffic on primary")
-        wait_preferred(nmlab, "wana", "wanb", 5)
+        wait_preferred(nmlab, "wana", "wanb", 15)  # NetworkManager sets the kernel routes after it answers
         nmlab.restart_nm()
         daemon.wait_log("NetworkManager is back")
         # NetworkManager re-activated both profiles with their own metrics (100 and 101): ours come back.
