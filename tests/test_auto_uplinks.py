@@ -3,9 +3,11 @@ connections are the uplinks in the order a person would choose, and they come an
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import NMLab
@@ -49,11 +51,17 @@ def test_a_third_uplink_joins_takes_the_traffic_as_the_best_and_leaves_with_its_
             < text.index("primary (wanc) up")
             < text.index("switching to primary (wanc)")
         )
+        # Renamed while it is an uplink, then gone: its loops end all the same.
+        nmlab3.nmcli("connection", "modify", "fallback", "connection.id", "Tether")
+        wait_for(lambda: "primary (Tether)" in status(nmlab3), 10, "the new name")
+        assert {"probe-fallback", "traffic-fallback"} <= set(status_json(nmlab3)["task_restarts"])
         started = time.monotonic()
         nmlab3.host("ip", "link", "del", "wanc")
         daemon.wait_log(r"no longer an uplink")
         daemon.wait_route("wana", timeout=10)
         gone = time.monotonic() - started
+        restarts = set(status_json(nmlab3)["task_restarts"])
+        assert not {n for n in restarts if "fallback" in n or "Tether" in n}, restarts
         print(
             f"third uplink: joined in {joined:.2f} s, traffic on it {moved:.2f} s after activation, back {gone:.2f} s after its device vanished"
         )
@@ -63,6 +71,13 @@ def test_a_third_uplink_joins_takes_the_traffic_as_the_best_and_leaves_with_its_
 
 def status(lab: NMLab) -> str:
     return lab.host(sys.executable, "-m", "nmfailover", "status", env=lab.env).stdout
+
+
+def status_json(lab: NMLab) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(
+        lab.host(sys.executable, "-m", "nmfailover", "status", "--json", env=lab.env).stdout
+    )
+    return found
 
 
 def test_with_one_uplink_it_waits_and_a_second_one_makes_it_fail_over(nmlab: NMLab, tmp_path: Path) -> None:

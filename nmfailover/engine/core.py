@@ -203,11 +203,13 @@ class Engine:
         return len(self.uplinks) >= 2
 
     def _uplink_jobs(self, uplink: Uplink) -> dict[str, Job]:
-        # Named by profile, which stays when the uplinks around it come and go (its role may not).
+        # Named by profile, which stays when the uplinks around it come and go (its role may not); the
+        # names are kept with it, so that its jobs are found to end even after the profile was renamed.
         probe, traffic = f"probe-{uplink.profile.id}", f"traffic-{uplink.profile.id}"
         jobs = {probe: _bind(self.scheduler.loop, uplink, probe)}
         if self._evidence is not None:
             jobs[traffic] = self._evidence.job(uplink, traffic, self.supervisor)
+        uplink.jobs = tuple(jobs)
         return jobs
 
     async def discover(self) -> None:
@@ -287,8 +289,9 @@ class Engine:
             return LinkState(uuid=profile.uuid)
 
     def _stop_jobs(self, uplink: Uplink) -> None:
-        for name in self._uplink_jobs(uplink):
+        for name in uplink.jobs:
             self.supervisor.cancel(name)
+        uplink.jobs = ()
 
     def _say_waiting(self) -> None:
         if self._waiting_said:

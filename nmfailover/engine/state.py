@@ -28,6 +28,7 @@ class Uplink:
     proof_due: bool = False  # something happened to it: its next round is a proof, never an echo
     in_flight: bool = False  # a round is running: a decision waiting for its answer need not ask again
     activation: str | None = None  # its last activation (active connection) seen
+    jobs: tuple[str, ...] = ()  # the names its loops run under
     activated_at: float | None = None  # when (monotonic)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
