@@ -39,7 +39,12 @@ def preferred(lab: NMLab, device: str, other: str) -> bool:
 
 
 def wait_preferred(lab: NMLab, device: str, other: str, timeout: float) -> None:
-    wait_for(lambda: preferred(lab, device, other), timeout, f"{device} preferred over {other}", step=0.1)
+    try:
+        wait_for(lambda: preferred(lab, device, other), timeout, f"{device} preferred over {other}", step=0.1)
+    except TimeoutError as exc:
+        raise TimeoutError(
+            f"{exc}; default routes now {lab.default_routes(4)} / {lab.default_routes(6)}"
+        ) from None
 
 
 def switches(daemon: DaemonProcess) -> int:
@@ -272,7 +277,7 @@ def test_both_uplinks_dead_then_only_the_backup_returns(nmlab: NMLab, tmp_path: 
         # switch at most, and none once both are known dead.
         moved = switches(daemon)
         assert moved <= 1
-        wait_preferred(nmlab, "wanb" if moved else "wana", "wana" if moved else "wanb", 5)
+        wait_preferred(nmlab, "wanb" if moved else "wana", "wana" if moved else "wanb", 15)
         routes = nmlab.default_routes(4), nmlab.default_routes(6)
         time.sleep(4)
         assert (nmlab.default_routes(4), nmlab.default_routes(6)) == routes
