@@ -12,15 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .nm import (
-    DEVICE_TYPE_BT,
-    DEVICE_TYPE_MODEM,
-    METERED_GUESS_YES,
-    METERED_YES,
-    USB_TETHERING_DRIVERS,
-    Candidate,
-    Profile,
-)
+from .nm import METERED_GUESS_YES, METERED_YES, Candidate, Profile, Tethering, phone_or_modem
 
 
 class Kind(IntEnum):
@@ -83,12 +75,13 @@ def kind_of(candidate: Candidate) -> Kind | str:
     kind = _KINDS.get(candidate.connection_type)
     if kind is None:
         return f"a {candidate.connection_type} connection carries no default route of its own"
-    if candidate.device_type == DEVICE_TYPE_MODEM:
-        return Kind.MOBILE
-    if candidate.device_type == DEVICE_TYPE_BT:
-        return Kind.TETHERED
-    if kind is Kind.WIRED and candidate.driver in USB_TETHERING_DRIVERS:
-        return Kind.TETHERED
+    match phone_or_modem(candidate.device_type, candidate.driver):
+        case Tethering.MODEM:
+            return Kind.MOBILE
+        case Tethering.BLUETOOTH:
+            return Kind.TETHERED
+        case Tethering.USB if kind is Kind.WIRED:
+            return Kind.TETHERED
     return kind
 
 

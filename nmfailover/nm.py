@@ -11,6 +11,7 @@ import ipaddress
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from loguru import logger
@@ -215,6 +216,24 @@ class Profile:
     dns: Dns = Dns()  # its resolvers as saved: what giving DNS back puts on the device
 
 
+class Tethering(Enum):
+    """How a device shows it belongs to a phone or a mobile modem."""
+
+    MODEM = "modem"  # ModemManager's (4G/5G sticks and cards, Bluetooth DUN)
+    BLUETOOTH = "bluetooth"  # a phone's Bluetooth PAN
+    USB = "usb"  # a phone tethered over USB, or a stick in router mode: plain ethernet to NetworkManager
+
+
+def phone_or_modem(device_type: int, driver: str) -> Tethering | None:
+    if device_type == DEVICE_TYPE_MODEM:
+        return Tethering.MODEM
+    if device_type == DEVICE_TYPE_BT:
+        return Tethering.BLUETOOTH
+    if driver in USB_TETHERING_DRIVERS:
+        return Tethering.USB
+    return None
+
+
 @dataclass(frozen=True)
 class Candidate:
     """An active connection as NetworkManager shows it (NetworkManagerClient.active_candidates)."""
@@ -267,21 +286,20 @@ class LinkState:
         bridges...), as a desktop's icons tell uplinks apart."""
         if self.device_type == DEVICE_TYPE_WIFI:
             return "wireless"
-        if self.device_type in (DEVICE_TYPE_MODEM, DEVICE_TYPE_BT) or self.driver in USB_TETHERING_DRIVERS:
-            return "cellular"
-        return "wired"
+        return "cellular" if phone_or_modem(self.device_type, self.driver) else "wired"
 
     @property
     def looks_mobile(self) -> str | None:
         """Why this link looks like a mobile modem or a phone's hotspot, or None."""
         if self.device is None:
             return None
-        if self.device_type == DEVICE_TYPE_MODEM:
-            return "a mobile broadband modem"
-        if self.device_type == DEVICE_TYPE_BT:
-            return "a Bluetooth tethered phone"
-        if self.driver in USB_TETHERING_DRIVERS:
-            return f"a USB-tethered phone or modem (driver {self.driver})"
+        match phone_or_modem(self.device_type, self.driver):
+            case Tethering.MODEM:
+                return "a mobile broadband modem"
+            case Tethering.BLUETOOTH:
+                return "a Bluetooth tethered phone"
+            case Tethering.USB:
+                return f"a USB-tethered phone or modem (driver {self.driver})"
         if self.metered == METERED_GUESS_YES:
             return "metered by NetworkManager's own guess"
         return None
