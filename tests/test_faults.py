@@ -47,6 +47,18 @@ def wait_preferred(lab: NMLab, device: str, other: str, timeout: float) -> None:
         ) from None
 
 
+def wait_routes(lab: NMLab, routes: tuple[list[tuple[str, int]], list[tuple[str, int]]]) -> None:
+    """The default routes are `routes` again within a second. NetworkManager 1.42 restarts a device's IPv6
+    (addresses and routes gone for some 20 ms) at every Reapply, even one that changes only IPv4 settings
+    such as a dns-priority; a route read in that instant is missing, not changed."""
+    wait_for(
+        lambda: (lab.default_routes(4), lab.default_routes(6)) == routes,
+        1,
+        f"the default routes of before, {routes}",
+        step=0.05,
+    )
+
+
 def switches(daemon: DaemonProcess) -> int:
     return len(re.findall(r"-> switching to", daemon.text()))
 
@@ -245,12 +257,13 @@ def test_dead_resolvers_behind_a_live_path_move_dns_not_the_traffic(nmlab: NMLab
         # An application's lookup through the resolv.conf NetworkManager writes answers again, quickly.
         wait_for(lambda: nmlab.lookup("target1.test", timeout=1)[0], 20, "a lookup answered again")
         print(f"dead resolver -> lookups answered again after {time.monotonic() - broken:.1f} s")
-        daemon.wait_log(r"primary \(wana\): its resolvers fail .* name resolution moved to")
-        assert (nmlab.default_routes(4), nmlab.default_routes(6)) == routes  # 0 route changes
+        daemon.wait_log(r"primary \(wana\): its resolvers fail: lookups go to")
+        wait_routes(nmlab, routes)  # 0 route changes
         assert switches(daemon) == 0
         nmlab.upstreams[0].heal()
-        daemon.wait_log(r"primary \(wana\): its resolvers answer again: name resolution back", timeout=40)
-        assert (nmlab.default_routes(4), nmlab.default_routes(6)) == routes and switches(daemon) == 0
+        daemon.wait_log(r"primary \(wana\): its own resolvers back", timeout=40)
+        wait_routes(nmlab, routes)
+        assert switches(daemon) == 0
         assert daemon.stop() == 0
 
 
