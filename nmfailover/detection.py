@@ -49,6 +49,10 @@ FALSE_ALARM = 1e-6
 MISS = 0.1
 # Bursts one loss test may take; undecided after them, the path is not proven lossy.
 MAX_LOSS_BURSTS = 12
+# An undecided loss test's further bursts are this many times the first: near the heavy share (60 % lost
+# one way) a verdict needs some 60 echoes, about a second of large bursts instead of three of small ones,
+# and the extra echoes go out only while a test is open (most tests on a lightly lossy line end at the first).
+LOSS_BURST_GROWTH = 3
 
 
 class Purpose(StrEnum):
@@ -484,7 +488,7 @@ def _fold_echo(
             watch = replace(watch, loss_score=0.0, loss_bursts=0)
         else:
             # Undecided: the next burst at once, before any verdict.
-            return replace(watch, loss_score=score, loss_bursts=bursts), step, ()
+            return replace(watch, loss_score=score, loss_bursts=bursts), _more_echoes(step, params), ()
     else:
         watch = replace(watch, loss_score=0.0, loss_bursts=0)  # nothing came back: a dead path
     watch, notes = _verdict(watch, ok, result, loaded, now, params, why)
@@ -644,10 +648,13 @@ def _loss_test(
             (Note(f"lossy, not failed: {after.result.summary}; {answers}/{sent} echoes answered"),),
         )
     assert watch.echo_peer is not None  # the burst went to it
-    burst = Echo(
-        watch.echo_peer, params.echo_burst, echo_timeout(watch, watch.echo_peer, params), Purpose.CONFIRM
-    )
-    return replace(watch, loss_score=score, loss_bursts=1), burst, ()
+    burst = Echo(watch.echo_peer, 0, echo_timeout(watch, watch.echo_peer, params), Purpose.CONFIRM)
+    return replace(watch, loss_score=score, loss_bursts=1), _more_echoes(burst, params), ()
+
+
+def _more_echoes(burst: Echo, params: DetectionParams) -> Echo:
+    """The loss test's next burst, once its first left it undecided."""
+    return replace(burst, count=params.echo_burst * LOSS_BURST_GROWTH)
 
 
 def _http_failed(watch: Watch, result: RoundResult, params: DetectionParams) -> Folded:

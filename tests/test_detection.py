@@ -9,6 +9,7 @@ import pytest
 from nmfailover.config import load_settings
 from nmfailover.detection import (
     ECHO_STRIKES,
+    LOSS_BURST_GROWTH,
     MAX_LOSS_BURSTS,
     DetectionParams,
     DnsCheck,
@@ -157,14 +158,30 @@ def test_interval_follows_role_and_doubt() -> None:
 # -- the path: heartbeats, bursts and the loss test ----------------------------------------------------
 
 
-def run_bursts(watch: Watch, answered: int, sent: int = 8, limit: int = 50) -> tuple[Watch, int]:
-    """Feed identical bursts until detection stops asking for more; how many it took."""
-    step: Step | None = Echo(PEER, sent, 0.25, Purpose.CONFIRM)
+def run_bursts(watch: Watch, answered: float, limit: int = 50) -> tuple[Watch, int]:
+    """Feed bursts answered `answered` in 8 (of whatever size detection asks) until it stops asking for
+    more; how many it took."""
+    step: Step | None = Echo(PEER, PARAMS.echo_burst, 0.25, Purpose.CONFIRM)
     bursts = 0
     while isinstance(step, Echo) and step.purpose is Purpose.CONFIRM and bursts < limit:
-        watch, step, _ = fold(watch, step, Observed(echoes(answered, sent)), at(101.0), PARAMS)
+        got = echoes(round(answered * step.count / 8), step.count)
+        watch, step, _ = fold(watch, step, Observed(got), at(101.0), PARAMS)
         bursts += 1
     return watch, bursts
+
+
+def test_an_undecided_loss_test_asks_larger_bursts() -> None:
+    # Near the heavy share a verdict needs dozens of echoes: after the first burst they come in larger ones.
+    first = Echo(PEER, PARAMS.echo_burst, 0.25, Purpose.CONFIRM)
+    doubt = replace(HEALTHY, health=DOUBT, echoed=True)
+    _, step, _ = fold(doubt, first, Observed(echoes(3, PARAMS.echo_burst)), at(101.0), PARAMS)
+    assert isinstance(step, Echo) and step.purpose is Purpose.CONFIRM
+    assert step.count == PARAMS.echo_burst * LOSS_BURST_GROWTH
+    watch, step, _ = fold(
+        HEALTHY, DnsCheck("one.example", 0.25), Observed(dns_result(False)), at(101.0), PARAMS
+    )
+    _, step, _ = then_burst(watch, step, 2, 101.3)  # the excuse burst opens the test, undecided
+    assert isinstance(step, Echo) and step.count == PARAMS.echo_burst * LOSS_BURST_GROWTH
 
 
 def test_a_missed_heartbeat_is_one_failure_and_opens_the_loss_test() -> None:
@@ -184,9 +201,9 @@ def test_a_silent_burst_after_a_missed_heartbeat_is_down() -> None:
 LOSS_CASES = [
     # (answered of 8 per burst, verdict, at most this many bursts)
     (8, Health.UP, 1),  # no loss
-    (6, Health.UP, 4),  # 25 % lost: tolerated
-    (1, Health.DOWN, 4),  # ~88 % lost (60 % each way)
-    (3, Health.DOWN, MAX_LOSS_BURSTS),  # ~63 % lost (60 % one way)
+    (6, Health.UP, 2),  # 25 % lost: tolerated
+    (1, Health.DOWN, 2),  # ~88 % lost (60 % each way)
+    (3, Health.DOWN, 3),  # ~63 % lost (60 % one way): 56 echoes, the last 48 in two larger bursts
 ]
 
 
@@ -204,8 +221,9 @@ def test_the_loss_test_weighs_answers_against_losses() -> None:
 
 
 def test_an_undecided_loss_test_ends_not_proven_lossy() -> None:
-    # Exactly between tolerated and heavy: no verdict ever, so it ends after its most bursts, as healthy.
-    watch, bursts = run_bursts(replace(HEALTHY, health=DOUBT, echoed=True), answered=4)
+    # Close to the point between tolerated and heavy (13 of 24 answered, 46 % lost): no verdict within its
+    # most bursts, so it ends as healthy.
+    watch, bursts = run_bursts(replace(HEALTHY, health=DOUBT, echoed=True), answered=13 / 3)
     assert bursts == MAX_LOSS_BURSTS and watch.health.consecutive_failures == 0
 
 
