@@ -19,7 +19,6 @@ import time
 from .probe import ProbeResult, Reason, RoundResult, Target, has_carrier
 
 ICMP_HEADER = 8
-SEND_GRACE = 0.05  # seconds
 # (echo request, echo reply, errors that quote our request) per family.
 _V4 = (8, 0, {3: "destination unreachable", 11: "time exceeded"})
 _V6 = (128, 129, {1: "destination unreachable", 3: "time exceeded"})
@@ -78,10 +77,11 @@ def _verdict(packet: bytes, v6: bool, ident: int, seq: int) -> str | None:
 
 async def _exchange(
     interface: str, address: str, v6: bool, deadline: float, count: int
-) -> tuple[str, float, int]:
+) -> tuple[str, float, int, int]:
     """Send `count` echo requests across the first half of the time left until `deadline` and wait for
-    their replies: ("", the first one's round-trip time, how many were answered), or (why not, 0, 0) for an
-    ICMP error. Raises OSError, and TimeoutError when nothing was answered by the deadline."""
+    their replies: ("", the first one's round-trip time, how many were answered, how many were sent), or
+    (why not, 0, 0, sent) for an ICMP error. Raises OSError, and TimeoutError when nothing was answered by
+    the deadline."""
     loop = asyncio.get_running_loop()
     family, proto = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if v6 else (socket.AF_INET, socket.IPPROTO_ICMP)
     ident = os.getpid() & 0xFFFF
@@ -94,14 +94,33 @@ async def _exchange(
         spacing = (deadline - loop.time()) / (2 * count)
 
         async def send_one() -> None:
-            seq = next(_sequence) & 0xFFFF
-            sent[seq] = loop.time()
-            await loop.sock_sendto(sock, _request(v6, ident, seq), (address, 0))
+            seq, at = next(_sequence) & 0xFFFF, loop.time()
+            # A full socket buffer must not hold the burst past its deadline.
+            async with asyncio.timeout_at(deadline):
+                await loop.sock_sendto(sock, _request(v6, ident, seq), (address, 0))
+            sent[seq] = at
 
         async def send_rest() -> None:
             for _ in range(count - 1):
                 await asyncio.sleep(spacing)
-                await send_one()
+                try:
+                    await send_one()
+                except TimeoutError:
+                    return  # what could not be sent in time is not counted
+
+        def take(packet: bytes, source: tuple[str, int]) -> str:
+            """Note our reply in `packet`; an ICMP error quoting our request before any reply, its text."""
+            nonlocal first
+            # A raw socket sees every ICMP message on the device (a concurrent `ping`'s too): the identifier
+            # and sequence number tell ours apart.
+            for seq, at in sent.items():
+                verdict = _verdict(packet, v6, ident, seq)
+                if verdict == "" and source[0] == address and seq not in answered:
+                    first = first or loop.time() - at
+                    answered.add(seq)
+                elif verdict and not answered:
+                    return verdict
+            return ""
 
         await send_one()  # an unreachable network fails here, at once
         sender = asyncio.create_task(send_rest())
@@ -112,24 +131,33 @@ async def _exchange(
                     async with asyncio.timeout_at(deadline):
                         packet, source = await loop.sock_recvfrom(sock, 1500)
                 except TimeoutError:
+                    # Replies already waiting in the socket count: on a busy machine the deadline can fire
+                    # before the loop has read them, and our lateness is not the path's loss.
+                    for packet, source in _waiting(sock):
+                        if why := take(packet, source):
+                            return why, 0.0, 0, len(sent)
                     if answered:
                         break
                     raise
                 if sender.done():
                     sender.result()  # a send that failed fails the heartbeat
-                # A raw socket sees every ICMP message on the device (a concurrent `ping`'s too): the
-                # identifier and sequence number tell ours apart.
-                for seq, at in sent.items():
-                    verdict = _verdict(packet, v6, ident, seq)
-                    if verdict == "" and source[0] == address and seq not in answered:
-                        first = first or loop.time() - at
-                        answered.add(seq)
-                    elif verdict and not answered:
-                        return verdict, 0.0, 0
+                if why := take(packet, source):
+                    return why, 0.0, 0, len(sent)
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
-    return "", first, len(answered)
+    # Requests a busy machine sent too late, or never, are not counted as lost.
+    return "", first, len(answered), len(sent)
+
+
+def _waiting(sock: socket.socket) -> list[tuple[bytes, tuple[str, int]]]:
+    """What the socket holds already, without waiting."""
+    packets = []
+    while True:
+        try:
+            packets.append(sock.recvfrom(1500))
+        except (BlockingIOError, InterruptedError):
+            return packets
 
 
 async def echo(interface: str | None, address: str, timeout: float, count: int = 1) -> ProbeResult:
@@ -146,10 +174,7 @@ async def echo(interface: str | None, address: str, timeout: float, count: int =
     else:
         try:
             deadline = asyncio.get_running_loop().time() + timeout
-            # Sending too: a full socket buffer must not stall us. Later than the answers' own deadline, so
-            # that a burst with some answers in reports how many.
-            async with asyncio.timeout_at(deadline + SEND_GRACE):
-                why, latency, answers = await _exchange(interface, address, v6, deadline, count)
+            why, latency, answers, count = await _exchange(interface, address, v6, deadline, count)
         except TimeoutError:
             unanswered = True
             reason, detail = Reason.TIMEOUT, f"no echo reply from {address} in {timeout:g} s ({count} sent)"

@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import time
 from collections.abc import Sequence
 
 import pytest
 
+from nmfailover import echo as echo_module
 from nmfailover.detection import ECHO_STRIKES
 from nmfailover.echo import echo_target
 from nmfailover.engine import Engine, Operator
@@ -307,3 +310,19 @@ def test_an_echo_leaves_through_its_device_not_the_default_route(topology: Topol
     assert run_echo(topology, "wana", address)["ok"] is True
     gone = run_echo(topology, "nosuchdev0", address)
     assert (gone["ok"], gone["reason"]) == (False, "no-device")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a raw ICMP socket needs CAP_NET_RAW")
+async def test_replies_waiting_in_the_socket_count_when_the_loop_wakes_late() -> None:
+    # A busy machine: the loop is blocked past the deadline while the loopback's reply already waits to be
+    # read. That is our lateness, not a lost echo. (Loopback proves nothing about binding: the lab does.)
+
+    async def hog() -> None:
+        await asyncio.sleep(0.01)
+        time.sleep(0.5)
+
+    blocker = asyncio.create_task(hog())
+    result = await echo_module.echo("lo", "127.0.0.1", 0.3, count=4)
+    await blocker
+    assert result.ok and result.answered is not None and result.sent is not None, result
+    assert 1 <= result.answered <= result.sent < 4, "what the blocked loop never sent is not counted lost"
