@@ -590,11 +590,12 @@ def _fold_excuse(
     answers = sum(r.answers for r in burst.results)
     sent = sum(r.sent for r in burst.results)
     if not burst.ok:
-        # The path is silent too: a cut, seen first by another layer. Confirmed like a missed heartbeat, by
-        # a burst at the echo's own timeout rather than a proof at the full one.
+        # The path is silent too: a cut, seen first by another layer. Its unanswered step counts as a missed
+        # heartbeat and this burst as the one that confirms it, as on the echoes' own path.
         watch = replace(watch, echoed=True)
-        watch, notes = _verdict(watch, False, failed, loaded, now, params)
-        return watch, None, notes
+        watch, missed = _verdict(watch, False, failed, loaded, now, params)
+        watch, confirmed = _verdict(watch, False, burst, loaded, now, params)
+        return watch, None, (*missed, *confirmed)
     if answers < sent and not isinstance(after.step, Proof):
         # Some echoes lost: the cheap check may have been lost too, so it says nothing of its own layer
         # until the loss test has spoken (a lossy path is no dead resolver).

@@ -253,7 +253,7 @@ def test_a_proof_that_only_timed_out_asks_a_burst_first() -> None:
 
 EXCUSE_CASES = [
     # (burst answers of 8, failures after, excused after, why)
-    (0, 1, 0, "the path is silent too: a cut"),
+    (0, 2, 0, "the path is silent too: a cut, the step missed and the burst confirming it"),
     (8, 1, 0, "not one echo lost: HTTP itself does not answer"),
     (5, 0, 1, "some lost: loss, excused"),
 ]
@@ -367,7 +367,8 @@ def test_a_dns_check_nothing_answered_on_a_silent_path_is_a_path_failure() -> No
     )
     assert watch.dns == HEALTHY.dns  # no verdict on the resolvers before the burst
     watch, step, _ = then_burst(watch, step, 0, 101.3)
-    assert watch.health.consecutive_failures == 1 and watch.echoed and watch.dns.failures == 0
+    # The check missed and the silent burst confirmed it: down, as a missed heartbeat and its burst.
+    assert watch.health.health is Health.DOWN and watch.echoed and watch.dns.failures == 0
 
 
 def test_a_refusing_resolver_needs_no_burst_and_known_dead_ones_no_more() -> None:
@@ -385,7 +386,7 @@ def test_a_proof_that_timed_out_at_dns_is_a_dns_fault_only_while_the_path_answer
     alive, _, text = then_burst(watch, step, PARAMS.echo_burst, 101.3)
     assert alive.dns.failures == 1 and alive.health.consecutive_failures == 0 and "resolvers" in text
     silent, _, _ = then_burst(watch, step, 0, 101.3)
-    assert silent.dns.failures == 0 and silent.health.consecutive_failures == 1
+    assert silent.dns.failures == 0 and silent.health.health is Health.DOWN
 
 
 def test_a_failed_kept_alive_check_calls_a_proof_at_once() -> None:
@@ -400,13 +401,12 @@ def test_a_failed_kept_alive_check_calls_a_proof_at_once() -> None:
 
 @pytest.mark.parametrize(
     ("answered", "next_step", "failures"),
-    [(0, None, 1), (8, Proof, 0), (7, Proof, 0), (3, Echo, 0), (0, None, 1)],
+    [(0, None, 2), (8, Proof, 0), (7, Proof, 0), (3, Echo, 0)],
     ids=[
-        "silent: a cut",
+        "silent: a cut (the check missed, the burst confirms)",
         "clean: HTTP's own",
         "tolerated loss: its proof",
         "undecided: the loss test",
-        "cut",
     ],
 )
 def test_a_kept_alive_check_nothing_answered_asks_the_path_first(
@@ -489,7 +489,7 @@ DNS_BURST_CASES = [
     (8, 1, 0, None, "a clean path: the resolvers' fault"),
     (7, 0, 0, None, "tolerated loss: the query may have been lost, nothing judged"),
     (2, 0, 0, Echo, "heavy-looking loss: the loss test goes on"),
-    (0, 0, 1, None, "a silent path: a cut"),
+    (0, 0, 2, None, "a silent path: a cut, the check missed and the burst confirming it"),
 ]
 
 
