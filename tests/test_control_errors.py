@@ -26,7 +26,9 @@ class BuggyOperator(Operator):
 async def control(nmlab: NMLab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ControlService]:
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", nmlab.bus_address)
     service = ControlService()
-    await service.start(BuggyOperator(Engine(EngineParams.from_settings(SETTINGS), FakeNM(), PROFILES, FakeProber())))
+    await service.start(
+        BuggyOperator(Engine(EngineParams.from_settings(SETTINGS), FakeNM(), PROFILES, FakeProber()))
+    )
     yield service
     await service.close()
 

@@ -430,7 +430,9 @@ def capture_log() -> tuple[list[str], int]:
 
 async def test_a_crashed_probe_loop_is_logged_and_runs_again() -> None:
     nm, prober = FakeNM(), CrashingProber("wana", crashes=1)
-    engine = Engine(EngineParams.from_settings(SETTINGS), nm, PROFILES, prober, supervisor=Supervisor(backoff=(0.05,)))
+    engine = Engine(
+        EngineParams.from_settings(SETTINGS), nm, PROFILES, prober, supervisor=Supervisor(backoff=(0.05,))
+    )
     lines, sink = capture_log()
     try:
         task = await start(engine)
@@ -478,7 +480,13 @@ async def test_a_crashed_event_intake_is_logged_and_runs_again(slow_harness: Har
 
 async def test_a_loop_that_keeps_crashing_ends_the_engine_after_restoring() -> None:
     nm, prober = FakeNM(), CrashingProber("wana", crashes=1000)
-    engine = Engine(EngineParams.from_settings(SETTINGS), nm, PROFILES, prober, supervisor=Supervisor(backoff=(0.01,), budget=3))
+    engine = Engine(
+        EngineParams.from_settings(SETTINGS),
+        nm,
+        PROFILES,
+        prober,
+        supervisor=Supervisor(backoff=(0.01,), budget=3),
+    )
     task = await start(engine)
     assert nm.metrics["/dev/wana"] == (100, 100)
     with pytest.raises(TaskGaveUp, match="probe-primary crashed 4 times"):
@@ -650,7 +658,9 @@ async def test_a_busy_link_whose_probes_time_out_is_slow_not_dead() -> None:
         return await answer(link, targets, timeout, needed)
 
     settings = SETTINGS.model_copy(update={"probe_timeout": 0.04, "probe_timeout_min": 0.01})
-    engine = Engine(EngineParams.from_settings(settings), nm, PROFILES, recording, listeners=[record], rx_counter=rx)
+    engine = Engine(
+        EngineParams.from_settings(settings), nm, PROFILES, recording, listeners=[record], rx_counter=rx
+    )
     task = await start(engine)
     await wait_until(lambda: len(timeouts) >= 3)  # its answer times learnt while it is quiet
     receiving["wana"] = True  # a download starts,

@@ -72,7 +72,9 @@ class FakeEcho:
 
 def engine_with(echo: FakeEcho, prober: FakeProber | None = None) -> tuple[Engine, FakeProber]:
     prober = prober or AnsweringProber()
-    return Engine(EngineParams.from_settings(HEARTBEAT_SETTINGS), FakeNM(), PROFILES, prober, echo=echo), prober
+    return Engine(
+        EngineParams.from_settings(HEARTBEAT_SETTINGS), FakeNM(), PROFILES, prober, echo=echo
+    ), prober
 
 
 async def test_healthy_rounds_are_heartbeats_to_the_answering_address_with_a_proof_now_and_then() -> None:
