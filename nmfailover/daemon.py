@@ -98,9 +98,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
         http_check=kept_alive,
         evidence=_traffic_evidence(settings),
     )
-    operator = Operator(engine)
-    operator.tunnels = tunnels.status
-    operator.metered_budget = budget.status
+    operator = Operator(engine, tunnels=tunnels.status, metered_budget=budget.status)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.stop)

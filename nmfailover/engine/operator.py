@@ -25,12 +25,18 @@ def _duration(seconds: float, *, zero_ok: bool) -> float:
 
 
 class Operator:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        tunnels: Callable[[], TunnelsStatus | None] = lambda: None,
+        metered_budget: Callable[[], BudgetStatus | None] = lambda: None,
+    ) -> None:
         self.engine = engine
-        # The WireGuard tunnels moved at the last switch (tunnels.py); the daemon plugs it in.
-        self.tunnels: Callable[[], TunnelsStatus | None] = lambda: None
-        # The metered uplinks' bytes and budget (budget.py); the daemon plugs it in.
-        self.metered_budget: Callable[[], BudgetStatus | None] = lambda: None
+        # The WireGuard tunnels moved at the last switch (tunnels.py), for status.
+        self._tunnels = tunnels
+        # The metered uplinks' bytes and budget (budget.py), for status.
+        self._metered_budget = metered_budget
 
     def find_uplink(self, name: str) -> Uplink:
         """An uplink by role (primary, backup...), profile id, UUID, configured name or interface."""
@@ -99,8 +105,8 @@ class Operator:
                 NotUplink(profile=left.candidate.profile.id, device=left.candidate.interface, why=left.why)
                 for left in (engine.choice.left if engine.choice is not None else ())
             ),
-            tunnels=self.tunnels(),
-            metered_budget=self.metered_budget(),
+            tunnels=self._tunnels(),
+            metered_budget=self._metered_budget(),
             uplinks=tuple(_uplink_status(engine, u, now) for u in engine.uplinks),
         )
 
