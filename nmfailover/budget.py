@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from loguru import logger
+
+from .status import BudgetStatus, OutageStatus, Status
 
 SAMPLE_INTERVAL = 5.0
 # The ledger is written when an outage begins or ends, a warning is given or the month turns, and
@@ -239,13 +240,12 @@ def _stretch(outage: Outage | None) -> tuple[str, float, float | None] | None:
     return None if outage is None else (outage.uplink, outage.started_at, outage.ended_at)
 
 
-def metered_carrier(status: Mapping[str, Any]) -> tuple[str, str] | None:
+def metered_carrier(status: Status) -> tuple[str, str] | None:
     """(profile id, device) of the uplink carrying traffic if it is metered (as NetworkManager says, or
     marked by NMFAILOVER_METERED), else None."""
-    for uplink in status["uplinks"]:
-        if uplink["carrying_traffic"] and uplink.get("device"):
-            if uplink.get("metered") in METERED or uplink.get("metered_marked"):
-                return str(uplink["profile"]), str(uplink["device"])
+    uplink = status.carrying
+    if uplink is not None and uplink.device and (uplink.metered in METERED or uplink.metered_marked):
+        return uplink.profile, uplink.device
     return None
 
 
@@ -254,7 +254,7 @@ class BudgetKeeper:
 
     def __init__(
         self,
-        status: Callable[[], Mapping[str, Any]],
+        status: Callable[[], Status],
         budget: int | None,
         thresholds: tuple[int, ...],
         path: Path | None = None,
@@ -327,23 +327,23 @@ class BudgetKeeper:
         self._failing = None
         self._saved, self._saved_at = ledger, self._clock()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> BudgetStatus:
         """The `metered_budget` object of Status()."""
         ledger, budget = self.ledger, self._budget
         outage = ledger.outage
-        return {
-            "month": ledger.month,
-            "month_bytes": ledger.total,
-            "month_bytes_by_uplink": dict(ledger.month_bytes),
-            "budget_bytes": budget,
-            "used_pct": round(ledger.total * 100 / budget, 1) if budget else None,
-            "warned_pct": ledger.warned,
-            "outage": None
+        return BudgetStatus(
+            month=ledger.month,
+            month_bytes=ledger.total,
+            month_bytes_by_uplink=dict(ledger.month_bytes),
+            budget_bytes=budget,
+            used_pct=round(ledger.total * 100 / budget, 1) if budget else None,
+            warned_pct=ledger.warned,
+            outage=None
             if outage is None
-            else {
-                "uplink": outage.uplink,
-                "started_at": outage.started_at,
-                "ended_at": outage.ended_at,
-                "bytes": outage.bytes,
-            },
-        }
+            else OutageStatus(
+                uplink=outage.uplink,
+                started_at=outage.started_at,
+                ended_at=outage.ended_at,
+                bytes=outage.bytes,
+            ),
+        )

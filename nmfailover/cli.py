@@ -29,7 +29,7 @@ from .control import BUS_NAME, call_daemon
 from .daemon import connect, run_daemon
 from .doctor import run as run_doctor
 from .engine import find_uplinks, role_name
-from .engine.actuator import metered_uplinks, metered_warning, on_demand_uplinks
+from .engine.actuator import ActuatorParams, metered_uplinks, metered_warning, on_demand_uplinks
 from .errors import (
     ConfigError,
     ControlAccessDenied,
@@ -45,6 +45,7 @@ from .nm import NetworkManagerClient
 from .notice import FLAP_COUNT, FLAP_WINDOW, NoticeBoard
 from .notify import count_arg, run_agent
 from .probe import Link, probe_round
+from .status import BudgetStatus, Status, TunnelsStatus, UplinkStatus
 from .tunnels import check_names
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_DENIED = 0, 1, 2, 3, 4
@@ -265,8 +266,9 @@ async def _check(settings: Settings, as_json: bool) -> int:
     try:
         profiles = await connect(settings, client)
         choice = await find_uplinks(client, settings) if settings.auto_uplinks else None
-        marked = metered_uplinks(settings, profiles)  # a name that is no uplink: ConfigError, exit 2
-        on_demand_uplinks(settings, profiles)  # likewise
+        actuating = ActuatorParams.from_settings(settings)
+        marked = metered_uplinks(actuating, profiles)  # a name that is no uplink: ConfigError, exit 2
+        on_demand_uplinks(actuating, profiles)  # likewise
         await check_names(settings, client)  # likewise a WireGuard interface that is not here
         links = [await client.link_state(p.uuid) for p in profiles]
     except NMUnavailable as exc:
@@ -349,38 +351,37 @@ def _ago(at: float | None) -> str:
     return f"{stamp} ({max(0.0, time.time() - at):.0f} s ago)"
 
 
-def print_status(status: dict[str, Any]) -> None:
+def print_status(status: Status) -> None:
     """The daemon's status as a person reads it: a few lines of state, then one row per uplink."""
-    uplinks = status["uplinks"]
-    carrying = next((u for u in uplinks if u["carrying_traffic"]), None)
-    where = f"{carrying['role']} ({carrying['device'] or carrying['profile']})" if carrying else "none"
-    print(f"traffic on: {where}; {status['switches']} switch(es), last {_ago(status['last_switch_at'])}")
-    if status["forced_failover_remaining"]:
-        print(f"failover test: {status['forced_failover_remaining']:.0f} s left")
-    if status["pinned"]:
-        print(f"pinned to: {status['pinned']}")
-    if status["hold_down_remaining"]:
-        print(f"failback hold-down: {status['hold_down_remaining']:.0f} s left")
-    _print_tunnels(status.get("tunnels"))  # .get: a daemon started before an upgrade has none
-    _print_budget(status.get("metered_budget"))
+    uplinks = status.uplinks
+    carrying = status.carrying
+    where = f"{carrying.role} ({carrying.device or carrying.profile})" if carrying else "none"
+    print(f"traffic on: {where}; {status.switches} switch(es), last {_ago(status.last_switch_at)}")
+    if status.forced_failover_remaining:
+        print(f"failover test: {status.forced_failover_remaining:.0f} s left")
+    if status.pinned:
+        print(f"pinned to: {status.pinned}")
+    if status.hold_down_remaining:
+        print(f"failback hold-down: {status.hold_down_remaining:.0f} s left")
+    _print_tunnels(status.tunnels)
+    _print_budget(status.metered_budget)
     rows = [
         {
-            "": "*" if u["carrying_traffic"] else "",
-            "uplink": u["role"],
-            "profile": u["profile"],
-            "device": u["device"] or "-",
-            "link": u["link"],
-            "health": u["health"],
-            "ipv6": u.get("ipv6_health") or "-",
-            "dns": u.get("dns_health") or "-",
-            "latency": "-" if u["latency_ms"] is None else f"{u['latency_ms']:g} ms",
-            "fail/ok": f"{u['consecutive_failures']}/{u['consecutive_successes']}",
+            "": "*" if u.carrying_traffic else "",
+            "uplink": u.role,
+            "profile": u.profile,
+            "device": u.device or "-",
+            "link": u.link,
+            "health": u.health,
+            "ipv6": u.ipv6_health or "-",
+            "dns": u.dns_health or "-",
+            "latency": "-" if u.latency_ms is None else f"{u.latency_ms:g} ms",
+            "fail/ok": f"{u.consecutive_failures}/{u.consecutive_successes}",
             "loss, rtt p50/p95": _quality_cell(u),
-            "probe bytes": _size(u.get("probe_bytes", 0)),
-            # .get: a daemon started before an upgrade answers without these until it is restarted.
-            "metered": _metered_cell(u.get("metered"), u.get("metered_marked", False)),
-            "table": u.get("routing_table") or "-",
-            "last probe": u["reason"] or "-",
+            "probe bytes": _size(u.probe_bytes),
+            "metered": _metered_cell(u.metered, u.metered_marked),
+            "table": u.routing_table or "-",
+            "last probe": u.reason or "-",
         }
         for u in uplinks
     ]
@@ -391,63 +392,63 @@ def print_status(status: dict[str, Any]) -> None:
     for row in rows:
         print("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
     for u in uplinks:
-        if u.get("metered_warning"):
-            print(f"warning: {u['metered_warning']}")
-        if u.get("dns_moved_to"):
-            moved = ", ".join(u["dns_moved_to"])
-            print(f"{u['role']}: its resolvers are dead; name resolution moved to {moved} (traffic stays)")
+        if u.metered_warning:
+            print(f"warning: {u.metered_warning}")
+        if u.dns_moved_to:
+            moved = ", ".join(u.dns_moved_to)
+            print(f"{u.role}: its resolvers are dead; name resolution moved to {moved} (traffic stays)")
     _print_order(status)
     _print_source_routing(uplinks)
 
 
-def _print_order(status: dict[str, Any]) -> None:
+def _print_order(status: Status) -> None:
     """Why the uplinks stand in this order, and which connections are none, when they were found."""
-    if not status.get("uplinks_found"):  # .get: a daemon started before an upgrade names its uplinks
+    if not status.uplinks_found:
         return
     print()
-    if len(status["uplinks"]) < 2:
+    if len(status.uplinks) < 2:
         print("uplinks found: fewer than two, nothing to fail over to; waiting for another")
-    for u in status["uplinks"]:
-        print(f"{u['role']} ({u['profile']}): {u['order']}")
-    for left in status["not_uplinks"]:
-        print(f"not an uplink: {left['profile']} ({left['device'] or '-'}): {left['why']}")
+    for u in status.uplinks:
+        print(f"{u.role} ({u.profile}): {u.order}")
+    for left in status.not_uplinks:
+        print(f"not an uplink: {left.profile} ({left.device or '-'}): {left.why}")
 
 
-def _print_source_routing(uplinks: list[dict[str, Any]]) -> None:
+def _print_source_routing(uplinks: Sequence[UplinkStatus]) -> None:
     """Each uplink's rules and routes, as `ip rule` and `ip route show table N` would list them."""
     for u in uplinks:
-        if u.get("routing_rules") or u.get("routing_routes"):
-            print(f"{u['role']} keeps its connections in table {u['routing_table']}:")
-            for line in (*u.get("routing_routes", []), *u.get("routing_rules", [])):
+        if u.routing_rules or u.routing_routes:
+            print(f"{u.role} keeps its connections in table {u.routing_table}:")
+            for line in (*u.routing_routes, *u.routing_rules):
                 print(f"  {line}")
 
 
-def _print_budget(budget: dict[str, Any] | None) -> None:
-    if not budget or (not budget["month_bytes"] and budget["outage"] is None):
+def _print_budget(budget: BudgetStatus | None) -> None:
+    if not budget or (not budget.month_bytes and budget.outage is None):
         return  # nothing metered has carried traffic: nothing to say
-    line = f"metered data this month: {format_size(budget['month_bytes'])}"
-    if budget["budget_bytes"]:
-        line += f" of {format_size(budget['budget_bytes'])} ({budget['used_pct']:g} %)"
-    outage = budget["outage"]
+    line = f"metered data this month: {format_size(budget.month_bytes)}"
+    if budget.budget_bytes:
+        line += f" of {format_size(budget.budget_bytes)} ({budget.used_pct:g} %)"
+    outage = budget.outage
     if outage is not None:
-        now = "this" if outage["ended_at"] is None else "last"
-        line += f"; {now} outage on {outage['uplink']}: {format_size(outage['bytes'])}"
+        now = "this" if outage.ended_at is None else "last"
+        line += f"; {now} outage on {outage.uplink}: {format_size(outage.bytes)}"
     print(line)
 
 
-def _print_tunnels(tunnels: dict[str, Any] | None) -> None:
-    if not tunnels or tunnels["switch_at"] is None:
+def _print_tunnels(tunnels: TunnelsStatus | None) -> None:
+    if not tunnels or tunnels.switch_at is None:
         return
-    moved = [f"{m['interface']} ({m['endpoint']} via {m['via']}, by {m['by']})" for m in tunnels["moved"]]
+    moved = [f"{m.interface} ({m.endpoint} via {m.via}, by {m.by})" for m in tunnels.moved]
     print(f"WireGuard moved at the last switch: {', '.join(moved) or 'none'}")
-    for interface, why in tunnels["failed"].items():
+    for interface, why in tunnels.failed.items():
         print(f"WireGuard {'tunnels' if interface == '*' else interface} not moved: {why}")
 
 
-def _quality_cell(u: dict[str, Any]) -> str:
-    if u.get("rtt_p50_ms") is None:
+def _quality_cell(u: UplinkStatus) -> str:
+    if u.rtt_p50_ms is None:
         return "-"
-    return f"{u['loss_pct']:g} %, {u['rtt_p50_ms']:g}/{u['rtt_p95_ms']:g} ms"
+    return f"{u.loss_pct:g} %, {u.rtt_p50_ms:g}/{u.rtt_p95_ms:g} ms"
 
 
 def _size(count: int) -> str:
@@ -468,7 +469,7 @@ async def _client(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(json.loads(text), indent=2))
         else:
-            print_status(json.loads(text))
+            print_status(Status.model_validate_json(text))
     elif args.command == "recheck":
         (count,) = await call_daemon("Recheck", "ss", [args.interface, args.reason])
         print(f"re-checking {count} uplink(s)")

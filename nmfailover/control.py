@@ -7,7 +7,7 @@ sees a call the policy denied. The policy lets anyone send the calls a person at
 group "nmfailover" may, anyone else only if polkit says so (packaging/polkit/: the active local session).
 
 Methods (interface net.nmfailover.Failover1, object /net/nmfailover/Failover1):
-  Status() -> s                   the Operator.status() dict as JSON text
+  Status() -> s                   Operator.status() as JSON text (nmfailover.status, docs/status.md)
   Recheck(s interface, s reason) -> u   probe now; returns how many uplinks will be probed
   ForceFailover(d seconds)        move traffic off the current uplink for a while (the "failover test")
   EndForce()
@@ -351,7 +351,7 @@ class ControlService:
 
 
 async def _status(operator: Operator, _: list[Any]) -> tuple[str, list[Any]]:
-    return "s", [json.dumps(operator.status())]
+    return "s", [operator.status().to_json()]
 
 
 async def _recheck(operator: Operator, args: list[Any]) -> tuple[str, list[Any]]:

@@ -15,7 +15,7 @@ from .bus import DBUS_LIBRARY
 from .config import Settings, uplink_variable
 from .control import ControlService
 from .echo import echo_available, echo_round
-from .engine import Engine, Operator, SwitchEvent, SwitchListener, find_uplinks, role_name
+from .engine import Engine, EngineParams, Operator, SwitchEvent, SwitchListener, find_uplinks, role_name
 from .engine.evidence import TrafficEvidence
 from .engine.probing import Echoer, Prober
 from .errors import ConfigError, ControlError, NMError, ProfileError, TaskGaveUp
@@ -71,7 +71,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
     hooks = SwitchHooks(settings)
     budget = BudgetKeeper(lambda: operator.status(), settings.metered_budget, settings.metered_budget_warn)
     # First: the Switched signal carries what the metered uplink carried up to this switch.
-    control.switch_details = lambda: {"metered_budget": budget.status()}
+    control.switch_details = lambda: {"metered_budget": budget.status().model_dump(mode="json")}
     listeners: list[SwitchListener] = [budget.on_switch, control.on_switch, hooks.on_switch, _report_switch]
     if settings.webhook_url:
         listeners.append(Webhook(settings.webhook_url).on_switch)
@@ -86,7 +86,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
         listeners.append(metrics.on_switch)
     kept_alive = KeptAliveChecks()
     engine = Engine(
-        settings,
+        EngineParams.from_settings(settings),
         client,
         profiles,
         prober,
@@ -98,9 +98,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
         http_check=kept_alive,
         evidence=_traffic_evidence(settings),
     )
-    operator = Operator(engine)
-    operator.tunnels = tunnels.status
-    operator.metered_budget = budget.status
+    operator = Operator(engine, tunnels=tunnels.status, metered_budget=budget.status)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.stop)

@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
@@ -24,6 +23,7 @@ from .bus import BusType, MessageBus, MessageType
 from .control import BUS_NAME, CALL_TIMEOUT, INTERFACE, OBJECT_PATH, RECONNECT_BACKOFF
 from .control import _call as call_on_bus
 from .errors import ControlError, DaemonNotRunning
+from .status import Status
 
 FOLLOW_INTERVAL = 5.0
 # A daemon that just took its bus name probes every uplink and takes over the route within seconds, most of
@@ -71,28 +71,21 @@ class StatusLine:
     last_switch: SwitchLine | None
 
     @classmethod
-    def from_status(cls, status: Mapping[str, Any]) -> StatusLine:
+    def from_status(cls, status: Status) -> StatusLine:
         uplinks = tuple(
-            UplinkLine(
-                str(u["role"]),
-                str(u["profile"]),
-                u.get("device"),
-                str(u["health"]),
-                bool(u["carrying_traffic"]),
-                u.get("metered"),
-            )
-            for u in status["uplinks"]
+            UplinkLine(u.role, u.profile, u.device, u.health, u.carrying_traffic, u.metered)
+            for u in status.uplinks
         )
         carrier = next((u for u in uplinks if u.carrying_traffic), None)
         last: SwitchLine | None = None
-        if status.get("last_switch_at") is not None:
-            details = status.get("last_switch") or {}  # a daemon of an older version: the time only
+        if status.last_switch_at is not None:
+            details = status.last_switch  # None from a daemon of an older version: the time only
             last = SwitchLine(
-                round(float(status["last_switch_at"]), 3),
-                details.get("action"),
-                details.get("from"),
-                details.get("to"),
-                details.get("reason"),
+                round(status.last_switch_at, 3),
+                details.action if details else None,
+                details.from_role if details else None,
+                details.to if details else None,
+                details.reason if details else None,
             )
         return cls(
             carrier.role if carrier else None,
@@ -213,7 +206,7 @@ class Follower:
                     self._say_absent(str(exc))
                 else:
                     self._absent_said = False
-                    self._emit(StatusLine.from_status(json.loads(text)).to_json())
+                    self._emit(StatusLine.from_status(Status.model_validate_json(text)).to_json())
                 woken = asyncio.ensure_future(self._wake.wait())
                 starting = time.monotonic() < self._starting_until
                 interval = min(self._interval, STARTING_INTERVAL) if starting else self._interval

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from .config import ListenAddress, Settings
 from .engine import SwitchEvent
 from .policy import Health
+from .status import Status, UplinkStatus
 
 # Bounded by the scrape: a loop that cannot answer within this is reported as a failed scrape (HTTP 500).
 SNAPSHOT_TIMEOUT = 5.0
@@ -35,7 +36,7 @@ BIND_RETRY = (1.0, 2.0, 5.0, 10.0, 30.0)
 HEALTH_STATES = (*(h.value for h in Health), "degraded", "suspect")
 NO_UPLINK = "none"  # the `from` label of the switch at start-up
 
-Status = Callable[[], Mapping[str, Any]]
+StatusSource = Callable[[], Status]
 # A supervisor Job (engine/supervisor.py), spelled as what it returns so the daemon's own job table takes it.
 MetricsJob = Callable[[], Coroutine[Any, Any, None]]
 
@@ -77,7 +78,7 @@ class Metrics:
     scrape that arrives on the HTTP server's thread, so the engine's state is never read while it changes.
     """
 
-    def __init__(self, status: Status, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, status: StatusSource, clock: Callable[[], float] = time.monotonic) -> None:
         self._status = status
         self._clock = clock
         self._loop = asyncio.get_running_loop()
@@ -182,9 +183,9 @@ class Metrics:
 
     def _families(self) -> list[Metric]:
         status = self._status()
-        uplinks: list[Mapping[str, Any]] = list(status["uplinks"])
-        carrier = next((u["role"] for u in uplinks if u["carrying_traffic"]), None)
-        carried = self._carrying.seconds(carrier, int(status["switches"]), self._clock())
+        uplinks = status.uplinks
+        carrier = status.carrying
+        carried = self._carrying.seconds(carrier.role if carrier else None, status.switches, self._clock())
         families: list[Metric] = []
 
         def gauge(name: str, doc: str, labels: Iterable[str] = ("uplink",)) -> GaugeMetricFamily:
@@ -231,40 +232,32 @@ class Metrics:
             "Median (quantile 0.5) and 95th percentile of answer times over the brownout window.",
             ("uplink", "quantile"),
         )
-        # Only once the engine's status carries them.
-        failed_total = (
-            counter("nmfailover_probe_failed_rounds", "Failed probe rounds since the daemon started.")
-            if any("failed_rounds" in u for u in uplinks)
-            else None
+        failed_total = counter(
+            "nmfailover_probe_failed_rounds", "Failed probe rounds since the daemon started."
         )
-        bytes_total = (
-            counter("nmfailover_probe_bytes", "Bytes the probes sent and received since the daemon started.")
-            if any("probe_bytes" in u for u in uplinks)
-            else None
+        bytes_total = counter(
+            "nmfailover_probe_bytes", "Bytes the probes sent and received since the daemon started."
         )
-        states = (*HEALTH_STATES, *sorted({u["health"] for u in uplinks} - set(HEALTH_STATES)))
+        states = (*HEALTH_STATES, *sorted({u.health for u in uplinks} - set(HEALTH_STATES)))
         for uplink in uplinks:
-            role = uplink["role"]
-            info.add_metric([role, uplink["profile"], uplink["uuid"], uplink["device"] or ""], 1)
+            role = uplink.role
+            info.add_metric([role, uplink.profile, uplink.uuid, uplink.device or ""], 1)
             for state in states:
-                health.add_metric([role, state], 1 if uplink["health"] == state else 0)
-            carrying.add_metric([role], 1 if uplink["carrying_traffic"] else 0)
-            pinned.add_metric([role], 1 if status["pinned"] == role else 0)
+                health.add_metric([role, state], 1 if uplink.health == state else 0)
+            carrying.add_metric([role], 1 if uplink.carrying_traffic else 0)
+            pinned.add_metric([role], 1 if status.pinned == role else 0)
             seconds.add_metric([role], round(carried.get(role, 0.0), 3))
             # After a failed round the status has the time to the failure (a timeout), not a round trip.
-            if uplink["latency_ms"] is not None and uplink["consecutive_failures"] == 0:
-                latency.add_metric([role], round(uplink["latency_ms"] / 1000, 6))
-            failures.add_metric([role], uplink["consecutive_failures"])
-            successes.add_metric([role], uplink["consecutive_successes"])
-            if uplink.get("loss_pct") is not None:
-                loss.add_metric([role], round(uplink["loss_pct"] / 100, 4))
-            for quantile, key in (("0.5", "rtt_p50_ms"), ("0.95", "rtt_p95_ms")):
-                if uplink.get(key) is not None:
-                    answer_time.add_metric([role, quantile], round(uplink[key] / 1000, 6))
-            if failed_total is not None and "failed_rounds" in uplink:
-                failed_total.add_metric([role], uplink["failed_rounds"])
-            if bytes_total is not None and "probe_bytes" in uplink:
-                bytes_total.add_metric([role], uplink["probe_bytes"])
+            if uplink.latency_ms is not None and uplink.consecutive_failures == 0:
+                latency.add_metric([role], round(uplink.latency_ms / 1000, 6))
+            failures.add_metric([role], uplink.consecutive_failures)
+            successes.add_metric([role], uplink.consecutive_successes)
+            loss.add_metric([role], round(uplink.loss_pct / 100, 4))
+            for quantile, answered in (("0.5", uplink.rtt_p50_ms), ("0.95", uplink.rtt_p95_ms)):
+                if answered is not None:
+                    answer_time.add_metric([role, quantile], round(answered / 1000, 6))
+            failed_total.add_metric([role], uplink.failed_rounds)
+            bytes_total.add_metric([role], uplink.probe_bytes)
 
         # The reason text holds durations ("healthy for 31.2s"), too many values for a label; the action
         # is its kind: failover (down or captive portal), failback, pin, avoid (failover test), initial.
@@ -278,18 +271,18 @@ class Metrics:
         last = gauge(
             "nmfailover_last_switch_timestamp_seconds", "When traffic last switched (absent before).", ()
         )
-        if status["last_switch_at"] is not None:
-            last.add_metric([], round(status["last_switch_at"], 3))
+        if status.last_switch_at is not None:
+            last.add_metric([], round(status.last_switch_at, 3))
         gauge(
             "nmfailover_failback_hold_down_remaining_seconds",
             "Seconds before traffic may move back to a more preferred uplink.",
             (),
-        ).add_metric([], status["hold_down_remaining"])
+        ).add_metric([], status.hold_down_remaining)
         gauge(
             "nmfailover_forced_failover_remaining_seconds",
             "Seconds left of the failover test (`nmfailover test-failover`).",
             (),
-        ).add_metric([], status["forced_failover_remaining"])
+        ).add_metric([], status.forced_failover_remaining)
         _budget_families(status, uplinks, gauge)
         gauge(
             "nmfailover_start_time_seconds", "When the daemon started (seconds since the epoch).", ()
@@ -297,51 +290,51 @@ class Metrics:
         restarts = counter(
             "nmfailover_task_restarts", "Restarts of each supervised loop after a crash.", ("task",)
         )
-        for task, count in sorted(status["task_restarts"].items()):
+        for task, count in sorted(status.task_restarts.items()):
             restarts.add_metric([task], count)
         return families
 
 
 def _budget_families(
-    status: Mapping[str, Any],
-    uplinks: list[Mapping[str, Any]],
+    status: Status,
+    uplinks: Iterable[UplinkStatus],
     gauge: Callable[[str, str, Iterable[str]], GaugeMetricFamily],
 ) -> None:
     """The metered uplinks' bytes and budget (budget.py), from the status's `metered_budget`."""
-    budget = status.get("metered_budget")
+    budget = status.metered_budget
     if budget is None:
         return
     # The ledger knows profiles (stable across restarts); the label is the role, as everywhere here.
-    roles = {u["profile"]: u["role"] for u in uplinks}
+    roles = {u.profile: u.role for u in uplinks}
     month = gauge(
         "nmfailover_metered_month_bytes",
         "Bytes each metered uplink carried while it carried traffic, this calendar month.",
         ("uplink",),
     )
-    for profile, count in sorted(budget["month_bytes_by_uplink"].items()):
+    for profile, count in sorted(budget.month_bytes_by_uplink.items()):
         month.add_metric([roles.get(profile, profile)], count)
     outage = gauge(
         "nmfailover_metered_outage_bytes",
         "Bytes the metered uplink carried in the current outage, or the last one.",
         ("uplink",),
     )
-    if budget["outage"] is not None:
-        profile = budget["outage"]["uplink"]
-        outage.add_metric([roles.get(profile, profile)], budget["outage"]["bytes"])
-    if budget["budget_bytes"] is not None:
+    if budget.outage is not None:
+        profile = budget.outage.uplink
+        outage.add_metric([roles.get(profile, profile)], budget.outage.bytes)
+    if budget.budget_bytes is not None:
         gauge(
             "nmfailover_metered_budget_bytes", "The monthly budget (NMFAILOVER_METERED_BUDGET).", ()
-        ).add_metric([], budget["budget_bytes"])
+        ).add_metric([], budget.budget_bytes)
         gauge(
             "nmfailover_metered_budget_used_ratio",
             "Share of the monthly budget the metered uplinks used this month (0 to 1 and beyond).",
             (),
-        ).add_metric([], round(budget["month_bytes"] / budget["budget_bytes"], 6))
+        ).add_metric([], round(budget.month_bytes / budget.budget_bytes, 6))
         gauge(
             "nmfailover_metered_budget_warning_percent",
             "The highest NMFAILOVER_METERED_BUDGET_WARN share passed this month (0: none).",
             (),
-        ).add_metric([], budget["warned_pct"])
+        ).add_metric([], budget.warned_pct)
 
 
 class _StatusCollector(Collector):

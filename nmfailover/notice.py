@@ -12,7 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from .budget import format_size
+from .status import BudgetStatus, Status
 
 FLAP_COUNT = 3
 FLAP_WINDOW = 60.0
@@ -64,29 +67,25 @@ class Snapshot:
 
     @classmethod
     def from_status(cls, text: str) -> Snapshot:
-        """From Status() JSON; what a daemon of another version leaves out is simply unknown."""
+        """From Status() JSON; a document that is none (a daemon of another version) is simply unknown."""
         try:
-            doc = json.loads(text)
-        except ValueError:
-            return cls()
-        if not isinstance(doc, dict):
+            status = Status.model_validate_json(text)
+        except ValidationError:
             return cls()
         uplinks = tuple(
             Uplink(
-                str(u.get("role") or ""),
-                str(u.get("profile") or ""),
-                str(u.get("device") or ""),
-                str(u.get("health") or "unknown"),
-                u.get("metered") in _METERED or u.get("metered_marked") is True,
-                u.get("carrying_traffic") is True,
-                str(u.get("kind") or "wired"),
-                float(u["latency_ms"]) if isinstance(u.get("latency_ms"), int | float) else None,
+                u.role,
+                u.profile,
+                u.device or "",
+                u.health,
+                u.metered in _METERED or u.metered_marked,
+                u.carrying_traffic,
+                u.kind,
+                u.latency_ms,
             )
-            for u in doc.get("uplinks") or ()
-            if isinstance(u, dict)
+            for u in status.uplinks
         )
-        pinned = doc.get("pinned")
-        return cls(uplinks, pinned if isinstance(pinned, str) else None, _budget(doc.get("metered_budget")))
+        return cls(uplinks, status.pinned, _budget(status.metered_budget))
 
     def profile(self, profile: str) -> Uplink | None:
         return next((u for u in self.uplinks if u.profile == profile), None)
@@ -195,17 +194,14 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else f"{text}."
 
 
-def _budget(doc: object) -> Budget:
-    if not isinstance(doc, dict):
-        return Budget()  # a daemon of another version
-    outage = doc.get("outage") if isinstance(doc.get("outage"), dict) else {}
-    assert isinstance(outage, dict)
-    budget = doc.get("budget_bytes")
+def _budget(status: BudgetStatus | None) -> Budget:
+    if status is None:
+        return Budget()
     return Budget(
-        int(doc.get("month_bytes") or 0),
-        int(budget) if isinstance(budget, int) and budget > 0 else None,
-        str(outage.get("uplink") or ""),
-        int(outage.get("bytes") or 0),
+        status.month_bytes,
+        status.budget_bytes if status.budget_bytes else None,
+        status.outage.uplink if status.outage else "",
+        status.outage.bytes if status.outage else 0,
     )
 
 

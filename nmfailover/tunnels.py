@@ -32,7 +32,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from loguru import logger
 
@@ -40,6 +40,7 @@ from .config import Settings
 from .engine import SwitchEvent
 from .errors import ConfigError, NMError
 from .nm import WireGuardDevice
+from .status import TunnelMove, TunnelsStatus
 
 VARIABLE = "NMFAILOVER_WIREGUARD_FOLLOW"
 COMMAND_TIMEOUT = 2.0  # each `wg` or `ip` call
@@ -312,16 +313,16 @@ class Tunnels:
         what = "WireGuard tunnels" if interface == "*" else f"WireGuard {interface}"
         logger.warning("{} not moved to the new uplink: {}", what, why)
 
-    def status(self) -> dict[str, Any] | None:
-        """The `tunnels` object of Status(): null when the option is off."""
+    def status(self) -> TunnelsStatus | None:
+        """The `tunnels` object of Status(): None when the option is off."""
         if not self.enabled:
             return None
-        return {
-            "follow": "auto" if self.names is None else list(self.names),
-            "switch_at": self.last.at,
-            "moved": [asdict(m) for m in self.last.moved],
-            "failed": dict(self.last.failed),
-        }
+        return TunnelsStatus(
+            follow="auto" if self.names is None else tuple(self.names),
+            switch_at=self.last.at,
+            moved=tuple(TunnelMove(**asdict(m)) for m in self.last.moved),
+            failed=dict(self.last.failed),
+        )
 
 
 async def check_names(settings: Settings, nm: WireGuardNM, tunnels: Tunnels | None = None) -> None:

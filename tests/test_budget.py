@@ -26,6 +26,8 @@ from nmfailover.budget import (
 from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import NMLab
 from nmfailover.metrics import Metrics
+from nmfailover.status import BudgetStatus, OutageStatus
+from tests import status_samples as samples
 from tests.daemon import running_daemon
 from tests.operate import SignalRecorder, cli, status
 
@@ -173,12 +175,12 @@ def test_the_outage_ends_when_traffic_leaves_and_keeps_its_times() -> None:
 def test_which_uplink_is_counted(
     uplinks: list[tuple[str, str | None, str | None, bool, bool]], carrier: tuple[str, str] | None
 ) -> None:
-    document = {
-        "uplinks": [
-            {"profile": p, "device": d, "metered": m, "metered_marked": marked, "carrying_traffic": c}
+    document = samples.status(
+        *(
+            samples.uplink(p, p, device=d, metered=m, metered_marked=marked, carrying_traffic=c)
             for p, d, m, marked, c in uplinks
-        ]
-    }
+        )
+    )
     assert metered_carrier(document) == carrier
 
 
@@ -206,45 +208,29 @@ def test_a_real_device_counter_is_read() -> None:
 
 
 async def test_metrics_show_the_budget() -> None:
-    document: dict[str, Any] = {
-        "preferred": "backup",
-        "last_switch_at": None,
-        "switches": 0,
-        "hold_down_remaining": 0.0,
-        "forced_failover_remaining": 0.0,
-        "pinned": None,
-        "task_restarts": {},
-        "uplinks": [
-            {
-                "role": r,
-                "profile": p,
-                "uuid": p,
-                "device": d,
-                "health": "up",
-                "consecutive_failures": 0,
-                "consecutive_successes": 3,
-                "latency_ms": 10.0,
-                "carrying_traffic": r == "backup",
-            }
-            for r, p, d in (("primary", "Fiber", "eth0"), ("backup", "Hotspot", "wwan0"))
-        ],  # fmt: skip
-        "metered_budget": {
-            "month": DEC,
-            "month_bytes": 800,
-            "month_bytes_by_uplink": {"Hotspot": 800},
-            "budget_bytes": 1000,
-            "used_pct": 80.0,
-            "warned_pct": 75,
-            "outage": {"uplink": "Hotspot", "started_at": 1.0, "ended_at": None, "bytes": 300},
-        },
-    }
+    budget = BudgetStatus(
+        month=DEC,
+        month_bytes=800,
+        month_bytes_by_uplink={"Hotspot": 800},
+        budget_bytes=1000,
+        used_pct=80.0,
+        warned_pct=75,
+        outage=OutageStatus(uplink="Hotspot", started_at=1.0, ended_at=None, bytes=300),
+    )
+    document = samples.status(
+        samples.uplink("primary", "Fiber", device="eth0"),
+        samples.uplink("backup", "Hotspot", device="wwan0", carrying_traffic=True),
+        metered_budget=budget,
+    )
     text = Metrics(lambda: document).exposition().decode()
     assert 'nmfailover_metered_month_bytes{uplink="backup"} 800.0' in text
     assert 'nmfailover_metered_outage_bytes{uplink="backup"} 300.0' in text
     assert "nmfailover_metered_budget_bytes 1000.0" in text
     assert "nmfailover_metered_budget_used_ratio 0.8" in text
     assert "nmfailover_metered_budget_warning_percent 75.0" in text
-    document["metered_budget"] |= {"budget_bytes": None, "used_pct": None}
+    document = document.model_copy(
+        update={"metered_budget": budget.model_copy(update={"budget_bytes": None, "used_pct": None})}
+    )
     text = Metrics(lambda: document).exposition().decode()
     assert "nmfailover_metered_month_bytes{" in text and "nmfailover_metered_budget_bytes" not in text
 

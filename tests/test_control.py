@@ -21,6 +21,7 @@ from nmfailover import cli as nmfailover_cli
 from nmfailover.control import INTERFACE, POLKIT_ACTIONS, Caller, access
 from nmfailover.lab.demo import DaemonProcess, daemon_env, wait_for
 from nmfailover.lab.sandbox import NMLab
+from nmfailover.status import Status
 from tests.conftest import _require_lab
 from tests.daemon import running_daemon
 from tests.desktop import POLKIT, polkit_authority, require_desktop_tools
@@ -53,6 +54,8 @@ def test_status_and_signal_follow_a_real_failover(lab: NMLab, tmp_path: Path) ->
         lab.upstreams[0].blackhole()
         daemon.wait_route("wanb", timeout=15)
         after = status(lab)
+        # The real daemon's document is the model's, field for field and in the same order.
+        assert json.dumps(Status.model_validate(after).model_dump(mode="json")) == json.dumps(after)
         primary, backup = after["uplinks"]
         assert after["preferred"] == "backup" and after["switches"] == 1
         assert abs(after["last_switch_at"] - time.time()) < 10

@@ -9,7 +9,7 @@ import pytest
 from loguru import logger
 
 from nmfailover.control import ERROR_FAILED, ERROR_INVALID_ARGS, ControlService, call_daemon
-from nmfailover.engine import Engine, Operator
+from nmfailover.engine import Engine, EngineParams, Operator
 from nmfailover.errors import ControlCallFailed
 from nmfailover.lab.sandbox import NMLab
 from tests.test_engine import PROFILES, SETTINGS, FakeNM, FakeProber
@@ -26,7 +26,9 @@ class BuggyOperator(Operator):
 async def control(nmlab: NMLab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ControlService]:
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", nmlab.bus_address)
     service = ControlService()
-    await service.start(BuggyOperator(Engine(SETTINGS, FakeNM(), PROFILES, FakeProber())))
+    await service.start(
+        BuggyOperator(Engine(EngineParams.from_settings(SETTINGS), FakeNM(), PROFILES, FakeProber()))
+    )
     yield service
     await service.close()
 

@@ -22,7 +22,7 @@ import pytest
 
 from nmfailover.bus import Variant
 from nmfailover.config import load_settings
-from nmfailover.engine.actuator import DNS_PRIORITY_MOVED, Actuator, DnsOverride
+from nmfailover.engine.actuator import DNS_PRIORITY_MOVED, Actuator, ActuatorParams, DnsOverride
 from nmfailover.engine.state import Uplink
 from nmfailover.errors import NMError
 from nmfailover.lab.sandbox import NMLab
@@ -157,7 +157,7 @@ def nm() -> AppliedDns:
 def actuator(nm: AppliedDns) -> Actuator:
     settings = load_settings({"NMFAILOVER_ENV_FILE": "", "NMFAILOVER_UPLINKS": "p,b"})
     uplinks = [Uplink(i, Profile(u, u, u, None, -1, -1, 0, False), LINKS[u]) for i, u in enumerate("pb")]
-    return Actuator(settings, nm, uplinks)  # type: ignore[arg-type]  # only the DNS part is used
+    return Actuator(ActuatorParams.from_settings(settings), nm, uplinks)  # type: ignore[arg-type]  # only the DNS part is used
 
 
 async def test_lookups_move_to_the_backups_resolvers_routed_through_it_first(
@@ -239,7 +239,7 @@ async def _lab_actuator(client: NetworkManagerClient) -> Actuator:
     settings = load_settings({"NMFAILOVER_ENV_FILE": "", "NMFAILOVER_UPLINKS": "primary,backup"})
     profiles = await client.resolve(["primary", "backup"])
     uplinks = [Uplink(i, p, await client.link_state(p.uuid)) for i, p in enumerate(profiles)]
-    return Actuator(settings, client, uplinks)
+    return Actuator(ActuatorParams.from_settings(settings), client, uplinks)
 
 
 def _machine_resolv_conf() -> tuple[bytes, int]:

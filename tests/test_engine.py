@@ -11,7 +11,7 @@ import pytest
 from loguru import logger
 
 from nmfailover.config import load_settings
-from nmfailover.engine import Engine, Operator, SwitchEvent
+from nmfailover.engine import Engine, EngineParams, Operator, SwitchEvent
 from nmfailover.engine.supervisor import Supervisor
 from nmfailover.errors import InvalidRequest, NMError, NMUnavailable, TaskGaveUp
 from nmfailover.nm import (
@@ -172,7 +172,7 @@ async def start(engine: Engine) -> asyncio.Task[None]:
 @pytest.fixture
 async def harness() -> Harness:
     nm, prober = FakeNM(), FakeProber()
-    engine = Engine(SETTINGS, nm, PROFILES, prober)
+    engine = Engine(EngineParams.from_settings(SETTINGS), nm, PROFILES, prober)
     return engine, nm, prober, await start(engine)
 
 
@@ -183,7 +183,7 @@ async def slow_harness() -> Harness:
         update={"active_interval": 5.0, "standby_interval": 5.0, "suspect_interval": 5.0}
     )
     nm, prober = FakeNM(), FakeProber()
-    engine = Engine(slow, nm, PROFILES, prober)
+    engine = Engine(EngineParams.from_settings(slow), nm, PROFILES, prober)
     return engine, nm, prober, await start(engine)
 
 
@@ -273,14 +273,14 @@ async def test_forced_failover_moves_then_returns_by_itself() -> None:
     async def record(event: SwitchEvent) -> None:
         events.append(f"{event.action}:{event.to_profile}")
 
-    engine = Engine(SETTINGS, nm, PROFILES, prober, listeners=[record])
+    engine = Engine(EngineParams.from_settings(SETTINGS), nm, PROFILES, prober, listeners=[record])
     operator = Operator(engine)
     task = await start(engine)
     with pytest.raises(InvalidRequest, match="greater than 0"):
         await operator.force_failover(0)
     await operator.force_failover(0.15)
     assert engine.current == 1 and nm.metrics["/dev/wanb"] == (100, 100)
-    assert operator.status()["forced_failover_remaining"] > 0
+    assert operator.status().forced_failover_remaining > 0
     await wait_until(lambda: engine.current == 0, timeout=2)
     assert nm.metrics["/dev/wana"] == (100, 100)
     await wait_until(lambda: len(events) >= 2)
@@ -297,7 +297,7 @@ async def test_pin_and_clear(harness: Harness) -> None:
         with pytest.raises(InvalidRequest, match="seconds must be"):
             await operator.prefer("wanb", bad)
     await operator.prefer("wanb")
-    assert engine.current == 1 and operator.status()["pinned"] == "backup"
+    assert engine.current == 1 and operator.status().pinned == "backup"
     prober.healthy["wanb"] = False  # a pin never holds traffic on a dead uplink
     await wait_until(lambda: engine.current == 0)
     prober.healthy["wanb"] = True
@@ -313,7 +313,7 @@ async def test_timed_pin_expires_by_itself(harness: Harness) -> None:
     await operator.prefer("backup", 0.2)
     assert engine.current == 1
     await wait_until(lambda: engine.current == 0, timeout=3)
-    assert engine.pin is None and operator.status()["pinned"] is None
+    assert engine.pin is None and operator.status().pinned is None
     await stop(engine, task)
 
 
@@ -326,7 +326,7 @@ async def test_guard_vetoes_failback_until_it_allows() -> None:
         return allow
 
     nm, prober = FakeNM(), FakeProber()
-    engine = Engine(SETTINGS, nm, PROFILES, prober, failback_guard=guard)
+    engine = Engine(EngineParams.from_settings(SETTINGS), nm, PROFILES, prober, failback_guard=guard)
     task = await start(engine)
     prober.healthy["wana"] = False
     await wait_until(lambda: engine.current == 1)
@@ -347,14 +347,14 @@ async def test_recheck_wakes_only_the_named_uplink(slow_harness: Harness) -> Non
     await wait_until(lambda: "wanb" in prober.rounds, timeout=2)  # well before the 5 s interval
     assert await operator.recheck("", "") == 2
     status = operator.status()
-    assert [u["device"] for u in status["uplinks"]] == ["wana", "wanb"]
-    assert status["preferred"] == "primary" and status["uplinks"][0]["carrying_traffic"] is True
+    assert [u.device for u in status.uplinks] == ["wana", "wanb"]
+    assert status.preferred == "primary" and status.uplinks[0].carrying_traffic is True
     await stop(engine, task)
 
 
 async def test_status_only_reads() -> None:
     nm, prober = FakeNM(), FakeProber()
-    engine = Engine(SETTINGS, nm, PROFILES, prober)
+    engine = Engine(EngineParams.from_settings(SETTINGS), nm, PROFILES, prober)
     operator = Operator(engine)
     task = await start(engine)
     await operator.prefer("backup", 0.05)
@@ -368,21 +368,15 @@ async def test_status_only_reads() -> None:
         first, second = operator.status(), operator.status()
     finally:
         logger.remove(sink)
-    assert first["pinned"] is None and engine.pin == pin and logged == []
-    clocks = {
-        "last_switch_at",
-        "hold_down_remaining",
-        "forced_failover_remaining",
-    }  # read off a running clock
-    assert {k: v for k, v in first.items() if k not in clocks} == {
-        k: v for k, v in second.items() if k not in clocks
-    }
+    assert first.pinned is None and engine.pin == pin and logged == []
+    clocks = {"last_switch_at", "hold_down_remaining", "forced_failover_remaining"}  # off a running clock
+    assert first.model_dump(exclude=clocks) == second.model_dump(exclude=clocks)
 
 
 async def test_nothing_healthy_at_start_changes_nothing() -> None:
     nm, prober = FakeNM(), FakeProber()
     prober.healthy.update(wana=False, wanb=False)
-    engine = Engine(SETTINGS, nm, PROFILES, prober)
+    engine = Engine(EngineParams.from_settings(SETTINGS), nm, PROFILES, prober)
     task = await start(engine)
     await asyncio.sleep(0.2)
     assert nm.calls == [] and nm.priorities == {"uuid-primary": 0, "uuid-backup": 0}
@@ -395,7 +389,7 @@ async def test_steady_rounds_ask_the_quorum_in_rotation_and_doubt_asks_everyone(
     urls = [f"http://192.0.2.{i}/generate_204" for i in (10, 11, 12)]
     settings = SETTINGS.model_copy(update={"probe_targets": tuple(parse_target(u) for u in urls)})
     nm, prober = FakeNM(), FakeProber()
-    engine = Engine(settings, nm, PROFILES, prober)
+    engine = Engine(EngineParams.from_settings(settings), nm, PROFILES, prober)
     task = await start(engine)
     assert [len(t) for i, t in prober.asked if i == "wana"] == [3]  # first round: no verdict yet
     await wait_until(lambda: sum(i == "wana" for i, _ in prober.asked) >= 4)
@@ -436,7 +430,9 @@ def capture_log() -> tuple[list[str], int]:
 
 async def test_a_crashed_probe_loop_is_logged_and_runs_again() -> None:
     nm, prober = FakeNM(), CrashingProber("wana", crashes=1)
-    engine = Engine(SETTINGS, nm, PROFILES, prober, supervisor=Supervisor(backoff=(0.05,)))
+    engine = Engine(
+        EngineParams.from_settings(SETTINGS), nm, PROFILES, prober, supervisor=Supervisor(backoff=(0.05,))
+    )
     lines, sink = capture_log()
     try:
         task = await start(engine)
@@ -446,7 +442,7 @@ async def test_a_crashed_probe_loop_is_logged_and_runs_again() -> None:
         await wait_until(lambda: "wana" in prober.rounds[crash_at + 1 :])
         prober.healthy["wana"] = False
         await wait_until(lambda: engine.current == 1)
-        assert Operator(engine).status()["task_restarts"]["probe-primary"] == 1
+        assert Operator(engine).status().task_restarts["probe-primary"] == 1
         await stop(engine, task)
     finally:
         logger.remove(sink)
@@ -484,7 +480,13 @@ async def test_a_crashed_event_intake_is_logged_and_runs_again(slow_harness: Har
 
 async def test_a_loop_that_keeps_crashing_ends_the_engine_after_restoring() -> None:
     nm, prober = FakeNM(), CrashingProber("wana", crashes=1000)
-    engine = Engine(SETTINGS, nm, PROFILES, prober, supervisor=Supervisor(backoff=(0.01,), budget=3))
+    engine = Engine(
+        EngineParams.from_settings(SETTINGS),
+        nm,
+        PROFILES,
+        prober,
+        supervisor=Supervisor(backoff=(0.01,), budget=3),
+    )
     task = await start(engine)
     assert nm.metrics["/dev/wana"] == (100, 100)
     with pytest.raises(TaskGaveUp, match="probe-primary crashed 4 times"):
@@ -515,7 +517,7 @@ async def test_a_stuck_probe_loop_is_named_and_stops_the_watchdog(
         sock.bind(str(address))
         sock.setblocking(False)
         nm, prober = FakeNM(), HangingProber()
-        engine = Engine(SETTINGS, nm, PROFILES, prober)
+        engine = Engine(EngineParams.from_settings(SETTINGS), nm, PROFILES, prober)
         owned = asyncio.Event()
         owned.set()
         task = asyncio.create_task(engine.run({"systemd": lambda: systemd(engine, owned, 0.1)}))
@@ -549,7 +551,7 @@ async def test_the_third_uplink_takes_over_as_fast_as_the_second() -> None:
     )
     nm, prober = FakeNM(profiles), FakeProber()
     prober.healthy["wanc"] = True
-    engine = Engine(settings, nm, profiles, prober)
+    engine = Engine(EngineParams.from_settings(settings), nm, profiles, prober)
     task = await start(engine)
     loop = asyncio.get_running_loop()
     await asyncio.sleep(0.1)
@@ -573,7 +575,7 @@ async def test_both_dying_together_switch_nowhere_until_one_returns() -> None:
     async def record(event: SwitchEvent) -> None:
         switches.append(event.to_profile)
 
-    engine = Engine(SETTINGS, nm, PROFILES, prober, listeners=[record])
+    engine = Engine(EngineParams.from_settings(SETTINGS), nm, PROFILES, prober, listeners=[record])
     task = await start(engine)
     prober.healthy.update(wana=False, wanb=False)
     await wait_until(lambda: all(u.health.health.value == "down" for u in engine.uplinks))
@@ -597,7 +599,7 @@ async def test_a_standby_that_died_silently_is_found_out_before_traffic_moves_to
     async def record(event: SwitchEvent) -> None:
         moves.append(event.to_profile)
 
-    engine = Engine(settings, nm, profiles, prober, listeners=[record])
+    engine = Engine(EngineParams.from_settings(settings), nm, profiles, prober, listeners=[record])
     task = await start(engine)
     prober.healthy["wana"] = False
     await wait_until(lambda: engine.current == 1, timeout=2)
@@ -621,12 +623,12 @@ async def test_timeouts_follow_each_links_answer_times() -> None:
             timeouts.append(timeout)
         return await answer(link, targets, timeout, needed)
 
-    engine = Engine(settings, nm, PROFILES, recording)
+    engine = Engine(EngineParams.from_settings(settings), nm, PROFILES, recording)
     task = await start(engine)
     await wait_until(lambda: len(timeouts) >= 3)
     # No answer seen yet: the ceiling; then the link answered in 1 ms: the floor.
     assert timeouts[0] == 0.04 and timeouts[2] == 0.02
-    assert Operator(engine).status()["uplinks"][0]["probe_timeout_ms"] == 20
+    assert Operator(engine).status().uplinks[0].probe_timeout_ms == 20
     await stop(engine, task)
 
 
@@ -656,14 +658,16 @@ async def test_a_busy_link_whose_probes_time_out_is_slow_not_dead() -> None:
         return await answer(link, targets, timeout, needed)
 
     settings = SETTINGS.model_copy(update={"probe_timeout": 0.04, "probe_timeout_min": 0.01})
-    engine = Engine(settings, nm, PROFILES, recording, listeners=[record], rx_counter=rx)
+    engine = Engine(
+        EngineParams.from_settings(settings), nm, PROFILES, recording, listeners=[record], rx_counter=rx
+    )
     task = await start(engine)
     await wait_until(lambda: len(timeouts) >= 3)  # its answer times learnt while it is quiet
     receiving["wana"] = True  # a download starts,
     prober.healthy["wana"] = False  # and every probe through the primary times out: its queue is full
     await asyncio.sleep(0.5)  # ten rounds and more
     assert moves == [] and engine.current == 0
-    assert Operator(engine).status()["uplinks"][0]["busy_rx_bytes"] == 1_000_000
+    assert Operator(engine).status().uplinks[0].busy_rx_bytes == 1_000_000
     receiving["wana"] = False  # and now nothing arrives any more: dead, as fast as ever
     asked = len(timeouts)
     await wait_until(lambda: engine.current == 1, timeout=1)
@@ -685,7 +689,7 @@ async def test_a_confirming_round_waits_the_full_timeout() -> None:
             timeouts.append((result.ok, timeout))
         return result
 
-    engine = Engine(settings, nm, PROFILES, recording)
+    engine = Engine(EngineParams.from_settings(settings), nm, PROFILES, recording)
     task = await start(engine)
     await wait_until(lambda: len(timeouts) >= 3)
     prober.healthy["wana"] = False
@@ -723,14 +727,14 @@ async def test_brownout_moves_traffic_and_light_loss_never_does(every: int, move
     async def record(event: SwitchEvent) -> None:
         seen.append(event.to_profile)
 
-    engine = Engine(settings, nm, PROFILES, prober, listeners=[record])
+    engine = Engine(EngineParams.from_settings(settings), nm, PROFILES, prober, listeners=[record])
     task = await start(engine)
     await asyncio.sleep(0.3)
     prober.every = every
     await asyncio.sleep(2.0)
     assert seen == moves
-    status = Operator(engine).status()["uplinks"][0]
-    assert status["loss_pct"] == pytest.approx(100 / every, abs=12)
+    status = Operator(engine).status().uplinks[0]
+    assert status.loss_pct == pytest.approx(100 / every, abs=12)
     if not moves:
-        assert status["health"] in ("up", "suspect") and status["degraded"] is None
+        assert status.health in ("up", "suspect") and status.degraded is None
     await stop(engine, task)

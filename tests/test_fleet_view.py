@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -19,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nmfailover.engine.state import SwitchEvent, UplinkView
 from nmfailover.metrics import Metrics
+from nmfailover.status import BudgetStatus, OutageStatus, UplinkStatus
+from tests import status_samples as samples
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "packaging" / "prometheus" / "nmfailover.rules.yml"
@@ -67,23 +68,18 @@ def test_metric_names_of_an_expression(expr: str, names: set[str]) -> None:
 # -- what the daemon exports ---------------------------------------------------------------------------------
 
 
-def _uplink_status(role: str, health: str, carrying: bool) -> dict[str, Any]:
-    return {
-        "role": role,
-        "profile": role,
-        "uuid": f"uuid-{role}",
-        "device": f"wan-{role}",
-        "health": health,
-        "consecutive_failures": 0,
-        "consecutive_successes": 3,
-        "latency_ms": 12.0,
-        "loss_pct": 0.0,
-        "rtt_p50_ms": 12.0,
-        "rtt_p95_ms": 20.0,
-        "carrying_traffic": carrying,
-        "failed_rounds": 1,
-        "probe_bytes": 1000,
-    }
+def _uplink_status(role: str, health: str, carrying: bool) -> UplinkStatus:
+    return samples.uplink(
+        role,
+        role,
+        health=health,
+        carrying_traffic=carrying,
+        loss_pct=0.0,
+        rtt_p50_ms=12.0,
+        rtt_p95_ms=20.0,
+        failed_rounds=1,
+        probe_bytes=1000,
+    )
 
 
 async def exported_names() -> set[str]:
@@ -93,25 +89,22 @@ async def exported_names() -> set[str]:
         UplinkView("primary", "primary", "wan-primary", "192.0.2.1", "", ()),
         UplinkView("backup", "backup", "wan-backup", "192.0.2.65", "", ()),
     )
-    status = {
-        "preferred": "backup",
-        "last_switch_at": 1_750_000_000.0,
-        "switches": 1,
-        "hold_down_remaining": 0.0,
-        "forced_failover_remaining": 0.0,
-        "pinned": None,
-        "task_restarts": {"nm-events": 0},
-        "uplinks": [_uplink_status("primary", "down", False), _uplink_status("backup", "up", True)],
-        "metered_budget": {
-            "month": "2026-12",
-            "month_bytes": 800,
-            "month_bytes_by_uplink": {"backup": 800},
-            "budget_bytes": 1000,
-            "used_pct": 80.0,
-            "warned_pct": 75,
-            "outage": {"uplink": "backup", "started_at": 1.0, "ended_at": None, "bytes": 300},
-        },
-    }
+    status = samples.status(
+        _uplink_status("primary", "down", False),
+        _uplink_status("backup", "up", True),
+        last_switch_at=1_750_000_000.0,
+        switches=1,
+        task_restarts={"nm-events": 0},
+        metered_budget=BudgetStatus(
+            month="2026-12",
+            month_bytes=800,
+            month_bytes_by_uplink={"backup": 800},
+            budget_bytes=1000,
+            used_pct=80.0,
+            warned_pct=75,
+            outage=OutageStatus(uplink="backup", started_at=1.0, ended_at=None, bytes=300),
+        ),
+    )
     metrics = Metrics(lambda: status)
     await metrics.on_switch(
         SwitchEvent(

@@ -16,7 +16,7 @@ import pytest
 from nmfailover import echo as echo_module
 from nmfailover.detection import ECHO_STRIKES
 from nmfailover.echo import echo_target
-from nmfailover.engine import Engine, Operator
+from nmfailover.engine import Engine, EngineParams, Operator
 from nmfailover.lab.sandbox import Topology
 from nmfailover.probe import Link, ProbeResult, Reason, RoundResult, Target
 from tests.test_engine import PROFILES, SETTINGS, FakeNM, FakeProber, start, stop, wait_until
@@ -75,7 +75,9 @@ class FakeEcho:
 
 def engine_with(echo: FakeEcho, prober: FakeProber | None = None) -> tuple[Engine, FakeProber]:
     prober = prober or AnsweringProber()
-    return Engine(HEARTBEAT_SETTINGS, FakeNM(), PROFILES, prober, echo=echo), prober
+    return Engine(
+        EngineParams.from_settings(HEARTBEAT_SETTINGS), FakeNM(), PROFILES, prober, echo=echo
+    ), prober
 
 
 async def test_healthy_rounds_are_heartbeats_to_the_answering_address_with_a_proof_now_and_then() -> None:
@@ -90,8 +92,8 @@ async def test_healthy_rounds_are_heartbeats_to_the_answering_address_with_a_pro
     # The floor, from the first: until the peer has answered an echo, the HTTP answer times (1 ms) stand
     # in for its own, so a download that starts at once does not leave heartbeats at the 0.04 s ceiling.
     assert len(beats) >= 10 and {call[1:] for call in beats} == {(PEER, 0.01, 1)}
-    status = Operator(engine).status()["uplinks"][0]
-    assert status["health"] == "up"
+    status = Operator(engine).status().uplinks[0]
+    assert status.health == "up"
     await stop(engine, task)
 
 
@@ -150,7 +152,7 @@ async def test_a_lost_heartbeat_answered_by_the_burst_changes_nothing() -> None:
     task = await start(engine)
     await asyncio.sleep(1.5)
     assert echo.lost >= 5 and engine.current == 0 and engine.switches == 0
-    assert Operator(engine).status()["uplinks"][0]["health"] in ("up", "suspect")
+    assert Operator(engine).status().uplinks[0].health in ("up", "suspect")
     await stop(engine, task)
 
 
@@ -177,7 +179,7 @@ async def test_a_recheck_asks_by_http_even_between_proofs() -> None:
     echo = FakeEcho()
     settings = HEARTBEAT_SETTINGS.model_copy(update={"proof_interval": 30.0, "active_interval": 5.0})
     prober = AnsweringProber()
-    engine = Engine(settings, FakeNM(), PROFILES, prober, echo=echo)
+    engine = Engine(EngineParams.from_settings(settings), FakeNM(), PROFILES, prober, echo=echo)
     task = await start(engine)
     await asyncio.sleep(0.1)
     http, echoes = len(prober.rounds), len(echo.on("wana"))
@@ -194,7 +196,7 @@ async def test_http_timeouts_while_echoes_pass_are_loss_for_a_while_then_failure
     echo = FakeEcho()
     settings = HEARTBEAT_SETTINGS.model_copy(update={"proof_interval": 0.1})
     prober = AnsweringProber()
-    engine = Engine(settings, FakeNM(), PROFILES, prober, echo=echo)
+    engine = Engine(EngineParams.from_settings(settings), FakeNM(), PROFILES, prober, echo=echo)
     task = await start(engine)
     await wait_until(lambda: len(echo.on("wana")) >= 2)
     before = len([i for i in prober.rounds if i == "wana"])
@@ -214,7 +216,7 @@ async def test_a_cut_right_after_start_is_confirmed_by_a_burst() -> None:
     echo = FakeEcho()
     settings = HEARTBEAT_SETTINGS.model_copy(update={"active_interval": 0.3, "suspect_interval": 0.02})
     prober = AnsweringProber()
-    engine = Engine(settings, FakeNM(), PROFILES, prober, echo=echo)
+    engine = Engine(EngineParams.from_settings(settings), FakeNM(), PROFILES, prober, echo=echo)
     task = await start(engine)
     assert len(echo.on("wana")) == 1  # met, before any heartbeat
     echo.answering["wana"] = False
@@ -229,7 +231,7 @@ async def test_a_cut_seen_first_by_a_proof_is_confirmed_at_the_echo_pace() -> No
     echo = FakeEcho()
     settings = HEARTBEAT_SETTINGS.model_copy(update={"proof_interval": 0.1})
     prober = AnsweringProber()
-    engine = Engine(settings, FakeNM(), PROFILES, prober, echo=echo)
+    engine = Engine(EngineParams.from_settings(settings), FakeNM(), PROFILES, prober, echo=echo)
     task = await start(engine)
     await wait_until(lambda: len(echo.on("wana")) >= 2)
     before = len([i for i in prober.rounds if i == "wana"])
@@ -260,13 +262,13 @@ async def test_ipv6_moves_alone_when_only_the_primarys_ipv6_dies(monkeypatch: py
     for uuid, link in nm.links.items():
         nm.links[uuid] = dataclasses.replace(link, gateway6="2001:db8:a::1")
     settings = HEARTBEAT_SETTINGS.model_copy(update={"ipv6_interval": 0.05})
-    engine = Engine(settings, nm, PROFILES, AnsweringProber(), echo=echo)
+    engine = Engine(EngineParams.from_settings(settings), nm, PROFILES, AnsweringProber(), echo=echo)
     task = await start(engine)
     await wait_until(lambda: engine.uplinks[0].watch.health6.health.value == "up")
     dead.add(("wana", PEER6))
     await wait_until(lambda: nm.metrics["/dev/wana"] == (100, 200) and nm.metrics["/dev/wanb"] == (200, 100))
     assert engine.current == 0 and engine.switches == 0  # IPv4 stays, and no switch is counted
-    assert Operator(engine).status()["uplinks"][0]["ipv6_health"] == "down"
+    assert Operator(engine).status().uplinks[0].ipv6_health == "down"
     dead.clear()
     await wait_until(lambda: nm.metrics["/dev/wana"] == (100, 100) and nm.metrics["/dev/wanb"] == (200, 200))
     await stop(engine, task)
@@ -275,7 +277,7 @@ async def test_ipv6_moves_alone_when_only_the_primarys_ipv6_dies(monkeypatch: py
 async def test_heartbeats_off_means_http_rounds_only() -> None:
     echo = FakeEcho()
     settings = HEARTBEAT_SETTINGS.model_copy(update={"heartbeat": False})
-    engine = Engine(settings, FakeNM(), PROFILES, AnsweringProber(), echo=echo)
+    engine = Engine(EngineParams.from_settings(settings), FakeNM(), PROFILES, AnsweringProber(), echo=echo)
     task = await start(engine)
     await asyncio.sleep(0.3)
     assert echo.calls == []

@@ -21,7 +21,7 @@ from loguru import logger
 from nmfailover.cli import print_status
 from nmfailover.config import load_settings
 from nmfailover.engine import Uplink
-from nmfailover.engine.actuator import Actuator, metered_uplinks, metered_warning
+from nmfailover.engine.actuator import Actuator, ActuatorParams, metered_uplinks, metered_warning
 from nmfailover.errors import ConfigError, NMError
 from nmfailover.lab.demo import daemon_env, wait_for
 from nmfailover.lab.sandbox import NMLab
@@ -36,6 +36,7 @@ from nmfailover.nm import (
     ResolverRoutes,
     Restore,
 )
+from nmfailover.status import Status
 from tests.daemon import running_daemon
 from tests.operate import cli, status
 
@@ -220,7 +221,7 @@ def test_names_of_uplinks(metered: str, chosen: set[int]) -> None:
         {"NMFAILOVER_ENV_FILE": "", "NMFAILOVER_UPLINKS": "Fiber,Hotspot", "NMFAILOVER_METERED": metered}
     )
     profiles = [_profile("Fiber", "Fiber", "eth0"), _profile("Hotspot", "Hotspot", "wwan0")]
-    assert metered_uplinks(settings, profiles) == chosen
+    assert metered_uplinks(ActuatorParams.from_settings(settings), profiles) == chosen
 
 
 def test_a_name_is_first_what_nmfailover_uplinks_says_then_a_role() -> None:
@@ -229,7 +230,7 @@ def test_a_name_is_first_what_nmfailover_uplinks_says_then_a_role() -> None:
         {"NMFAILOVER_ENV_FILE": "", "NMFAILOVER_UPLINKS": "backup,eth1", "NMFAILOVER_METERED": "backup"}
     )
     profiles = [_profile("backup", "backup", "eth0"), _profile("eth1", "Other", "eth1")]
-    assert metered_uplinks(settings, profiles) == {0}
+    assert metered_uplinks(ActuatorParams.from_settings(settings), profiles) == {0}
 
 
 @pytest.mark.parametrize(
@@ -247,7 +248,7 @@ def test_names_that_are_no_uplink_are_refused_naming_the_variable(metered: str, 
         settings = load_settings(
             {"NMFAILOVER_ENV_FILE": "", "NMFAILOVER_UPLINKS": "Fiber,Hotspot", "NMFAILOVER_METERED": metered}
         )
-        metered_uplinks(settings, profiles)
+        metered_uplinks(ActuatorParams.from_settings(settings), profiles)
     assert raised.value.variable == "NMFAILOVER_METERED" and problem in raised.value.problem
 
 
@@ -293,22 +294,23 @@ def test_status_text_shows_metered_and_the_warning(capsys: pytest.CaptureFixture
     }
     warning = metered_warning(1, _link(driver="cdc_ether"), False)
     print_status(
-        {
+        Status.model_validate({
             "preferred": "primary",
             "last_switch_at": None,
             "switches": 0,
             "hold_down_remaining": 0,
             "forced_failover_remaining": 0,
             "pinned": None,
+            "task_restarts": {},
             "uplinks": [
-                {"role": "primary", "profile": "Fiber", "device": "eth0", "carrying_traffic": True,
+                {"role": "primary", "profile": "Fiber", "uuid": "u1", "device": "eth0", "carrying_traffic": True,
                  "metered": "guess-no", "metered_marked": False, "metered_warning": None, **common},
-                {"role": "backup", "profile": "Phone", "device": "usb0", "carrying_traffic": False,
+                {"role": "backup", "profile": "Phone", "uuid": "u2", "device": "usb0", "carrying_traffic": False,
                  "metered": "guess-no", "metered_marked": False, "metered_warning": warning, **common},
-                {"role": "fallback", "profile": "LTE", "device": None, "carrying_traffic": False,
+                {"role": "fallback", "profile": "LTE", "uuid": "u3", "device": None, "carrying_traffic": False,
                  "metered": None, "metered_marked": True, "metered_warning": None, **common},
             ],
-        }
+        })
     )  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if line.startswith("  UPLINK") or "METERED" in line)
@@ -395,7 +397,7 @@ def _actuator(nm: AppliedConnections, metered: str, backup_driver: str = "r8169"
             "NMFAILOVER_MANAGE_AUTOCONNECT_PRIORITY": "0",
         }
     )
-    return Actuator(settings, nm, _uplinks(backup_driver))
+    return Actuator(ActuatorParams.from_settings(settings), nm, _uplinks(backup_driver))
 
 
 async def test_apply_marks_only_the_named_active_uplinks_and_verifies_the_mark() -> None:
@@ -423,7 +425,7 @@ async def test_an_unmarked_tethered_backup_is_warned_about_once_in_the_log() -> 
     try:
         actuator = _actuator(AppliedConnections(), "", backup_driver="rndis_host")
         for preferred in (0, 1, 0):
-            actuator.applied_for = None
+            actuator.forget_applied()
             await actuator.apply(preferred)
         marked = _actuator(AppliedConnections(), "Phone", backup_driver="rndis_host")
         await marked.apply(0)

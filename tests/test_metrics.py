@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from loguru import logger
@@ -25,6 +24,8 @@ from nmfailover.engine.state import SwitchEvent, UplinkView
 from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import NMLab
 from nmfailover.metrics import CarryingTime, Metrics
+from nmfailover.status import Status, UplinkStatus
+from tests import status_samples
 from tests.daemon import running_daemon
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -46,38 +47,28 @@ def value(found: Samples, name: str, **labels: str) -> float | None:
     return found.get((name, frozenset(labels.items())))
 
 
-def status(carrying: str | None = "primary", switches: int = 0) -> dict[str, Any]:
-    def uplink(role: str, profile: str, device: str, health: str, latency: float | None) -> dict[str, Any]:
-        return {
-            "role": role,
-            "profile": profile,
-            "uuid": f"uuid-{profile}",
-            "device": device,
-            "link": "activated",
-            "health": health,
-            "consecutive_failures": 0 if health == "up" else 2,
-            "consecutive_successes": 4 if health == "up" else 0,
-            "latency_ms": latency,
-            "loss_pct": 0.0 if health == "up" else 100.0,
-            "rtt_p50_ms": latency,
-            "rtt_p95_ms": latency * 2 if latency is not None else None,
-            "reason": "1/1 targets ok",
-            "carrying_traffic": carrying == role,
-        }
+def status(carrying: str | None = "primary", switches: int = 0) -> Status:
+    def uplink(role: str, profile: str, device: str, latency: float | None, probed: int) -> UplinkStatus:
+        return status_samples.uplink(
+            role,
+            profile,
+            device=device,
+            consecutive_successes=4,
+            latency_ms=latency,
+            rtt_p50_ms=latency,
+            rtt_p95_ms=latency * 2 if latency is not None else None,
+            carrying_traffic=carrying == role,
+            probe_bytes=probed,
+            failed_rounds=1,
+        )
 
-    return {
-        "preferred": carrying,
-        "last_switch_at": 1_750_000_000.25 if switches else None,
-        "switches": switches,
-        "hold_down_remaining": 0.0,
-        "forced_failover_remaining": 0.0,
-        "pinned": None,
-        "task_restarts": {"probe-primary": 0, "nm-events": 2},
-        "uplinks": [
-            uplink("primary", "Fiber", "eth0", "up", 12.3),
-            uplink("backup", "Hotspot", "wwan0", "up", None),
-        ],
-    }
+    return status_samples.status(
+        uplink("primary", "Fiber", "eth0", 12.3, 4096),
+        uplink("backup", "Hotspot", "wwan0", None, 512),
+        last_switch_at=1_750_000_000.25 if switches else None,
+        switches=switches,
+        task_restarts={"probe-primary": 0, "nm-events": 2},
+    )
 
 
 def switch(action: str, from_role: str | None, to_role: str) -> SwitchEvent:
@@ -194,19 +185,19 @@ async def test_a_scrape_reads_the_status_of_that_moment() -> None:
     assert value(before, "nmfailover_task_restarts_total", task="nm-events") == 2
     assert value(before, "nmfailover_last_switch_timestamp_seconds") is None
     assert not any(name == "nmfailover_switches_total" for name, _ in before)
-    # Not in the status yet: left out rather than made up.
-    assert not any(
-        name.startswith(("nmfailover_probe_bytes", "nmfailover_probe_failed")) for name, _ in before
-    )
+    assert value(before, "nmfailover_probe_bytes_total", uplink="backup") == 512
+    assert value(before, "nmfailover_probe_failed_rounds_total", uplink="primary") == 1
 
-    current["uplinks"][0].update(
-        health="down", consecutive_failures=3, consecutive_successes=0, loss_pct=62.5
+    primary, backup = current.uplinks
+    down = {"health": "down", "consecutive_failures": 3, "consecutive_successes": 0, "loss_pct": 62.5}
+    current = current.model_copy(
+        update={
+            "uplinks": (
+                primary.model_copy(update=down | {"failed_rounds": 7}),
+                backup.model_copy(update={"health": "degraded", "failed_rounds": 0}),
+            )
+        }
     )
-    current["uplinks"][1].update(health="degraded")
-    current["uplinks"][0]["failed_rounds"] = 7
-    current["uplinks"][1]["failed_rounds"] = 0
-    current["uplinks"][0]["probe_bytes"] = 4096
-    current["uplinks"][1]["probe_bytes"] = 512
     after = samples(metrics.exposition().decode())
     assert value(after, "nmfailover_uplink_health", uplink="primary", health="down") == 1
     assert value(after, "nmfailover_uplink_health", uplink="primary", health="up") == 0
@@ -214,7 +205,7 @@ async def test_a_scrape_reads_the_status_of_that_moment() -> None:
     assert value(after, "nmfailover_probe_loss_ratio", uplink="primary") == 0.625
     assert value(after, "nmfailover_probe_consecutive_failures", uplink="primary") == 3
     # The status's latency of a failed round is the time to the failure: no round trip to graph.
-    assert current["uplinks"][0]["latency_ms"] == 12.3
+    assert current.uplinks[0].latency_ms == 12.3
     assert value(after, "nmfailover_probe_latency_seconds", uplink="primary") is None
     assert value(after, "nmfailover_probe_failed_rounds_total", uplink="primary") == 7
     assert value(after, "nmfailover_probe_bytes_total", uplink="backup") == 512
@@ -304,7 +295,7 @@ def log_lines() -> Iterator[list[str]]:
 async def test_http_on_loopback_reads_the_status_on_the_loop_thread_and_stops(log_lines: list[str]) -> None:
     threads: list[threading.Thread] = []
 
-    def read_status() -> dict[str, Any]:
+    def read_status() -> Status:
         threads.append(threading.current_thread())
         return status()
 

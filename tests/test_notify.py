@@ -31,6 +31,7 @@ from nmfailover.bus import Message, MessageBus, MessageType
 from nmfailover.control import BUS_NAME, INTERFACE, OBJECT_PATH
 from nmfailover.engine.state import SwitchEvent, UplinkView
 from nmfailover.notify import AGENT_NAME
+from tests import status_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "packaging" / "dbus" / "net.nmfailover.Failover1.conf"
@@ -249,19 +250,20 @@ class FakeDaemon:
     def _on_message(self, msg: Any) -> Any:
         if msg.message_type != MessageType.METHOD_CALL or msg.member != "Status":
             return False
-        # As much of Operator.status() as the agent reads: the backup is metered.
-        uplinks = [
-            {
-                "role": u.role,
-                "profile": u.profile,
-                "device": u.interface,
-                "health": "up",
-                "metered": "yes" if u.role == "backup" else "no",
-                "carrying_traffic": u.role == self.carrying,
-            }
-            for u in UPLINKS
-        ]
-        return Message.new_method_return(msg, "s", [json.dumps({"pinned": None, "uplinks": uplinks})])
+        # The backup is metered.
+        status = status_samples.status(
+            *(
+                status_samples.uplink(
+                    u.role,
+                    u.profile,
+                    device=u.interface,
+                    metered="yes" if u.role == "backup" else "no",
+                    carrying_traffic=u.role == self.carrying,
+                )
+                for u in UPLINKS
+            )
+        )
+        return Message.new_method_return(msg, "s", [status.to_json()])
 
     async def switched(self, action: str, to: str, reason: str, destination: str | None = None) -> None:
         if destination is None:

@@ -27,7 +27,7 @@ from nmfailover.bus import MessageType
 from nmfailover.cli import print_status
 from nmfailover.config import load_settings
 from nmfailover.engine import Uplink
-from nmfailover.engine.actuator import Actuator
+from nmfailover.engine.actuator import Actuator, ActuatorParams, SourceRoutingStatus
 from nmfailover.lab.demo import DaemonProcess, wait_for
 from nmfailover.lab.sandbox import NMLab
 from nmfailover.nm import (
@@ -39,6 +39,7 @@ from nmfailover.nm import (
     _event,
     _sources,
 )
+from nmfailover.status import Status
 from tests.daemon import running_daemon
 from tests.operate import cli, status
 
@@ -483,7 +484,7 @@ def _actuator(recorder: Recorder, enabled: str = "true") -> Actuator:
         ),
         Uplink(1, profiles[1], LinkState("uuid-LTE")),  # not active
     ]  # fmt: skip
-    return Actuator(settings, recorder, uplinks)  # type: ignore[arg-type]  # only the routing part is used
+    return Actuator(ActuatorParams.from_settings(settings), recorder, uplinks)  # type: ignore[arg-type]  # only the routing part is used
 
 
 async def test_a_prefix_that_vanishes_for_a_moment_is_kept_and_a_new_one_is_applied() -> None:
@@ -511,13 +512,9 @@ async def test_a_prefix_that_vanishes_for_a_moment_is_kept_and_a_new_one_is_appl
     assert recorder.sent[-1][1].sources4 == ("192.0.2.9/32",)
     assert recorder.sent[-1][1].sources6 == ("2001:db8:a::/64",)
     status = actuator.source_routing_status(0)
-    assert status["routing_table"] == TABLE
-    assert f"{PRIORITY + 1}: from 192.0.2.9/32 lookup {TABLE}" in status["routing_rules"]
-    assert actuator.source_routing_status(1) == {
-        "routing_table": TABLE + 1,
-        "routing_rules": [],
-        "routing_routes": [],
-    }
+    assert status.table == TABLE
+    assert f"{PRIORITY + 1}: from 192.0.2.9/32 lookup {TABLE}" in status.rules
+    assert actuator.source_routing_status(1) == SourceRoutingStatus(TABLE + 1)
 
     actuator.forget_source_routing(0)  # a new activation: the applied connection is new
     await actuator.route_by_source()
@@ -529,7 +526,7 @@ async def test_off_means_nothing_is_sent_and_status_shows_no_table() -> None:
     actuator = _actuator(recorder, "false")
     await actuator.route_by_source()
     assert recorder.sent == []
-    assert actuator.source_routing_status(0)["routing_table"] is None
+    assert actuator.source_routing_status(0).table is None
 
 
 def test_status_text_lists_each_uplinks_table_rules_and_routes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -539,17 +536,18 @@ def test_status_text_lists_each_uplinks_table_rules_and_routes(capsys: pytest.Ca
         "consecutive_successes": 3, "reason": "1/1 ok", "metered": None, "metered_warning": None,
     }  # fmt: skip
     print_status(
-        {
+        Status.model_validate({
             "preferred": "primary", "last_switch_at": None, "switches": 0, "hold_down_remaining": 0,
-            "forced_failover_remaining": 0, "pinned": None,
+            "forced_failover_remaining": 0, "pinned": None, "task_restarts": {},
             "uplinks": [
-                {"role": "primary", "profile": "Fiber", "device": "eth0", "carrying_traffic": True,
-                 "routing_table": TABLE, "routing_rules": [], "routing_routes": [], **common},
-                {"role": "backup", "profile": "LTE", "device": "wwan0", "carrying_traffic": False,
+                {"role": "primary", "profile": "Fiber", "uuid": "uuid-Fiber", "device": "eth0",
+                 "carrying_traffic": True, "routing_table": TABLE, "routing_rules": [], "routing_routes": [], **common},
+                {"role": "backup", "profile": "LTE", "uuid": "uuid-LTE", "device": "wwan0",
+                 "carrying_traffic": False,
                  "routing_table": TABLE + 1, "routing_rules": routed.describe_rules(),
                  "routing_routes": routed.describe_routes(), **common},
             ],
-        }
+        })
     )  # fmt: skip
     out = capsys.readouterr().out
     assert "TABLE" in out and f" {TABLE + 1} " in out

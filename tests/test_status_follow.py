@@ -19,30 +19,21 @@ import pytest
 
 from nmfailover.follow import StatusLine
 from nmfailover.lab.sandbox import NMLab
+from nmfailover.status import LastSwitch, Status, UplinkStatus
+from tests import status_samples as samples
 from tests.daemon import running_daemon
 
 
-def uplink(
-    role: str, health: str = "up", carrying: bool = False, metered: str | None = "no"
-) -> dict[str, Any]:
-    return {
-        "role": role,
-        "profile": role.title(),
-        "device": f"wan-{role}",
-        "health": health,
-        "carrying_traffic": carrying,
-        "metered": metered,
-        "latency_ms": 12.5,  # changes every round: never part of the line
-    }
+def uplink(role: str, health: str = "up", carrying: bool = False, metered: str | None = "no") -> UplinkStatus:
+    # latency_ms changes every round: never part of the line
+    return samples.uplink(role, health=health, carrying_traffic=carrying, metered=metered, latency_ms=12.5)
 
 
-def status(
-    *uplinks: dict[str, Any], last: dict[str, Any] | None = None, at: float | None = None
-) -> dict[str, Any]:
-    return {"uplinks": list(uplinks), "last_switch_at": at, "last_switch": last, "hold_down_remaining": 12.3}
+def status(*uplinks: UplinkStatus, last: LastSwitch | None = None, at: float | None = None) -> Status:
+    return samples.status(*uplinks, last_switch_at=at, last_switch=last, hold_down_remaining=12.3)
 
 
-FAILOVER = {"action": "failover", "from": "primary", "to": "backup", "reason": "primary (eth0) is down"}
+FAILOVER = LastSwitch(action="failover", from_role="primary", to="backup", reason="primary (eth0) is down")
 
 
 @pytest.mark.parametrize(
@@ -69,7 +60,7 @@ FAILOVER = {"action": "failover", "from": "primary", "to": "backup", "reason": "
                     "action": "failover",
                     "from": "primary",
                     "to": "backup",
-                    "reason": FAILOVER["reason"],
+                    "reason": FAILOVER.reason,
                 },
             },
             id="failed-over-to-metered",
@@ -81,7 +72,7 @@ FAILOVER = {"action": "failover", "from": "primary", "to": "backup", "reason": "
         ),
         pytest.param(
             # A daemon from before `last_switch`: the time alone.
-            {**status(uplink("primary", carrying=True), uplink("backup"), at=2.0), "last_switch": None},
+            status(uplink("primary", carrying=True), uplink("backup"), at=2.0),
             {
                 "carrying": "primary",
                 "device": "wan-primary",
@@ -92,7 +83,7 @@ FAILOVER = {"action": "failover", "from": "primary", "to": "backup", "reason": "
         ),
     ],
 )
-def test_the_line_holds_what_a_bar_shows(document: dict[str, Any], expected: dict[str, Any]) -> None:
+def test_the_line_holds_what_a_bar_shows(document: Status, expected: dict[str, Any]) -> None:
     line = json.loads(StatusLine.from_status(document).to_json())
     assert {key: line[key] for key in expected} == expected
     assert [u["role"] for u in line["uplinks"]] == ["primary", "backup"]
@@ -111,7 +102,7 @@ def test_the_line_holds_what_a_bar_shows(document: dict[str, Any], expected: dic
         (status(uplink("primary", "down"), uplink("backup", "portal")), "no uplink", ["none", "trouble"]),
     ],
 )
-def test_waybar_fields(document: dict[str, Any], text: str, css: list[str]) -> None:
+def test_waybar_fields(document: Status, text: str, css: list[str]) -> None:
     line = json.loads(StatusLine.from_status(document).to_json())
     assert (line["text"], line["class"]) == (text, css)
     assert line["tooltip"].splitlines()[0].startswith("primary (wan-primary): ")
@@ -120,9 +111,17 @@ def test_waybar_fields(document: dict[str, Any], text: str, css: list[str]) -> N
 def test_what_changes_by_itself_never_makes_a_new_line() -> None:
     before = status(uplink("primary", carrying=True), uplink("backup"))
     later = status(uplink("primary", carrying=True), uplink("backup"))
-    later["uplinks"][0]["latency_ms"], later["hold_down_remaining"] = 99.0, 0.0
+    primary, backup = later.uplinks
+    later = later.model_copy(
+        update={
+            "uplinks": (primary.model_copy(update={"latency_ms": 99.0}), backup),
+            "hold_down_remaining": 0.0,
+        }
+    )
     assert StatusLine.from_status(before).to_json() == StatusLine.from_status(later).to_json()
-    later["uplinks"][1]["health"] = "down"
+    later = later.model_copy(
+        update={"uplinks": (later.uplinks[0], backup.model_copy(update={"health": "down"}))}
+    )
     assert StatusLine.from_status(before).to_json() != StatusLine.from_status(later).to_json()
 
 

@@ -30,6 +30,7 @@ from nmfailover.lab.sandbox import (
     wireguard_available,
 )
 from nmfailover.nm import WireGuardDevice
+from nmfailover.status import TunnelMove, TunnelsStatus
 from nmfailover.tunnels import AUTO, BY_NM, BY_WG, VARIABLE, Tunnels, check_names
 from tests.conftest import _require_lab
 from tests.daemon import running_daemon
@@ -117,10 +118,8 @@ def test_networkmanager_tunnel_is_moved_by_networkmanager_not_by_wg() -> None:
     assert ["ip", "-j", "route", "get", WIREGUARD_ENDPOINT, "mark", "51820"] in commands.calls
     assert not any(call[:2] == ["wg", "set"] for call in commands.calls)
     report = tunnels.status()
-    assert report is not None and report["failed"] == {}
-    assert report["moved"] == [
-        {"interface": "wg0", "peer": KEY, "endpoint": ENDPOINT, "via": "wanb", "by": BY_NM}
-    ]
+    assert report is not None and report.failed == {}
+    assert report.moved == (TunnelMove(interface="wg0", peer=KEY, endpoint=ENDPOINT, via="wanb", by=BY_NM),)
 
 
 def test_peer_routed_elsewhere_is_left_alone() -> None:
@@ -129,7 +128,7 @@ def test_peer_routed_elsewhere_is_left_alone() -> None:
     follow(tunnels, event("wanb"))  # a route of its own keeps the endpoint on wana: not ours to move
     assert nm.reapplied == []
     report = tunnels.status()
-    assert report is not None and report["moved"] == [] and report["failed"] == {}
+    assert report is not None and report.moved == () and report.failed == {}
 
 
 def test_a_name_in_the_profile_is_resolved_first() -> None:
@@ -145,8 +144,8 @@ def test_a_tunnel_that_cannot_be_moved_is_logged_once_and_the_listener_returns(w
     tunnels = Tunnels(AUTO, nm, FakeCommands({WIREGUARD_ENDPOINT: "wanb"}, wg), wg="wg", ip="ip")
     follow(tunnels, event(), event())
     report = tunnels.status()
-    assert report is not None and list(report["failed"]) == ["wg0"]
-    assert "NetworkManager could not reapply it" in report["failed"]["wg0"]
+    assert report is not None and list(report.failed) == ["wg0"]
+    assert "NetworkManager could not reapply it" in report.failed["wg0"]
     lines = [w for w in warnings if "wg0" in w]
     assert len(lines) == 1, warnings  # the second switch's identical failure is not logged again
     assert "Device.Failed: no" in lines[0]
@@ -162,8 +161,8 @@ def test_wg_failure_and_missing_wg_are_reasons_not_crashes(warnings: list[str]) 
     tunnels._wg_interfaces = listed  # type: ignore[method-assign]  # no such interface in this namespace
     follow(tunnels, event())
     report = tunnels.status()
-    assert report is not None and report["follow"] == ["wgk"]
-    assert report["failed"] == {"wgk": "wg show wgk endpoints: Unable to access interface: Not permitted"}
+    assert report is not None and report.follow == ("wgk",)
+    assert report.failed == {"wgk": "wg show wgk endpoints: Unable to access interface: Not permitted"}
     assert any("WireGuard wgk not moved" in w for w in warnings)
 
 
@@ -173,7 +172,7 @@ def test_a_hung_command_never_holds_the_listener_beyond_its_timeout(warnings: li
     follow(tunnels, event())
     assert time.monotonic() - started < 1.0
     report = tunnels.status()
-    assert report is not None and report["failed"] == {"*": "gave up after 0.3 s"}
+    assert report is not None and report.failed == {"*": "gave up after 0.3 s"}
     assert any("gave up after 0.3 s" in w for w in warnings)
 
 
@@ -183,7 +182,7 @@ def test_a_named_tunnel_that_went_away_is_reported() -> None:
     follow(tunnels, event())  # wg7 was there at start (check_names), not at this switch
     report = tunnels.status()
     assert report is not None and nm.reapplied == [managed().path]
-    assert report["failed"] == {"wg7": "no such WireGuard interface any more"}
+    assert report.failed == {"wg7": "no such WireGuard interface any more"}
 
 
 def test_off_does_nothing_and_reports_nothing() -> None:
@@ -228,9 +227,11 @@ def test_unknown_interface_is_a_configuration_error_naming_the_variable() -> Non
 
 
 def test_status_text_names_the_moved_tunnels(capsys: pytest.CaptureFixture[str]) -> None:
-    moved = {"interface": "wg0", "peer": KEY, "endpoint": ENDPOINT, "via": "wanb", "by": BY_WG}
-    cli._print_tunnels({"follow": "auto", "switch_at": 1.0, "moved": [moved], "failed": {"wg1": "no route"}})
-    cli._print_tunnels({"follow": "auto", "switch_at": None, "moved": [], "failed": {}})  # no switch yet
+    moved = TunnelMove(interface="wg0", peer=KEY, endpoint=ENDPOINT, via="wanb", by=BY_WG)
+    cli._print_tunnels(
+        TunnelsStatus(follow="auto", switch_at=1.0, moved=(moved,), failed={"wg1": "no route"})
+    )
+    cli._print_tunnels(TunnelsStatus(follow="auto", switch_at=None, moved=(), failed={}))  # no switch yet
     assert capsys.readouterr().out.splitlines() == [
         f"WireGuard moved at the last switch: wg0 ({ENDPOINT} via wanb, by wg)",
         "WireGuard wg1 not moved: no route",

@@ -1,7 +1,7 @@
 """The daemon's engine: probe scheduling (probing), event intake (intake), actuation (actuator), the
 operator's API (operator), all run by core.Engine under one supervisor (supervisor)."""
 
-from .core import DnsListener, Engine, FailbackGuard, SwitchListener, find_uplinks
+from .core import DnsListener, Engine, EngineParams, FailbackGuard, SwitchListener, find_uplinks
 from .operator import Operator
 from .state import DnsMoved, SwitchEvent, Uplink, UplinkView, role_name
 from .supervisor import Supervisor
@@ -10,6 +10,7 @@ __all__ = [
     "DnsListener",
     "DnsMoved",
     "Engine",
+    "EngineParams",
     "FailbackGuard",
     "Operator",
     "Supervisor",

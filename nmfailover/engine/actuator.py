@@ -8,7 +8,7 @@ import ipaddress
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from loguru import logger
 
@@ -37,6 +37,44 @@ ON_DEMAND_VARIABLE = "NMFAILOVER_ON_DEMAND"
 # The dns-priority that puts an uplink's resolvers behind every other uplink's while its lookups are moved
 # to theirs (NetworkManager's defaults are 100, and 50 for a VPN).
 DNS_PRIORITY_MOVED = 10_000
+
+
+@dataclass(frozen=True)
+class ActuatorParams:
+    """What the actuator needs of the settings."""
+
+    metric_base: int
+    metric_step: int
+    manage_autoconnect_priority: bool
+    source_routing: bool
+    source_routing_table: int  # the first uplink's; the others' follow it
+    source_routing_priority: int
+    metered: tuple[str, ...]  # NMFAILOVER_METERED's names
+    on_demand: tuple[str, ...]  # NMFAILOVER_ON_DEMAND's names
+    auto_uplinks: bool  # a name that is no uplink now may name one found later
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ActuatorParams:
+        return cls(
+            metric_base=settings.metric_base,
+            metric_step=settings.metric_step,
+            manage_autoconnect_priority=settings.manage_autoconnect_priority,
+            source_routing=settings.source_routing,
+            source_routing_table=settings.source_routing_table,
+            source_routing_priority=settings.source_routing_priority,
+            metered=settings.metered,
+            on_demand=settings.on_demand,
+            auto_uplinks=settings.auto_uplinks,
+        )
+
+
+@dataclass(frozen=True)
+class SourceRoutingStatus:
+    """An uplink's own routing table and what NetworkManager confirmed in it, for status."""
+
+    table: int | None = None  # None: routing by source address is off
+    rules: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,18 +124,18 @@ class SourceRouter(Protocol):
     async def set_source_routing(self, device: str, wanted: SourceRouting) -> bool: ...
 
 
-def metered_uplinks(settings: Settings, profiles: Sequence[Profile]) -> frozenset[int]:
+def metered_uplinks(params: ActuatorParams, profiles: Sequence[Profile]) -> frozenset[int]:
     """The indexes of the uplinks NMFAILOVER_METERED names (see named_uplinks)."""
-    return named_uplinks(settings, profiles, settings.metered, METERED_VARIABLE)
+    return named_uplinks(params, profiles, params.metered, METERED_VARIABLE)
 
 
-def on_demand_uplinks(settings: Settings, profiles: Sequence[Profile]) -> frozenset[int]:
+def on_demand_uplinks(params: ActuatorParams, profiles: Sequence[Profile]) -> frozenset[int]:
     """The indexes of the uplinks NMFAILOVER_ON_DEMAND names (see named_uplinks)."""
-    return named_uplinks(settings, profiles, settings.on_demand, ON_DEMAND_VARIABLE)
+    return named_uplinks(params, profiles, params.on_demand, ON_DEMAND_VARIABLE)
 
 
 def named_uplinks(
-    settings: Settings, profiles: Sequence[Profile], names: Sequence[str], variable: str
+    params: ActuatorParams, profiles: Sequence[Profile], names: Sequence[str], variable: str
 ) -> frozenset[int]:
     """The indexes of the uplinks `names` name; a name that is none of them is a ConfigError, except with
     uplinks found at run time, where it names one that is not there now.
@@ -113,7 +151,7 @@ def named_uplinks(
             [i for i in range(len(profiles)) if role_name(i) == name],
         )
         found = next((tier for tier in tiers if tier), [])
-        if not found and settings.auto_uplinks:
+        if not found and params.auto_uplinks:
             continue
         if len(found) != 1:
             known = ", ".join(f"{role_name(i)} ({p.id})" for i, p in enumerate(profiles))
@@ -142,21 +180,21 @@ def metered_warning(index: int, link: LinkState, marked: bool) -> str | None:
 
 
 class Actuator:
-    def __init__(self, settings: Settings, nm: NetworkManagerPort, uplinks: Sequence[Uplink]) -> None:
+    def __init__(self, params: ActuatorParams, nm: NetworkManagerPort, uplinks: Sequence[Uplink]) -> None:
         """ConfigError for a name in NMFAILOVER_METERED that is no uplink: raised here, before anything
         was changed, as only now are the profiles resolved."""
-        self.settings = settings
+        self.params = params
         self.nm = nm
         self.uplinks = uplinks
-        self.metered = metered_uplinks(settings, [u.profile for u in uplinks])
-        self.on_demand = on_demand_uplinks(settings, [u.profile for u in uplinks])
+        self.metered = metered_uplinks(params, [u.profile for u in uplinks])
+        self.on_demand = on_demand_uplinks(params, [u.profile for u in uplinks])
         self._warned: set[int] = set()  # uplinks whose metered warning is in the log already
         self.applied_for: int | None = None  # the preference NetworkManager last confirmed
         self.applied_ipv6_down: frozenset[int] = frozenset()  # and the uplinks whose IPv6 it ranked last
         # Uplinks whose IPv6 default route we took away, with the gateway their applied connection had.
         self.ipv6_withdrawn: dict[int, str | None] = {}
         self._original_priority: dict[str, int] = {}
-        self.router = nm if settings.source_routing and isinstance(nm, SourceRouter) else None
+        self.router = nm if params.source_routing and isinstance(nm, SourceRouter) else None
         # Per uplink index: the table and rules NetworkManager last confirmed on its applied connection.
         self.source_routing: dict[int, SourceRouting] = {}
         # Moving DNS: the resolvers override_dns was asked for, per uplink; and per uplink what NetworkManager
@@ -167,7 +205,7 @@ class Actuator:
 
     def remember_priorities(self) -> None:
         """Each profile's own autoconnect-priority, from a crashed earlier run if there was one."""
-        if self.settings.manage_autoconnect_priority:
+        if self.params.manage_autoconnect_priority:
             self._original_priority = {
                 u.profile.uuid: runstate.original_priority(u.profile.uuid, u.profile.autoconnect_priority)
                 for u in self.uplinks
@@ -193,14 +231,14 @@ class Actuator:
         autoconnect priorities come last, as they matter only for the next activation. A failure is logged
         and left for the next round to retry.
         """
-        settings = self.settings
+        params = self.params
         ranking = [self.uplinks[preferred]] + [u for u in self.uplinks if u.index != preferred]
-        ranked = [(u, settings.metric_base + rank * settings.metric_step) for rank, u in enumerate(ranking)]
+        ranked = [(u, params.metric_base + rank * params.metric_step) for rank, u in enumerate(ranking)]
         # IPv6 in the same order, except that uplinks whose IPv6 is down go last: IPv6 moves to the next
         # uplink whose IPv6 works while IPv4 stays (a stable sort keeps the order among the rest).
         ipv6_down = self.ipv6_down()
         metric6 = {
-            u.index: settings.metric_base + rank * settings.metric_step
+            u.index: params.metric_base + rank * params.metric_step
             for rank, u in enumerate(sorted(ranking, key=lambda u: u.index in ipv6_down))
         }
         live = [
@@ -243,7 +281,7 @@ class Actuator:
                     # Replaced behind our back (`nmcli device reapply`): the next round puts them back.
                     del self.source_routing[uplink.index]
                     raise NMError(f"{uplink.label} runs without its routing rules for table {routed.table}")
-            if settings.manage_autoconnect_priority:
+            if params.manage_autoconnect_priority:
                 for rank, (uplink, _) in enumerate(ranked):
                     if not uplink.missing:
                         await self.nm.set_autoconnect_priority(uplink.profile.uuid, len(ranked) - rank)
@@ -265,6 +303,11 @@ class Actuator:
             for u in self.uplinks
             if u.watch.health6.health is Health.DOWN and u.health.health is Health.UP
         )
+
+    def forget_applied(self) -> None:
+        """What NetworkManager confirmed is gone or stale (a switch, a new applied connection, the uplinks
+        ordered anew): the next round applies the preference afresh."""
+        self.applied_for, self.applied_ipv6_down = None, frozenset()
 
     def up_to_date(self, preferred: int) -> bool:
         """Whether NetworkManager runs with what apply(preferred) would set now."""
@@ -332,9 +375,9 @@ class Actuator:
         self._resolver_routes = carry(self._resolver_routes)
         self.ipv6_withdrawn = carry(self.ipv6_withdrawn)
         self._warned = {moved[i] for i in self._warned if i in moved}
-        self.metered = metered_uplinks(self.settings, [u.profile for u in self.uplinks])
-        self.on_demand = on_demand_uplinks(self.settings, [u.profile for u in self.uplinks])
-        self.applied_for, self.applied_ipv6_down = None, frozenset()
+        self.metered = metered_uplinks(self.params, [u.profile for u in self.uplinks])
+        self.on_demand = on_demand_uplinks(self.params, [u.profile for u in self.uplinks])
+        self.forget_applied()
 
     async def withdraw_dead_ipv6(self, current: int | None) -> None:
         """No IPv6 black hole: while the uplink carrying traffic is up but has no IPv6 default route, an
@@ -378,7 +421,7 @@ class Actuator:
 
     def _nothing_of_ours(self, uplink: Uplink) -> SourceRouting:
         return SourceRouting(
-            self.settings.source_routing_table + uplink.index, self.settings.source_routing_priority
+            self.params.source_routing_table + uplink.index, self.params.source_routing_priority
         )
 
     def source_plan(self, uplink: Uplink) -> SourceRouting:
@@ -439,16 +482,18 @@ class Actuator:
         so what was confirmed on the old one is gone with it."""
         self.source_routing.pop(index, None)
 
-    def source_routing_status(self, index: int) -> dict[str, Any]:
+    def source_routing_status(self, index: int) -> SourceRoutingStatus:
         """The uplink's routing table and what it holds now, for status."""
         if self.router is None:
-            return {"routing_table": None, "routing_rules": [], "routing_routes": []}
+            return SourceRoutingStatus()
         routed = self.source_routing.get(index)
-        return {
-            "routing_table": self.settings.source_routing_table + index,
-            "routing_rules": routed.describe_rules() if routed is not None else [],
-            "routing_routes": routed.describe_routes() if routed is not None else [],
-        }
+        if routed is None:
+            return SourceRoutingStatus(self.params.source_routing_table + index)
+        return SourceRoutingStatus(
+            self.params.source_routing_table + index,
+            tuple(routed.describe_rules()),
+            tuple(routed.describe_routes()),
+        )
 
     # -- moving DNS, not the traffic ------------------------------------------------------------------
 

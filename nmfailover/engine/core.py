@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar, runtime_checkable
 
 from loguru import logger
@@ -14,10 +14,10 @@ from loguru import logger
 from ..config import Settings
 from ..detection import DetectionParams
 from ..discovery import Choice, choose
-from ..errors import NMError
+from ..errors import InvalidRequest, NMError
 from ..nm import Candidate, LinkState, NMEvent, Profile
 from ..policy import Action, Decision, Health, PolicyParams, decide
-from .actuator import Actuator, NetworkManagerPort
+from .actuator import Actuator, ActuatorParams, NetworkManagerPort
 from .evidence import TrafficEvidence
 from .intake import IDLE_BEAT, EventIntake
 from .ondemand import Activator, OnDemand
@@ -47,20 +47,51 @@ class UplinkFinder(Protocol):
 async def find_uplinks(finder: UplinkFinder, settings: Settings) -> Choice:
     """The uplinks among the active connections, and the on-demand ones, which are uplinks while they are
     down too (the active listing comes first, and wins)."""
+    return await _find_uplinks(finder, settings.on_demand, settings.max_uplinks)
+
+
+async def _find_uplinks(finder: UplinkFinder, on_demand: Sequence[str], most: int) -> Choice:
     candidates = await finder.active_candidates()
-    if settings.on_demand:
-        candidates += await finder.saved_candidates(settings.on_demand)
-    return choose(candidates, settings.max_uplinks)
+    if on_demand:
+        candidates += await finder.saved_candidates(on_demand)
+    return choose(candidates, most)
 
 
 # Asked before failing back; False vetoes the failback for now (asked again a round later).
 FailbackGuard = Callable[[SwitchEvent], Awaitable[bool]]
 
 
+@dataclass(frozen=True)
+class EngineParams:
+    """What the engine and its parts need of the settings, built once at start."""
+
+    policy: PolicyParams
+    # As the settings ask; the engine turns off the layers nothing can send (see detection_params).
+    detection: DetectionParams
+    actuator: ActuatorParams
+    auto_uplinks: bool  # found at run time, not named
+    max_uplinks: int
+    on_demand_linger: float
+    dns_servers: tuple[str, ...]  # where lookups go while an uplink's own resolvers are dead; (): others'
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineParams:
+        policy = policy_params(settings)
+        return cls(
+            policy=policy,
+            detection=detection_params(settings, policy, echoes=True, dns_checks=True, http_checks=True),
+            actuator=ActuatorParams.from_settings(settings),
+            auto_uplinks=settings.auto_uplinks,
+            max_uplinks=settings.max_uplinks,
+            on_demand_linger=settings.on_demand_linger,
+            dns_servers=settings.dns_servers,
+        )
+
+
 class Engine:
     def __init__(
         self,
-        settings: Settings,
+        params: EngineParams,
         nm: NetworkManagerPort,
         profiles: Sequence[Profile],
         prober: Prober,
@@ -75,30 +106,20 @@ class Engine:
         http_check: HttpChecker | None = None,
         evidence: TrafficEvidence | None = None,
     ) -> None:
-        self.settings = settings
+        self.params = params
         self.supervisor = supervisor or Supervisor()
         self.clock = self.supervisor.clock
-        self.params = PolicyParams(
-            settings.fail_count,
-            settings.rise_count,
-            settings.failback_hold_down,
-            settings.failback_hold_down_max,
-            settings.flap_window,
-            settings.brownout_window,
-            settings.brownout_loss / 100,
-            settings.brownout_latency,
-        )
-        self.detection = detection_params(
-            settings,
-            self.params,
-            echoes=echo is not None,
+        # A layer nothing can send is off.
+        self.detection = replace(
+            params.detection,
+            heartbeat=params.detection.heartbeat and echo is not None,
             dns_checks=dns_check is not None,
             http_checks=http_check is not None,
         )
         # Re-ordered in place when uplinks come and go: the actuator, the intake and the scheduler share it.
         self.uplinks = [Uplink(i, p, LinkState(uuid=p.uuid)) for i, p in enumerate(profiles)]
         self.choice: Choice | None = None  # the uplinks found at run time and why, and those left out
-        self.actuator = Actuator(settings, nm, self.uplinks)
+        self.actuator = Actuator(params.actuator, nm, self.uplinks)
         self.scheduler = ProbeScheduler(
             self.detection,
             prober,
@@ -106,7 +127,7 @@ class Engine:
             lambda: self.uplinks[self.current] if self.current is not None else None,
             self.reconcile,
             rx_counter=rx_counter,
-            echo=echo if settings.heartbeat else None,
+            echo=echo if params.detection.heartbeat else None,
             dns_check=dns_check,
             http_check=http_check,
             evidence=evidence,
@@ -118,14 +139,14 @@ class Engine:
             self.actuator,
             self.supervisor,
             self.reconcile,
-            discover=self.discover if settings.auto_uplinks and isinstance(nm, UplinkFinder) else None,
+            discover=self.discover if params.auto_uplinks and isinstance(nm, UplinkFinder) else None,
         )
         self._nm = nm
         self._waiting_said = False
         self._settle_until: float | None = None
         self.on_demand = (
-            OnDemand(nm, settings.on_demand_linger)
-            if settings.on_demand and isinstance(nm, Activator)
+            OnDemand(nm, params.on_demand_linger)
+            if params.actuator.on_demand and isinstance(nm, Activator)
             else None
         )
         self.current: int | None = None
@@ -216,7 +237,7 @@ class Engine:
         """The uplinks are the active connections that can carry the default route, in the order a person
         would prefer them (nmfailover.discovery); re-read at every change of the active connections."""
         assert isinstance(self._nm, UplinkFinder)  # only then is this the intake's discover
-        self.choice = await find_uplinks(self._nm, self.settings)
+        self.choice = await _find_uplinks(self._nm, self.params.actuator.on_demand, self.params.max_uplinks)
         await self.reshape([r.profile for r in self.choice.uplinks])
 
     async def reshape(self, profiles: Sequence[Profile]) -> None:
@@ -315,7 +336,7 @@ class Engine:
             [u.health for u in self.uplinks],
             self.current,
             now,
-            self.params,
+            self.params.policy,
             names=[u.label for u in self.uplinks],
             pinned=pinned,
             avoid=frozenset() if avoid is None else frozenset({avoid}),
@@ -333,7 +354,7 @@ class Engine:
             if self.on_demand is not None:
                 await self.on_demand.keep(self.uplinks, self.current, self.actuator.on_demand, self.clock())
             await self.actuator.withdraw_dead_ipv6(self.current)
-            if self.settings.dns_failover:
+            if self.detection.dns_failover:
                 await self._move_dns()
 
     async def _move_dns(self) -> None:
@@ -342,7 +363,7 @@ class Engine:
         for uplink in self.uplinks:
             servers: tuple[str, ...] = ()
             if uplink.watch.dns.dead and uplink.health.health is Health.UP:
-                servers = self.settings.dns_servers or tuple(
+                servers = self.params.dns_servers or tuple(
                     server
                     for other in self.uplinks
                     if other is not uplink and other.link.activated and not other.watch.dns.dead
@@ -401,11 +422,39 @@ class Engine:
         self.current = target
         self.last_switch_at, self.last_switch = self.clock(), event
         self.switches += 1
-        self.actuator.applied_for = None
+        self.actuator.forget_applied()
         await self.actuator.apply(target)
         self._switched.put_nowait(event)
         # Its loop may be waiting out a standby interval: from now on it is watched at the active pace.
         self.uplinks[target].wake.set()
+
+    # -- the operator's overrides --------------------------------------------------------------------
+
+    async def avoid_current(self, seconds: float) -> None:
+        """The failover test: avoid the uplink carrying traffic for `seconds` without touching its link."""
+        if self.current is None:
+            raise InvalidRequest("no uplink carries traffic yet")
+        self.avoid = Override(self.current, self.clock() + seconds)
+        logger.warning("forced failover: avoiding {} for {:g} s", self.uplinks[self.current].label, seconds)
+        await self.reconcile()
+
+    async def end_avoid(self) -> None:
+        if self.avoid is not None:
+            logger.info("forced failover ended early")
+        self.avoid = None
+        await self.reconcile()
+
+    async def prefer(self, uplink: Uplink, seconds: float = 0) -> None:
+        """Pin `uplink` (while it is healthy) until cleared, or for `seconds` if > 0."""
+        self.pin = Override(uplink.index, self.clock() + seconds if seconds else None)
+        logger.warning("preference pinned to {}{}", uplink.label, f" for {seconds:g} s" if seconds else "")
+        await self.reconcile()
+
+    async def clear_preference(self) -> None:
+        if self.pin is not None:
+            logger.info("preference for {} cleared", self.uplinks[self.pin.index].label)
+        self.pin = None
+        await self.reconcile()
 
     def _expire_overrides(self, now: float) -> None:
         if self.avoid is not None and not self.avoid.active(now):
@@ -462,7 +511,7 @@ class Engine:
         if (
             probed is None
             or probed < self._doubt_since()
-            or self.clock() - probed >= self.settings.suspect_interval
+            or self.clock() - probed >= self.detection.suspect_interval
         ):
             uplink.recheck()
 
@@ -476,7 +525,7 @@ class Engine:
             self._vetoed_until = None
             return True
         # Ask again a round later, not on every probe result in between.
-        self._vetoed_until = now + self.settings.active_interval
+        self._vetoed_until = now + self.detection.active_interval
         logger.info(
             "failback to {} vetoed by the guard hook; staying on {}", event.to_profile, event.from_profile
         )
@@ -560,6 +609,20 @@ async def _notify(listener: Callable[[_Event], Awaitable[None]], event: _Event) 
 
 def _bind(loop: Callable[[Uplink, str], Awaitable[None]], uplink: Uplink, name: str) -> Job:
     return lambda: loop(uplink, name)
+
+
+def policy_params(settings: Settings) -> PolicyParams:
+    """What the policy needs of the settings."""
+    return PolicyParams(
+        settings.fail_count,
+        settings.rise_count,
+        settings.failback_hold_down,
+        settings.failback_hold_down_max,
+        settings.flap_window,
+        settings.brownout_window,
+        settings.brownout_loss / 100,
+        settings.brownout_latency,
+    )
 
 
 def detection_params(

@@ -93,7 +93,7 @@ class EventIntake:
             case NMStarted():
                 await self._startup_done()
                 logger.info("NetworkManager is back; re-reading links and re-applying the preference")
-                self.actuator.applied_for = None
+                self.actuator.forget_applied()
                 for uplink in self.uplinks:
                     self.actuator.forget_source_routing(uplink.index)
                     self.actuator.forget_dns(uplink.index)
@@ -162,7 +162,7 @@ class EventIntake:
                 reactivated = link.active != old.active
                 if link.activated and (not old.activated or reactivated):
                     # A fresh activation brings back the profile's own metrics.
-                    self.actuator.applied_for = None
+                    self.actuator.forget_applied()
                 if link.activated and link.active != uplink.activation:
                     # A new activation (not a read that failed in between) is a new link: a new lease, maybe
                     # another router. It is judged afresh, at once, by one round as at start; only its flap
