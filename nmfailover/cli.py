@@ -3,10 +3,8 @@ and the clients of the running daemon's control interface (status, recheck, test
 `install-system-files` and `doctor` set a pip/pipx installation up and check a machine (system_files.py,
 doctor.py).
 
-Exit codes: 0 success; 1 runtime failure (NetworkManager or the bus unreachable, preferred uplink unhealthy
-for `check`, name already owned for `run`); 2 bad configuration or usage; 3 the daemon is not running;
-4 access denied (by the bus policy, or by the daemon after asking polkit). Configuration errors are
-reported before anything is changed.
+Exit codes: EXIT_* below; what makes each command end with each is docs.EXIT_STATUS (the man page's and
+the README's table). Configuration errors are reported before anything is changed.
 """
 
 from __future__ import annotations

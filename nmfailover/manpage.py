@@ -28,26 +28,6 @@ from . import __version__, cli, config, docs, system_files
 from .engine import role_name
 
 OUTPUTS = {"man": "nmfailover.8", "bash": "nmfailover.bash", "zsh": "_nmfailover"}
-EXIT_STATUS = (
-    (cli.EXIT_OK, "Success; for check and doctor: the most preferred uplink is healthy, every check passed."),
-    (
-        cli.EXIT_FAILURE,
-        "Runtime failure: NetworkManager or the system bus unreachable, the daemon did not answer in time; "
-        "check: the preferred uplink is unhealthy; doctor: a check failed; run: another instance owns the "
-        "D-Bus name, or the D-Bus policy is not installed.",
-    ),
-    (
-        cli.EXIT_USAGE,
-        "Bad configuration or usage: one line names the variable or argument and the problem; nothing "
-        "was changed.",
-    ),
-    (cli.EXIT_NOT_RUNNING, "The daemon is not running (no net.nmfailover.Failover1 on the system bus)."),
-    (
-        cli.EXIT_DENIED,
-        "Access denied: root and the nmfailover group may change things; prefer and test-failover also "
-        "the user of the active local session (polkit).",
-    ),
-)
 # How a value is completed, by the option's metavar.
 _DIRECTORY_METAVARS = frozenset({"DIR"})
 _INTERFACE_METAVARS = frozenset({"IF"})
@@ -256,8 +236,8 @@ def render_man(parser: argparse.ArgumentParser | None = None) -> str:
     out += _environment()
     out += _files()
     out += [".SH EXIT STATUS"]
-    for code, meaning in EXIT_STATUS:
-        out += [".TP", f"\\fB{code}\\fR", roff(meaning)]
+    for status in docs.EXIT_STATUS:
+        out += [".TP", f"\\fB{status.code}\\fR", _marked(status.text())]
     out += [
         ".SH SEE ALSO",
         "\\fBNetworkManager\\fR(8), \\fBnmcli\\fR(1), \\fBsystemctl\\fR(1), \\fBsystemd.exec\\fR(5), "
