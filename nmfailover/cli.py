@@ -208,7 +208,8 @@ def _add_setup_commands(commands: argparse._SubParsersAction[Any]) -> None:
         help="put the unit, D-Bus policy, dispatcher hook and env file in place (pip/pipx installs)",
         description="Install what a pip or pipx installation lacks: the systemd unit (running this "
         "installation's nmfailover), the D-Bus policy, the NetworkManager dispatcher hook, the env file "
-        "(never replaced once there), the man page and shell completions. Root only. Changes nothing "
+        "(never replaced once there), the polkit files, the man page and shell completions, and the desktop "
+        "notice's user unit and autostart entry. Root only. Changes nothing "
         "that was edited since, unless --force.",
     )
     install.add_argument(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nmfailover import cli, config, manpage
+from nmfailover import cli, config, manpage, system_files
 
 
 def _need(tool: str) -> str:
@@ -128,6 +128,12 @@ def test_every_variable_has_a_meaning_of_its_own(generated: Path) -> None:
         assert paragraphs[variable.name] == expected, variable.name
     assert len(set(paragraphs.values())) == len(paragraphs)
     assert paragraphs["NMFAILOVER_RISE_COUNT"] == "Consecutive good rounds before a down uplink is up again."
+
+
+def test_the_files_section_lists_every_file_install_system_files_writes(generated: Path) -> None:
+    files = rendered(generated / "nmfailover.8").split("\nFILES\n")[1].split("\nEXIT STATUS\n")[0]
+    for spec in system_files.SYSTEM_FILES:
+        assert f"\n       {spec.target}\n" in files, spec.target
 
 
 def test_literals_are_bold() -> None:
