@@ -131,7 +131,7 @@ def test_every_variable_has_a_meaning_of_its_own(generated: Path) -> None:
 
 
 def test_the_files_section_lists_every_file_install_system_files_writes(generated: Path) -> None:
-    files = rendered(generated / "nmfailover.8").split("\nFILES\n")[1].split("\nEXIT STATUS\n")[0]
+    files = rendered(generated / "nmfailover.8").split("\nFILES")[1].split("\nEXIT STATUS\n")[0]
     for spec in system_files.SYSTEM_FILES:
         assert f"\n       {spec.target}\n" in files, spec.target
 
