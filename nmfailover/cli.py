@@ -14,6 +14,8 @@ import asyncio
 import difflib
 import json
 import math
+import os
+import select
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -517,6 +519,30 @@ def _run_client(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        if not _reader_gone():
+            raise  # a socket's, not the output's
+        # The output's reader went away (`| head`): the rest is dropped, with no traceback, and not exit 0,
+        # as the output was cut. Python's own flush at exit must not fail either, hence /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_FAILURE
+
+
+def _reader_gone() -> bool:
+    """Nobody reads stdout any more: the kernel reports an error on a pipe whose reading end is closed."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # POLLERR is reported whether asked for or not
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no file descriptor (a test's capture): not a pipe
+        return False
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "demo":

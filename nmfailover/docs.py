@@ -166,6 +166,7 @@ EXIT_STATUS = (
             ("`check`", "the most preferred uplink is healthy"),
             ("`doctor`", "every check passed"),
             ("`notify`", "stopped, or another agent already serves the session"),
+            ("`status --follow`", "stopped, or the reader of its output went away"),
         ),
     ),
     ExitStatus(
@@ -173,6 +174,7 @@ EXIT_STATUS = (
         "Runtime failure",
         (
             ("", "NetworkManager or the system bus unreachable"),
+            ("", "the reader of its output went away before it was all written (`| head`)"),
             (
                 "`status`, `recheck`, `test-failover`, `prefer`",
                 f"the daemon did not answer within {CALL_TIMEOUT:g} s",

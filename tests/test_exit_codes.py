@@ -34,6 +34,7 @@ asyncio.run(main())
 """
 
 # Causes only a real NetworkManager can stage: the lab test that ends the command with that code.
+# (1, "") is also the output's reader gone: tests/test_cli.py::test_a_closed_pipe_ends_the_output_*.
 IN_THE_LAB = {
     (0, "`check`"): "tests/test_cli.py::test_check_prints_a_table_and_exits_by_the_primary",
     (0, "`doctor`"): "tests/test_doctor.py::test_doctor_passes_on_a_complete_installation",
@@ -42,6 +43,7 @@ IN_THE_LAB = {
     "tests/test_supervision.py::test_a_probe_loop_that_keeps_crashing_ends_the_daemon_non_zero_after_restoring",
     (2, "`prefer`"): "tests/test_control.py::test_prefer_pins_and_clear_releases",
     (4, ""): "tests/test_control.py::test_non_root_may_read_but_not_change",
+    (0, "`status --follow`"): "tests/test_status_follow.py::test_the_stream_follows_a_real_failover",
 }
 
 
