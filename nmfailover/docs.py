@@ -89,7 +89,10 @@ def env_value(value: object) -> str:
     if isinstance(value, tuple | list):
         return ",".join(_items(value))
     text = shown_default(value)
-    return f'"{text}"' if any(c.isspace() or c in "\"'\\" for c in text) else text
+    if not any(c.isspace() or c in "\"'\\`$" for c in text):
+        return text
+    # systemd's EnvironmentFile= grammar (config.parse_env_file): inside "...", \ escapes these four.
+    return '"' + re.sub(r'(["\\`$])', r"\\\1", text) + '"'
 
 
 def settings() -> list[SettingDoc]:
@@ -122,6 +125,9 @@ def render_env_file() -> str:
             break_long_words=False,
             break_on_hyphens=False,
         )
+        if re.search(r"\\$", comment, re.MULTILINE):
+            # systemd 252 would take the next line as comment too; config.parse_env_file refuses it.
+            raise ValueError(f"{setting.name}: a line of its description would end in a backslash")
         blocks.append(f"{comment}\n#{setting.name}={setting.env_value}\n")
     return "\n".join(blocks)
 

@@ -60,10 +60,13 @@ def test_each_document_carries_each_setting_once() -> None:
         (("auto",), "auto", "auto"),
         (Path("/etc/nmfailover/hooks.d"), "/etc/nmfailover/hooks.d", "/etc/nmfailover/hooks.d"),
         ("two words", "two words", '"two words"'),
+        ('say "$HOME"', 'say "$HOME"', '"say \\"\\$HOME\\""'),
     ],
 )
 def test_default_values(value: object, shown: str, written: str) -> None:
     assert (docs.shown_default(value), docs.env_value(value)) == (shown, written)
+    if isinstance(value, str):  # read back as systemd and load_settings() read it
+        assert config.parse_env_file(f"A={written}\n") == {"A": value}
 
 
 def test_a_changed_description_reaches_every_document(monkeypatch: pytest.MonkeyPatch) -> None:
