@@ -3,10 +3,8 @@ and the clients of the running daemon's control interface (status, recheck, test
 `install-system-files` and `doctor` set a pip/pipx installation up and check a machine (system_files.py,
 doctor.py).
 
-Exit codes: 0 success; 1 runtime failure (NetworkManager or the bus unreachable, preferred uplink unhealthy
-for `check`, name already owned for `run`); 2 bad configuration or usage; 3 the daemon is not running;
-4 access denied (by the bus policy, or by the daemon after asking polkit). Configuration errors are
-reported before anything is changed.
+Exit codes: EXIT_* below; what makes each command end with each is docs.EXIT_STATUS (the man page's and
+the README's table). Configuration errors are reported before anything is changed.
 """
 
 from __future__ import annotations
@@ -16,6 +14,8 @@ import asyncio
 import difflib
 import json
 import math
+import os
+import select
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -211,7 +211,8 @@ def _add_setup_commands(commands: argparse._SubParsersAction[Any]) -> None:
         help="put the unit, D-Bus policy, dispatcher hook and env file in place (pip/pipx installs)",
         description="Install what a pip or pipx installation lacks: the systemd unit (running this "
         "installation's nmfailover), the D-Bus policy, the NetworkManager dispatcher hook, the env file "
-        "(never replaced once there), the man page and shell completions. Root only. Changes nothing "
+        "(never replaced once there), the polkit files, the man page and shell completions, and the desktop "
+        "notice's user unit and autostart entry. Root only. Changes nothing "
         "that was edited since, unless --force.",
     )
     install.add_argument(
@@ -519,6 +520,30 @@ def _run_client(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        if not _reader_gone():
+            raise  # a socket's, not the output's
+        # The output's reader went away (`| head`): the rest is dropped, with no traceback, and not exit 0,
+        # as the output was cut. Python's own flush at exit must not fail either, hence /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_FAILURE
+
+
+def _reader_gone() -> bool:
+    """Nobody reads stdout any more: the kernel reports an error on a pipe whose reading end is closed."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # POLLERR is reported whether asked for or not
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no file descriptor (a test's capture): not a pipe
+        return False
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "demo":

@@ -31,6 +31,7 @@ from .errors import ConfigError as ConfigError
 PREFIX = "NMFAILOVER_"
 ENV_FILE_VARIABLE = "NMFAILOVER_ENV_FILE"
 DEFAULT_ENV_FILE = Path("/etc/nmfailover/nmfailover.env")
+ENV_FILE_MEANING = "The env file to read; empty: none. A file named explicitly must exist."
 DEFAULT_HOOKS_DIR = Path("/etc/nmfailover/hooks.d")
 # What the daemon sets for switch hooks (hooks.py), not settings: a hook that runs `nmfailover check`
 # passes them on, and that must not be refused as a typo.
@@ -165,128 +166,306 @@ class Settings(BaseSettings):
         alias_generator=AliasGenerator(validation_alias=_variable_name),
     )
 
-    # Empty: auto, the active connections that can carry the default route (nmfailover.discovery orders).
-    uplinks: tuple[str, ...] = ()
-    probe_targets: tuple[Target, ...] = Field(DEFAULT_TARGETS, validation_alias="NMFAILOVER_PROBE_URLS")
-    # The ceiling of each probe's timeout; the timeout itself follows the target's answer times through the
-    # uplink (SRTT + 4 RTTVAR), never below the floor.
-    probe_timeout: Seconds = 1.0
-    probe_timeout_min: Seconds = 0.25  # capped by probe_timeout: a short ceiling means a fixed timeout
-    # A round whose probes time out while the device receives at least this many bytes per second is slow
-    # (a full queue), not failed; 0 turns this off (e.g. on a LAN flooded with multicast).
+    # Each setting's meaning is its description: the commented env file, the README's table and the man
+    # page's ENVIRONMENT section are generated from these (python -m nmfailover.docs). Backticks mark
+    # literal text; examples[0], where given, is the env file's example line instead of the default.
+    uplinks: tuple[str, ...] = Field(
+        (),
+        description="Unset, empty or `auto`: every active connection that can carry a default route, "
+        "wired before Wi-Fi before a tethered phone before a modem, metered last, then by route metric "
+        "(`nmfailover status` shows the order and why). Or comma-separated NetworkManager profiles (id, "
+        "UUID or interface name), most preferred first, at least 2: `nmcli -f NAME,UUID,DEVICE connection "
+        "show` lists them. virtual-failover's `PRIMARY_CONNECTION`, `BACKUP_CONNECTION` and "
+        "`FALLBACK_CONNECTION` (optional) are accepted instead.",
+        examples=["Fiber,Hotspot"],
+    )
+    probe_targets: tuple[Target, ...] = Field(
+        DEFAULT_TARGETS,
+        validation_alias="NMFAILOVER_PROBE_URLS",
+        description="Comma-separated probe targets `URL [STATUS [BODY]]`: the HTTP status and a body "
+        "substring a healthy answer must have. The default connectivity checks (Google, Cloudflare, "
+        "Mozilla, GNOME) need only the URL; other URLs default to 204 for `.../generate_204`, else 200, "
+        'e.g. `"https://example.net/health 200 ok"`. A redirect (captive portal) or a wrong body counts '
+        "as a failure.",
+    )
+    probe_timeout: Seconds = Field(
+        1.0,
+        description="The longest a probe (DNS + connect + TLS + answer) may take, in seconds; not longer "
+        "than `NMFAILOVER_ACTIVE_INTERVAL` or `NMFAILOVER_STANDBY_INTERVAL`.",
+    )
+    probe_timeout_min: Seconds = Field(
+        0.25,
+        description="The shortest, in seconds: each probe's timeout follows that target's own answer times "
+        "through the uplink (smoothed round-trip time + 4 x its variation, as TCP does) between this floor "
+        "and `NMFAILOVER_PROBE_TIMEOUT`, and a doubt is confirmed with the full timeout.",
+    )
     busy_rx_rate: Annotated[int, _checked(int, lambda n: n >= 0, "must be a whole number of 0 or more")] = (
-        32768
+        Field(
+            32768,
+            description="Busy is not dead: a round whose probes time out while the uplink keeps receiving at "
+            "least this many bytes per second (your own download filling the router's queue) counts as slow, "
+            "not failed. `0` turns this off (e.g. on a LAN flooded with multicast).",
+        )
     )
-    probe_quorum: Count = 1
-    # The pace of the uplinks traffic uses or would rather use; with heartbeats on, most of these rounds are
-    # a single ICMP echo.
+    probe_quorum: Count = Field(1, description="Targets that must answer correctly for a round to be good.")
     active_interval: Seconds = Field(
-        1.0, validation_alias=AliasChoices("NMFAILOVER_ACTIVE_INTERVAL", "PRIMARY_CHECK_INTERVAL_IN_SECONDS")
+        1.0,
+        validation_alias=AliasChoices("NMFAILOVER_ACTIVE_INTERVAL", "PRIMARY_CHECK_INTERVAL_IN_SECONDS"),
+        description="Seconds from the start of one round to the next on the uplink carrying traffic and "
+        "on those preferred over it.",
     )
-    # Backups are often metered, so they are probed less often.
     standby_interval: Seconds = Field(
-        30.0, validation_alias=AliasChoices("NMFAILOVER_STANDBY_INTERVAL", "BACKUP_CHECK_INTERVAL_IN_SECONDS")
+        30.0,
+        validation_alias=AliasChoices("NMFAILOVER_STANDBY_INTERVAL", "BACKUP_CHECK_INTERVAL_IN_SECONDS"),
+        description="Seconds between rounds on the uplinks less preferred than the one carrying traffic, "
+        "which are often metered and so probed less often.",
     )
-    # May be shorter than probe_timeout: rounds then run back to back.
-    suspect_interval: Seconds = 0.5
-    # A healthy uplink's rounds are ICMP echoes to the address a probe target answered from, and an HTTP
-    # round proves DNS, HTTP and no captive portal at least this often (the standby ones less often, as
-    # they are often metered): 84 bytes a second instead of 600.
-    heartbeat: Flag = True
-    proof_interval: Seconds = 300.0
-    standby_proof_interval: Seconds = 300.0
-    # Loss is not death: a missed heartbeat is confirmed by bursts of echoes whose answers are counted (none:
-    # the path is dead; some: a sequential test between the tolerated and the heavy share of lost echoes),
-    # and HTTP rounds in a row that may time out while a burst shows loss before the uplink counts as failing.
-    echo_burst: Count = 8
-    loss_excuses: Annotated[int, _checked(int, lambda n: n >= 0, "must be a whole number of 0 or more")] = 8
+    suspect_interval: Seconds = Field(
+        0.5,
+        description="Seconds between rounds while an uplink's last round disagreed with its state; "
+        "shorter than `NMFAILOVER_PROBE_TIMEOUT`, rounds run back to back.",
+    )
+    heartbeat: Flag = Field(
+        True,
+        description="Heartbeats: a healthy uplink's rounds are a single ICMP echo (84 bytes on the wire, a "
+        "seventh of an HTTP probe) to the address a probe target answered from; a missed one is confirmed "
+        "at once by bursts of echoes whose answers are counted. Targets that never answer echoes are "
+        "probed by HTTP only. `false`: HTTP rounds only.",
+    )
+    proof_interval: Seconds = Field(
+        300.0,
+        description="Seconds between HTTP rounds (a real lookup, a new connection, no captive portal) "
+        "that prove every layer of the uplink carrying traffic; between proofs the cheap DNS and HTTP "
+        "checks cover it. Not shorter than `NMFAILOVER_ACTIVE_INTERVAL`.",
+    )
+    standby_proof_interval: Seconds = Field(
+        300.0,
+        description="The same for the standby uplinks, often metered; the one traffic would move to is "
+        "checked the moment the current one is in doubt. Not shorter than `NMFAILOVER_STANDBY_INTERVAL`.",
+    )
+    echo_burst: Count = Field(
+        8,
+        description="Echoes in each burst that confirms a missed heartbeat: none answered is a dead path; "
+        "some answered feed the loss test of `NMFAILOVER_LOSS_TOLERATED` and `NMFAILOVER_LOSS_HEAVY`.",
+    )
+    loss_excuses: Annotated[int, _checked(int, lambda n: n >= 0, "must be a whole number of 0 or more")] = (
+        Field(
+            8,
+            description="Failed HTTP rounds in a row, all timeouts, that count as loss rather than failure "
+            "while an echo burst shows loss (a burst with every echo answered means HTTP itself does not "
+            "answer: no excuse); `0`: none.",
+        )
+    )
     loss_tolerated: Annotated[
         float, _checked(float, lambda x: 0 <= x < 100, "must be a percentage of 0 or more, below 100")
-    ] = 28.0
+    ] = Field(
+        28.0,
+        description="Percent of echoes a usable path may lose (15 % each way loses 28 % of round trips): "
+        "bursts go on until a sequential test (Wald's) tells this loss from the heavy one, about a dozen "
+        "to fifty echoes. Below `NMFAILOVER_LOSS_HEAVY`.",
+    )
     loss_heavy: Annotated[
         float, _checked(float, lambda x: 0 < x < 100, "must be a percentage above 0, below 100")
-    ] = 60.0
-    # The cheap layers between proofs on the uplink carrying traffic (and those preferred to it): a DNS
-    # query to its own resolvers and a request on a kept-alive HTTP connection, each this often, and every
-    # NMFAILOVER_TRAFFIC_CHECK_INTERVAL seconds while the user's own traffic goes through it.
-    dns_check_interval: Seconds = 15.0
-    http_check_interval: Seconds = 15.0
-    traffic_check_interval: Seconds = 3.0
-    # Watch the user's own traffic through each uplink (connection attempts, DNS queries, silence) and probe
-    # at once when it shows trouble.
-    passive: Flag = True
-    # Seconds after which a connection attempt or a lookup of the user's without an answer is a sign.
-    passive_syn_patience: Seconds = 0.4
-    passive_dns_patience: Seconds = 1.0
-    # Dead resolvers behind a live path: keep the traffic and put working resolvers in front for that link
-    # (NMFAILOVER_DNS_SERVERS, or the other uplinks' own); off, the uplink counts as down instead.
-    dns_failover: Flag = True
-    dns_servers: tuple[str, ...] = ()
-    # Seconds between the IPv6 heartbeats that judge a dual-stack uplink's IPv6 path on its own.
-    ipv6_interval: Seconds = 20.0
-    fail_count: Count = 2
-    rise_count: Count = 3
-    failback_hold_down: HoldDown = 30.0
-    # Route-flap damping: each further failure of an uplink within the window doubles its hold-down,
-    # up to this cap, so a primary that dies every few minutes is not taken back every time.
-    failback_hold_down_max: HoldDown = 960.0
-    flap_window: Seconds = 3600.0
-    # Brownout: over this window, at least this share of lost answers (percent), or a median answer time
-    # this many times the uplink's usual one, makes it degraded; traffic then moves if a better uplink is
-    # healthy.
-    brownout_window: Seconds = 20.0
+    ] = Field(
+        60.0,
+        description="Percent of lost echoes that makes an uplink unusable (60 % one way; each way is "
+        "84 %): such a test fails the uplink, at a false-alarm rate of one in a million tests.",
+    )
+    dns_check_interval: Seconds = Field(
+        15.0,
+        description="Seconds between DNS queries (about 160 bytes) to the uplink's own resolvers, bound to "
+        "its device, on the uplink carrying traffic and those preferred to it.",
+    )
+    http_check_interval: Seconds = Field(
+        15.0,
+        description="Seconds between requests on a kept-alive HTTP connection (no lookup, no handshake) to "
+        "the address a proof reached; any failure (refused, no answer, a redirect or login page) calls a "
+        "proof at once.",
+    )
+    traffic_check_interval: Seconds = Field(
+        3.0,
+        description="The pace of the DNS and HTTP checks, in seconds, while your own traffic goes through "
+        "the uplink: bytes are spent where there is traffic.",
+    )
+    passive: Flag = Field(
+        True,
+        description="Watch your own traffic through each uplink (connection attempts answered, refused or "
+        "unanswered, DNS queries answered or not, sending while receiving nothing) and check the uplink "
+        "the moment it shows trouble; costs no probe traffic.",
+    )
+    passive_syn_patience: Seconds = Field(
+        0.4,
+        description="Seconds after which one of your connection attempts through an uplink without an "
+        "answer makes it check its path at once (counted as a missed heartbeat, confirmed by a burst).",
+    )
+    passive_dns_patience: Seconds = Field(
+        1.0,
+        description="Seconds after which one of your lookups through an uplink without an answer makes it "
+        "check its resolvers at once.",
+    )
+    dns_failover: Flag = Field(
+        True,
+        description="Dead resolvers behind a live path: traffic stays on the uplink and working resolvers "
+        "are put in front for it through NetworkManager at run time, given back when its own answer "
+        "again; `false`: such an uplink counts as down.",
+    )
+    dns_servers: tuple[str, ...] = Field(
+        (),
+        description="Comma-separated resolver addresses to put in front of an uplink whose own resolvers "
+        "are dead; none: the other uplinks' own resolvers.",
+    )
+    ipv6_interval: Seconds = Field(
+        20.0,
+        description="Seconds between the IPv6 heartbeats that judge a dual-stack uplink's IPv6 path on "
+        "its own.",
+    )
+    fail_count: Count = Field(
+        2,
+        description="Consecutive failed rounds before an uplink is down (a vanished device is down at once).",
+    )
+    rise_count: Count = Field(3, description="Consecutive good rounds before a down uplink is up again.")
+    failback_hold_down: HoldDown = Field(
+        30.0, description="Seconds a more preferred uplink must stay up before traffic moves back to it."
+    )
+    failback_hold_down_max: HoldDown = Field(
+        960.0,
+        description="Flap damping: each further failure of an uplink within `NMFAILOVER_FLAP_WINDOW` "
+        "doubles its hold-down, up to this many seconds, so a primary that dies every few minutes is not "
+        "taken back every time (`status` shows each uplink's hold-down and why).",
+    )
+    flap_window: Seconds = Field(3600.0, description="Seconds a failure counts toward flap damping.")
+    brownout_window: Seconds = Field(
+        20.0,
+        description="Seconds over which loss and answer times are judged for a brownout (`status` shows "
+        "`loss_pct`, `rtt_p50_ms`, `rtt_p95_ms`).",
+    )
     brownout_loss: Annotated[
         float, _checked(float, lambda x: 0 < x <= 100, "must be a percentage above 0, at most 100")
-    ] = 50.0
+    ] = Field(
+        50.0,
+        description="Percent of lost answers over the brownout window that makes an uplink `degraded`: "
+        "traffic leaves it if a better uplink is healthy, and returns only after a hold-down without "
+        "degradation; light loss never moves traffic.",
+    )
     brownout_latency: Annotated[
         float, _checked(float, lambda x: 1 < x < float("inf"), "must be a number above 1")
-    ] = 5.0
-    metric_base: Metric = 100
-    metric_step: Count = 100  # its upper bound depends on the base and the number of uplinks
-    manage_autoconnect_priority: Flag = True
-    # Uplinks whose applied connection gets connection.metered=yes while the daemon runs. Which uplink a
-    # name stands for (role, profile id, UUID, interface) is known only once NetworkManager has resolved the
-    # profiles, so engine/actuator.py refuses the names that are none of them.
-    metered: tuple[str, ...] = ()
-    # Uplinks kept down while a more preferred one is healthy, activated when none is, and deactivated
-    # again this long after traffic left them (connections still on them finish first). Named as METERED.
-    on_demand: tuple[str, ...] = ()
-    on_demand_linger: HoldDown = 30.0
-    # The data budget of the metered uplinks (budget.py): bytes a month, or None for none; and the shares
-    # of it (percent) at which a warning is logged.
-    metered_budget: int | None = None
-    metered_budget_warn: tuple[int, ...] = (75, 95)
-    # Routing by source address: each uplink's applied connection gets a routing table of its own (table
-    # base + its index) with its default route, and rules "from its addresses" into it, so a connection
-    # keeps leaving through the uplink whose address it uses when the main default route moves.
-    source_routing: Flag = True
+    ] = Field(
+        5.0,
+        description="A median answer time this many times the uplink's usual one (and at least 100 ms more) "
+        "also makes it `degraded`; answers measured while your own traffic fills the line do not count.",
+    )
+    metric_base: Metric = Field(
+        100, description="Route metric (IPv4 and IPv6) of the uplink carrying traffic."
+    )
+    # Its upper bound depends on the base and the number of uplinks (_check_relations).
+    metric_step: Count = Field(
+        100, description="The uplink ranked k gets the route metric `NMFAILOVER_METRIC_BASE` + k x this."
+    )
+    manage_autoconnect_priority: Flag = Field(
+        True, description="Also rank `connection.autoconnect-priority` (in memory only, nothing saved)."
+    )
+    # Which uplink a name stands for (role, profile id, UUID, interface) is known only once NetworkManager
+    # has resolved the profiles, so engine/actuator.py refuses the names that are none of them.
+    metered: tuple[str, ...] = Field(
+        (),
+        description="Uplinks to mark metered while the daemon runs (`connection.metered=yes` at run time, "
+        "nothing saved), named as in `NMFAILOVER_UPLINKS` or by role, e.g. `backup`: the desktop, apt and "
+        "Flatpak then hold back big downloads while traffic is on it.",
+    )
+    on_demand: tuple[str, ...] = Field(
+        (),
+        description="Uplinks kept down while a more preferred one is healthy (a 4G stick that should not "
+        "burn data or battery while the fiber works) and activated through NetworkManager when none is; "
+        "named as in `NMFAILOVER_METERED`.",
+    )
+    on_demand_linger: HoldDown = Field(
+        30.0,
+        description="Seconds an on-demand uplink stays up after traffic left it (connections still on it "
+        "finish first), 0 or more.",
+    )
+    metered_budget: int | None = Field(
+        None,
+        description="A monthly data budget for the metered uplinks (NetworkManager says metered, or named "
+        "in `NMFAILOVER_METERED`): a size like `5GiB`, `500MB` or `2000000` (bytes; units B, kB, MB, GB, "
+        "TB, KiB, MiB, GiB, TiB). The bytes each carries while it carries traffic are counted per outage "
+        "and per calendar month in /var/lib/nmfailover, and shown by `status` and the metrics; without a "
+        "budget they are counted, never warned about.",
+    )
+    metered_budget_warn: tuple[int, ...] = Field(
+        (75, 95),
+        description="Rising percentages of that budget at which a warning is logged (and shown by `status` "
+        "and the metrics); empty: never.",
+    )
+    source_routing: Flag = Field(
+        True,
+        description="Connections outlive switches: each uplink's applied connection gets a routing table of "
+        "its own (at run time, nothing saved) with its default route, and rules so that a connection keeps "
+        "leaving through the uplink whose address it uses; new connections follow the main default route. "
+        "`false`: off.",
+    )
     source_routing_table: Annotated[
         int, _checked(int, lambda n: 1 <= n <= MAX_TABLE, f"must be a whole number from 1 to {MAX_TABLE}")
-    ] = 7100
-    # Rules at this priority send an uplink's own traffic to the main table's specific routes (LAN, VPN),
-    # at the next one to its table: both must come before the main table's rule (32766).
+    ] = Field(
+        7100,
+        description="The first uplink's routing table; the uplink ranked k uses this + k. The range must "
+        "avoid the kernel's tables 253-255.",
+    )
     source_routing_priority: Annotated[
         int,
         _checked(int, lambda n: 1 <= n <= MAX_SOURCE_RULE_PRIORITY, f"must be a whole number from 1 to "
                  f"{MAX_SOURCE_RULE_PRIORITY}"),
-    ] = 30100  # fmt: skip
-    log_level: str = "INFO"
-    # Empty turns hooks off; only the default may be missing (an explicitly named one must exist).
-    hooks_dir: Path | None = DEFAULT_HOOKS_DIR
-    hook_timeout: Seconds = 10.0
-    failback_guard: Path | None = None
-    # The daemon decides nothing else while it waits for the guard, hence a short default.
-    failback_guard_timeout: Seconds = 2.0
-    webhook_url: str | None = None
-    # WireGuard interfaces whose peers follow each switch (tunnels.py): ("auto",) is every WireGuard
-    # interface found at the switch, () is off. Whether a named one exists is known only on the machine at
-    # start (tunnels.check_names), not here.
-    wireguard_follow: tuple[str, ...] = ("auto",)
+    ] = Field(
+        30100,
+        description="Priority of the rules that keep the main table's specific routes (LAN, VPN) for an "
+        "uplink's own traffic; its rule into its own table takes the next one. From 1 to 32764: before "
+        "the main table's rule (32766).",
+    )  # fmt: skip
+    log_level: str = Field("INFO", description="One of " + ", ".join(LOG_LEVELS) + ".")
+    hooks_dir: Path | None = Field(
+        DEFAULT_HOOKS_DIR,
+        description="Switch hooks: the executables run after every switch (see the README). The default "
+        "may be missing (no hooks), a directory named explicitly must exist; empty turns hooks off.",
+    )
+    hook_timeout: Seconds = Field(
+        10.0, description="Seconds each hook may run; then its process group is killed."
+    )
+    failback_guard: Path | None = Field(
+        None, description="Absolute path of an executable asked before every failback (see the README)."
+    )
+    failback_guard_timeout: Seconds = Field(
+        2.0,
+        description="Seconds the failback guard may take; a timeout vetoes the failback. Short: the daemon "
+        "decides nothing else meanwhile.",
+    )
+    webhook_url: str | None = Field(
+        None, description="`http://` or `https://` URL every switch is POSTed to as JSON (see the README)."
+    )
+    # ("auto",) is every WireGuard interface found at the switch, () is off. Whether a named one exists is
+    # known only on the machine at start (tunnels.check_names), not here.
+    wireguard_follow: tuple[str, ...] = Field(
+        ("auto",),
+        description="WireGuard interfaces whose peers follow every switch (their endpoints set again, so "
+        "the tunnel leaves through the new uplink): `auto` (every WireGuard interface), `off`, or names "
+        "such as `wg0,wg1`; a name that is not a WireGuard interface at start is refused.",
+    )
     # Both off by default: the metrics name the uplinks and their devices, and are served without
     # authentication, hence loopback only.
-    metrics_listen: ListenAddress | None = None
-    metrics_textfile: Path | None = None
-    metrics_textfile_interval: Seconds = 15.0
+    metrics_listen: ListenAddress | None = Field(
+        None,
+        description="`ADDRESS:PORT` to serve Prometheus metrics on over HTTP, loopback only, e.g. "
+        "`127.0.0.1:9469` or `[::1]:9469` (see the README's Metrics).",
+    )
+    metrics_textfile: Path | None = Field(
+        None,
+        description="Absolute path of a node_exporter textfile (`*.prom`, in an existing directory the "
+        "service may write) to write the metrics to, e.g. "
+        "`/var/lib/prometheus/node-exporter/nmfailover.prom`.",
+    )
+    metrics_textfile_interval: Seconds = Field(
+        15.0,
+        description="Seconds between rewrites of the metrics textfile; it is also rewritten right after "
+        "every switch.",
+    )
 
     _legacy_uplinks: bool = PrivateAttr(default=False)
 

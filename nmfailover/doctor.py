@@ -23,7 +23,7 @@ import sys
 import xml.etree.ElementTree as ElementTree
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 from .config import DEFAULT_ENV_FILE, ENV_FILE_VARIABLE, Settings, load_settings
@@ -40,6 +40,7 @@ from .system_files import (
     PACKAGED_DISPATCHER_HOOK,
     UNIT_DIRS,
     UNIT_NAME,
+    sandbox_hidings,
     systemd_running,
     under_root,
 )
@@ -217,12 +218,20 @@ class Doctor:
         path = next((p for p in candidates if p.exists()), None)
         if path is None:
             return [Check(FAIL, f"unit {candidates[0]} missing", self.install_fix)]
-        executable = exec_start(path.read_text(encoding="utf-8", errors="replace"))
+        text = path.read_text(encoding="utf-8", errors="replace")
+        executable = exec_start(text)
         if executable is None:
             found = Check(FAIL, f"unit {path} has no ExecStart=", self.install_fix)
         elif not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
             found = Check(
                 FAIL, f"unit {path} runs {executable}, which is not an executable file", self.install_fix
+            )
+        elif hidings := sandbox_hidings(text, _program_paths(executable)):
+            found = Check(
+                FAIL,
+                f"unit {path} runs {executable}, which lives under {hidings[0].why}: the service "
+                "cannot start",
+                f"{self.install_fix} --force (it writes {hidings[0].loosened})",
             )
         else:
             found = Check(OK, f"unit {path} runs {executable}")
@@ -355,6 +364,20 @@ class Doctor:
                     fix += " (probes bind to the device, which needs root)"
                 checks.append(Check(FAIL, f"{where} probe failed: {result.summary}", fix))
         return checks
+
+
+def _program_paths(executable: str) -> list[PurePosixPath]:
+    """The executable and, for a script, its interpreter, each also with its links resolved."""
+    paths = [executable]
+    try:
+        with open(executable, "rb") as script:
+            first = script.readline(4096)
+    except OSError:
+        first = b""
+    if first.startswith(b"#!"):
+        words = first[2:].decode(errors="replace").split()
+        paths += words[:1]
+    return [PurePosixPath(p) for path in paths for p in dict.fromkeys((path, os.path.realpath(path)))]
 
 
 def exec_start(unit_text: str) -> str | None:

@@ -3,7 +3,7 @@
     python -m nmfailover.manpage --out DIR   writes DIR/nmfailover.8, DIR/nmfailover.bash, DIR/_nmfailover
 
 Commands and options come from cli.build_parser(), the variables and their defaults from
-config.Settings.model_fields (what each means from the comments in the shipped env file), the files from
+config.Settings' fields (their defaults and descriptions, through docs.settings()), the files from
 system_files, so none of them can drift from the code. Not argparse-manpage or shtab (both on PyPI and
 well kept): they would generate the command and option lists, the smaller part; the ENVIRONMENT, FILES and
 EXIT STATUS sections come from pydantic and this package, which neither knows. A dependency of the .deb's
@@ -24,33 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pydantic import AliasChoices
-from pydantic.fields import FieldInfo
-
-from . import __version__, cli, config, system_files
+from . import __version__, cli, config, docs, system_files
 from .engine import role_name
 
 OUTPUTS = {"man": "nmfailover.8", "bash": "nmfailover.bash", "zsh": "_nmfailover"}
-EXIT_STATUS = (
-    (cli.EXIT_OK, "Success; for check and doctor: the most preferred uplink is healthy, every check passed."),
-    (
-        cli.EXIT_FAILURE,
-        "Runtime failure: NetworkManager or the system bus unreachable, the daemon did not answer in time; "
-        "check: the preferred uplink is unhealthy; doctor: a check failed; run: another instance owns the "
-        "D-Bus name, or the D-Bus policy is not installed.",
-    ),
-    (
-        cli.EXIT_USAGE,
-        "Bad configuration or usage: one line names the variable or argument and the problem; nothing "
-        "was changed.",
-    ),
-    (cli.EXIT_NOT_RUNNING, "The daemon is not running (no net.nmfailover.Failover1 on the system bus)."),
-    (
-        cli.EXIT_DENIED,
-        "Access denied: root and the nmfailover group may change things; prefer and test-failover also "
-        "the user of the active local session (polkit).",
-    ),
-)
 # How a value is completed, by the option's metavar.
 _DIRECTORY_METAVARS = frozenset({"DIR"})
 _INTERFACE_METAVARS = frozenset({"IF"})
@@ -136,61 +113,8 @@ def commands(parser: argparse.ArgumentParser | None = None) -> list[Command]:
     ]
 
 
-@dataclass(frozen=True)
-class Variable:
-    name: str
-    default: str
-    meaning: str
-    aliases: tuple[str, ...]
-
-
-def _default(field: FieldInfo) -> str:
-    if field.is_required():
-        return ""
-    value = field.get_default(call_default_factory=True)
-    if value is None or value in ("", ()):
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, tuple | list):
-        return ", ".join(str(getattr(item, "url", item)) for item in value)
-    return str(value)
-
-
-def env_file_meanings(text: str) -> dict[str, str]:
-    """NAME -> the comment right above its line in the env file; NAME= lines in a row share one comment."""
-    meanings: dict[str, str] = {}
-    comment: list[str] = []
-    shared = ""
-    for line in text.splitlines():
-        assignment = re.match(r"#?([A-Z][A-Z0-9_]*)=", line)
-        if assignment:
-            shared = " ".join(comment) if comment else shared
-            meanings[assignment.group(1)] = shared
-            comment = []
-        elif line.startswith("#"):
-            comment.append(line.lstrip("#").strip())
-        elif not line.strip():
-            comment, shared = [], ""
-    return meanings
-
-
-def variables() -> list[Variable]:
-    try:
-        meanings = env_file_meanings(system_files.data_file("nmfailover.env").decode())
-    except system_files.SystemFilesError:
-        meanings = {}
-    found = []
-    for field in config.Settings.model_fields.values():
-        alias = field.validation_alias
-        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
-        names = [c for c in choices if isinstance(c, str)]
-        name = next(n for n in names if n.startswith(config.PREFIX))
-        others = tuple(n for n in names if n != name)
-        found.append(Variable(name, _default(field), meanings.get(name, ""), others))
-    return found
+def variables() -> list[docs.SettingDoc]:
+    return docs.settings()
 
 
 # -- roff --------------------------------------------------------------------------------------------
@@ -212,6 +136,16 @@ def _bold(text: str) -> str:
 
 def _italic(text: str) -> str:
     return f"\\fI{roff(text)}\\fR"
+
+
+def _marked(text: str) -> str:
+    """A roff line of text whose `literal` parts (in backticks, as in the settings' descriptions) are bold."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:
+        raise ValueError(f"unpaired backtick in {text!r}")
+    words = [_bold(part) if index % 2 else roff(part) for index, part in enumerate(parts)]
+    # Only the line's start can be taken for a request: a later piece needs no \& in front.
+    return words[0] + "".join(word.removeprefix("\\&") for word in words[1:])
 
 
 def _synopsis_item(option: Option) -> str:
@@ -302,8 +236,8 @@ def render_man(parser: argparse.ArgumentParser | None = None) -> str:
     out += _environment()
     out += _files()
     out += [".SH EXIT STATUS"]
-    for code, meaning in EXIT_STATUS:
-        out += [".TP", f"\\fB{code}\\fR", roff(meaning)]
+    for status in docs.EXIT_STATUS:
+        out += [".TP", f"\\fB{status.code}\\fR", _marked(status.text())]
     out += [
         ".SH SEE ALSO",
         "\\fBNetworkManager\\fR(8), \\fBnmcli\\fR(1), \\fBsystemctl\\fR(1), \\fBsystemd.exec\\fR(5), "
@@ -322,23 +256,12 @@ def _environment() -> list[str]:
         ),
     ]
     for variable in variables():
-        meaning = variable.meaning.strip()
-        out += [".TP", _bold(variable.name), roff(meaning + ("" if meaning.endswith(".") else "."))]
-        if variable.default:
-            out.append(roff(f"Default: {variable.default}."))
-        elif "Required" not in meaning:
-            out.append(roff("Required."))
-        if variable.aliases:
-            out.append(roff(f"Also accepted under virtual-failover's name {', '.join(variable.aliases)}."))
+        out += [".TP", _bold(variable.name), _marked(_sentence(variable.full_meaning))]
+        out.append(roff(f"Default: {variable.default}."))
     out += [
         ".TP",
         _bold(config.ENV_FILE_VARIABLE),
-        roff(f"The env file. Default: {config.DEFAULT_ENV_FILE}; empty: none."),
-        ".TP",
-        ", ".join(_bold(name) for name in config.LEGACY_UPLINK_VARIABLES),
-        roff(
-            "virtual-failover's names, accepted instead of NMFAILOVER_UPLINKS (FALLBACK_CONNECTION optional)."
-        ),
+        roff(f"{config.ENV_FILE_MEANING} Default: {config.DEFAULT_ENV_FILE}."),
         ".TP",
         _bold("DBUS_SYSTEM_BUS_ADDRESS"),
         roff(f"The system bus. Default: unix:path={system_files.DEFAULT_SYSTEM_BUS_SOCKET}."),

@@ -53,10 +53,33 @@ UNIT_DIRS = tuple(
     for d in ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 )
 DEFAULT_SYSTEM_BUS_SOCKET = "/run/dbus/system_bus_socket"
-# systemd's ProtectHome=yes hides these: a unit whose interpreter lives there could not even start.
-_HOME_DIRS = (PurePosixPath("/home"), PurePosixPath("/root"), PurePosixPath("/run/user"))
-# PrivateTmp=yes gives the service an empty /tmp of its own.
-_TMP_DIRS = (PurePosixPath("/tmp"), PurePosixPath("/var/tmp"))
+
+
+@dataclass(frozen=True)
+class Hiding:
+    """A sandbox setting of the unit that hides directories from the service: a unit whose executable or
+    interpreter lives there could not even start, so for such an installation it is loosened."""
+
+    setting: str  # as the shipped unit has it
+    loosened: str
+    dirs: tuple[PurePosixPath, ...]
+    why: str
+
+
+HIDINGS = (
+    Hiding(
+        "ProtectHome=yes",
+        "ProtectHome=read-only",
+        (PurePosixPath("/home"), PurePosixPath("/root"), PurePosixPath("/run/user")),
+        "a home directory, which ProtectHome=yes would hide",
+    ),
+    Hiding(
+        "PrivateTmp=yes",
+        "PrivateTmp=no",
+        (PurePosixPath("/tmp"), PurePosixPath("/var/tmp")),
+        "/tmp or /var/tmp, which PrivateTmp=yes would replace with an empty one",
+    ),
+)
 # systemd takes these in an unquoted ExecStart path as they are; anything else is quoted and escaped.
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/._+@-]+")
 
@@ -120,11 +143,10 @@ def render_unit(executable: Path) -> bytes:
     text = text.replace(exec_lines[0], f"ExecStart={systemd_quote(str(executable))} run")
     # The .deb's documentation path does not exist for a pip install; the man page comes with this one.
     text = re.sub(r"^Documentation=.*$", "Documentation=man:nmfailover(8)", text, flags=re.MULTILINE)
-    if any(_under(path, _HOME_DIRS) for path in installation_paths(executable)):
+    for hiding in sandbox_hidings(text, installation_paths(executable)):
         text = re.sub(
-            r"^ProtectHome=yes$",
-            "# This installation lives under a home directory, which ProtectHome=yes would hide.\n"
-            "ProtectHome=read-only",
+            rf"^{re.escape(hiding.setting)}$",
+            f"# This installation lives under {hiding.why}.\n{hiding.loosened}",
             text,
             flags=re.MULTILINE,
         )
@@ -148,6 +170,17 @@ def systemd_quote(path: str) -> str:
 
 def _under(path: PurePosixPath, parents: Sequence[PurePosixPath]) -> bool:
     return any(path == parent or parent in path.parents for parent in parents)
+
+
+def sandbox_hidings(unit_text: str, paths: Sequence[PurePosixPath]) -> list[Hiding]:
+    """The settings in `unit_text` (the last of each name counts, as for systemd) that hide one of `paths`."""
+    found = []
+    for hiding in HIDINGS:
+        name = hiding.setting.split("=")[0]
+        values = re.findall(rf"^\s*{name}\s*=\s*(.*?)\s*$", unit_text, re.MULTILINE)
+        if values and f"{name}={values[-1]}" == hiding.setting and any(_under(p, hiding.dirs) for p in paths):
+            found.append(hiding)
+    return found
 
 
 def installation_paths(executable: Path) -> list[PurePosixPath]:

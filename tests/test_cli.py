@@ -154,3 +154,54 @@ def test_an_unknown_profile_lists_at_most_ten_existing_ones(nmlab: NMLab) -> Non
         "nmfailover: NMFAILOVER_UPLINKS: 'nosuch': no NetworkManager profile has this id, UUID or interface "
         f"name; existing profiles: {shown} and 6 more\n"
     )
+
+
+# -- the output's reader going away (`| head`) ------------------------------------------------------------
+
+
+def _with_a_closed_pipe(*args: str) -> tuple[int, str]:
+    """Run nmfailover with stdout a real pipe whose reading end is closed before it writes anything."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nmfailover", *args], stdout=write, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write)
+    _, stderr = proc.communicate(timeout=60)
+    return proc.returncode, stderr
+
+
+def test_a_closed_pipe_ends_the_output_without_a_traceback(tmp_path: Path) -> None:
+    # Issue 19: `install-system-files | head` and `status | head` ended in a BrokenPipeError traceback.
+    code, stderr = _with_a_closed_pipe("install-system-files", "--root", str(tmp_path))
+    assert (code, stderr) == (nmfailover_cli.EXIT_FAILURE, "")
+    # The work is done; only what it says about it is lost.
+    assert (tmp_path / "etc/systemd/system/nmfailover.service").is_file()
+
+
+def test_a_broken_pipe_that_is_not_the_output_still_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(_argv: object) -> int:
+        raise BrokenPipeError("a socket's")
+
+    monkeypatch.setattr(nmfailover_cli, "_main", broken)
+    with pytest.raises(BrokenPipeError, match="a socket's"):
+        nmfailover_cli.main([])
+
+
+@pytest.mark.lab
+def test_status_into_a_pipe_closed_early(nmlab: NMLab, tmp_path: Path) -> None:
+    from tests.daemon import running_daemon
+
+    with running_daemon(nmlab, tmp_path / "daemon.log") as daemon:
+        daemon.wait_log(r"ready: traffic on primary")
+        # `true` has exited long before status has its answer to print: the pipe is closed by then.
+        done = nmlab.host(
+            "bash",
+            "-c",
+            f"{sys.executable} -m nmfailover status | true; echo exit ${{PIPESTATUS[0]}}",
+            env=daemon_env(nmlab),
+            check=False,
+        )
+    assert (done.stdout, done.stderr) == (f"exit {nmfailover_cli.EXIT_FAILURE}\n", "")

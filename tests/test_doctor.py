@@ -320,6 +320,31 @@ def test_a_unit_running_a_vanished_installation_fails(tmp_path: Path) -> None:
     )
 
 
+def test_a_unit_hiding_its_installation_under_tmp_fails(tmp_path: Path) -> None:
+    # Issue 19: doctor said ok for a unit whose PrivateTmp=yes hides the installation it runs.
+    root = tmp_path / "root"
+    root.mkdir()
+    install_into(root, enable=False)
+    venv = tmp_path / "venv" / "bin"  # tmp_path is under /tmp
+    venv.mkdir(parents=True)
+    executable = venv / "nmfailover"
+    executable.write_text("#!/usr/bin/python3\n")
+    executable.chmod(0o755)
+    unit = under_root(root, system_files.UNIT)
+    shipped = unit.read_text()
+    assert "\nPrivateTmp=yes\n" in shipped
+    unit.write_text(shipped.replace("ExecStart=", f"ExecStart={executable} run\n#"))
+    check = Doctor(root, systemctl=fake_systemctl(tmp_path, "enabled"))._unit()[0]
+    assert only(check) == (
+        FAIL,
+        f"unit {unit} runs {executable}, which lives under /tmp or /var/tmp, which PrivateTmp=yes would "
+        "replace with an empty one: the service cannot start",
+        f"nmfailover install-system-files --root {root} --force (it writes PrivateTmp=no)",
+    )
+    unit.write_text(unit.read_text().replace("\nPrivateTmp=yes\n", "\nPrivateTmp=no\n"))
+    assert Doctor(root, systemctl=fake_systemctl(tmp_path, "enabled"))._unit()[0].status == OK
+
+
 @pytest.mark.parametrize(
     ("text", "executable"),
     [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nmfailover import cli, config, manpage
+from nmfailover import cli, config, manpage, system_files
 
 
 def _need(tool: str) -> str:
@@ -116,18 +116,29 @@ def test_defaults_come_from_the_settings() -> None:
     assert found["NMFAILOVER_ACTIVE_INTERVAL"].aliases == ("PRIMARY_CHECK_INTERVAL_IN_SECONDS",)
 
 
-def test_every_variable_has_its_meaning_from_the_env_file() -> None:
-    missing = [v.name for v in manpage.variables() if not v.meaning]
-    assert not missing, f"no comment above these in packaging/nmfailover.env: {missing}"
-    meanings = {v.name: v.meaning for v in manpage.variables()}
-    assert meanings["NMFAILOVER_ACTIVE_INTERVAL"] == "Seconds between rounds on the uplink carrying traffic."
-    # Adjacent lines share the comment above them; a comment between two lines is the second one's.
-    assert meanings["NMFAILOVER_RISE_COUNT"] == meanings["NMFAILOVER_FAIL_COUNT"]
+def test_every_variable_has_a_meaning_of_its_own(generated: Path) -> None:
+    # Each entry's paragraph is its own setting's description, never a neighbour's (issue 19: RISE_COUNT
+    # read "Consecutive failed rounds before an uplink is down").
+    environment = rendered(generated / "nmfailover.8").split("\nENVIRONMENT\n")[1].split("\nFILES\n")[0]
+    paragraphs = {}
+    for variable in manpage.variables():
+        entry = environment.split(f"\n       {variable.name}\n")[1].split("\n\n")[0]
+        paragraphs[variable.name] = " ".join(entry.split()).split(" Default: ")[0]
+        expected = " ".join(variable.full_meaning.replace("`", "").split())
+        assert paragraphs[variable.name] == expected, variable.name
+    assert len(set(paragraphs.values())) == len(paragraphs)
+    assert paragraphs["NMFAILOVER_RISE_COUNT"] == "Consecutive good rounds before a down uplink is up again."
 
 
-def test_env_file_comment_parsing() -> None:
-    text = "# header\n\n# first\n#A=1\n#B=2\n# third,\n# two lines\nC=3\n\n#D=4\n"
-    assert manpage.env_file_meanings(text) == {"A": "first", "B": "first", "C": "third, two lines", "D": ""}
+def test_the_files_section_lists_every_file_install_system_files_writes(generated: Path) -> None:
+    files = rendered(generated / "nmfailover.8").split("\nFILES")[1].split("\nEXIT STATUS\n")[0]
+    for spec in system_files.SYSTEM_FILES:
+        assert f"\n       {spec.target}\n" in files, spec.target
+
+
+def test_literals_are_bold() -> None:
+    page = manpage.render_man()
+    assert "or \\fBauto\\fR: every active connection" in page
 
 
 def test_a_new_command_shows_up_everywhere() -> None:

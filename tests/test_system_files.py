@@ -134,6 +134,64 @@ def test_protect_home_is_loosened_only_for_installations_under_a_home(
 
 
 @pytest.mark.parametrize(
+    ("paths", "private_tmp"),
+    [
+        (["/opt/nmfailover/bin/nmfailover", "/usr/lib/python3.11"], "PrivateTmp=yes"),
+        (["/tmp/venv/bin/nmfailover", "/usr/lib/python3.11"], "PrivateTmp=no"),
+        (["/opt/nmfailover/bin/nmfailover", "/var/tmp/python/bin/python3"], "PrivateTmp=no"),
+        (["/tmpfs/venv/bin/nmfailover"], "PrivateTmp=yes"),
+    ],
+)
+def test_private_tmp_is_turned_off_only_for_installations_under_tmp(
+    monkeypatch: pytest.MonkeyPatch, paths: list[str], private_tmp: str
+) -> None:
+    # Issue 19: a unit written for an installation under /tmp kept PrivateTmp=yes and could not start.
+    monkeypatch.setattr(system_files, "installation_paths", lambda _exe: [PurePosixPath(p) for p in paths])
+    unit = system_files.render_unit(Path(paths[0])).decode()
+    assert [line for line in unit.splitlines() if line.startswith("PrivateTmp=")] == [private_tmp]
+    assert ("# This installation lives under /tmp or /var/tmp" in unit) == (private_tmp == "PrivateTmp=no")
+
+
+@pytest.mark.parametrize(
+    ("unit", "hidden"),
+    [
+        ("PrivateTmp=yes\n", ["PrivateTmp=yes"]),
+        ("PrivateTmp=yes\nPrivateTmp=no\n", []),  # the last one counts, as for systemd
+        ("PrivateTmp = yes\n", ["PrivateTmp=yes"]),
+        ("ProtectHome=yes\n", []),
+        ("", []),
+    ],
+)
+def test_sandbox_hidings_read_the_unit_as_systemd_does(unit: str, hidden: list[str]) -> None:
+    found = system_files.sandbox_hidings(unit, [PurePosixPath("/tmp/venv/bin/nmfailover")])
+    assert [h.setting for h in found] == hidden
+
+
+def _readme_section(title: str) -> str:
+    return (REPO / "README.md").read_text().split(f"\n## {title}\n")[1].split("\n## ")[0]
+
+
+def test_the_readme_lists_every_file_install_system_files_writes() -> None:
+    section = _readme_section("Install with pip or pipx")
+    table = "\n".join(line for line in section.splitlines() if line.startswith("| `/"))
+    for spec in SYSTEM_FILES:
+        if spec.non_root:  # described in the text after the table, with --non-root
+            assert f"`{spec.target}`" in section.split("`--non-root`")[1], spec.target
+            continue
+        row = next((line for line in table.splitlines() if f"`{spec.target}`" in line), None)
+        assert row is not None, f"{spec.target} is missing from the README's table of what it writes"
+        assert f"| {spec.mode:04o} |" in row, spec.target
+    assert f"`{system_files.MANIFEST}`" in table
+
+
+def test_the_readme_runs_doctor_after_starting_the_service() -> None:
+    # doctor checks that the unit is enabled and running: before `systemctl enable --now` it cannot pass.
+    steps = _readme_section("Install with pip or pipx").split("```sh\n")[1].split("```")[0].splitlines()
+    commands = [line.split("#")[0].strip() for line in steps]
+    assert commands.index("nmfailover doctor") > commands.index("systemctl enable --now nmfailover")
+
+
+@pytest.mark.parametrize(
     ("path", "quoted"),
     [
         ("/opt/nmfailover/bin/nmfailover", "/opt/nmfailover/bin/nmfailover"),
