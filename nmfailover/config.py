@@ -246,7 +246,8 @@ class Settings(BaseSettings):
     echo_burst: Count = Field(
         8,
         description="Echoes in each burst that confirms a missed heartbeat: none answered is a dead path; "
-        "some answered feed the loss test of `NMFAILOVER_LOSS_TOLERATED` and `NMFAILOVER_LOSS_HEAVY`.",
+        "some answered feed the loss test of `NMFAILOVER_LOSS_TOLERATED` and `NMFAILOVER_LOSS_HEAVY`, whose "
+        "further bursts, while it is undecided, are three times this size.",
     )
     loss_excuses: Annotated[int, _checked(int, lambda n: n >= 0, "must be a whole number of 0 or more")] = (
         Field(
