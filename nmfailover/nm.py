@@ -6,7 +6,6 @@ and on dbus-next (see bus.py).
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import sys
 from collections.abc import Callable, Sequence
@@ -14,9 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from loguru import logger
-
-from .bus import BusType, Message, MessageBus, MessageType, Variant
+from .bus import BusType, Connection, MessageType, Variant, Words, bus_connect_error
 from .errors import NMAccessDenied, NMError, NMLinkChanged, NMUnavailable, ProfileError
 
 NM_BUS = "org.freedesktop.NetworkManager"
@@ -527,87 +524,39 @@ class NetworkManagerClient:
 
     def __init__(self, on_event: Callable[[NMEvent], None] = lambda _: None) -> None:
         self._on_event = on_event
-        self._bus: Any = None
+        self._bus: Connection | None = None
 
     async def connect(self) -> None:
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT):
-                bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-        except Exception as exc:
-            from .system_files import bus_connect_error  # names the socket and what to check
-
-            raise NMUnavailable(bus_connect_error(exc)) from exc
+        bus = await Connection.open(NM_WORDS, CALL_TIMEOUT)
         self._bus = bus
         bus.add_message_handler(self._handle_message)
         name_owner = f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{NM_BUS}'"
-        for rule in (f"type='signal',sender='{NM_BUS}'", name_owner):
-            await self._call(
-                "org.freedesktop.DBus",
-                "/org/freedesktop/DBus",
-                "org.freedesktop.DBus",
-                "AddMatch",
-                "s",
-                [rule],
-            )
+        await bus.add_match(f"type='signal',sender='{NM_BUS}'", name_owner)
 
     async def close(self) -> None:
         if self._bus is not None:
-            self._bus.disconnect()
+            self._bus.close()
             self._bus = None
 
     async def wait_for_disconnect(self) -> None:
         if self._bus is not None:
-            try:
-                await self._bus.wait_for_disconnect()
-            except Exception as exc:  # noqa: BLE001 - the library reports a broken socket by raising here
-                logger.debug("bus connection ended: {}", exc)
+            await self._bus.wait_for_disconnect()
 
     @property
     def connected(self) -> bool:
-        return self._bus is not None and bool(self._bus.connected)
+        return self._bus is not None and self._bus.connected
 
     def _handle_message(self, msg: Any) -> None:
         event = _event(msg)
         if event is not None:
             self._on_event(event)
 
-    async def _call(
-        self,
-        dest: str,
-        path: str,
-        interface: str,
-        member: str,
-        signature: str = "",
-        body: Sequence[Any] = (),
-        timeout: float = CALL_TIMEOUT,
-    ) -> list[Any]:
-        if self._bus is None or not self._bus.connected:
-            raise NMUnavailable("not connected to the system bus")
-        msg = Message(
-            destination=dest,
-            path=path,
-            interface=interface,
-            member=member,
-            signature=signature,
-            body=list(body),
-        )
-        try:
-            async with asyncio.timeout(timeout):
-                reply = await self._bus.call(msg)
-        except TimeoutError as exc:
-            raise NMUnavailable(f"{member} got no answer within {timeout:g} s") from exc
-        except (OSError, EOFError, ConnectionError) as exc:
-            raise NMUnavailable(f"bus connection lost during {member}: {exc}") from exc
-        if reply is None:
-            raise NMUnavailable(f"bus connection lost during {member}")
-        if reply.message_type == MessageType.ERROR:
-            raise _error(member, reply.error_name, str(reply.body[0]) if reply.body else "")
-        return list(reply.body)
-
     async def _nm(
         self, path: str, interface: str, member: str, signature: str = "", body: Sequence[Any] = ()
     ) -> list[Any]:
-        return await self._call(NM_BUS, path, interface, member, signature, body)
+        if self._bus is None:
+            raise NM_WORDS.not_connected(member)
+        return await self._bus.call(NM_BUS, path, interface, member, signature, body)
 
     async def _get_all(self, path: str, interface: str) -> dict[str, Any]:
         if not path or path == "/":
@@ -1196,16 +1145,35 @@ def _profile(spec: str, settings: Settings) -> Profile:
     )
 
 
-def _error(member: str, name: str | None, text: str) -> NMError:
-    """NetworkManager's error reply as our exception, keeping the D-Bus error name."""
-    message = f"{member} failed: {name}: {text}"
-    if name in ERROR_UNAVAILABLE:
-        return NMUnavailable(f"NetworkManager is not answering ({member}): {text}", name)
-    if name in ERROR_DENIED:
-        return NMAccessDenied(f"{member} was refused (permission denied): {text}", name)
-    if name in ERROR_LINK_CHANGED:
-        return NMLinkChanged(message, name)
-    return NMError(message, name)
+class _NMWords(Words):
+    """NetworkManager's error replies as our exceptions, keeping the D-Bus error name."""
+
+    def unreachable(self, bus_type: BusType, exc: BaseException) -> NMError:
+        return NMUnavailable(bus_connect_error(exc))
+
+    def no_answer(self, member: str, timeout: float) -> NMError:
+        return NMUnavailable(f"{member} got no answer within {timeout:g} s")
+
+    def not_connected(self, member: str) -> NMError:
+        return NMUnavailable("not connected to the system bus")
+
+    def lost(self, member: str, exc: BaseException | None) -> NMError:
+        if exc is None:
+            return NMUnavailable(f"bus connection lost during {member}")
+        return NMUnavailable(f"bus connection lost during {member}: {exc}")
+
+    def refused(self, member: str, error_name: str, text: str) -> NMError:
+        message = f"{member} failed: {error_name}: {text}"
+        if error_name in ERROR_UNAVAILABLE:
+            return NMUnavailable(f"NetworkManager is not answering ({member}): {text}", error_name)
+        if error_name in ERROR_DENIED:
+            return NMAccessDenied(f"{member} was refused (permission denied): {text}", error_name)
+        if error_name in ERROR_LINK_CHANGED:
+            return NMLinkChanged(message, error_name)
+        return NMError(message, error_name)
+
+
+NM_WORDS = _NMWords()
 
 
 def _event(msg: Any) -> NMEvent | None:
