@@ -219,18 +219,25 @@ class Connection:
 
     async def until_lost(self, beat: Callable[[], None], every: float = IDLE_BEAT) -> None:
         """Until the connection ends, calling `beat` at least every `every` seconds meanwhile."""
-        # Waited on from a task of its own: a timeout must not cancel the library's own future.
-        lost = asyncio.ensure_future(self.wait_for_disconnect())
-        try:
-            while not lost.done():
-                beat()
-                await asyncio.wait({lost}, timeout=every)
-        finally:
-            lost.cancel()
+        await until_lost(self.wait_for_disconnect, beat, every)
 
     def close(self) -> None:
         """A no-op once the connection is lost."""
         self._bus.disconnect()
+
+
+async def until_lost(
+    wait_for_disconnect: Callable[[], Awaitable[None]], beat: Callable[[], None], every: float = IDLE_BEAT
+) -> None:
+    """Until `wait_for_disconnect()` returns, calling `beat` at least every `every` seconds meanwhile."""
+    # Waited on from a task of its own: a timeout must not cancel the library's own future.
+    lost = asyncio.ensure_future(wait_for_disconnect())
+    try:
+        while not lost.done():
+            beat()
+            await asyncio.wait({lost}, timeout=every)
+    finally:
+        lost.cancel()
 
 
 def _nothing() -> None:

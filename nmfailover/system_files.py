@@ -20,13 +20,13 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from urllib.parse import unquote
 
 from . import __version__
+from .bus import DEFAULT_SYSTEM_BUS_SOCKET as DEFAULT_SYSTEM_BUS_SOCKET  # the man page names it
 from .errors import NmfailoverError
 
 UNIT_NAME = "nmfailover.service"
@@ -52,7 +52,6 @@ UNIT_DIRS = tuple(
     PurePosixPath(d)
     for d in ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 )
-DEFAULT_SYSTEM_BUS_SOCKET = "/run/dbus/system_bus_socket"
 # systemd's ProtectHome=yes hides these: a unit whose interpreter lives there could not even start.
 _HOME_DIRS = (PurePosixPath("/home"), PurePosixPath("/root"), PurePosixPath("/run/user"))
 # PrivateTmp=yes gives the service an empty /tmp of its own.
@@ -435,28 +434,6 @@ def run_reloads(commands: Sequence[Sequence[str]]) -> Iterator[str]:
             continue
         problem = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
         yield f"ran: {shown}" if done.returncode == 0 else f"failed: {shown}: {problem[0]}"
-
-
-def system_bus_location(environ: Mapping[str, str] | None = None) -> str:
-    """Where clients look for the system bus: the socket path, and where that came from."""
-    address = (os.environ if environ is None else environ).get("DBUS_SYSTEM_BUS_ADDRESS", "")
-    if not address:
-        return DEFAULT_SYSTEM_BUS_SOCKET
-    for part in address.split(";"):
-        transport, _, params = part.partition(":")
-        values = dict(item.partition("=")[::2] for item in params.split(","))
-        if transport == "unix" and values.get("path"):
-            return f"{unquote(values['path'])} (DBUS_SYSTEM_BUS_ADDRESS)"
-    return f"{address!r} (DBUS_SYSTEM_BUS_ADDRESS)"
-
-
-def bus_connect_error(exc: BaseException) -> str:
-    """The one-line reason a system bus connection failed, with where it was looked for and what to check."""
-    detail = str(exc) or type(exc).__name__
-    return (
-        f"cannot connect to the system bus at {system_bus_location()}: {detail}; "
-        "is dbus running? check `systemctl status dbus`"
-    )
 
 
 def directory_arg(text: str) -> Path:
