@@ -2,7 +2,7 @@
 
     python -m nmfailover.manpage --out DIR   writes DIR/nmfailover.8, DIR/nmfailover.bash, DIR/_nmfailover
 
-Commands and options come from cli.build_parser(), the variables and their defaults from
+Commands and options come from build_parser(), the variables and their defaults from
 config.Settings.model_fields (what each means from the comments in the shipped env file), the files from
 system_files, so none of them can drift from the code. Not argparse-manpage or shtab (both on PyPI and
 well kept): they would generate the command and option lists, the smaller part; the ENVIRONMENT, FILES and
@@ -27,26 +27,27 @@ from typing import Any, NoReturn
 from pydantic import AliasChoices
 from pydantic.fields import FieldInfo
 
-from . import __version__, cli, config, system_files
+from . import __version__, config, system_files
+from .commandline import EXIT_DENIED, EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, build_parser
 from .engine import role_name
 
 OUTPUTS = {"man": "nmfailover.8", "bash": "nmfailover.bash", "zsh": "_nmfailover"}
 EXIT_STATUS = (
-    (cli.EXIT_OK, "Success; for check and doctor: the most preferred uplink is healthy, every check passed."),
+    (EXIT_OK, "Success; for check and doctor: the most preferred uplink is healthy, every check passed."),
     (
-        cli.EXIT_FAILURE,
+        EXIT_FAILURE,
         "Runtime failure: NetworkManager or the system bus unreachable, the daemon did not answer in time; "
         "check: the preferred uplink is unhealthy; doctor: a check failed; run: another instance owns the "
         "D-Bus name, or the D-Bus policy is not installed.",
     ),
     (
-        cli.EXIT_USAGE,
+        EXIT_USAGE,
         "Bad configuration or usage: one line names the variable or argument and the problem; nothing "
         "was changed.",
     ),
-    (cli.EXIT_NOT_RUNNING, "The daemon is not running (no net.nmfailover.Failover1 on the system bus)."),
+    (EXIT_NOT_RUNNING, "The daemon is not running (no net.nmfailover.Failover1 on the system bus)."),
     (
-        cli.EXIT_DENIED,
+        EXIT_DENIED,
         "Access denied: root and the nmfailover group may change things; prefer and test-failover also "
         "the user of the active local session (polkit).",
     ),
@@ -127,7 +128,7 @@ def _options(parser: argparse.ArgumentParser) -> tuple[Option, ...]:
 
 
 def commands(parser: argparse.ArgumentParser | None = None) -> list[Command]:
-    parser = parser or cli.build_parser()
+    parser = parser or build_parser()
     action = _subparsers(parser)
     summaries = {a.dest: a.help or "" for a in action._choices_actions}
     return [
@@ -241,7 +242,7 @@ def _sentence(text: str) -> str:
 
 
 def render_man(parser: argparse.ArgumentParser | None = None) -> str:
-    parser = parser or cli.build_parser()
+    parser = parser or build_parser()
     found = commands(parser)
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
     date = (
@@ -407,7 +408,7 @@ def _sh_words(words: Sequence[str]) -> str:
 
 
 def render_bash(parser: argparse.ArgumentParser | None = None) -> str:
-    parser = parser or cli.build_parser()
+    parser = parser or build_parser()
     found = commands(parser)
     top = ["-h", "--help", *(f for o in _options(parser) for f in o.flags), *(c.name for c in found)]
     valued: dict[str, list[str]] = {}  # case pattern "command:--option" -> its value kind
@@ -501,7 +502,7 @@ def _zsh_option_specs(options: Sequence[Option]) -> Iterator[str]:
 
 
 def render_zsh(parser: argparse.ArgumentParser | None = None) -> str:
-    parser = parser or cli.build_parser()
+    parser = parser or build_parser()
     found = commands(parser)
     lines = [
         "#compdef nmfailover",

@@ -60,6 +60,11 @@ _TMP_DIRS = (PurePosixPath("/tmp"), PurePosixPath("/var/tmp"))
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/._+@-]+")
 
 
+# The man page and shell completions of a kind ("man", "bash", "zsh"), from manpage.py. It documents the
+# command line, which uses this module: the command line hands it in, so that nothing here imports it.
+Generate = Callable[[str], str]
+
+
 class SystemFilesError(NmfailoverError):
     """The system files cannot be installed or removed as asked; the message says why and what to do."""
 
@@ -72,6 +77,10 @@ class SystemFile:
     render: Callable[[Path], bytes]  # the content, given the console script the unit is to run
     settings: bool = False  # the user's settings: written only where there is none, never replaced
     non_root: bool = False  # only with --non-root
+    generated: str | None = None  # made by `generate` (the man page and completions), not by `render`
+
+    def content(self, executable: Path, generate: Generate) -> bytes:
+        return generate(self.generated).encode() if self.generated is not None else self.render(executable)
 
 
 def data_file(name: str) -> bytes:
@@ -101,13 +110,8 @@ def _running(name: str) -> Callable[[Path], bytes]:
     return render
 
 
-def _generated(kind: str) -> Callable[[Path], bytes]:
-    def render(_executable: Path) -> bytes:
-        from .manpage import render  # it imports the whole CLI, which imports this module
-
-        return render(kind).encode()
-
-    return render
+def _never(_executable: Path) -> bytes:
+    raise SystemFilesError("no longer shipped")
 
 
 def render_unit(executable: Path) -> bytes:
@@ -181,9 +185,9 @@ SYSTEM_FILES: tuple[SystemFile, ...] = (
     SystemFile(UNIT, "systemd unit", 0o644, render_unit),
     SystemFile(DISPATCHER_HOOK, "NetworkManager dispatcher hook", 0o755, _shipped("90-nmfailover")),
     SystemFile(ENV_FILE, "settings", 0o644, _shipped("nmfailover.env"), settings=True),
-    SystemFile(MANPAGE, "man page", 0o644, _generated("man")),
-    SystemFile(BASH_COMPLETION, "bash completion", 0o644, _generated("bash")),
-    SystemFile(ZSH_COMPLETION, "zsh completion", 0o644, _generated("zsh")),
+    SystemFile(MANPAGE, "man page", 0o644, _never, generated="man"),
+    SystemFile(BASH_COMPLETION, "bash completion", 0o644, _never, generated="bash"),
+    SystemFile(ZSH_COMPLETION, "zsh completion", 0o644, _never, generated="zsh"),
     SystemFile(NOTIFY_USER_UNIT, "desktop notice, user unit", 0o644, _running("nmfailover-notify.service")),
     SystemFile(NOTIFY_AUTOSTART, "desktop notice, autostart", 0o644, _running("nmfailover-notify.desktop")),
     SystemFile(POLKIT_ACTIONS, "polkit actions", 0o644, _shipped("net.nmfailover.policy")),
@@ -289,6 +293,7 @@ def install(
     non_root: bool = False,
     force: bool = False,
     executable: Path | None = None,
+    generate: Generate,
 ) -> list[Outcome]:
     """Put every system file in place under `root`; see the module docstring for the rules."""
     executable = executable or find_executable()
@@ -299,7 +304,8 @@ def install(
         for spec in SYSTEM_FILES:
             if spec.non_root and not non_root:
                 continue
-            outcome, created_now = _install_one(root, spec, spec.render(executable), manifest, force)
+            content = spec.content(executable, generate)
+            outcome, created_now = _install_one(root, spec, content, manifest, force)
             created += created_now
             outcomes.append(outcome)
     except OSError as exc:
@@ -349,7 +355,7 @@ def _install_one(
     return Outcome("left", path, note, failed=True), []
 
 
-def remove(root: Path = Path("/"), *, executable: Path | None = None) -> list[Outcome]:
+def remove(root: Path = Path("/"), *, generate: Generate, executable: Path | None = None) -> list[Outcome]:
     """Remove the system files install() wrote, those still as written; say what is left and why."""
     # lexists: under another root the link points at a path of that root, dangling from here.
     units = under_root(root, UNIT.parent)
@@ -373,7 +379,7 @@ def remove(root: Path = Path("/"), *, executable: Path | None = None) -> list[Ou
     outcomes = []
     try:
         for spec in (*SYSTEM_FILES, *retired):
-            outcome = _remove_one(root, spec, manifest, executable)
+            outcome = _remove_one(root, spec, manifest, executable, generate)
             if outcome is not None:
                 outcomes.append(outcome)
         # Last, so that a failure above leaves it for the next attempt.
@@ -386,7 +392,9 @@ def remove(root: Path = Path("/"), *, executable: Path | None = None) -> list[Ou
     return outcomes
 
 
-def _remove_one(root: Path, spec: SystemFile, manifest: _Manifest, executable: Path | None) -> Outcome | None:
+def _remove_one(
+    root: Path, spec: SystemFile, manifest: _Manifest, executable: Path | None, generate: Generate
+) -> Outcome | None:
     path = under_root(root, spec.target)
     if not os.path.lexists(path):
         return None
@@ -396,7 +404,7 @@ def _remove_one(root: Path, spec: SystemFile, manifest: _Manifest, executable: P
     ours = manifest.files.get(str(spec.target)) == _digest(current)
     if not ours and executable is not None:
         with contextlib.suppress(SystemFilesError):
-            ours = current == spec.render(executable)
+            ours = current == spec.content(executable, generate)
     if ours:
         path.unlink()
         return Outcome("removed", path, spec.what)
@@ -405,10 +413,6 @@ def _remove_one(root: Path, spec: SystemFile, manifest: _Manifest, executable: P
     return Outcome(
         "left", path, f"{spec.what}: changed since it was installed; remove it by hand if unwanted"
     )
-
-
-def _never(_executable: Path) -> bytes:
-    raise SystemFilesError("no longer shipped")
 
 
 def systemd_running() -> bool:
@@ -444,7 +448,9 @@ def directory_arg(text: str) -> Path:
     return path
 
 
-def run_command(root: Path | None, *, remove_files: bool, non_root: bool, force: bool) -> int:
+def run_command(
+    root: Path | None, *, remove_files: bool, non_root: bool, force: bool, generate: Generate
+) -> int:
     """`nmfailover install-system-files`: print what was done to each file; the exit code."""
     relocated = root is not None
     root = root or Path("/")
@@ -456,7 +462,11 @@ def run_command(root: Path | None, *, remove_files: bool, non_root: bool, force:
         )
         return 1
     try:
-        outcomes = remove(root) if remove_files else install(root, non_root=non_root, force=force)
+        outcomes = (
+            remove(root, generate=generate)
+            if remove_files
+            else install(root, non_root=non_root, force=force, generate=generate)
+        )
     except SystemFilesError as exc:
         print(f"nmfailover: install-system-files: {exc}", file=sys.stderr)
         return 1
