@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from loguru import logger
 
+from .backoff import BACKOFF, backoff_delays
 from .errors import NmfailoverError
 
 try:
@@ -61,24 +62,10 @@ ERROR_INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 REQUEST_NAME_DO_NOT_QUEUE = 0x4
 REQUEST_NAME_PRIMARY_OWNER, REQUEST_NAME_ALREADY_OWNER = 1, 4
 
-# Seconds between attempts to reach a bus again (and to retry what a lost bus broke): growing, then steady.
-RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 IDLE_BEAT = 5.0  # a task waiting for its connection to end still proves it is alive this often
 
 T = TypeVar("T")
 E = TypeVar("E", bound=NmfailoverError)
-
-
-def backoff_delay(attempt: int) -> float:
-    """The wait after the `attempt`th failure in a row (1 for the first)."""
-    return RECONNECT_BACKOFF[min(max(attempt, 1), len(RECONNECT_BACKOFF)) - 1]
-
-
-def backoff_delays() -> Iterator[float]:
-    attempt = 0
-    while True:
-        attempt += 1
-        yield backoff_delay(attempt)
 
 
 def system_bus_location(environ: Mapping[str, str] | None = None) -> str:
@@ -251,11 +238,12 @@ async def connect_with_backoff(
     *,
     beat: Callable[[], None] = _nothing,
     after_loss: bool = False,
+    steps: tuple[float, ...] = BACKOFF,
 ) -> T:
-    """`connect()` until it works, waiting RECONNECT_BACKOFF between attempts that raise `retry_on`;
+    """`connect()` until it works, waiting BACKOFF (backoff.py) between attempts that raise `retry_on`;
     `failed(exc, attempt, delay)` hears of each failure and the wait after it. `after_loss`: wait once
     before the first attempt too (a bus that just went away is not back at once)."""
-    delays = backoff_delays()
+    delays = backoff_delays(steps)
     if after_loss:
         beat()
         await asyncio.sleep(next(delays))

@@ -8,14 +8,13 @@ import asyncio
 
 import pytest
 
-from nmfailover import bus
+from nmfailover.backoff import backoff_delay
 from nmfailover.bus import (
     ERROR_ACCESS_DENIED,
     ERROR_NAME_HAS_NO_OWNER,
     ERROR_SERVICE_UNKNOWN,
     ERROR_UNKNOWN_METHOD,
     BusType,
-    backoff_delay,
     connect_with_backoff,
 )
 from nmfailover.control import CONTROL_WORDS
@@ -51,7 +50,6 @@ def test_the_back_off_grows_then_stays(attempt: int, delay: float) -> None:
 async def test_connect_with_backoff_retries_its_failures(
     monkeypatch: pytest.MonkeyPatch, after_loss: bool, sleeps: list[float]
 ) -> None:
-    monkeypatch.setattr(bus, "RECONNECT_BACKOFF", (0.01, 0.02, 0.03))
     slept: list[float] = []
     real_sleep = asyncio.sleep
 
@@ -74,7 +72,12 @@ async def test_connect_with_backoff_retries_its_failures(
         failures.append((str(exc), attempt, delay))
 
     result = await connect_with_backoff(
-        connect, ControlError, failed, beat=lambda: beats.append(None), after_loss=after_loss
+        connect,
+        ControlError,
+        failed,
+        beat=lambda: beats.append(None),
+        after_loss=after_loss,
+        steps=(0.01, 0.02, 0.03),
     )
     assert result == "connected" and attempts == [1, 2, 3]
     assert slept == sleeps

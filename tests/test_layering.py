@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nmfailover"
 LAYERS: list[list[str]] = [
     # Pure values and rules, no I/O of their own; the exception root.
     ["nmfailover", "nmfailover.errors", "nmfailover.log", "nmfailover.policy", "nmfailover.budget"],
-    ["nmfailover.runstate", "nmfailover.sdnotify", "nmfailover.traffic"],
+    ["nmfailover.runstate", "nmfailover.sdnotify", "nmfailover.traffic", "nmfailover.backoff"],
     # The one way onto a D-Bus bus.
     ["nmfailover.bus"],
     # NetworkManager: its names, then its client's parts by job.

@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 from loguru import logger
 
-from ..bus import backoff_delay
+from ..backoff import backoff_delay
 from ..errors import NMError
 from ..policy import on_demand_wanted
 from .state import Uplink
