@@ -3,10 +3,8 @@ and the clients of the running daemon's control interface (status, recheck, test
 `install-system-files` and `doctor` set a pip/pipx installation up and check a machine (system_files.py,
 doctor.py).
 
-Exit codes: 0 success; 1 runtime failure (NetworkManager or the bus unreachable, preferred uplink unhealthy
-for `check`, name already owned for `run`); 2 bad configuration or usage; 3 the daemon is not running;
-4 access denied (by the bus policy, or by the daemon after asking polkit). Configuration errors are
-reported before anything is changed.
+The commands and options, and the exit codes, are commandline.py's. Configuration errors are reported
+before anything is changed.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from typing import Any
 from . import system_files
 from .budget import format_size
 
-# The command line's shape lives in commandline.py; these are imported from here by its users.
+# The command line's shape lives in commandline.py; what of it tests and scripts import from here stays here.
 from .commandline import CLIENT_COMMANDS as CLIENT_COMMANDS
 from .commandline import EXIT_DENIED as EXIT_DENIED
 from .commandline import EXIT_FAILURE as EXIT_FAILURE
