@@ -24,6 +24,7 @@ else that goes wrong is a bug: logged with its traceback and answered with ...Er
 from __future__ import annotations
 
 import asyncio
+import functools
 import grp
 import json
 import os
@@ -33,7 +34,28 @@ from typing import Any
 
 from loguru import logger
 
-from .bus import BusType, Message, MessageBus, MessageFlag, MessageType, Variant
+from .bus import (
+    ERROR_ACCESS_DENIED,
+    ERROR_NAME_HAS_NO_OWNER,
+    ERROR_SERVICE_UNKNOWN,
+    ERROR_UNKNOWN_METHOD,
+    IDLE_BEAT,
+    IFACE_INTROSPECTABLE,
+    IFACE_PEER,
+    IFACE_PROPERTIES,
+    REQUEST_NAME_ALREADY_OWNER,
+    REQUEST_NAME_DO_NOT_QUEUE,
+    REQUEST_NAME_PRIMARY_OWNER,
+    BusType,
+    Connection,
+    Message,
+    MessageFlag,
+    MessageType,
+    Variant,
+    Words,
+    bus_connect_error,
+    connect_with_backoff,
+)
 from .engine import DnsMoved, Operator, SwitchEvent
 from .engine.supervisor import Liveness
 from .errors import ControlAccessDenied, ControlCallFailed, ControlError, DaemonNotRunning, InvalidRequest
@@ -44,15 +66,7 @@ INTERFACE = "net.nmfailover.Failover1"
 ERROR_INVALID_ARGS = f"{INTERFACE}.Error.InvalidArgs"
 ERROR_FAILED = f"{INTERFACE}.Error.Failed"
 CALL_TIMEOUT = 5.0
-RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
-IDLE_BEAT = 5.0
 
-_DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
-_INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
-_PEER = "org.freedesktop.DBus.Peer"
-_PROPERTIES = "org.freedesktop.DBus.Properties"
-_REQUEST_NAME_DO_NOT_QUEUE = 0x4
-_PRIMARY_OWNER, _ALREADY_OWNER = 1, 4
 _DOCTYPE = (
     '<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
     ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n'
@@ -86,13 +100,13 @@ INTROSPECTION = (
       <arg name="reason" type="s"/>
     </signal>
   </interface>
-  <interface name="{_INTROSPECTABLE}">
+  <interface name="{IFACE_INTROSPECTABLE}">
     <method name="Introspect"><arg name="xml_data" type="s" direction="out"/></method>
   </interface>
-  <interface name="{_PEER}">
+  <interface name="{IFACE_PEER}">
     <method name="Ping"/>
   </interface>
-  <interface name="{_PROPERTIES}">
+  <interface name="{IFACE_PROPERTIES}">
     <method name="GetAll">
       <arg name="interface_name" type="s" direction="in"/>
       <arg name="props" type="a{{sv}}" direction="out"/>
@@ -109,7 +123,6 @@ POLKIT_ACTIONS = {
     "EndForce": "net.nmfailover.test-failover",
 }
 GROUP = "nmfailover"
-ERROR_ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 _POLKIT = (
     "org.freedesktop.PolicyKit1",
     "/org/freedesktop/PolicyKit1/Authority",
@@ -146,7 +159,7 @@ class ControlService:
     def __init__(self) -> None:
         self.owned = asyncio.Event()  # set while the name is ours: what readiness waits for
         self._operator: Operator | None = None
-        self._bus: Any = None
+        self._bus: Connection | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         # More for the Switched signal's details than the switch itself knows (the daemon plugs it in).
         self.switch_details: Callable[[], dict[str, Any]] = dict
@@ -166,21 +179,21 @@ class ControlService:
     async def start(self, operator: Operator) -> None:
         """Connect and own the name; ControlError with a one-line reason if that is impossible."""
         self._operator = operator
-        bus = await _connect(CALL_TIMEOUT)
+        bus = await Connection.open(CONTROL_WORDS, CALL_TIMEOUT)
         # The handler goes in before the name is ours, so no call can arrive unanswered.
         bus.add_message_handler(self._on_message)
         try:
             await self._own_name(bus)
         except BaseException:
-            bus.disconnect()
+            bus.close()
             raise
         self._bus = bus
         self.owned.set()
         logger.info("control interface: {} on the system bus", BUS_NAME)
 
-    async def _own_name(self, bus: Any) -> None:
+    async def _own_name(self, bus: Connection) -> None:
         try:
-            (result,) = await _call(bus, *_DBUS, "RequestName", "su", [BUS_NAME, _REQUEST_NAME_DO_NOT_QUEUE])
+            (result,) = await bus.call_bus("RequestName", "su", [BUS_NAME, REQUEST_NAME_DO_NOT_QUEUE])
         except ControlAccessDenied as exc:
             raise ControlError(
                 f"not allowed to own {BUS_NAME} on the system bus ({exc}); install "
@@ -188,7 +201,7 @@ class ControlService:
             ) from None
         except ControlCallFailed as exc:
             raise ControlError(f"cannot own {BUS_NAME} on the system bus: {exc}") from None
-        if result not in (_PRIMARY_OWNER, _ALREADY_OWNER):
+        if result not in (REQUEST_NAME_PRIMARY_OWNER, REQUEST_NAME_ALREADY_OWNER):
             raise ControlError(
                 f"{BUS_NAME} is already owned on the system bus{await _owner_pid(bus)}: "
                 "is another nmfailover running?"
@@ -199,34 +212,27 @@ class ControlService:
         for task in list(self._tasks):
             task.cancel()
         if self._bus is not None:
-            self._bus.disconnect()
+            self._bus.close()
             self._bus = None
 
     async def keep_connected(self, live: Liveness) -> None:
         """Reconnect and take the name back after the bus connection is lost (a restarted dbus-daemon)."""
         while True:
             if self._bus is not None:
-                # Waited on from a task of its own: a timeout must not cancel the library's own future.
-                lost = asyncio.ensure_future(self._bus.wait_for_disconnect())
-                try:
-                    while not lost.done():
-                        live.beat()
-                        await asyncio.wait({lost}, timeout=IDLE_BEAT)
-                finally:
-                    lost.cancel()
+                await self._bus.until_lost(live.beat, IDLE_BEAT)
                 logger.warning("control interface lost the system bus; reconnecting")
                 self.owned.clear()
                 self._bus = None
-            attempt = 0
-            while self._bus is None and self._operator is not None:
-                live.beat()
-                await asyncio.sleep(RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)])
-                attempt += 1
-                try:
-                    await self.start(self._operator)
-                except ControlError as exc:
-                    # Logged at every attempt: a name held by someone else needs a person.
-                    logger.error("control interface: {} (attempt {})", exc, attempt)
+            operator = self._operator
+            if operator is None:
+                return
+            await connect_with_backoff(
+                functools.partial(self.start, operator),
+                ControlError,
+                _log_failed_start,
+                beat=live.beat,
+                after_loss=True,
+            )
 
     # -- signals ------------------------------------------------------------------------------------
 
@@ -242,7 +248,7 @@ class ControlService:
     async def _signal(self, member: str, signature: str, body: list[Any]) -> None:
         if self._bus is None:
             return
-        await self._bus.send(
+        await self._bus.emit(
             Message(
                 message_type=MessageType.SIGNAL,
                 path=OBJECT_PATH,
@@ -258,7 +264,11 @@ class ControlService:
     def _on_message(self, msg: Any) -> bool:
         if msg.message_type != MessageType.METHOD_CALL:
             return False
-        if msg.path in _PARENTS and msg.member == "Introspect" and msg.interface in (None, _INTROSPECTABLE):
+        if (
+            msg.path in _PARENTS
+            and msg.member == "Introspect"
+            and msg.interface in (None, IFACE_INTROSPECTABLE)
+        ):
             child = _DOCTYPE + f'<node>\n  <node name="{_PARENTS[msg.path]}"/>\n</node>\n'
             self._reply(msg, Message.new_method_return(msg, "s", [child]))
             return True
@@ -284,17 +294,17 @@ class ControlService:
 
     async def _answer(self, msg: Any) -> Any:
         interface, member, signature = msg.interface, msg.member, msg.signature
-        if interface in (None, _INTROSPECTABLE) and member == "Introspect" and signature == "":
+        if interface in (None, IFACE_INTROSPECTABLE) and member == "Introspect" and signature == "":
             return Message.new_method_return(msg, "s", [INTROSPECTION])
-        if interface in (None, _PEER) and member == "Ping" and signature == "":
+        if interface in (None, IFACE_PEER) and member == "Ping" and signature == "":
             return Message.new_method_return(msg)
-        if interface == _PROPERTIES and member == "GetAll" and signature == "s":
+        if interface == IFACE_PROPERTIES and member == "GetAll" and signature == "s":
             return Message.new_method_return(msg, "a{sv}", [{}])
         method = self._methods.get(member) if interface in (None, INTERFACE) else None
         if method is None or self._operator is None:
             return Message.new_error(
                 msg,
-                "org.freedesktop.DBus.Error.UnknownMethod",
+                ERROR_UNKNOWN_METHOD,
                 f"no method {interface or ''}.{member} on {OBJECT_PATH}",
             )
         expected, handler = method
@@ -310,8 +320,11 @@ class ControlService:
 
     async def _refusal(self, msg: Any) -> str | None:
         """Why `msg`'s sender may not make this call, or None when it may."""
+        bus = self._bus
+        if bus is None:
+            return "the bus does not say who is calling: the connection is gone"
         try:
-            (credentials,) = await _call(self._bus, *_DBUS, "GetConnectionCredentials", "s", [msg.sender])
+            (credentials,) = await bus.call_bus("GetConnectionCredentials", "s", [msg.sender])
             caller = Caller(
                 int(credentials["UnixUserID"].value),
                 frozenset(int(g) for g in credentials["UnixGroupIDs"].value)
@@ -329,8 +342,8 @@ class ControlService:
             return None
         subject = ["system-bus-name", {"name": Variant("s", msg.sender)}]
         try:
-            ((authorized, challenge, _),) = await _call(
-                self._bus, *_POLKIT, "CheckAuthorization", "(sa{sv})sa{ss}us", [subject, action, {}, 0, ""]
+            ((authorized, challenge, _),) = await bus.call(
+                *_POLKIT, "CheckAuthorization", "(sa{sv})sa{ss}us", [subject, action, {}, 0, ""]
             )
         except DaemonNotRunning:
             return f"only root and the group {GROUP} may: polkit is not running to ask about {action}"
@@ -344,10 +357,7 @@ class ControlService:
     def _reply(self, call: Any, reply: Any) -> None:
         if call.flags & MessageFlag.NO_REPLY_EXPECTED or self._bus is None:
             return
-        # Fire and forget: a caller that went away must not leave an exception behind.
-        future = self._bus.send(reply)
-        if isinstance(future, asyncio.Future):
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._bus.send(reply)
 
 
 async def _status(operator: Operator, _: list[Any]) -> tuple[str, list[Any]]:
@@ -380,60 +390,40 @@ async def _clear_preference(operator: Operator, _: list[Any]) -> tuple[str, list
     return "", []
 
 
-# -- one way to reach the bus, for the service and the client ----------------------------------------
+def _log_failed_start(exc: ControlError, attempt: int, _delay: float) -> None:
+    # Logged at every attempt: a name held by someone else needs a person.
+    logger.error("control interface: {} (attempt {})", exc, attempt)
 
 
-async def _connect(timeout: float) -> Any:
-    try:
-        async with asyncio.timeout(timeout):
-            return await MessageBus(bus_type=BusType.SYSTEM).connect()
-    except Exception as exc:  # noqa: BLE001 - the libraries raise many kinds here; all mean the same
-        from .system_files import bus_connect_error  # names the socket and what to check
+class ControlWords(Words):
+    """The control interface's failures, for the service and its clients."""
 
-        raise ControlError(bus_connect_error(exc)) from exc
+    def unreachable(self, bus_type: BusType, exc: BaseException) -> ControlError:
+        return ControlError(bus_connect_error(exc))
 
+    def no_answer(self, member: str, timeout: float) -> ControlError:
+        return ControlError(f"{member}: no answer within {timeout:g} s")
 
-async def _call(
-    bus: Any,
-    dest: str,
-    path: str,
-    interface: str,
-    member: str,
-    signature: str = "",
-    body: Sequence[Any] = (),
-    timeout: float = CALL_TIMEOUT,
-) -> list[Any]:
-    """The reply body; an error reply as the matching ControlError."""
-    msg = Message(
-        destination=dest, path=path, interface=interface, member=member, signature=signature, body=list(body)
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            reply = await bus.call(msg)
-    except TimeoutError:
-        raise ControlError(f"{member}: no answer within {timeout:g} s") from None
-    except (OSError, EOFError, ConnectionError) as exc:
-        raise ControlError(f"{member}: bus connection lost: {exc}") from exc
-    if reply is None:
-        raise ControlError(f"{member}: bus connection lost")
-    if reply.message_type != MessageType.ERROR:
-        return list(reply.body)
-    text = str(reply.body[0]) if reply.body else reply.error_name
-    if reply.error_name in (
-        "org.freedesktop.DBus.Error.ServiceUnknown",
-        "org.freedesktop.DBus.Error.NameHasNoOwner",
-    ):
-        raise DaemonNotRunning(text)
-    if reply.error_name == "org.freedesktop.DBus.Error.AccessDenied":
-        raise ControlAccessDenied(text)
-    raise ControlCallFailed(reply.error_name, text)
+    def lost(self, member: str, exc: BaseException | None) -> ControlError:
+        return ControlError(f"{member}: bus connection lost" + ("" if exc is None else f": {exc}"))
+
+    def refused(self, member: str, error_name: str, text: str) -> ControlError:
+        text = text or error_name
+        if error_name in (ERROR_SERVICE_UNKNOWN, ERROR_NAME_HAS_NO_OWNER):
+            return DaemonNotRunning(text)
+        if error_name == ERROR_ACCESS_DENIED:
+            return ControlAccessDenied(text)
+        return ControlCallFailed(error_name, text)
 
 
-async def _owner_pid(bus: Any) -> str:
+CONTROL_WORDS = ControlWords()
+
+
+async def _owner_pid(bus: Connection) -> str:
     """' (pid N)' for the current owner of BUS_NAME, or '' if the bus will not say."""
     try:
-        (owner,) = await _call(bus, *_DBUS, "GetNameOwner", "s", [BUS_NAME])
-        (pid,) = await _call(bus, *_DBUS, "GetConnectionUnixProcessID", "s", [owner])
+        (owner,) = await bus.call_bus("GetNameOwner", "s", [BUS_NAME])
+        (pid,) = await bus.call_bus("GetConnectionUnixProcessID", "s", [owner])
         return f" (pid {pid})"
     except (ControlError, ValueError):
         return ""
@@ -444,8 +434,8 @@ async def call_daemon(
 ) -> list[Any]:
     """Call a method of the running daemon (the CLI's side): the reply body, or DaemonNotRunning,
     ControlAccessDenied, ControlCallFailed or ControlError (bus unreachable, no answer in time)."""
-    bus = await _connect(timeout)
+    bus = await Connection.open(CONTROL_WORDS, timeout)
     try:
-        return await _call(bus, BUS_NAME, OBJECT_PATH, INTERFACE, member, signature, body, timeout)
+        return await bus.call(BUS_NAME, OBJECT_PATH, INTERFACE, member, signature, body)
     finally:
-        bus.disconnect()
+        bus.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .nm import METERED_GUESS_YES, METERED_YES, Candidate, Profile, Tethering, phone_or_modem
+from .nm import Candidate, Metered, Profile, Tethering, phone_or_modem
 
 
 class Kind(IntEnum):
@@ -125,11 +125,11 @@ def rank(candidates: list[Candidate] | tuple[Candidate, ...]) -> tuple[tuple[Ran
 
 
 def _metered_by(candidate: Candidate, kind: Kind) -> str:
-    if candidate.profile.metered == METERED_YES or candidate.metered == METERED_YES:
+    if candidate.profile.metered == Metered.YES or candidate.metered == Metered.YES:
         return "its profile says so"
     if kind in (Kind.TETHERED, Kind.MOBILE):
         return "a phone or modem"
-    if candidate.metered == METERED_GUESS_YES:
+    if candidate.metered == Metered.GUESS_YES:
         return "NetworkManager's guess"
     return ""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import AliasChoices
 from pydantic.fields import FieldInfo
 
-from . import cli, config
+from . import commandline, config
 from .control import BUS_NAME, CALL_TIMEOUT
 from .engine.supervisor import CRASH_BUDGET, CRASH_WINDOW
 
@@ -166,7 +166,7 @@ class ExitStatus:
 
 EXIT_STATUS = (
     ExitStatus(
-        cli.EXIT_OK,
+        commandline.EXIT_OK,
         "Success",
         (
             ("`check`", "the most preferred uplink is healthy"),
@@ -176,7 +176,7 @@ EXIT_STATUS = (
         ),
     ),
     ExitStatus(
-        cli.EXIT_FAILURE,
+        commandline.EXIT_FAILURE,
         "Runtime failure",
         (
             ("", "NetworkManager or the system bus unreachable"),
@@ -201,7 +201,7 @@ EXIT_STATUS = (
         ),
     ),
     ExitStatus(
-        cli.EXIT_USAGE,
+        commandline.EXIT_USAGE,
         "Bad configuration or usage, reported in one line naming the variable or argument and the "
         "problem before anything is changed",
         (
@@ -209,9 +209,9 @@ EXIT_STATUS = (
             ("`demo`", "the sandbox cannot be built here (not root, or a tool it needs is missing)"),
         ),
     ),
-    ExitStatus(cli.EXIT_NOT_RUNNING, f"The daemon is not running (no {BUS_NAME} on the system bus)"),
+    ExitStatus(commandline.EXIT_NOT_RUNNING, f"The daemon is not running (no {BUS_NAME} on the system bus)"),
     ExitStatus(
-        cli.EXIT_DENIED,
+        commandline.EXIT_DENIED,
         "Access denied: root and the nmfailover group may change things; `prefer` and `test-failover` also "
         "the user of the active local session (polkit)",
     ),

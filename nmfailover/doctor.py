@@ -30,7 +30,7 @@ from .config import DEFAULT_ENV_FILE, ENV_FILE_VARIABLE, Settings, load_settings
 from .control import BUS_NAME
 from .engine import find_uplinks, role_name
 from .errors import ConfigError, NMError, ProfileError
-from .nm import LinkState, NetworkManagerClient, Profile
+from .nm import DeviceState, LinkState, NetworkManagerClient, Profile
 from .probe import Link, probe_round
 from .system_files import (
     DBUS_POLICY,
@@ -300,7 +300,11 @@ class Doctor:
             seen[profile.uuid] = spec
             if not link.activated:
                 fix = f"nmcli connection up {shlex.quote(profile.uuid)} (check its device and cable)"
-                state = "not active" if link.state == 0 else f"{link.state_name} on its device, not activated"
+                state = (
+                    "not active"
+                    if link.state == DeviceState.UNKNOWN
+                    else f"{link.state_name} on its device, not activated"
+                )
                 yield Check(FAIL, f"uplink {role}: profile {profile.id!r} is {state}", fix), None
                 continue
             yield (

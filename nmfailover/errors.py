@@ -67,6 +67,23 @@ class ControlCallFailed(ControlError):
         self.dbus_error = dbus_error
 
 
+class NoticeError(NmfailoverError):
+    """The desktop agent's bus is unreachable or a call on it failed."""
+
+
+class AgentRunning(NoticeError):
+    """Another agent already serves this session."""
+
+
+class NoticeCallFailed(NoticeError):
+    """A call of the desktop agent's got an error reply: its D-Bus error name and its message."""
+
+    def __init__(self, error_name: str, text: str) -> None:
+        super().__init__(f"{error_name}: {text}")
+        self.error_name = error_name
+        self.text = text
+
+
 class InvalidRequest(NmfailoverError):
     """An operator request the daemon refuses (unknown uplink, bad duration): the caller's mistake."""
 

@@ -19,9 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from .bus import BusType, MessageBus, MessageType
-from .control import BUS_NAME, CALL_TIMEOUT, INTERFACE, OBJECT_PATH, RECONNECT_BACKOFF
-from .control import _call as call_on_bus
+from .bus import BusType, Connection, MessageType, connect_with_backoff
+from .control import BUS_NAME, CALL_TIMEOUT, INTERFACE, OBJECT_PATH, ControlWords
 from .errors import ControlError, DaemonNotRunning
 from .status import Status
 
@@ -31,7 +30,6 @@ FOLLOW_INTERVAL = 5.0
 STARTING_FOR, STARTING_INTERVAL = 10.0, 1.0
 # Metered as NetworkManager reports it: what desktops hold big downloads back for.
 METERED = ("yes", "guess-yes")
-_DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
 # Any signal of ours means "look again": a forged one costs a Status() call, nothing more, as the line is
 # always read from the daemon itself.
 _MATCHES = (
@@ -141,6 +139,15 @@ class StatusLine:
         return json.dumps(fields, separators=(",", ":"))
 
 
+class _FollowWords(ControlWords):
+    def unreachable(self, bus_type: BusType, exc: BaseException) -> ControlError:
+        # Said inside "cannot reach the system bus (...)": the library's own words are enough.
+        return ControlError(str(exc) or type(exc).__name__)
+
+
+_FOLLOW_WORDS = _FollowWords()
+
+
 class Follower:
     """Reads Status() whenever it may have changed and prints a line when the line changed."""
 
@@ -154,33 +161,23 @@ class Follower:
 
     async def run(self) -> None:
         """Until cancelled; BrokenPipeError when the reader went away."""
-        attempt = 0
         while True:
-            try:
-                bus = await self._subscribe()
-            except ControlError as exc:
-                self._say_absent(f"cannot reach the system bus ({exc})")
-                await asyncio.sleep(RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)])
-                attempt += 1
-                continue
-            attempt = 0
+            bus = await connect_with_backoff(self._subscribe, ControlError, self._unreachable)
             try:
                 await self._follow(bus)
             finally:
-                bus.disconnect()
+                bus.close()
 
-    async def _subscribe(self) -> Any:
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT):
-                bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-        except Exception as exc:  # noqa: BLE001 - the libraries raise many kinds here; all mean the same
-            raise ControlError(str(exc) or type(exc).__name__) from exc
+    def _unreachable(self, exc: ControlError, _attempt: int, _delay: float) -> None:
+        self._say_absent(f"cannot reach the system bus ({exc})")
+
+    async def _subscribe(self) -> Connection:
+        bus = await Connection.open(_FOLLOW_WORDS, CALL_TIMEOUT)
         bus.add_message_handler(self._on_message)
         try:
-            for rule in _MATCHES:
-                await call_on_bus(bus, *_DBUS, "AddMatch", "s", [rule])
+            await bus.add_match(*_MATCHES)
         except BaseException:
-            bus.disconnect()
+            bus.close()
             raise
         return bus
 
@@ -191,13 +188,13 @@ class Follower:
             self._wake.set()
         return False
 
-    async def _follow(self, bus: Any) -> None:
+    async def _follow(self, bus: Connection) -> None:
         lost = asyncio.ensure_future(bus.wait_for_disconnect())
         try:
             while not lost.done():
                 self._wake.clear()
                 try:
-                    (text,) = await call_on_bus(bus, BUS_NAME, OBJECT_PATH, INTERFACE, "Status")
+                    (text,) = await bus.call(BUS_NAME, OBJECT_PATH, INTERFACE, "Status")
                 except DaemonNotRunning:
                     self._say_absent(f"the daemon is not running (no {BUS_NAME} on the system bus)")
                 except ControlError as exc:

@@ -14,7 +14,19 @@ from typing import Any
 
 from loguru import logger
 
-from .bus import Message, MessageFlag, MessageType, Variant
+from .bus import (
+    DBUS,
+    ERROR_INVALID_ARGS,
+    ERROR_UNKNOWN_METHOD,
+    IFACE_INTROSPECTABLE,
+    IFACE_PROPERTIES,
+    REQUEST_NAME_DO_NOT_QUEUE,
+    Connection,
+    Message,
+    MessageFlag,
+    MessageType,
+    Variant,
+)
 from .notice import Action
 from .tray import MenuItem, TrayView, tray_view
 
@@ -24,12 +36,8 @@ ITEM_INTERFACE = "org.kde.StatusNotifierItem"
 MENU_INTERFACE = "com.canonical.dbusmenu"
 WATCHER = ("org.kde.StatusNotifierWatcher", "/StatusNotifierWatcher", "org.kde.StatusNotifierWatcher")
 WATCHER_MATCH = (
-    "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-    f"member='NameOwnerChanged',arg0='{WATCHER[0]}'"
+    f"type='signal',sender='{DBUS[0]}',interface='{DBUS[2]}',member='NameOwnerChanged',arg0='{WATCHER[0]}'"
 )
-_BUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
-_PROPERTIES = "org.freedesktop.DBus.Properties"
-_INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
 _LAYOUT = "(ia{sv}av)"
 _INTROSPECTION = {
     ITEM_PATH: f"""<node>
@@ -133,7 +141,7 @@ class Indicator:
     """Owns org.kde.StatusNotifierItem-PID-1 on the session bus, registers with the watcher (again
     whenever a watcher appears: a panel restarted) and answers the host's reads and menu events."""
 
-    def __init__(self, bus: Any, choose: Callable[[Action], None]) -> None:
+    def __init__(self, bus: Connection, choose: Callable[[Action], None]) -> None:
         self.bus = bus
         self.name = f"org.kde.StatusNotifierItem-{os.getpid()}-1"
         self.view = tray_view(None)
@@ -142,17 +150,15 @@ class Indicator:
         self._entries = menu_entries(self.view.menu)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, call: Callable[..., Any]) -> None:
-        """`call(bus, dest, path, interface, member, signature, body)`: the agent's way of calling."""
-        self._call = call
+    async def start(self) -> None:
         self.bus.add_message_handler(self._on_message)
-        await call(self.bus, *_BUS, "RequestName", "su", [self.name, 0x4])
-        await call(self.bus, *_BUS, "AddMatch", "s", [WATCHER_MATCH])
+        await self.bus.call_bus("RequestName", "su", [self.name, REQUEST_NAME_DO_NOT_QUEUE])
+        await self.bus.add_match(WATCHER_MATCH)
         await self._register()
 
     async def _register(self) -> None:
         try:
-            await self._call(self.bus, *WATCHER, "RegisterStatusNotifierItem", "s", [self.name])
+            await self.bus.call(*WATCHER, "RegisterStatusNotifierItem", "s", [self.name])
         except Exception as exc:  # noqa: BLE001 - no tray on this desktop (yet): the notices go on
             logger.info("no tray to show the indicator in ({}); waiting for one", exc)
             return
@@ -177,7 +183,7 @@ class Indicator:
     def _signal(
         self, path: str, interface: str, member: str, signature: str = "", body: list[Any] | None = None
     ) -> None:
-        self._send(
+        self.bus.send(
             Message(
                 message_type=MessageType.SIGNAL,
                 path=path,
@@ -187,11 +193,6 @@ class Indicator:
                 body=body or [],
             )
         )
-
-    def _send(self, message: Any) -> None:
-        future = self.bus.send(message)
-        if isinstance(future, asyncio.Future):
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     # -- what the host asks -------------------------------------------------------------------------
 
@@ -241,12 +242,12 @@ class Indicator:
 
     def _answer(self, msg: Any) -> Any:
         path, interface, member, body = msg.path, msg.interface, msg.member, msg.body
-        if member == "Introspect" and interface in (None, _INTROSPECTABLE):
+        if member == "Introspect" and interface in (None, IFACE_INTROSPECTABLE):
             return Message.new_method_return(msg, "s", [_INTROSPECTION[path]])
         properties = self._item_properties() if path == ITEM_PATH else self._menu_properties()
-        if interface == _PROPERTIES and member == "GetAll":
+        if interface == IFACE_PROPERTIES and member == "GetAll":
             return Message.new_method_return(msg, "a{sv}", [properties])
-        if interface == _PROPERTIES and member == "Get" and body[1] in properties:
+        if interface == IFACE_PROPERTIES and member == "Get" and body[1] in properties:
             return Message.new_method_return(msg, "v", [properties[body[1]]])
         if path == ITEM_PATH and member in ("Activate", "SecondaryActivate", "ContextMenu", "Scroll"):
             return Message.new_method_return(msg)
@@ -271,13 +272,13 @@ class Indicator:
             return Message.new_method_return(msg, "b", [False])
         if path == MENU_PATH and member == "AboutToShowGroup":
             return Message.new_method_return(msg, "aiai", [[], []])
-        return Message.new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod", f"no {interface}.{member}")
+        return Message.new_error(msg, ERROR_UNKNOWN_METHOD, f"no {interface}.{member}")
 
     def _on_message(self, msg: Any) -> bool:
         if (
             msg.message_type == MessageType.SIGNAL
             and msg.member == "NameOwnerChanged"
-            and msg.sender == "org.freedesktop.DBus"
+            and msg.sender == DBUS[0]
             and msg.body[0] == WATCHER[0]
             and msg.body[2]
         ):
@@ -290,7 +291,7 @@ class Indicator:
         try:
             reply = self._answer(msg)
         except (IndexError, TypeError, KeyError) as exc:
-            reply = Message.new_error(msg, "org.freedesktop.DBus.Error.InvalidArgs", str(exc))
+            reply = Message.new_error(msg, ERROR_INVALID_ARGS, str(exc))
         if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
-            self._send(reply)
+            self.bus.send(reply)
         return True

@@ -2,7 +2,7 @@
 
     python -m nmfailover.manpage --out DIR   writes DIR/nmfailover.8, DIR/nmfailover.bash, DIR/_nmfailover
 
-Commands and options come from cli.build_parser(), the variables and their defaults from
+Commands and options come from commandline.build_parser(), the variables and their defaults from
 config.Settings' fields (their defaults and descriptions, through docs.settings()), the files from
 system_files, so none of them can drift from the code. Not argparse-manpage or shtab (both on PyPI and
 well kept): they would generate the command and option lists, the smaller part; the ENVIRONMENT, FILES and
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, cli, config, docs, system_files
+from . import __version__, config, docs, system_files
+from .commandline import build_parser
 from .engine import role_name
 
 OUTPUTS = {"man": "nmfailover.8", "bash": "nmfailover.bash", "zsh": "_nmfailover"}
@@ -104,7 +105,7 @@ def _options(parser: argparse.ArgumentParser) -> tuple[Option, ...]:
 
 
 def commands(parser: argparse.ArgumentParser | None = None) -> list[Command]:
-    parser = parser or cli.build_parser()
+    parser = parser or build_parser()
     action = _subparsers(parser)
     summaries = {a.dest: a.help or "" for a in action._choices_actions}
     return [
@@ -175,7 +176,7 @@ def _sentence(text: str) -> str:
 
 
 def render_man(parser: argparse.ArgumentParser | None = None) -> str:
-    parser = parser or cli.build_parser()
+    parser = parser or build_parser()
     found = commands(parser)
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
     date = (
@@ -330,7 +331,7 @@ def _sh_words(words: Sequence[str]) -> str:
 
 
 def render_bash(parser: argparse.ArgumentParser | None = None) -> str:
-    parser = parser or cli.build_parser()
+    parser = parser or build_parser()
     found = commands(parser)
     top = ["-h", "--help", *(f for o in _options(parser) for f in o.flags), *(c.name for c in found)]
     valued: dict[str, list[str]] = {}  # case pattern "command:--option" -> its value kind
@@ -424,7 +425,7 @@ def _zsh_option_specs(options: Sequence[Option]) -> Iterator[str]:
 
 
 def render_zsh(parser: argparse.ArgumentParser | None = None) -> str:
-    parser = parser or cli.build_parser()
+    parser = parser or build_parser()
     found = commands(parser)
     lines = [
         "#compdef nmfailover",

@@ -20,27 +20,35 @@ import argparse
 import asyncio
 import html
 import signal
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 
-from .bus import BusType, Message, MessageBus, MessageType, Variant
+from .bus import (
+    ERROR_ACCESS_DENIED,
+    ERROR_NAME_HAS_NO_OWNER,
+    REQUEST_NAME_DO_NOT_QUEUE,
+    REQUEST_NAME_PRIMARY_OWNER,
+    BusType,
+    Connection,
+    MessageType,
+    Variant,
+    Words,
+    connect_with_backoff,
+)
 from .control import BUS_NAME, INTERFACE, OBJECT_PATH
-from .errors import NmfailoverError
+from .errors import AgentRunning, NoticeCallFailed, NoticeError
 from .indicator import Indicator
 from .notice import Action, DnsMove, Notice, NoticeBoard, Snapshot, Switch
 from .tray import tray_view
 
 CALL_TIMEOUT = 5.0
-RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 APP_NAME = "nmfailover"
 # Owned on the session bus so that one session never runs two agents (autostart and a user unit both on).
 AGENT_NAME = "net.nmfailover.Notify"
 EXIT_OK, EXIT_FAILURE = 0, 1
 
-_DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
 _NOTIFICATIONS = (
     "org.freedesktop.Notifications",
     "/org/freedesktop/Notifications",
@@ -66,16 +74,6 @@ ACTION_MATCH = (
 _SIGNATURES = {"Switched": "ssss", "DnsMoved": "sass"}
 # How often the tray reads the daemon's status between switches: health changes without a switch too.
 TRAY_REFRESH = 10.0
-_REQUEST_NAME_DO_NOT_QUEUE = 0x4
-_PRIMARY_OWNER = 1
-
-
-class NoticeError(NmfailoverError):
-    """A bus is unreachable or a call on it failed."""
-
-
-class AgentRunning(NoticeError):
-    """Another agent already serves this session."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +108,8 @@ class NoticeAgent:
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._owner: str | None = None  # unique name of the daemon's connection
         self._owner_changes = 0
-        self._session: Any = None
-        self._system: Any = None
+        self._session: Connection | None = None
+        self._system: Connection | None = None
         self._capabilities: frozenset[str] | None = None
         self._last_id = 0
         self._actions: dict[str, Action] = {}  # the buttons of the notice shown last
@@ -120,51 +118,35 @@ class NoticeAgent:
     async def run(self) -> None:
         """Until cancelled; NoticeError when the session bus is unreachable or lost, AgentRunning when
         another agent serves the session."""
-        self._session = await _connect(BusType.SESSION, "session")
+        self._session = session = await Connection.open(NOTICE_WORDS, CALL_TIMEOUT, BusType.SESSION)
         try:
-            (result,) = await _call(
-                self._session, *_DBUS, "RequestName", "su", [AGENT_NAME, _REQUEST_NAME_DO_NOT_QUEUE]
-            )
-            if result != _PRIMARY_OWNER:
+            (result,) = await session.call_bus("RequestName", "su", [AGENT_NAME, REQUEST_NAME_DO_NOT_QUEUE])
+            if result != REQUEST_NAME_PRIMARY_OWNER:
                 raise AgentRunning(f"another agent owns {AGENT_NAME} on the session bus")
-            self._session.add_message_handler(self._on_session_message)
-            await _call(self._session, *_DBUS, "AddMatch", "s", [ACTION_MATCH])
+            session.add_message_handler(self._on_session_message)
+            await session.add_match(ACTION_MATCH)
             logger.info("showing nmfailover's switches as desktop notifications")
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._watch_system_bus())
                 group.create_task(self._show_notices())
                 group.create_task(self._session_lost())
                 if self.tray:
-                    self._indicator = Indicator(self._session, lambda a: self._events.put_nowait(Chosen(a)))
-                    await self._indicator.start(_call)
+                    self._indicator = Indicator(session, lambda a: self._events.put_nowait(Chosen(a)))
+                    await self._indicator.start()
                     group.create_task(self._keep_tray())
         finally:
-            self._session.disconnect()
+            session.close()
 
     async def _session_lost(self) -> None:
-        try:
-            await self._session.wait_for_disconnect()
-        except Exception as exc:  # noqa: BLE001 - however it ended, it has ended
-            raise NoticeError(f"lost the session bus: {exc}") from exc
+        assert self._session is not None
+        await self._session.wait_for_disconnect()
         raise NoticeError("lost the session bus")
 
     # -- the system bus -----------------------------------------------------------------------------
 
     async def _watch_system_bus(self) -> None:
-        attempt = 0
         while True:
-            try:
-                bus = await self._subscribe()
-            except NoticeError as exc:
-                delay = RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)]
-                attempt += 1
-                # Once at warning, then quietly: a system bus that stays away is logged by the system.
-                (logger.warning if attempt == 1 else logger.debug)(
-                    "system bus: {}; trying again in {:g} s (attempt {})", exc, delay, attempt
-                )
-                await asyncio.sleep(delay)
-                continue
-            attempt = 0
+            bus = await connect_with_backoff(self._subscribe, NoticeError, _log_unreachable)
             self._system = bus
             logger.info(
                 "listening for switches on the system bus (daemon {})",
@@ -174,32 +156,29 @@ class NoticeAgent:
                 self._events.put_nowait(Login())
             try:
                 await bus.wait_for_disconnect()
-            except Exception as exc:  # noqa: BLE001 - any end of the connection means reconnecting
-                logger.debug("system bus connection ended: {!r}", exc)
             finally:
                 self._system = None
-                bus.disconnect()  # a no-op once it is lost; when cancelled, the agent is stopping
+                bus.close()  # a no-op once it is lost; when cancelled, the agent is stopping
             logger.warning("lost the system bus; reconnecting")
             self._owner = None
 
-    async def _subscribe(self) -> Any:
-        bus = await _connect(BusType.SYSTEM, "system")
+    async def _subscribe(self) -> Connection:
+        bus = await Connection.open(NOTICE_WORDS, CALL_TIMEOUT)
         bus.add_message_handler(self._on_system_message)
         try:
-            for rule in (OWNER_MATCH, SWITCHED_MATCH, DNS_MATCH):
-                await _call(bus, *_DBUS, "AddMatch", "s", [rule])
+            await bus.add_match(OWNER_MATCH, SWITCHED_MATCH, DNS_MATCH)
             changes = self._owner_changes
             try:
-                (owner,) = await _call(bus, *_DBUS, "GetNameOwner", "s", [BUS_NAME])
-            except _CallFailed as exc:
-                if exc.error_name != "org.freedesktop.DBus.Error.NameHasNoOwner":
+                (owner,) = await bus.call_bus("GetNameOwner", "s", [BUS_NAME])
+            except NoticeCallFailed as exc:
+                if exc.error_name != ERROR_NAME_HAS_NO_OWNER:
                     raise
                 owner = None
             # A NameOwnerChanged that came while we waited is newer than the answer.
             if changes == self._owner_changes:
                 self._owner = owner
         except BaseException:
-            bus.disconnect()
+            bus.close()
             raise
         return bus
 
@@ -237,7 +216,7 @@ class NoticeAgent:
         if self._system is None:
             return Snapshot()
         try:
-            (text,) = await _call(self._system, *_DAEMON, "Status")
+            (text,) = await self._system.call(*_DAEMON, "Status")
         except NoticeError as exc:
             logger.warning("could not read the daemon's status: {}", exc)
             return Snapshot()
@@ -254,10 +233,10 @@ class NoticeAgent:
         else:
             signature, body = "", []
         try:
-            await _call(self._system, *_DAEMON, action.method, signature, body)
-        except _CallFailed as exc:
+            await self._system.call(*_DAEMON, action.method, signature, body)
+        except NoticeCallFailed as exc:
             logger.warning("{} refused: {}", action.method, exc)
-            if exc.error_name == "org.freedesktop.DBus.Error.AccessDenied":
+            if exc.error_name == ERROR_ACCESS_DENIED:
                 return self.board.action_failed(action, f"not allowed: {exc.text}")
             return self.board.action_failed(action, exc.text)
         except NoticeError as exc:
@@ -324,8 +303,8 @@ class NoticeAgent:
         body = html.escape(notice.body, quote=False) if "body-markup" in capabilities else notice.body
         actions = notice.actions if "actions" in capabilities else ()
         hints = {"urgency": Variant("y", notice.urgency), "category": Variant("s", "network")}
-        (notification_id,) = await _call(
-            self._session,
+        assert self._session is not None
+        (notification_id,) = await self._session.call(
             *_NOTIFICATIONS,
             "Notify",
             "susssasa{sv}i",
@@ -345,47 +324,38 @@ class NoticeAgent:
 
     async def _server_capabilities(self) -> frozenset[str]:
         if self._capabilities is None:
+            assert self._session is not None
             try:
-                (capabilities,) = await _call(self._session, *_NOTIFICATIONS, "GetCapabilities")
+                (capabilities,) = await self._session.call(*_NOTIFICATIONS, "GetCapabilities")
             except NoticeError:
                 return frozenset()  # no notification server yet: ask again next time
             self._capabilities = frozenset(str(c) for c in capabilities)
         return self._capabilities
 
 
-class _CallFailed(NoticeError):
-    def __init__(self, error_name: str, text: str) -> None:
-        super().__init__(f"{error_name}: {text}")
-        self.error_name = error_name
-        self.text = text
-
-
-async def _connect(bus_type: BusType, which: str) -> Any:
-    try:
-        async with asyncio.timeout(CALL_TIMEOUT):
-            return await MessageBus(bus_type=bus_type).connect()
-    except Exception as exc:  # noqa: BLE001 - the libraries raise many kinds here; all mean the same
-        raise NoticeError(f"cannot connect to the {which} bus: {exc}") from exc
-
-
-async def _call(
-    bus: Any, dest: str, path: str, interface: str, member: str, signature: str = "", body: Sequence[Any] = ()
-) -> list[Any]:
-    msg = Message(
-        destination=dest, path=path, interface=interface, member=member, signature=signature, body=list(body)
+def _log_unreachable(exc: NoticeError, attempt: int, delay: float) -> None:
+    # Once at warning, then quietly: a system bus that stays away is logged by the system.
+    (logger.warning if attempt == 1 else logger.debug)(
+        "system bus: {}; trying again in {:g} s (attempt {})", exc, delay, attempt
     )
-    try:
-        async with asyncio.timeout(CALL_TIMEOUT):
-            reply = await bus.call(msg)
-    except TimeoutError:
-        raise NoticeError(f"{member}: no answer within {CALL_TIMEOUT:g} s") from None
-    except (OSError, EOFError, ConnectionError) as exc:
-        raise NoticeError(f"{member}: bus connection lost: {exc}") from exc
-    if reply is None:
-        raise NoticeError(f"{member}: bus connection lost")
-    if reply.message_type == MessageType.ERROR:
-        raise _CallFailed(reply.error_name, str(reply.body[0]) if reply.body else "")
-    return list(reply.body)
+
+
+class NoticeWords(Words):
+    def unreachable(self, bus_type: BusType, exc: BaseException) -> NoticeError:
+        which = "session" if bus_type == BusType.SESSION else "system"
+        return NoticeError(f"cannot connect to the {which} bus: {exc}")
+
+    def no_answer(self, member: str, timeout: float) -> NoticeError:
+        return NoticeError(f"{member}: no answer within {timeout:g} s")
+
+    def lost(self, member: str, exc: BaseException | None) -> NoticeError:
+        return NoticeError(f"{member}: bus connection lost" + ("" if exc is None else f": {exc}"))
+
+    def refused(self, member: str, error_name: str, text: str) -> NoticeError:
+        return NoticeCallFailed(error_name, text)
+
+
+NOTICE_WORDS = NoticeWords()
 
 
 async def run_agent(board: NoticeBoard, tray: bool = True) -> int:

@@ -20,13 +20,13 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from urllib.parse import unquote
 
 from . import __version__
+from .bus import DEFAULT_SYSTEM_BUS_SOCKET as DEFAULT_SYSTEM_BUS_SOCKET  # the man page names it
 from .errors import NmfailoverError
 
 UNIT_NAME = "nmfailover.service"
@@ -52,7 +52,6 @@ UNIT_DIRS = tuple(
     PurePosixPath(d)
     for d in ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 )
-DEFAULT_SYSTEM_BUS_SOCKET = "/run/dbus/system_bus_socket"
 
 
 @dataclass(frozen=True)
@@ -84,6 +83,11 @@ HIDINGS = (
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/._+@-]+")
 
 
+# The man page and shell completions of a kind ("man", "bash", "zsh"), from manpage.py. It documents the
+# command line, which uses this module: the command line hands it in, so that nothing here imports it.
+Generate = Callable[[str], str]
+
+
 class SystemFilesError(NmfailoverError):
     """The system files cannot be installed or removed as asked; the message says why and what to do."""
 
@@ -96,6 +100,10 @@ class SystemFile:
     render: Callable[[Path], bytes]  # the content, given the console script the unit is to run
     settings: bool = False  # the user's settings: written only where there is none, never replaced
     non_root: bool = False  # only with --non-root
+    generated: str | None = None  # made by `generate` (the man page and completions), not by `render`
+
+    def content(self, executable: Path, generate: Generate) -> bytes:
+        return generate(self.generated).encode() if self.generated is not None else self.render(executable)
 
 
 def data_file(name: str) -> bytes:
@@ -125,13 +133,8 @@ def _running(name: str) -> Callable[[Path], bytes]:
     return render
 
 
-def _generated(kind: str) -> Callable[[Path], bytes]:
-    def render(_executable: Path) -> bytes:
-        from .manpage import render  # it imports the whole CLI, which imports this module
-
-        return render(kind).encode()
-
-    return render
+def _never(_executable: Path) -> bytes:
+    raise SystemFilesError("no longer shipped")
 
 
 def render_unit(executable: Path) -> bytes:
@@ -215,9 +218,9 @@ SYSTEM_FILES: tuple[SystemFile, ...] = (
     SystemFile(UNIT, "systemd unit", 0o644, render_unit),
     SystemFile(DISPATCHER_HOOK, "NetworkManager dispatcher hook", 0o755, _shipped("90-nmfailover")),
     SystemFile(ENV_FILE, "settings", 0o644, _shipped("nmfailover.env"), settings=True),
-    SystemFile(MANPAGE, "man page", 0o644, _generated("man")),
-    SystemFile(BASH_COMPLETION, "bash completion", 0o644, _generated("bash")),
-    SystemFile(ZSH_COMPLETION, "zsh completion", 0o644, _generated("zsh")),
+    SystemFile(MANPAGE, "man page", 0o644, _never, generated="man"),
+    SystemFile(BASH_COMPLETION, "bash completion", 0o644, _never, generated="bash"),
+    SystemFile(ZSH_COMPLETION, "zsh completion", 0o644, _never, generated="zsh"),
     SystemFile(NOTIFY_USER_UNIT, "desktop notice, user unit", 0o644, _running("nmfailover-notify.service")),
     SystemFile(NOTIFY_AUTOSTART, "desktop notice, autostart", 0o644, _running("nmfailover-notify.desktop")),
     SystemFile(POLKIT_ACTIONS, "polkit actions", 0o644, _shipped("net.nmfailover.policy")),
@@ -323,6 +326,7 @@ def install(
     non_root: bool = False,
     force: bool = False,
     executable: Path | None = None,
+    generate: Generate,
 ) -> list[Outcome]:
     """Put every system file in place under `root`; see the module docstring for the rules."""
     executable = executable or find_executable()
@@ -333,7 +337,8 @@ def install(
         for spec in SYSTEM_FILES:
             if spec.non_root and not non_root:
                 continue
-            outcome, created_now = _install_one(root, spec, spec.render(executable), manifest, force)
+            content = spec.content(executable, generate)
+            outcome, created_now = _install_one(root, spec, content, manifest, force)
             created += created_now
             outcomes.append(outcome)
     except OSError as exc:
@@ -383,7 +388,7 @@ def _install_one(
     return Outcome("left", path, note, failed=True), []
 
 
-def remove(root: Path = Path("/"), *, executable: Path | None = None) -> list[Outcome]:
+def remove(root: Path = Path("/"), *, generate: Generate, executable: Path | None = None) -> list[Outcome]:
     """Remove the system files install() wrote, those still as written; say what is left and why."""
     # lexists: under another root the link points at a path of that root, dangling from here.
     units = under_root(root, UNIT.parent)
@@ -407,7 +412,7 @@ def remove(root: Path = Path("/"), *, executable: Path | None = None) -> list[Ou
     outcomes = []
     try:
         for spec in (*SYSTEM_FILES, *retired):
-            outcome = _remove_one(root, spec, manifest, executable)
+            outcome = _remove_one(root, spec, manifest, executable, generate)
             if outcome is not None:
                 outcomes.append(outcome)
         # Last, so that a failure above leaves it for the next attempt.
@@ -420,7 +425,9 @@ def remove(root: Path = Path("/"), *, executable: Path | None = None) -> list[Ou
     return outcomes
 
 
-def _remove_one(root: Path, spec: SystemFile, manifest: _Manifest, executable: Path | None) -> Outcome | None:
+def _remove_one(
+    root: Path, spec: SystemFile, manifest: _Manifest, executable: Path | None, generate: Generate
+) -> Outcome | None:
     path = under_root(root, spec.target)
     if not os.path.lexists(path):
         return None
@@ -430,7 +437,7 @@ def _remove_one(root: Path, spec: SystemFile, manifest: _Manifest, executable: P
     ours = manifest.files.get(str(spec.target)) == _digest(current)
     if not ours and executable is not None:
         with contextlib.suppress(SystemFilesError):
-            ours = current == spec.render(executable)
+            ours = current == spec.content(executable, generate)
     if ours:
         path.unlink()
         return Outcome("removed", path, spec.what)
@@ -439,10 +446,6 @@ def _remove_one(root: Path, spec: SystemFile, manifest: _Manifest, executable: P
     return Outcome(
         "left", path, f"{spec.what}: changed since it was installed; remove it by hand if unwanted"
     )
-
-
-def _never(_executable: Path) -> bytes:
-    raise SystemFilesError("no longer shipped")
 
 
 def systemd_running() -> bool:
@@ -470,28 +473,6 @@ def run_reloads(commands: Sequence[Sequence[str]]) -> Iterator[str]:
         yield f"ran: {shown}" if done.returncode == 0 else f"failed: {shown}: {problem[0]}"
 
 
-def system_bus_location(environ: Mapping[str, str] | None = None) -> str:
-    """Where clients look for the system bus: the socket path, and where that came from."""
-    address = (os.environ if environ is None else environ).get("DBUS_SYSTEM_BUS_ADDRESS", "")
-    if not address:
-        return DEFAULT_SYSTEM_BUS_SOCKET
-    for part in address.split(";"):
-        transport, _, params = part.partition(":")
-        values = dict(item.partition("=")[::2] for item in params.split(","))
-        if transport == "unix" and values.get("path"):
-            return f"{unquote(values['path'])} (DBUS_SYSTEM_BUS_ADDRESS)"
-    return f"{address!r} (DBUS_SYSTEM_BUS_ADDRESS)"
-
-
-def bus_connect_error(exc: BaseException) -> str:
-    """The one-line reason a system bus connection failed, with where it was looked for and what to check."""
-    detail = str(exc) or type(exc).__name__
-    return (
-        f"cannot connect to the system bus at {system_bus_location()}: {detail}; "
-        "is dbus running? check `systemctl status dbus`"
-    )
-
-
 def directory_arg(text: str) -> Path:
     """argparse type for --root: an existing directory."""
     path = Path(text)
@@ -500,7 +481,9 @@ def directory_arg(text: str) -> Path:
     return path
 
 
-def run_command(root: Path | None, *, remove_files: bool, non_root: bool, force: bool) -> int:
+def run_command(
+    root: Path | None, *, remove_files: bool, non_root: bool, force: bool, generate: Generate
+) -> int:
     """`nmfailover install-system-files`: print what was done to each file; the exit code."""
     relocated = root is not None
     root = root or Path("/")
@@ -512,7 +495,11 @@ def run_command(root: Path | None, *, remove_files: bool, non_root: bool, force:
         )
         return 1
     try:
-        outcomes = remove(root) if remove_files else install(root, non_root=non_root, force=force)
+        outcomes = (
+            remove(root, generate=generate)
+            if remove_files
+            else install(root, non_root=non_root, force=force, generate=generate)
+        )
     except SystemFilesError as exc:
         print(f"nmfailover: install-system-files: {exc}", file=sys.stderr)
         return 1

@@ -12,9 +12,9 @@ import pytest
 
 from nmfailover import __version__
 from nmfailover import cli as nmfailover_cli
+from nmfailover.bus import system_bus_location
 from nmfailover.lab.demo import daemon_env
 from nmfailover.lab.sandbox import NMLab
-from nmfailover.system_files import system_bus_location
 
 
 def cli(lab: NMLab, *args: str, **overrides: str) -> subprocess.CompletedProcess[str]:

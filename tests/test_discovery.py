@@ -5,16 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nmfailover.discovery import Kind, choose, kind_of, rank
-from nmfailover.nm import (
-    DEVICE_TYPE_BT,
-    DEVICE_TYPE_MODEM,
-    METERED_GUESS_YES,
-    METERED_NO,
-    METERED_UNKNOWN,
-    METERED_YES,
-    Candidate,
-    Profile,
-)
+from nmfailover.nm import Candidate, DeviceType, Metered, Profile
 
 ETHERNET, WIFI, BLUETOOTH, GSM = "802-3-ethernet", "802-11-wireless", "bluetooth", "gsm"
 
@@ -24,10 +15,10 @@ def candidate(
     kind: str = ETHERNET,
     *,
     metric: int = -1,
-    device_type: int = 1,
+    device_type: DeviceType = DeviceType.ETHERNET,
     driver: str = "e1000e",
-    metered: int = METERED_UNKNOWN,
-    saved_metered: int = METERED_UNKNOWN,
+    metered: Metered = Metered.UNKNOWN,
+    saved_metered: Metered = Metered.UNKNOWN,
     never_default: bool = False,
     port: bool = False,
     vpn: bool = False,
@@ -39,12 +30,12 @@ def candidate(
 
 KIND_CASES: list[tuple[str, Candidate, Kind | str]] = [
     ("ethernet", candidate("a"), Kind.WIRED),
-    ("wi-fi", candidate("a", WIFI, device_type=2), Kind.WIFI),
+    ("wi-fi", candidate("a", WIFI, device_type=DeviceType.WIFI), Kind.WIFI),
     ("an Android phone over USB", candidate("a", driver="rndis_host"), Kind.TETHERED),
     ("an iPhone over USB", candidate("a", driver="ipheth"), Kind.TETHERED),
-    ("Bluetooth PAN", candidate("a", BLUETOOTH, device_type=DEVICE_TYPE_BT), Kind.TETHERED),
-    ("Bluetooth DUN through ModemManager", candidate("a", BLUETOOTH, device_type=DEVICE_TYPE_MODEM), Kind.MOBILE),
-    ("a 4G modem", candidate("a", GSM, device_type=DEVICE_TYPE_MODEM), Kind.MOBILE),
+    ("Bluetooth PAN", candidate("a", BLUETOOTH, device_type=DeviceType.BT), Kind.TETHERED),
+    ("Bluetooth DUN through ModemManager", candidate("a", BLUETOOTH, device_type=DeviceType.MODEM), Kind.MOBILE),
+    ("a 4G modem", candidate("a", GSM, device_type=DeviceType.MODEM), Kind.MOBILE),
     ("PPPoE over the fiber box", candidate("a", "pppoe"), Kind.WIRED),
     ("a bridge holding the address", candidate("a", "bridge"), Kind.WIRED),
     ("a VPN", candidate("a", "vpn", vpn=True), "a VPN rides on an uplink"),
@@ -67,26 +58,26 @@ ORDER_CASES: list[tuple[str, list[Candidate], list[str]]] = [
     (
         "wired, then Wi-Fi, then a tethered phone, then a modem, whatever NetworkManager's order",
         [
-            candidate("lte", GSM, device_type=DEVICE_TYPE_MODEM),
+            candidate("lte", GSM, device_type=DeviceType.MODEM),
             candidate("phone", driver="cdc_ncm"),
-            candidate("home", WIFI, device_type=2),
+            candidate("home", WIFI, device_type=DeviceType.WIFI),
             candidate("fiber"),
         ],
         ["fiber", "home", "phone", "lte"],
     ),
     (
         "metered last, even wired: a 4G router on a port, marked in its profile",
-        [candidate("4g-router", saved_metered=METERED_YES), candidate("home", WIFI, device_type=2)],
+        [candidate("4g-router", saved_metered=Metered.YES), candidate("home", WIFI, device_type=DeviceType.WIFI)],
         ["home", "4g-router"],
     ),
     (
         "NetworkManager's own guess counts (DHCP's ANDROID_METERED hint on a hotspot)",
-        [candidate("hotspot", WIFI, device_type=2, metered=METERED_GUESS_YES), candidate("cafe", WIFI, device_type=2)],
+        [candidate("hotspot", WIFI, device_type=DeviceType.WIFI, metered=Metered.GUESS_YES), candidate("cafe", WIFI, device_type=DeviceType.WIFI)],
         ["cafe", "hotspot"],
     ),
     (
         "an explicit no does not make a modem unmetered: it is the kind that is metered",
-        [candidate("lte", GSM, device_type=DEVICE_TYPE_MODEM, saved_metered=METERED_NO), candidate("wifi", WIFI)],
+        [candidate("lte", GSM, device_type=DeviceType.MODEM, saved_metered=Metered.NO), candidate("wifi", WIFI)],
         ["wifi", "lte"],
     ),
     (

@@ -29,16 +29,15 @@ from nmfailover.lab.sandbox import NMLab
 from nmfailover.nm import (
     MAIN_TABLE,
     RESOLVER_ROUTE_METRIC,
+    DeviceState,
     Dns,
     LinkState,
     NetworkManagerClient,
     Profile,
     ResolverRoutes,
     Restore,
-    _dns,
-    _dns_edit,
-    _resolver_routes_edit,
 )
+from nmfailover.nm.edits import dns_edit, dns_of, resolver_routes_edit
 
 PRIMARY_RESOLVER, BACKUP_RESOLVER = "203.0.113.53", "203.0.113.54"
 NAMED_RESOLVER = "203.0.113.99"  # "one the user names": reachable through the primary's path
@@ -62,14 +61,14 @@ def test_dns_goes_to_each_family_in_the_form_the_connection_came_in() -> None:
         "ipv6": {"method": _v("s", "auto")},
     }
     wanted = Dns((BACKUP_RESOLVER, "2001:db8::53", PRIMARY_RESOLVER), DNS_PRIORITY_MOVED, DNS_PRIORITY_MOVED)
-    assert _dns_edit(wanted)(settings)
+    assert dns_edit(wanted)(settings)
     assert settings["ipv4"]["dns-data"].value == [BACKUP_RESOLVER, PRIMARY_RESOLVER]
     assert settings["ipv6"]["dns"].value == [bytes.fromhex("20010db8" + "0" * 20 + "0053")]
     assert (
         settings["ipv4"]["dns-priority"].value == settings["ipv6"]["dns-priority"].value == DNS_PRIORITY_MOVED
     )
-    assert _dns(settings) == Dns((BACKUP_RESOLVER, PRIMARY_RESOLVER, "2001:db8::53"), 10_000, 10_000)
-    assert not _dns_edit(wanted)(settings)  # already so: no Reapply
+    assert dns_of(settings) == Dns((BACKUP_RESOLVER, PRIMARY_RESOLVER, "2001:db8::53"), 10_000, 10_000)
+    assert not dns_edit(wanted)(settings)  # already so: no Reapply
 
 
 def test_the_legacy_ipv4_form_is_read_and_a_family_without_dns_gets_none() -> None:
@@ -79,8 +78,8 @@ def test_the_legacy_ipv4_form_is_read_and_a_family_without_dns_gets_none() -> No
         "ipv4": {"method": _v("s", "auto"), "dns": _v("au", [legacy])},
         "ipv6": {"method": _v("s", "disabled")},  # NetworkManager refuses ipv6.dns here
     }
-    assert _dns(settings) == Dns((PRIMARY_RESOLVER,))
-    assert _dns_edit(Dns(("2001:db8::53", PRIMARY_RESOLVER)))(settings) is False
+    assert dns_of(settings) == Dns((PRIMARY_RESOLVER,))
+    assert dns_edit(Dns(("2001:db8::53", PRIMARY_RESOLVER)))(settings) is False
     assert "dns" not in settings["ipv6"]
 
 
@@ -89,15 +88,15 @@ def test_resolver_routes_replace_ours_and_keep_everyone_elses() -> None:
     source_table = {**theirs, "dest": _v("s", "0.0.0.0"), "prefix": _v("u", 0), "table": _v("u", 1000)}
     settings: dict[str, dict[str, Any]] = {"ipv4": {"route-data": _v("aa{sv}", [theirs, source_table])}}
     wanted = ResolverRoutes((BACKUP_RESOLVER, "2001:db8::54"), "192.0.2.65", None)  # no IPv6 gateway
-    assert _resolver_routes_edit(wanted)(settings)
+    assert resolver_routes_edit(wanted)(settings)
     routes = settings["ipv4"]["route-data"].value
     assert routes[:2] == [theirs, source_table]
     assert [
         (r["dest"].value, r["prefix"].value, r["next-hop"].value, r["metric"].value) for r in routes[2:]
     ] == [(BACKUP_RESOLVER, 32, "192.0.2.65", RESOLVER_ROUTE_METRIC)]
     assert routes[2]["table"].value == MAIN_TABLE
-    assert not _resolver_routes_edit(wanted)(settings)
-    assert _resolver_routes_edit(ResolverRoutes())(settings)
+    assert not resolver_routes_edit(wanted)(settings)
+    assert resolver_routes_edit(ResolverRoutes())(settings)
     assert settings["ipv4"]["route-data"].value == [theirs, source_table]
 
 
@@ -143,8 +142,12 @@ class AppliedDns:
 
 
 LINKS = {
-    "p": LinkState("p", "/dev/a", "wana", 100, nameservers=(PRIMARY_RESOLVER,), gateway4="192.0.2.1"),
-    "b": LinkState("b", "/dev/b", "wanb", 100, nameservers=(BACKUP_RESOLVER,), gateway4="192.0.2.65"),
+    "p": LinkState(
+        "p", "/dev/a", "wana", DeviceState.ACTIVATED, nameservers=(PRIMARY_RESOLVER,), gateway4="192.0.2.1"
+    ),
+    "b": LinkState(
+        "b", "/dev/b", "wanb", DeviceState.ACTIVATED, nameservers=(BACKUP_RESOLVER,), gateway4="192.0.2.65"
+    ),
 }
 
 

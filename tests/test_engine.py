@@ -16,6 +16,7 @@ from nmfailover.engine.supervisor import Supervisor
 from nmfailover.errors import InvalidRequest, NMError, NMUnavailable, TaskGaveUp
 from nmfailover.nm import (
     CarrierChanged,
+    DeviceState,
     DeviceStateChanged,
     Dns,
     LinkState,
@@ -66,7 +67,7 @@ class FakeNM:
                 uuid=p.uuid,
                 device=f"/dev/{p.interface_name}",
                 interface=p.interface_name,
-                state=100,
+                state=DeviceState.ACTIVATED,
                 nameservers=("192.0.2.53",),
             )
             for p in profiles
@@ -233,15 +234,19 @@ async def test_device_state_event_triggers_immediate_probe_and_reactivation_reap
 ) -> None:
     engine, nm, prober, task = slow_harness
     await asyncio.sleep(0.06)  # let the loops settle into their intervals
-    nm.links["uuid-primary"] = LinkState(uuid="uuid-primary", device="/dev/wana", interface="wana", state=20)
+    nm.links["uuid-primary"] = LinkState(
+        uuid="uuid-primary", device="/dev/wana", interface="wana", state=DeviceState.UNAVAILABLE
+    )
     prober.rounds.clear()
-    engine.on_nm_event(DeviceStateChanged("/dev/wana", 20, 100))
+    engine.on_nm_event(DeviceStateChanged("/dev/wana", DeviceState.UNAVAILABLE, DeviceState.ACTIVATED))
     await wait_until(lambda: None in prober.rounds, timeout=2)  # well before the 5 s interval
     await wait_until(lambda: engine.current == 1)  # no device: down at once, no fail count
     # NetworkManager re-activates the profile with its own metrics: the preference is put back.
     nm.metrics["/dev/wana"] = (-1, -1)
-    nm.links["uuid-primary"] = LinkState(uuid="uuid-primary", device="/dev/wana", interface="wana", state=100)
-    engine.on_nm_event(DeviceStateChanged("/dev/wana", 100, 70))
+    nm.links["uuid-primary"] = LinkState(
+        uuid="uuid-primary", device="/dev/wana", interface="wana", state=DeviceState.ACTIVATED
+    )
+    engine.on_nm_event(DeviceStateChanged("/dev/wana", DeviceState.ACTIVATED, DeviceState.IP_CONFIG))
     await wait_until(lambda: nm.metrics["/dev/wana"] != (-1, -1))
     await stop(engine, task)
 

@@ -26,8 +26,11 @@ from nmfailover.errors import ConfigError, NMError
 from nmfailover.lab.demo import daemon_env, wait_for
 from nmfailover.lab.sandbox import NMLab
 from nmfailover.nm import (
+    DeviceState,
+    DeviceType,
     Dns,
     LinkState,
+    Metered,
     MeteredChanged,
     Metrics,
     NetworkManagerClient,
@@ -42,8 +45,8 @@ from tests.operate import cli, status
 
 NM = "org.freedesktop.NetworkManager"
 NM_PATH = "/org/freedesktop/NetworkManager"
-YES, GUESS_YES, GUESS_NO = 1, 3, 4
-VETH = 20  # NMDeviceType of the lab's devices
+YES, GUESS_YES, GUESS_NO = Metered.YES, Metered.GUESS_YES, Metered.GUESS_NO
+VETH = DeviceType.VETH  # the lab's devices
 
 
 # -- NetworkManager's view, read without nmfailover's code ------------------------------------------------
@@ -127,7 +130,7 @@ async def test_reapply_marks_metered_at_run_time_and_metrics_keep_it(
     await client.set_route_metrics(link.device, -1, -1)
     await asyncio.to_thread(settle, "back to the primary", lambda: global_metered(nmlab) == GUESS_NO)
 
-    assert await client.set_metered(link.device, 0) is True
+    assert await client.set_metered(link.device, Metered.UNKNOWN) is True
     assert device_metered(nmlab, "wanb") == GUESS_NO  # unknown again: NetworkManager guesses
     # Nothing of it reached the saved profile or the disk, and the link was never taken down.
     assert saved_metered(nmlab, "backup") == "unknown" and nmlab.profiles_on_disk() == on_disk
@@ -252,15 +255,25 @@ def test_names_that_are_no_uplink_are_refused_naming_the_variable(metered: str, 
     assert raised.value.variable == "NMFAILOVER_METERED" and problem in raised.value.problem
 
 
-def _link(device_type: int = 1, driver: str = "r8169", metered: int = GUESS_NO) -> LinkState:
-    return LinkState("uuid", "/dev/1", "usb0", 100, device_type=device_type, driver=driver, metered=metered)
+def _link(
+    device_type: DeviceType = DeviceType.ETHERNET, driver: str = "r8169", metered: Metered = GUESS_NO
+) -> LinkState:
+    return LinkState(
+        "uuid",
+        "/dev/1",
+        "usb0",
+        DeviceState.ACTIVATED,
+        device_type=device_type,
+        driver=driver,
+        metered=metered,
+    )
 
 
 @pytest.mark.parametrize(
     ("index", "link", "marked", "warned"),
     [
-        (1, _link(device_type=8, driver="qmi_wwan"), False, "a mobile broadband modem"),
-        (1, _link(device_type=5, driver="btusb"), False, "Bluetooth"),
+        (1, _link(device_type=DeviceType.MODEM, driver="qmi_wwan"), False, "a mobile broadband modem"),
+        (1, _link(device_type=DeviceType.BT, driver="btusb"), False, "Bluetooth"),
         *(
             (1, _link(driver=d), False, f"driver {d}")
             for d in ("rndis_host", "cdc_ether", "cdc_ncm", "ipheth")
@@ -372,7 +385,8 @@ class AppliedConnections:
         raise AssertionError("not used by apply")
 
     async def applied_metrics(self, device: str) -> Metrics:
-        return Metrics(*self.applied[device])
+        metric4, metric6, metered = self.applied[device]
+        return Metrics(metric4, metric6, Metered(metered))
 
     async def has_profile(self, uuid: str) -> bool:
         return True
@@ -380,9 +394,15 @@ class AppliedConnections:
 
 def _uplinks(backup_driver: str) -> list[Uplink]:
     return [
-        Uplink(0, _profile("Fiber", "Fiber", "eth0"), LinkState("a", "/dev/a", "eth0", 100, driver="r8169")),
         Uplink(
-            1, _profile("Phone", "Phone", "usb0"), LinkState("b", "/dev/b", "usb0", 100, driver=backup_driver)
+            0,
+            _profile("Fiber", "Fiber", "eth0"),
+            LinkState("a", "/dev/a", "eth0", DeviceState.ACTIVATED, driver="r8169"),
+        ),
+        Uplink(
+            1,
+            _profile("Phone", "Phone", "usb0"),
+            LinkState("b", "/dev/b", "usb0", DeviceState.ACTIVATED, driver=backup_driver),
         ),
         Uplink(2, _profile("LTE", "LTE", "wwan0"), LinkState("c")),  # not active
     ]

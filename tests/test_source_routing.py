@@ -31,14 +31,15 @@ from nmfailover.engine.actuator import Actuator, ActuatorParams, SourceRoutingSt
 from nmfailover.lab.demo import DaemonProcess, wait_for
 from nmfailover.lab.sandbox import NMLab
 from nmfailover.nm import (
+    DeviceState,
     IpConfigChanged,
     LinkState,
     NetworkManagerClient,
     Profile,
     SourceRouting,
-    _event,
-    _sources,
 )
+from nmfailover.nm.edits import sources
+from nmfailover.nm.events import event_of
 from nmfailover.status import Status
 from tests.daemon import running_daemon
 from tests.operate import cli, status
@@ -438,9 +439,9 @@ def test_sources_are_ipv4_addresses_and_ipv6_prefixes_never_link_local() -> None
             {"address": "fe80::1", "prefix": 64},
         ]
     }
-    assert _sources(ip4, 4) == ("192.0.2.66/32",)
-    assert _sources(ip6, 6) == ("2001:db8:b::/64",)
-    assert _sources({}, 4) == _sources(ip4, 6) == ()
+    assert sources(ip4, 4) == ("192.0.2.66/32",)
+    assert sources(ip6, 6) == ("2001:db8:b::/64",)
+    assert sources({}, 4) == sources(ip4, 6) == ()
 
 
 def test_only_address_and_gateway_changes_are_ip_config_events() -> None:
@@ -453,8 +454,8 @@ def test_only_address_and_gateway_changes_are_ip_config_events() -> None:
         def __init__(self, changed: dict[str, object]) -> None:
             self.body = ["org.freedesktop.NetworkManager.IP6Config", changed, []]
 
-    assert _event(Signal({"AddressData": [], "Gateway": ""})) == IpConfigChanged(Signal.path)
-    assert _event(Signal({"RouteData": []})) is None  # every Reapply changes these: no re-read for them
+    assert event_of(Signal({"AddressData": [], "Gateway": ""})) == IpConfigChanged(Signal.path)
+    assert event_of(Signal({"RouteData": []})) is None  # every Reapply changes these: no re-read for them
 
 
 class Recorder:
@@ -479,7 +480,7 @@ def _actuator(recorder: Recorder, enabled: str = "true") -> Actuator:
         Uplink(
             0,
             profiles[0],
-            LinkState("uuid-Fiber", "/dev/a", "eth0", 100, gateway4="192.0.2.1", sources4=("192.0.2.2/32",),
+            LinkState("uuid-Fiber", "/dev/a", "eth0", DeviceState.ACTIVATED, gateway4="192.0.2.1", sources4=("192.0.2.2/32",),
                       gateway6="fe80::1", sources6=("2001:db8:a::/64",)),
         ),
         Uplink(1, profiles[1], LinkState("uuid-LTE")),  # not active
@@ -500,13 +501,23 @@ async def test_a_prefix_that_vanishes_for_a_moment_is_kept_and_a_new_one_is_appl
     # Every Reapply restarts SLAAC: the IPv6 addresses and gateway are gone for a moment. Following that
     # would Reapply again, and again.
     primary.link = LinkState(
-        "uuid-Fiber", "/dev/a", "eth0", 100, gateway4="192.0.2.1", sources4=("192.0.2.2/32",)
+        "uuid-Fiber",
+        "/dev/a",
+        "eth0",
+        DeviceState.ACTIVATED,
+        gateway4="192.0.2.1",
+        sources4=("192.0.2.2/32",),
     )
     await actuator.route_by_source()
     assert len(recorder.sent) == 1
 
     primary.link = LinkState(
-        "uuid-Fiber", "/dev/a", "eth0", 100, gateway4="192.0.2.1", sources4=("192.0.2.9/32",)
+        "uuid-Fiber",
+        "/dev/a",
+        "eth0",
+        DeviceState.ACTIVATED,
+        gateway4="192.0.2.1",
+        sources4=("192.0.2.9/32",),
     )
     await actuator.route_by_source()
     assert recorder.sent[-1][1].sources4 == ("192.0.2.9/32",)

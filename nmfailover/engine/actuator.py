@@ -16,10 +16,9 @@ from .. import runstate
 from ..config import Settings
 from ..errors import ConfigError, NMError, NMLinkChanged, NMUnavailable
 from ..nm import (
-    METERED_NAMES,
-    METERED_YES,
     Dns,
     LinkState,
+    Metered,
     Metrics,
     Profile,
     ResolverRoutes,
@@ -103,7 +102,7 @@ class NetworkManagerPort(Protocol):
     async def wait_for_disconnect(self) -> None: ...
     async def link_state(self, uuid: str) -> LinkState: ...
     async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool: ...
-    async def set_metered(self, device: str, metered: int) -> bool: ...
+    async def set_metered(self, device: str, metered: Metered) -> bool: ...
     async def set_ipv6_default(
         self, device: str, allowed: bool, gateway: str | None = None
     ) -> str | None: ...
@@ -170,7 +169,7 @@ def metered_warning(index: int, link: LinkState, marked: bool) -> str | None:
     nothing marks it (neither this setting nor its profile's connection.metered=yes, which the device
     shows)."""
     why = link.looks_mobile
-    if index == 0 or marked or link.metered == METERED_YES or why is None:
+    if index == 0 or marked or link.metered == Metered.YES or why is None:
         return None
     role = role_name(index)
     return (
@@ -252,7 +251,7 @@ class Actuator:
             # Marked before the metrics move traffic there, so NetworkManager calls the machine metered from
             # the moment traffic arrives; the Reapply of the metrics keeps the mark (verified below).
             for uplink, device, _, _ in live:
-                if uplink.index in self.metered and await self.nm.set_metered(device, METERED_YES):
+                if uplink.index in self.metered and await self.nm.set_metered(device, Metered.YES):
                     logger.info("{}: marked metered (connection.metered=yes, at run time)", uplink.label)
             for uplink, device, metric, ipv6 in live:
                 started = time.perf_counter()
@@ -271,10 +270,9 @@ class Actuator:
                         f"{uplink.label} runs with metrics {applied.metric4}/{applied.metric6}, "
                         f"expected {metric}/{ipv6}"
                     )
-                if uplink.index in self.metered and applied.metered != METERED_YES:
+                if uplink.index in self.metered and applied.metered != Metered.YES:
                     raise NMError(
-                        f"{uplink.label} runs with connection.metered "
-                        f"{METERED_NAMES.get(applied.metered, applied.metered)}, expected yes"
+                        f"{uplink.label} runs with connection.metered {applied.metered.word}, expected yes"
                     )
                 routed = self.source_routing.get(uplink.index)
                 if routed is not None and routed.active and routed.table not in applied.rule_tables:
@@ -345,7 +343,7 @@ class Actuator:
                     logger.info(
                         "{}: metered back to its profile's own ({})",
                         uplink.label,
-                        METERED_NAMES.get(saved.metered, saved.metered),
+                        saved.metered.word,
                     )
                 if back.dns is not None:
                     logger.info("{}: its own resolvers back", uplink.label)

@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 
 from loguru import logger
 
+from ..bus import connect_with_backoff, until_lost
 from ..detection import Watch
 from ..errors import NMError, NMUnavailable
 from ..nm import (
@@ -35,7 +36,6 @@ BURST = 0.02  # the signals of one change arrive together: collect them, then ac
 STARTUP_WAIT = 15.0
 STARTUP_POLL = 0.2
 IDLE_BEAT = 5.0  # an idle loop still proves it is alive this often
-RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 @runtime_checkable
@@ -196,25 +196,15 @@ class EventIntake:
         """Reconnect after the system bus connection is lost (a restarted dbus-daemon)."""
         live = self.supervisor.liveness(name, IDLE_BEAT + 15.0)
         while True:
-            # Waited on from a task of its own: a timeout must not cancel the library's own future.
-            lost = asyncio.ensure_future(self.nm.wait_for_disconnect())
-            try:
-                while not lost.done():
-                    live.beat()
-                    await asyncio.wait({lost}, timeout=IDLE_BEAT)
-            finally:
-                lost.cancel()
+            await until_lost(self.nm.wait_for_disconnect, live.beat, IDLE_BEAT)
             logger.warning("lost the system bus connection; reconnecting")
             await self.nm.close()
-            attempt = 0
-            while True:
-                live.beat()
-                await asyncio.sleep(RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)])
-                attempt += 1
-                try:
-                    await self.nm.connect()
-                    break
-                except NMError as exc:
-                    logger.debug("reconnect attempt {} failed: {}", attempt, exc)
+            await connect_with_backoff(
+                self.nm.connect, NMError, _log_failed_reconnect, beat=live.beat, after_loss=True
+            )
             logger.info("reconnected to the system bus")
             self.put(NMStarted())
+
+
+def _log_failed_reconnect(exc: NMError, attempt: int, _delay: float) -> None:
+    logger.debug("reconnect attempt {} failed: {}", attempt, exc)

@@ -9,9 +9,9 @@ from typing import Protocol, runtime_checkable
 
 from loguru import logger
 
+from ..backoff import backoff_delay
 from ..errors import NMError
 from ..policy import on_demand_wanted
-from .intake import RECONNECT_BACKOFF
 from .state import Uplink
 
 
@@ -74,7 +74,7 @@ class OnDemand:
         except NMError as exc:
             failures = self._failures.get(uuid, 0) + 1
             self._failures[uuid] = failures
-            delay = RECONNECT_BACKOFF[min(failures, len(RECONNECT_BACKOFF)) - 1]
+            delay = backoff_delay(failures)
             self._retry_at[uuid] = now + delay
             if failures == 1:  # once: it is retried with back-off, quietly, until it works
                 logger.warning("{}: on demand, could not activate it: {} (retrying)", uplink.label, exc)

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
+from ..backoff import BACKOFF, backoff_delay
 from ..errors import TaskGaveUp
 
 Job = Callable[[], Awaitable[None]]
 
-BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 # More crashes than this within the window mean a restart will not help: leave it to the service manager.
 CRASH_BUDGET = 5
 CRASH_WINDOW = 300.0
@@ -120,7 +120,7 @@ class Supervisor:
                     "stopping so that the service manager restarts the daemon"
                 )
             self.restarts[name] += 1
-            delay = self.backoff[min(len(crashes), len(self.backoff)) - 1]
+            delay = backoff_delay(len(crashes), self.backoff)
             logger.warning("restarting task {} in {:g} s (restart {})", name, delay, self.restarts[name])
             if name in self._liveness:
                 # Waiting out the back-off is not being stuck.
