@@ -22,12 +22,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, system_files
+from . import __version__
 from .budget import format_size
 from .config import Settings, load_settings
 from .control import BUS_NAME, call_daemon
 from .daemon import connect, run_daemon
-from .doctor import run as run_doctor
 from .engine import find_uplinks, role_name
 from .engine.actuator import metered_uplinks, metered_warning, on_demand_uplinks
 from .errors import (
@@ -43,9 +42,7 @@ from .follow import FOLLOW_INTERVAL, follow_status
 from .log import setup_logging
 from .nm import NetworkManagerClient
 from .notice import FLAP_COUNT, FLAP_WINDOW, NoticeBoard
-from .notify import count_arg, run_agent
 from .probe import Link, probe_round
-from .tunnels import check_names
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_DENIED = 0, 1, 2, 3, 4
 CLIENT_COMMANDS = ("status", "recheck", "test-failover", "prefer")
@@ -182,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     notify.add_argument(
         "--flap-count",
-        type=count_arg,
+        type=_count_arg,
         default=FLAP_COUNT,
         metavar="N",
         help=f"more switches than N within --flap-window are summed up (default: {FLAP_COUNT})",
@@ -215,7 +212,7 @@ def _add_setup_commands(commands: argparse._SubParsersAction[Any]) -> None:
     )
     install.add_argument(
         "--root",
-        type=system_files.directory_arg,
+        type=_directory_arg,
         metavar="DIR",
         help="write under DIR instead of / (an image, a test); nothing is reloaded",
     )
@@ -239,10 +236,24 @@ def _add_setup_commands(commands: argparse._SubParsersAction[Any]) -> None:
     )
     doctor.add_argument(
         "--root",
-        type=system_files.directory_arg,
+        type=_directory_arg,
         metavar="DIR",
         help="look for the system files under DIR (as install-system-files --root wrote them)",
     )
+
+
+# The desktop agent's, doctor's and install-system-files' modules are imported by their commands alone: the
+# daemon, which starts through this module too, never loads them.
+def _count_arg(text: str) -> int:
+    from .notify import count_arg
+
+    return count_arg(text)
+
+
+def _directory_arg(text: str) -> Path:
+    from .system_files import directory_arg
+
+    return directory_arg(text)
 
 
 def _seconds_arg(zero_ok: bool) -> Callable[[str], float]:
@@ -267,7 +278,10 @@ async def _check(settings: Settings, as_json: bool) -> int:
         choice = await find_uplinks(client, settings) if settings.auto_uplinks else None
         marked = metered_uplinks(settings, profiles)  # a name that is no uplink: ConfigError, exit 2
         on_demand_uplinks(settings, profiles)  # likewise
-        await check_names(settings, client)  # likewise a WireGuard interface that is not here
+        if settings.wireguard_follow:
+            from .tunnels import check_names
+
+            await check_names(settings, client)  # likewise a WireGuard interface that is not here
         links = [await client.link_state(p.uuid) for p in profiles]
     except NMUnavailable as exc:
         print(f"nmfailover: {exc}", file=sys.stderr)
@@ -529,6 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(
                     "nmfailover install-system-files: --remove takes neither --force nor --non-root"
                 )
+            from . import system_files
+
             return system_files.run_command(
                 args.root, remove_files=args.remove, non_root=args.non_root, force=args.force
             )
@@ -536,10 +552,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Settings are one of its checks: it reads them itself and reports what is wrong. Its lines
             # are the report; the library's debug logging would only bury them.
             setup_logging("WARNING")
+            from .doctor import run as run_doctor
+
             return run_doctor(args.root or Path("/"))
         if args.command == "notify":
             # A user's session agent: the daemon's settings are none of its business.
             setup_logging("INFO")
+            from .notify import run_agent
+
             return asyncio.run(
                 run_agent(NoticeBoard(args.flap_count, args.flap_window), tray=not args.no_tray)
             )
