@@ -221,6 +221,12 @@ def _add_setup_commands(commands: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="also the polkit rule and the drop-in that run the service as the user nmfailover",
     )
+    install.add_argument(
+        "--kernel-wireguard",
+        action="store_true",
+        help="also the drop-in kernel-wireguard.conf, which gives the service CAP_NET_ADMIN: moving kernel "
+        "WireGuard tunnels outside NetworkManager (wg-quick's) needs it",
+    )
     install.add_argument("--force", action="store_true", help="replace files that were changed locally")
     install.add_argument(
         "--remove",
@@ -539,14 +545,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(args.hold_down)
         if args.command == "install-system-files":
-            if args.remove and (args.force or args.non_root):
+            if args.remove and (args.force or args.non_root or args.kernel_wireguard):
                 raise UsageError(
-                    "nmfailover install-system-files: --remove takes neither --force nor --non-root"
+                    "nmfailover install-system-files: --remove takes none of --force, --non-root and "
+                    "--kernel-wireguard"
                 )
             from . import system_files
 
             return system_files.run_command(
-                args.root, remove_files=args.remove, non_root=args.non_root, force=args.force
+                args.root,
+                remove_files=args.remove,
+                non_root=args.non_root,
+                force=args.force,
+                kernel_wireguard=args.kernel_wireguard,
             )
         if args.command == "doctor":
             # Settings are one of its checks: it reads them itself and reports what is wrong. Its lines
