@@ -53,6 +53,7 @@ def documents() -> dict[str, list[str]]:
         "install-system-files' unit": render_unit(Path("/usr/local/bin/nmfailover")).decode(),
         "non-root.conf": (PACKAGING / "non-root.conf").read_text(),
         DROP_IN.name: DROP_IN.read_text(),
+        **{f"hooks.d/{hook.name}": hook.read_text() for hook in (PACKAGING / "hooks.d").iterdir()},
     }
     paragraphs = {name: re.split(r"\n\s*\n", text) for name, text in by_blank_lines.items()}
     paragraphs["nmfailover.8"] = re.split(r"^\..*$", man_page(), flags=re.MULTILINE)
