@@ -20,7 +20,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import system_files
 from .budget import format_size
 
 # The command line's shape lives in commandline.py; what of it tests and scripts import from here stays here.
@@ -35,7 +34,6 @@ from .commandline import build_parser as build_parser
 from .config import Settings, load_settings
 from .control import BUS_NAME, call_daemon
 from .daemon import connect, run_daemon
-from .doctor import run as run_doctor
 from .engine import find_uplinks, role_name
 from .engine.actuator import ActuatorParams, metered_uplinks, metered_warning, on_demand_uplinks
 from .errors import (
@@ -50,10 +48,8 @@ from .follow import FOLLOW_INTERVAL, follow_status
 from .log import setup_logging
 from .nm import NetworkManagerClient
 from .notice import NoticeBoard
-from .notify import run_agent
 from .probe import Link, probe_round
 from .status import BudgetStatus, Status, TunnelsStatus, UplinkStatus
-from .tunnels import check_names
 
 
 async def _check(settings: Settings, as_json: bool) -> int:
@@ -64,7 +60,10 @@ async def _check(settings: Settings, as_json: bool) -> int:
         actuating = ActuatorParams.from_settings(settings)
         marked = metered_uplinks(actuating, profiles)  # a name that is no uplink: ConfigError, exit 2
         on_demand_uplinks(actuating, profiles)  # likewise
-        await check_names(settings, client)  # likewise a WireGuard interface that is not here
+        if settings.wireguard_follow:
+            from .tunnels import check_names
+
+            await check_names(settings, client)  # likewise a WireGuard interface that is not here
         links = [await client.link_state(p.uuid) for p in profiles]
     except NMUnavailable as exc:
         print(f"nmfailover: {exc}", file=sys.stderr)
@@ -351,25 +350,33 @@ def _main(argv: Sequence[str] | None) -> int:
 
             return run_demo(args.hold_down)
         if args.command == "install-system-files":
-            if args.remove and (args.force or args.non_root):
+            if args.remove and (args.force or args.non_root or args.kernel_wireguard):
                 raise UsageError(
-                    "nmfailover install-system-files: --remove takes neither --force nor --non-root"
+                    "nmfailover install-system-files: --remove takes none of --force, --non-root and "
+                    "--kernel-wireguard"
                 )
+            from . import system_files
+
             return system_files.run_command(
                 args.root,
                 remove_files=args.remove,
                 non_root=args.non_root,
                 force=args.force,
+                kernel_wireguard=args.kernel_wireguard,
                 generate=_generated_file,
             )
         if args.command == "doctor":
             # Settings are one of its checks: it reads them itself and reports what is wrong. Its lines
             # are the report; the library's debug logging would only bury them.
             setup_logging("WARNING")
+            from .doctor import run as run_doctor
+
             return run_doctor(args.root or Path("/"))
         if args.command == "notify":
             # A user's session agent: the daemon's settings are none of its business.
             setup_logging("INFO")
+            from .notify import run_agent
+
             return asyncio.run(
                 run_agent(NoticeBoard(args.flap_count, args.flap_window), tray=not args.no_tray)
             )

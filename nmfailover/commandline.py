@@ -13,14 +13,14 @@ import argparse
 import difflib
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from . import __version__, system_files
+from . import __version__
 from .control import BUS_NAME
 from .errors import NmfailoverError
 from .follow import FOLLOW_INTERVAL
 from .notice import FLAP_COUNT, FLAP_WINDOW
-from .notify import count_arg
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_DENIED = 0, 1, 2, 3, 4
 CLIENT_COMMANDS = ("status", "recheck", "test-failover", "prefer")
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     notify.add_argument(
         "--flap-count",
-        type=count_arg,
+        type=_count_arg,
         default=FLAP_COUNT,
         metavar="N",
         help=f"more switches than N within --flap-window are summed up (default: {FLAP_COUNT})",
@@ -191,7 +191,7 @@ def _add_setup_commands(commands: argparse._SubParsersAction[Any]) -> None:
     )
     install.add_argument(
         "--root",
-        type=system_files.directory_arg,
+        type=_directory_arg,
         metavar="DIR",
         help="write under DIR instead of / (an image, a test); nothing is reloaded",
     )
@@ -199,6 +199,12 @@ def _add_setup_commands(commands: argparse._SubParsersAction[Any]) -> None:
         "--non-root",
         action="store_true",
         help="also the polkit rule and the drop-in that run the service as the user nmfailover",
+    )
+    install.add_argument(
+        "--kernel-wireguard",
+        action="store_true",
+        help="also the drop-in kernel-wireguard.conf, which gives the service CAP_NET_ADMIN: moving kernel "
+        "WireGuard tunnels outside NetworkManager (wg-quick's) needs it",
     )
     install.add_argument("--force", action="store_true", help="replace files that were changed locally")
     install.add_argument(
@@ -215,7 +221,7 @@ def _add_setup_commands(commands: argparse._SubParsersAction[Any]) -> None:
     )
     doctor.add_argument(
         "--root",
-        type=system_files.directory_arg,
+        type=_directory_arg,
         metavar="DIR",
         help="look for the system files under DIR (as install-system-files --root wrote them)",
     )
@@ -234,3 +240,17 @@ def _seconds_arg(zero_ok: bool) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+# The desktop agent's and install-system-files' modules are imported by their commands alone: the daemon,
+# which starts through the command line too, never loads them.
+def _count_arg(text: str) -> int:
+    from .notify import count_arg
+
+    return count_arg(text)
+
+
+def _directory_arg(text: str) -> Path:
+    from .system_files import directory_arg
+
+    return directory_arg(text)

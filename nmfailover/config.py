@@ -425,7 +425,9 @@ class Settings(BaseSettings):
     hooks_dir: Path | None = Field(
         DEFAULT_HOOKS_DIR,
         description="Switch hooks: the executables run after every switch (see the README). The default "
-        "may be missing (no hooks), a directory named explicitly must exist; empty turns hooks off.",
+        "may be missing (no hooks), a directory named explicitly must exist; empty turns hooks off. They run "
+        "in the service's sandbox: read-only system, no capability but CAP_NET_RAW (and CAP_NET_ADMIN with "
+        "the drop-in `kernel-wireguard.conf`; see nmfailover.service).",
     )
     hook_timeout: Seconds = Field(
         10.0, description="Seconds each hook may run; then its process group is killed."
@@ -447,7 +449,10 @@ class Settings(BaseSettings):
         ("auto",),
         description="WireGuard interfaces whose peers follow every switch (their endpoints set again, so "
         "the tunnel leaves through the new uplink): `auto` (every WireGuard interface), `off`, or names "
-        "such as `wg0,wg1`; a name that is not a WireGuard interface at start is refused.",
+        "such as `wg0,wg1`; a name that is not a WireGuard interface at start is refused. Interfaces "
+        "NetworkManager manages are moved by NetworkManager; the others with `wg`, which needs CAP_NET_ADMIN "
+        "for a kernel interface: the service has it only with the drop-in `kernel-wireguard.conf` (see the "
+        "README).",
     )
     # Both off by default: the metrics name the uplinks and their devices, and are served without
     # authentication, hence loopback only.

@@ -22,7 +22,6 @@ from .errors import ConfigError, ControlError, NMError, ProfileError, TaskGaveUp
 from .hooks import SwitchHooks, Webhook
 from .nm import NetworkManagerClient, Profile
 from .probe import KeptAliveChecks, dns_round, probe_round
-from .tunnels import Tunnels, check_names
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 CONTROL_MAX_SILENCE = 30.0
@@ -59,10 +58,17 @@ def _traffic_evidence(settings: Settings) -> TrafficEvidence | None:
 async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Echoer = echo_round) -> int:
     engine: Engine | None = None
     client = NetworkManagerClient(on_event=lambda event: engine.on_nm_event(event) if engine else None)
-    tunnels = Tunnels(settings.wireguard_follow, client)
+    tunnels = None
+    if settings.wireguard_follow:
+        # Imported only when tunnels are followed, as the metrics only when exported: the daemon loads no
+        # code its configuration does not use (tests/test_imports.py).
+        from .tunnels import Tunnels, check_names
+
+        tunnels = Tunnels(settings.wireguard_follow, client)
     try:
         profiles = await connect(settings, client)
-        await check_names(settings, client, tunnels)  # an unknown interface: ConfigError, exit 2
+        if tunnels is not None:
+            await check_names(settings, client, tunnels)  # an unknown interface: ConfigError, exit 2
     except NMError as exc:
         logger.error("cannot start: {}", exc)
         await client.close()
@@ -75,7 +81,7 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
     listeners: list[SwitchListener] = [budget.on_switch, control.on_switch, hooks.on_switch, _report_switch]
     if settings.webhook_url:
         listeners.append(Webhook(settings.webhook_url).on_switch)
-    if tunnels.enabled:
+    if tunnels is not None:
         listeners.append(tunnels.on_switch)
     metrics = None
     if settings.metrics_listen is not None or settings.metrics_textfile is not None:
@@ -98,7 +104,11 @@ async def run_daemon(settings: Settings, prober: Prober = probe_round, echo: Ech
         http_check=kept_alive,
         evidence=_traffic_evidence(settings),
     )
-    operator = Operator(engine, tunnels=tunnels.status, metered_budget=budget.status)
+    operator = Operator(
+        engine,
+        tunnels=tunnels.status if tunnels is not None else lambda: None,
+        metered_budget=budget.status,
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.stop)

@@ -21,10 +21,10 @@ import stat
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .config import DEFAULT_ENV_FILE, ENV_FILE_VARIABLE, Settings, load_settings
 from .control import BUS_NAME
@@ -44,6 +44,9 @@ from .system_files import (
     systemd_running,
     under_root,
 )
+
+if TYPE_CHECKING:
+    from .tunnels import WireGuardNM  # imported when a tunnel is followed, as the daemon does
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
 SYSTEMCTL_TIMEOUT = 10.0
@@ -89,6 +92,9 @@ class Doctor:
             yield self._dispatcher_hook()
             for check in self._unit():
                 yield check
+            if settings[1] is not None and nm.status == OK:
+                for check in await self.wireguard_capability(settings[1], client):
+                    yield check
             if settings[1] is None or nm.status != OK:
                 yield Check(
                     SKIP,
@@ -237,6 +243,53 @@ class Doctor:
             found = Check(OK, f"unit {path} runs {executable}")
         return [found, self._enabled()]
 
+    def unit_capabilities(self) -> frozenset[str] | None:
+        """The bounding set the unit and its drop-ins give the service; None: no unit, or no limit known."""
+        unit = next((p for d in UNIT_DIRS if (p := under_root(self.root, d / UNIT_NAME)).exists()), None)
+        if unit is None:
+            return None
+        # Drop-ins in name order, a name in an earlier directory hiding the same name in a later one.
+        drop_ins: dict[str, Path] = {}
+        for directory in reversed(UNIT_DIRS):
+            for path in under_root(self.root, directory / f"{UNIT_NAME}.d").glob("*.conf"):
+                drop_ins[path.name] = path
+        texts = [unit, *(drop_ins[name] for name in sorted(drop_ins))]
+        return bounding_set(p.read_text(encoding="utf-8", errors="replace") for p in texts)
+
+    async def wireguard_capability(self, settings: Settings, client: WireGuardNM) -> list[Check]:
+        """A followed kernel WireGuard tunnel outside NetworkManager, and a unit without CAP_NET_ADMIN."""
+        capabilities = self.unit_capabilities()
+        if not settings.wireguard_follow or capabilities is None:
+            return []
+        from .tunnels import KERNEL_WIREGUARD_DROP_IN, Tunnels
+
+        tunnels = Tunnels(settings.wireguard_follow, client, net_admin="CAP_NET_ADMIN" in capabilities)
+        try:
+            _, others = await tunnels.interfaces()
+            chosen = tunnels.names
+            unmovable = await tunnels.unmovable([n for n in others if chosen is None or n in chosen])
+        except (RuntimeError, TimeoutError, OSError, ValueError, NMError) as exc:
+            return [Check(SKIP, f"WireGuard tunnels not checked: {exc}")]
+        if not unmovable:
+            return []
+        if self.relocated or under_root(self.root, UNIT_DIRS[0] / UNIT_NAME).exists():
+            fix = f"{self.install_fix} --kernel-wireguard"
+        else:  # the .deb's unit
+            fix = (
+                f"install -D -m 0644 /usr/share/doc/nmfailover/examples/{KERNEL_WIREGUARD_DROP_IN} "
+                f"{UNIT_DIRS[0] / (UNIT_NAME + '.d') / KERNEL_WIREGUARD_DROP_IN}"
+            )
+        fix += "; systemctl daemon-reload; systemctl restart nmfailover"
+        what = ", ".join(unmovable)
+        return [
+            Check(
+                FAIL,
+                f"WireGuard {what}: a kernel tunnel outside NetworkManager, to follow the switch, but the "
+                "unit grants no CAP_NET_ADMIN",
+                fix,
+            )
+        ]
+
     def _systemctl(self, *args: str) -> tuple[int, str]:
         argv = [self.systemctl, *([f"--root={self.root}"] if self.relocated else []), *args]
         try:
@@ -382,6 +435,19 @@ def _program_paths(executable: str) -> list[PurePosixPath]:
         words = first[2:].decode(errors="replace").split()
         paths += words[:1]
     return [PurePosixPath(p) for path in paths for p in dict.fromkeys((path, os.path.realpath(path)))]
+
+
+def bounding_set(texts: Iterable[str]) -> frozenset[str] | None:
+    """CapabilityBoundingSet= over a unit and its drop-ins, in order: lines add up, an empty one resets.
+    None: no such line (every capability), or one that inverts (~), which this does not follow."""
+    granted: set[str] | None = None
+    for text in texts:
+        for value in re.findall(r"^\s*CapabilityBoundingSet\s*=(.*)$", text, re.MULTILINE):
+            if value.strip().startswith("~"):
+                return None
+            granted = set() if granted is None or not value.strip() else granted
+            granted.update(value.split())
+    return None if granted is None else frozenset(granted)
 
 
 def exec_start(unit_text: str) -> str | None:

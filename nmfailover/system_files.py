@@ -41,6 +41,8 @@ POLKIT_RULE = PurePosixPath("/etc/polkit-1/rules.d/50-nmfailover.rules")
 POLKIT_ACTIONS = PurePosixPath("/usr/share/polkit-1/actions/net.nmfailover.policy")  # read from nowhere else
 POLKIT_DESKTOP_RULE = PurePosixPath("/etc/polkit-1/rules.d/60-nmfailover-desktop.rules")
 NON_ROOT_DROP_IN = PurePosixPath("/etc/systemd/system/nmfailover.service.d/non-root.conf")
+# CAP_NET_ADMIN, for kernel WireGuard tunnels outside NetworkManager; tunnels.py's error names the file.
+KERNEL_WIREGUARD_DROP_IN = NON_ROOT_DROP_IN.parent / "kernel-wireguard.conf"
 NOTIFY_USER_UNIT = PurePosixPath("/etc/systemd/user/nmfailover-notify.service")
 NOTIFY_AUTOSTART = PurePosixPath("/etc/xdg/autostart/nmfailover-notify.desktop")
 PACKAGED_EXECUTABLE = "/opt/nmfailover/bin/nmfailover"  # what the shipped files run; a pip install differs
@@ -100,6 +102,7 @@ class SystemFile:
     render: Callable[[Path], bytes]  # the content, given the console script the unit is to run
     settings: bool = False  # the user's settings: written only where there is none, never replaced
     non_root: bool = False  # only with --non-root
+    kernel_wireguard: bool = False  # only with --kernel-wireguard
     generated: str | None = None  # made by `generate` (the man page and completions), not by `render`
 
     def content(self, executable: Path, generate: Generate) -> bytes:
@@ -231,6 +234,13 @@ SYSTEM_FILES: tuple[SystemFile, ...] = (
     SystemFile(
         NON_ROOT_DROP_IN, "drop-in: run as user nmfailover", 0o644, _shipped("non-root.conf"), non_root=True
     ),
+    SystemFile(
+        KERNEL_WIREGUARD_DROP_IN,
+        "drop-in: CAP_NET_ADMIN for kernel WireGuard tunnels",
+        0o644,
+        _shipped("kernel-wireguard.conf"),
+        kernel_wireguard=True,
+    ),
 )
 
 
@@ -324,6 +334,7 @@ def install(
     root: Path = Path("/"),
     *,
     non_root: bool = False,
+    kernel_wireguard: bool = False,
     force: bool = False,
     executable: Path | None = None,
     generate: Generate,
@@ -335,7 +346,7 @@ def install(
     outcomes = []
     try:
         for spec in SYSTEM_FILES:
-            if spec.non_root and not non_root:
+            if (spec.non_root and not non_root) or (spec.kernel_wireguard and not kernel_wireguard):
                 continue
             content = spec.content(executable, generate)
             outcome, created_now = _install_one(root, spec, content, manifest, force)
@@ -482,7 +493,13 @@ def directory_arg(text: str) -> Path:
 
 
 def run_command(
-    root: Path | None, *, remove_files: bool, non_root: bool, force: bool, generate: Generate
+    root: Path | None,
+    *,
+    remove_files: bool,
+    non_root: bool,
+    force: bool,
+    generate: Generate,
+    kernel_wireguard: bool = False,
 ) -> int:
     """`nmfailover install-system-files`: print what was done to each file; the exit code."""
     relocated = root is not None
@@ -498,7 +515,9 @@ def run_command(
         outcomes = (
             remove(root, generate=generate)
             if remove_files
-            else install(root, non_root=non_root, force=force, generate=generate)
+            else install(
+                root, non_root=non_root, kernel_wireguard=kernel_wireguard, force=force, generate=generate
+            )
         )
     except SystemFilesError as exc:
         print(f"nmfailover: install-system-files: {exc}", file=sys.stderr)

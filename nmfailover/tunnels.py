@@ -15,6 +15,11 @@ endpoint set again:
 - the others (wg-quick, wireguard-go): `wg set IF peer KEY endpoint HOST:PORT`. That needs CAP_NET_ADMIN
   for a kernel interface and write access to /var/run/wireguard/IF.sock for a userspace one.
 
+The unit grants CAP_NET_ADMIN only through a drop-in (KERNEL_WIREGUARD_DROP_IN), since most machines have no
+such tunnel. Without it a followed kernel interface outside NetworkManager is refused at start when named
+(exit 2), an error at start when found by auto, and at each switch a failure naming the drop-in: never a
+`wg set` that fails with a bare "Operation not permitted".
+
 A peer whose endpoint is routed elsewhere (a more specific route, another device, the tunnel itself) is left
 alone: the user pinned it. A tunnel that cannot be moved is logged once with the reason; all of it runs
 within FOLLOW_TIMEOUT.
@@ -32,6 +37,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from loguru import logger
@@ -47,9 +53,30 @@ COMMAND_TIMEOUT = 2.0  # each `wg` or `ip` call
 FOLLOW_TIMEOUT = 5.0  # everything one switch sets off; the switch itself is long done by then
 BY_NM, BY_WG = "NetworkManager", "wg"
 AUTO = ("auto",)  # Settings.wireguard_follow's default: every WireGuard interface there is at the switch
+CAP_NET_ADMIN = 12  # linux/capability.h
+KERNEL_WIREGUARD_DROP_IN = "kernel-wireguard.conf"
+NEEDS_NET_ADMIN = (
+    "a kernel WireGuard interface outside NetworkManager (wg-quick's): moving it needs CAP_NET_ADMIN, which "
+    f"this process lacks; the service gets it from the drop-in {KERNEL_WIREGUARD_DROP_IN} (`nmfailover "
+    "install-system-files --kernel-wireguard`, or the .deb's /usr/share/doc/nmfailover/examples/"
+    f"{KERNEL_WIREGUARD_DROP_IN}; see the README)"
+)
 
 # argv, timeout -> (exit status, stdout, stderr); injectable so the decisions can be tested without root.
 Runner = Callable[[Sequence[str], float], Awaitable[tuple[int, str, str]]]
+
+
+def effective_capabilities(proc_status: str) -> int:
+    """The CapEff mask of a /proc/PID/status text (0 if it has none)."""
+    for line in proc_status.splitlines():
+        name, _, value = line.partition(":")
+        if name == "CapEff":
+            return int(value.strip(), 16)
+    return 0
+
+
+def has_capability(capability: int, proc_status: Path = Path("/proc/self/status")) -> bool:
+    return bool(effective_capabilities(proc_status.read_text()) >> capability & 1)
 
 
 class WireGuardNM(Protocol):
@@ -124,14 +151,17 @@ class Tunnels:
         wg: str | None = "",
         ip: str = "",
         timeout: float = FOLLOW_TIMEOUT,
+        net_admin: bool | None = None,
     ) -> None:
-        """`wg`, `ip`: the tools' paths, "" to look them up on PATH; `wg` None: not installed."""
+        """`wg`, `ip`: the tools' paths, "" to look them up on PATH; `wg` None: not installed. `net_admin`:
+        whether `wg set` may change kernel interfaces, None to ask this process's capabilities."""
         self.names = None if names == AUTO else names  # None: every WireGuard interface
         self.nm = nm
         self.run = run
         self.wg = shutil.which("wg") if wg == "" else wg
         self.ip = ip or shutil.which("ip", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or "ip"
         self.timeout = timeout
+        self.net_admin = has_capability(CAP_NET_ADMIN) if net_admin is None else net_admin
         self.last = Outcome()
         self._logged: set[tuple[str, str]] = set()
         self._order = asyncio.Lock()  # a later switch's moves come after the earlier one's
@@ -167,6 +197,14 @@ class Tunnels:
     async def _others(self, managed: set[str]) -> list[str]:
         found = await self._wg_interfaces() if self.wg is not None else await self._kernel_wireguard_links()
         return [name for name in found if name not in managed]
+
+    async def unmovable(self, others: Sequence[str]) -> list[str]:
+        """Those of `others` (followed, outside NetworkManager) this process may not move: kernel
+        interfaces, without CAP_NET_ADMIN."""
+        if self.net_admin or not others:
+            return []
+        kernel = set(await self._kernel_wireguard_links())
+        return [name for name in others if name in kernel]
 
     async def interfaces(self) -> tuple[list[WireGuardDevice], list[str]]:
         """NetworkManager's activated WireGuard devices, and the other WireGuard interfaces."""
@@ -248,8 +286,16 @@ class Tunnels:
         for device in managed:
             if chosen is None or device.interface in chosen:
                 await self._move_managed(device, event, outcome)
-        for interface in others:
-            if chosen is None or interface in chosen:
+        followed = [name for name in others if chosen is None or name in chosen]
+        try:
+            unmovable = set(await self.unmovable(followed))
+        except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
+            outcome.failed["*"] = f"cannot list the kernel's WireGuard interfaces: {_describe(exc)}"
+            unmovable = set()
+        for interface in followed:
+            if interface in unmovable:
+                outcome.failed[interface] = NEEDS_NET_ADMIN
+            else:
                 await self._move_wg(interface, event, outcome)
         if chosen is not None:
             seen = {d.interface for d in managed} | set(others)
@@ -326,14 +372,22 @@ class Tunnels:
 
 
 async def check_names(settings: Settings, nm: WireGuardNM, tunnels: Tunnels | None = None) -> None:
-    """At start: every interface NMFAILOVER_WIREGUARD_FOLLOW names must be a WireGuard interface here."""
-    if settings.wireguard_follow in ((), AUTO):
+    """At start: every interface NMFAILOVER_WIREGUARD_FOLLOW names must be a WireGuard interface here, and
+    one this process can move; with auto, a kernel interface it cannot move is an error in the log."""
+    if settings.wireguard_follow == ():
         return
     tunnels = tunnels or Tunnels(settings.wireguard_follow, nm)
+    if settings.wireguard_follow == AUTO:
+        if not tunnels.net_admin:
+            await _log_unmovable(tunnels)
+        return
     try:
         managed, others = await tunnels.interfaces()
+        unmovable = await tunnels.unmovable([name for name in others if name in settings.wireguard_follow])
     except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
         raise ConfigError(VARIABLE, f"cannot list the WireGuard interfaces: {_describe(exc)}") from exc
+    if unmovable:
+        raise ConfigError(VARIABLE, f"{unmovable[0]!r} is {NEEDS_NET_ADMIN}")
     known = sorted({d.interface for d in managed} | set(others))
     local = {name for _, name in socket.if_nameindex()}
     for name in settings.wireguard_follow:
@@ -347,6 +401,17 @@ async def check_names(settings: Settings, nm: WireGuardNM, tunnels: Tunnels | No
             else " (wg from wireguard-tools finds those not in NetworkManager)"
         )
         raise ConfigError(VARIABLE, f"{name!r} {what}; WireGuard interfaces: {listing}{hint}")
+
+
+async def _log_unmovable(tunnels: Tunnels) -> None:
+    try:
+        managed, others = await tunnels.interfaces()
+        unmovable = await tunnels.unmovable(others)
+    except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
+        logger.warning("cannot list the WireGuard interfaces to follow: {}", _describe(exc))
+        return
+    for name in unmovable:
+        logger.error("WireGuard {} will not follow the switches: it is {}", name, NEEDS_NET_ADMIN)
 
 
 def _first_line(text: str) -> str:

@@ -202,6 +202,8 @@ CLI_CASES: list[Case] = [
     Case("--remove", argv=("install-system-files", "--remove", "--force")),
     Case("--remove", argv=("install-system-files", "--remove", "--non-root")),
     Case("--non-root", argv=("install-system-files", "--non-root=yes")),
+    Case("--kernel-wireguard", argv=("install-system-files", "--remove", "--kernel-wireguard")),
+    Case("--kernel-wireguard", argv=("install-system-files", "--kernel-wireguard=yes")),
     Case("extra", argv=("install-system-files", "extra")),
     Case("--root", argv=("doctor", "--root", "/nonexistent")),
     Case("--root", argv=("doctor", "--root")),

@@ -3,6 +3,7 @@ temporary root, and each file check on its own against broken files."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from nmfailover import cli, doctor, system_files
+from nmfailover.config import load_settings
 from nmfailover.doctor import FAIL, OK, SKIP, Check, Doctor, exec_start
 from nmfailover.lab.demo import daemon_env
 from nmfailover.lab.sandbox import NMLab
+from nmfailover.nm import WireGuardDevice
 from nmfailover.system_files import under_root
 
 HOOK = system_files.DISPATCHER_HOOK
@@ -397,3 +400,78 @@ def test_doctor_shows_the_uplinks_found_their_order_and_why(nmlab: NMLab, root: 
         in lines
     )
     assert "ok    not an uplink: 'lo': a loopback connection carries no default route of its own" in lines
+
+
+# -- CAP_NET_ADMIN for kernel WireGuard tunnels (the drop-in kernel-wireguard.conf) --------------------------
+
+
+@pytest.mark.parametrize(
+    ("texts", "granted"),
+    [
+        (["[Service]\nCapabilityBoundingSet=CAP_NET_RAW\n"], {"CAP_NET_RAW"}),
+        (
+            ["CapabilityBoundingSet=CAP_NET_RAW\n", "CapabilityBoundingSet=CAP_NET_ADMIN\n"],
+            {"CAP_NET_RAW", "CAP_NET_ADMIN"},
+        ),
+        (["CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN\n", "CapabilityBoundingSet=\n"], set()),
+        (["[Service]\nType=notify\n"], None),  # no line: every capability
+        (["CapabilityBoundingSet=CAP_NET_RAW\n", "CapabilityBoundingSet=~CAP_SYS_ADMIN\n"], None),
+    ],
+)
+def test_bounding_set_over_a_unit_and_its_drop_ins(texts: list[str], granted: set[str] | None) -> None:
+    assert doctor.bounding_set(texts) == (None if granted is None else frozenset(granted))
+
+
+class NoManagedTunnels:
+    async def wireguard_devices(self) -> list[WireGuardDevice]:
+        return []
+
+    async def reapply_wireguard(self, device: str) -> None:
+        raise AssertionError("doctor changes nothing")
+
+
+def test_a_kernel_tunnel_to_follow_without_cap_net_admin_fails_with_the_drop_in_as_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel's WireGuard links as `ip` lists them (this machine may have no WireGuard module); no `wg`.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "ip").write_text('#!/bin/sh\necho \'[{"ifname": "wgk"}]\'\n')
+    (tools / "ip").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    root = tmp_path / "root"
+    root.mkdir()
+    install_into(root, enable=False)
+    settings = load_settings({"NMFAILOVER_UPLINKS": "a,b", "NMFAILOVER_ENV_FILE": ""})
+    checks = asyncio.run(Doctor(root).wireguard_capability(settings, NoManagedTunnels()))
+    assert [only(c) for c in checks] == [
+        (
+            FAIL,
+            "WireGuard wgk: a kernel tunnel outside NetworkManager, to follow the switch, but the unit grants "
+            "no CAP_NET_ADMIN",
+            f"nmfailover install-system-files --root {root} --kernel-wireguard; systemctl daemon-reload; "
+            "systemctl restart nmfailover",
+        )
+    ]
+    # That fix, done: nothing left to say. Nor with following off.
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nmfailover",
+            "install-system-files",
+            "--root",
+            str(root),
+            "--kernel-wireguard",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PATH": f"{tools}:/usr/bin:/bin"},
+    )
+    assert Doctor(root).unit_capabilities() == frozenset({"CAP_NET_RAW", "CAP_NET_ADMIN"})
+    assert asyncio.run(Doctor(root).wireguard_capability(settings, NoManagedTunnels())) == []
+    off = load_settings(
+        {"NMFAILOVER_UPLINKS": "a,b", "NMFAILOVER_ENV_FILE": "", "NMFAILOVER_WIREGUARD_FOLLOW": "off"}
+    )
+    (root / system_files.KERNEL_WIREGUARD_DROP_IN.relative_to("/")).unlink()
+    assert asyncio.run(Doctor(root).wireguard_capability(off, NoManagedTunnels())) == []

@@ -123,7 +123,7 @@ def test_unit_and_scripts_are_well_formed() -> None:
         "ExecStart=/opt/nmfailover/bin/nmfailover run",
         "EnvironmentFile=-/etc/nmfailover/nmfailover.env",
         "Restart=on-failure",
-        "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN",
+        "CapabilityBoundingSet=CAP_NET_RAW",
         "WantedBy=multi-user.target",
     ):
         assert re.search(rf"^{re.escape(line)}$", unit, re.MULTILINE), line
@@ -531,6 +531,7 @@ def _installs_runs_and_removes_cleanly(chroot: Chroot, deb: str, built: Build) -
         *(PACKAGING / "hooks.d").glob("*"),
         *(PACKAGING / "bars").glob("*"),
         PACKAGING / "non-root.conf",
+        PACKAGING / "kernel-wireguard.conf",
         PACKAGING / "polkit/50-nmfailover.rules",
     ]
     for example in shipped:

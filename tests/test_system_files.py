@@ -30,11 +30,12 @@ SOURCES = {
     "60-nmfailover-desktop.rules": REPO / "packaging/polkit/60-nmfailover-desktop.rules",
     "net.nmfailover.policy": REPO / "packaging/polkit/net.nmfailover.policy",
     "non-root.conf": REPO / "packaging/non-root.conf",
+    "kernel-wireguard.conf": REPO / "packaging/kernel-wireguard.conf",
     "nmfailover-notify.service": REPO / "packaging/nmfailover-notify.service",
     "nmfailover-notify.desktop": REPO / "packaging/nmfailover-notify.desktop",
 }
 EXECUTABLE = Path(sys.executable).parent / "nmfailover"
-DEFAULT_FILES = [f for f in SYSTEM_FILES if not f.non_root]
+DEFAULT_FILES = [f for f in SYSTEM_FILES if not f.non_root and not f.kernel_wireguard]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="checks root ownership: run as root")
 
@@ -72,8 +73,8 @@ def test_install_writes_every_file_with_its_content_mode_and_owner(tmp_path: Pat
         assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (spec.mode, 0, 0), path
         assert f"installed  {path} ({spec.what})" in done.stdout.splitlines()
     for spec in SYSTEM_FILES:
-        if spec.non_root:
-            assert not at(tmp_path, spec.target).exists(), "--non-root files without --non-root"
+        if spec.non_root or spec.kernel_wireguard:
+            assert not at(tmp_path, spec.target).exists(), "an optional file without its option"
     hook = at(tmp_path, system_files.DISPATCHER_HOOK)
     assert stat.S_IMODE(hook.stat().st_mode) == 0o755  # NetworkManager runs nothing else
     for target, source in (
@@ -175,8 +176,10 @@ def test_the_readme_lists_every_file_install_system_files_writes() -> None:
     section = _readme_section("Install with pip or pipx")
     table = "\n".join(line for line in section.splitlines() if line.startswith("| `/"))
     for spec in SYSTEM_FILES:
-        if spec.non_root:  # described in the text after the table, with --non-root
-            assert f"`{spec.target}`" in section.split("`--non-root`")[1], spec.target
+        # The opt-in ones are described in the text after the table, with their option.
+        if spec.non_root or spec.kernel_wireguard:
+            option = "`--non-root`" if spec.non_root else "`--kernel-wireguard`"
+            assert f"`{spec.target}`" in section.split(option)[1], spec.target
             continue
         row = next((line for line in table.splitlines() if f"`{spec.target}`" in line), None)
         assert row is not None, f"{spec.target} is missing from the README's table of what it writes"
@@ -289,7 +292,7 @@ def test_a_symlink_in_the_way_is_never_written_through(tmp_path: Path) -> None:
 def test_remove_takes_out_everything_it_installed(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/hostname").write_text("box\n")  # not ours: must survive
-    assert install(tmp_path, "--non-root").returncode == 0
+    assert install(tmp_path, "--non-root", "--kernel-wireguard").returncode == 0
     for spec in SYSTEM_FILES:
         assert at(tmp_path, spec.target).is_file(), spec.target
     removed = install(tmp_path, "--remove")
@@ -363,6 +366,7 @@ def test_remove_refuses_while_the_unit_is_enabled(tmp_path: Path) -> None:
         (["install-system-files", "--root"], "--root"),
         (["install-system-files", "--remove", "--force"], "--remove"),
         (["install-system-files", "--remove", "--non-root"], "--remove"),
+        (["install-system-files", "--remove", "--kernel-wireguard"], "--kernel-wireguard"),
         (["install-system-files", "--non-root=yes"], "--non-root"),
         (["install-system-files", "extra"], "extra"),
     ],

@@ -8,6 +8,7 @@ the primary's upstream silently dead, with and without the option.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -31,7 +32,7 @@ from nmfailover.lab.sandbox import (
 )
 from nmfailover.nm import WireGuardDevice
 from nmfailover.status import TunnelMove, TunnelsStatus
-from nmfailover.tunnels import AUTO, BY_NM, BY_WG, VARIABLE, Tunnels, check_names
+from nmfailover.tunnels import AUTO, BY_NM, BY_WG, NEEDS_NET_ADMIN, VARIABLE, Tunnels, check_names
 from tests.conftest import _require_lab
 from tests.daemon import running_daemon
 from tests.operate import cli as run_cli
@@ -67,12 +68,20 @@ class FakeNM:
 
 
 class FakeCommands:
-    """`ip route get` answers from a table of endpoint -> device; `wg` from a table of answers."""
+    """`ip route get` answers from a table of endpoint -> device; `wg` from a table of answers; `ip link`
+    lists `kernel_links` as the kernel's WireGuard interfaces."""
 
-    def __init__(self, routes: dict[str, str], wg: dict[str, str] | None = None, hang: bool = False) -> None:
+    def __init__(
+        self,
+        routes: dict[str, str],
+        wg: dict[str, str] | None = None,
+        hang: bool = False,
+        kernel_links: Sequence[str] = (),
+    ) -> None:
         self.routes = routes
         self.wg = wg or {}
         self.hang = hang
+        self.kernel_links = kernel_links
         self.calls: list[list[str]] = []
 
     async def __call__(self, argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
@@ -82,6 +91,8 @@ class FakeCommands:
         if argv[:4] == ["ip", "-j", "route", "get"]:
             dev = self.routes.get(argv[4])
             return (0, f'[{{"dst":"{argv[4]}","dev":"{dev}"}}]', "") if dev else (2, "", "unreachable")
+        if argv == ["ip", "-j", "link", "show", "type", "wireguard"]:
+            return 0, json.dumps([{"ifname": name} for name in self.kernel_links]), ""
         if argv[:1] == ["ip"]:
             return 0, "[]", ""
         answer = self.wg.get(" ".join(argv[1:]))
@@ -226,6 +237,91 @@ def test_unknown_interface_is_a_configuration_error_naming_the_variable() -> Non
     )
 
 
+# -- without CAP_NET_ADMIN (the unit without the kernel-wireguard.conf drop-in) -----------------------------
+
+
+WGK_PEERS = {"show wgk fwmark": "off", "show wgk endpoints": f"{OTHER_KEY}\t{ENDPOINT}\n"}
+
+
+def test_without_cap_net_admin_a_kernel_tunnel_is_a_failure_naming_the_drop_in(warnings: list[str]) -> None:
+    nm = FakeNM([managed()])
+    commands = FakeCommands({WIREGUARD_ENDPOINT: "wanb"}, WGK_PEERS, kernel_links=["wg0", "wgk"])
+    tunnels = Tunnels(AUTO, nm, commands, wg=None, ip="ip", net_admin=False)
+    follow(tunnels, event())
+    report = tunnels.status()
+    # NetworkManager's own tunnel needs no capability of ours and still moves; wg is never tried on wgk.
+    assert report is not None and nm.reapplied == [managed().path]
+    assert report.failed == {"wgk": NEEDS_NET_ADMIN}
+    assert not any(call[:1] == ["wg"] for call in commands.calls)
+    assert any("WireGuard wgk not moved" in w and "kernel-wireguard.conf" in w for w in warnings)
+
+
+def test_with_cap_net_admin_the_kernel_tunnel_is_moved_by_wg() -> None:
+    commands = FakeCommands(
+        {WIREGUARD_ENDPOINT: "wanb"}, {**WGK_PEERS, f"set wgk peer {OTHER_KEY} endpoint {ENDPOINT}": ""}
+    )
+    tunnels = Tunnels(AUTO, FakeNM([]), commands, wg="wg", ip="ip", net_admin=True)
+
+    async def listed() -> list[str]:
+        return ["wgk"]
+
+    tunnels._wg_interfaces = listed  # type: ignore[method-assign]  # no such interface in this namespace
+    follow(tunnels, event())
+    report = tunnels.status()
+    assert report is not None and report.failed == {}
+    assert ["wg", "set", "wgk", "peer", OTHER_KEY, "endpoint", ENDPOINT] in commands.calls
+
+
+def test_a_userspace_tunnel_needs_no_cap_net_admin() -> None:
+    wg = {**WGK_PEERS, f"set wgk peer {OTHER_KEY} endpoint {ENDPOINT}": ""}
+    commands = FakeCommands({WIREGUARD_ENDPOINT: "wanb"}, wg, kernel_links=[])  # wireguard-go: a tun device
+    tunnels = Tunnels(AUTO, FakeNM([]), commands, wg="wg", ip="ip", net_admin=False)
+
+    async def listed() -> list[str]:
+        return ["wgk"]
+
+    tunnels._wg_interfaces = listed  # type: ignore[method-assign]
+    follow(tunnels, event())
+    report = tunnels.status()
+    assert report is not None and report.failed == {} and len(report.moved) == 1
+
+
+def test_at_start_a_named_kernel_tunnel_without_cap_net_admin_is_a_configuration_error() -> None:
+    settings = load_settings({"NMFAILOVER_UPLINKS": "a,b", "NMFAILOVER_ENV_FILE": "", VARIABLE: "wgk"})
+    commands = FakeCommands({}, kernel_links=["wgk"])
+    with pytest.raises(ConfigError) as caught:
+        asyncio.run(
+            check_names(
+                settings,
+                FakeNM([]),
+                Tunnels(("wgk",), FakeNM([]), commands, wg=None, ip="ip", net_admin=False),
+            )
+        )
+    assert str(caught.value).startswith(VARIABLE) and "'wgk'" in str(caught.value)
+    assert "CAP_NET_ADMIN" in str(caught.value) and "kernel-wireguard.conf" in str(caught.value)
+    # With the capability the same configuration starts.
+    asyncio.run(
+        check_names(
+            settings, FakeNM([]), Tunnels(("wgk",), FakeNM([]), commands, wg=None, ip="ip", net_admin=True)
+        )
+    )
+
+
+def test_at_start_auto_logs_an_error_for_each_kernel_tunnel_it_cannot_move() -> None:
+    settings = load_settings({"NMFAILOVER_UPLINKS": "a,b", "NMFAILOVER_ENV_FILE": ""})
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(str(m)), level="ERROR", format="{message}")
+    try:
+        for net_admin in (True, False):
+            commands = FakeCommands({}, kernel_links=["wgk"])
+            tunnels = Tunnels(AUTO, FakeNM([managed()]), commands, wg=None, ip="ip", net_admin=net_admin)
+            asyncio.run(check_names(settings, FakeNM([managed()]), tunnels))  # never an exit: auto
+    finally:
+        logger.remove(sink)
+    assert len(errors) == 1 and "WireGuard wgk will not follow" in errors[0], errors
+    assert "kernel-wireguard.conf" in errors[0]
+
+
 def test_status_text_names_the_moved_tunnels(capsys: pytest.CaptureFixture[str]) -> None:
     moved = TunnelMove(interface="wg0", peer=KEY, endpoint=ENDPOINT, via="wanb", by=BY_WG)
     cli._print_tunnels(
@@ -302,8 +398,8 @@ def test_tunnel_follows_a_silent_failover_within_2_s(
         daemon.wait_log(r"WireGuard followed the switch to wanb")
 
         report = status(lab)["tunnels"]
-        assert report["follow"] == "auto" and report["failed"] == {}
-        assert report["moved"] == [
+        assert report["follow"] == "auto" and report.failed == {}
+        assert report.moved == [
             {
                 "interface": peer.host_iface,
                 "peer": peer.peer_public_key,
