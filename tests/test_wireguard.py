@@ -398,8 +398,8 @@ def test_tunnel_follows_a_silent_failover_within_2_s(
         daemon.wait_log(r"WireGuard followed the switch to wanb")
 
         report = status(lab)["tunnels"]
-        assert report["follow"] == "auto" and report.failed == {}
-        assert report.moved == [
+        assert report["follow"] == "auto" and report["failed"] == {}
+        assert report["moved"] == [
             {
                 "interface": peer.host_iface,
                 "peer": peer.peer_public_key,
