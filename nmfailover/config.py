@@ -270,6 +270,9 @@ class Settings(BaseSettings):
         _checked(int, lambda n: 1 <= n <= MAX_SOURCE_RULE_PRIORITY, f"must be a whole number from 1 to "
                  f"{MAX_SOURCE_RULE_PRIORITY}"),
     ] = 30100  # fmt: skip
+    # Multipath TCP path management (mptcp.py): every uplink not carrying traffic is a backup endpoint,
+    # switched with the route metrics. Does nothing while the kernel's net.mptcp.enabled is off.
+    mptcp: Flag = True
     log_level: str = "INFO"
     # Empty turns hooks off; only the default may be missing (an explicitly named one must exist).
     hooks_dir: Path | None = DEFAULT_HOOKS_DIR

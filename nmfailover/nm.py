@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -214,6 +215,7 @@ class Profile:
     never_default: bool  # ipv4.never-default: such a profile can never carry the default route
     metered: int = METERED_UNKNOWN  # connection.metered as saved: what a stop puts back on the device
     dns: Dns = Dns()  # its resolvers as saved: what giving DNS back puts on the device
+    mptcp_flags: int = 0  # connection.mptcp-flags as saved (0: NetworkManager's default)
 
 
 class Tethering(Enum):
@@ -314,6 +316,7 @@ class Metrics:
     metered: int = METERED_UNKNOWN  # connection.metered
     # The tables its routing rules (IPv4 and IPv6) look up; by keyword only, as it came after the others.
     rule_tables: frozenset[int] = field(default=frozenset(), kw_only=True)
+    mptcp_flags: int = field(default=0, kw_only=True)  # connection.mptcp-flags
 
 
 # -- routing by source address: the shapes of ipv4/ipv6 route-data and routing-rules --------------------
@@ -340,6 +343,7 @@ class Restore:
     metered: int | None = None  # connection.metered back to this
     dns: Dns | None = None  # its resolvers and dns-priority back to these
     resolver_routes: ResolverRoutes | None = None  # ResolverRoutes(): none of ours on this device
+    mptcp_flags: int | None = None  # connection.mptcp-flags back to this
 
 
 # A host route of the main table with this metric leads another uplink's lookups to one of this uplink's
@@ -808,14 +812,24 @@ class NetworkManagerClient:
             _metric(settings, "ipv6"),
             _metered(settings),
             rule_tables=_rule_tables(settings),
+            mptcp_flags=_mptcp_flags(settings),
         )
 
-    async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool:
+    async def set_route_metrics(
+        self, device: str, metric4: int, metric6: int, mptcp_flags: int | None = None
+    ) -> bool:
         """Change the device's applied route metrics at run time (Reapply); the saved profile is untouched.
+        With `mptcp_flags`, its connection.mptcp-flags in the same Reapply (each Reapply restarts the
+        device's IPv6, so the switch makes one, not two).
 
         Returns False when they already had these values (nothing is sent, so no `reapply` event fires).
         """
-        return await self._reapply(device, _metrics_edit(metric4, metric6))
+        edits = [_metrics_edit(metric4, metric6)]
+        if mptcp_flags is not None and _knows_mptcp_flags(await self.version()):
+            edits.append(_mptcp_edit(mptcp_flags))
+        return await self._reapply(
+            device, lambda settings: [edit(settings) for edit in edits].count(True) > 0
+        )
 
     async def set_metered(self, device: str, metered: int) -> bool:
         """Set connection.metered on the device's applied connection at run time (Reapply): NetworkManager's
@@ -858,6 +872,8 @@ class NetworkManagerClient:
             edits.append(_dns_edit(back.dns))
         if back.resolver_routes is not None:
             edits.append(_resolver_routes_edit(back.resolver_routes))
+        if back.mptcp_flags is not None:
+            edits.append(_mptcp_edit(back.mptcp_flags))
         return await self._reapply(
             device, lambda settings: [edit(settings) for edit in edits].count(True) > 0
         )
@@ -983,6 +999,29 @@ def _metrics_edit(metric4: int, metric6: int) -> Callable[[Settings], bool]:
         for family, value in stale.items():
             settings[family]["route-metric"] = Variant("x", value)
         return bool(stale)
+
+    return edit
+
+
+def _mptcp_flags(settings: Settings) -> int:
+    return int(_unwrap(settings.get("connection", {}).get("mptcp-flags", 0)))
+
+
+def _knows_mptcp_flags(version: str) -> bool:
+    """NetworkManager 1.40 brought connection.mptcp-flags; an older one refuses a Reapply that has it."""
+    numbers = [int(part) for part in re.findall(r"\d+", version)[:2]]
+    return numbers >= [1, 40]
+
+
+def _mptcp_edit(flags: int) -> Callable[[Settings], bool]:
+    """connection.mptcp-flags (NetworkManager 1.40 and newer; reapplicable): which MPTCP endpoints the
+    device's addresses are, and with which flags (see nmfailover.mptcp)."""
+
+    def edit(settings: Settings) -> bool:
+        if _mptcp_flags(settings) == flags:
+            return False
+        settings.setdefault("connection", {})["mptcp-flags"] = Variant("u", flags)
+        return True
 
     return edit
 
@@ -1193,6 +1232,7 @@ def _profile(spec: str, settings: Settings) -> Profile:
         never_default=bool(_unwrap(settings.get("ipv4", {}).get("never-default", False))),
         metered=_metered(settings),
         dns=_dns(settings),
+        mptcp_flags=_mptcp_flags(settings),
     )
 
 
