@@ -693,6 +693,9 @@ class UserTraffic:
 
 STREAM_PORT_MPTCP = 5201
 STREAM_PORT_TCP = 5202
+# Data arriving for less than this between two pauses is a trickle (a retransmission getting through), not
+# the stream flowing again.
+STREAM_TRICKLE = 0.05
 
 
 @dataclass(frozen=True)
@@ -716,6 +719,19 @@ class StreamResult:
     error: str  # why it ended on its own ("" if it was stopped)
     gaps: tuple[StreamGap, ...]
     end: float  # wall clock
+
+    def stall(self, moment: float, within: float) -> float:
+        """Seconds the stream stood still from `moment` (wall clock) on, within `within` seconds of it: the
+        pause under way at `moment` or beginning after it, with the pauses that follow it with only a
+        trickle between them (less than a pause's own threshold); 0.0 if it never stopped."""
+        stalls: list[StreamGap] = []
+        for gap in self.gaps:
+            if stalls and gap.start - stalls[-1].end < STREAM_TRICKLE:
+                stalls[-1] = StreamGap(stalls[-1].start, gap.end - stalls[-1].start)
+            else:
+                stalls.append(gap)
+        hit = [g for g in stalls if g.end > moment and g.start < moment + within]
+        return max((g.end - max(g.start, moment) for g in hit), default=0.0)
 
 
 class Stream:
@@ -1130,16 +1146,19 @@ class Topology:
         self._stream_ports.add(port)
         return port
 
-    def stream(self, *, tcp: bool = False, address: str = INTERNET_ADDRESS) -> Stream:
+    def stream(
+        self, *, tcp: bool = False, address: str = INTERNET_ADDRESS, device: str | None = None
+    ) -> Stream:
         """Open one long connection from the host namespace to the shared internet's server, Multipath TCP
-        (`tcp`: plain TCP), through the default route, receiving a paced, checked byte stream (see
-        nmfailover.lab.stream) until Stream.stop()."""
+        (`tcp`: plain TCP), through the default route (or bound to `device`), receiving a paced, checked byte
+        stream (see nmfailover.lab.stream) until Stream.stop()."""
         port = self._stream_server(tcp)
         out = self.workdir / f"stream-{secrets.token_hex(3)}.jsonl"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
         argv = [sys.executable, "-m", "nmfailover.lab.stream", "client", "--address", address,
-                "--port", str(port), "--out", str(out), *(["--tcp"] if tcp else [])]  # fmt: skip
+                "--port", str(port), "--out", str(out), *(["--tcp"] if tcp else []),
+                *(["--device", device] if device is not None else [])]  # fmt: skip
         proc = self.popen_host(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)  # fmt: skip
         stream = Stream(proc, out)

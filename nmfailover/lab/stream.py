@@ -3,11 +3,12 @@
 `server` (in the shared internet's namespace) accepts connections and sends each one a stream whose n-th byte
 is n % 251, at a fixed rate, until the client closes; `client` (in the host namespace) connects, checks every
 byte it receives against that pattern (a lost, repeated or reordered byte breaks it at once), and writes
-one JSON line for every pause in the stream longer than --gap, then a last line with its totals. Times are
+one JSON line for every pause in the stream longer than --gap (one still under way at the end too), then a
+last line with its totals. Times are
 the wall clock (time.time()), the one clock the namespaces share with the test that reads them.
 
     python -m nmfailover.lab.stream server --port 5201 --state-dir DIR [--tcp]
-    python -m nmfailover.lab.stream client --address 203.0.113.100 --port 5201 --out FILE [--tcp]
+    python -m nmfailover.lab.stream client --address 203.0.113.100 --port 5201 --out FILE [--tcp] [--device D]
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class _Received:
     broken_at: int | None = None  # the offset of the first byte that is not the pattern's
 
 
-def run_client(address: str, port: int, out: Path, tcp: bool, gap: float) -> int:
+def run_client(address: str, port: int, out: Path, tcp: bool, gap: float, device: str | None = None) -> int:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     stop = threading.Event()
 
@@ -97,6 +98,8 @@ def run_client(address: str, port: int, out: Path, tcp: bool, gap: float) -> int
     error = ""
     with out.open("w", encoding="utf-8") as log, _socket(family, tcp) as sock:
         sock.settimeout(10)
+        if device is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
         sock.connect((address, port))
         local = sock.getsockname()[0]
         log.write(json.dumps({"connected": time.time(), "local": local}) + "\n")
@@ -122,6 +125,8 @@ def run_client(address: str, port: int, out: Path, tcp: bool, gap: float) -> int
             if received.broken_at is None and data != pattern(received.total, len(data)):
                 received.broken_at = received.total
             received.total += len(data)
+        if time.time() - last > gap:  # a pause still under way at the end is one too
+            log.write(json.dumps({"gap_start": last, "gap": time.time() - last}) + "\n")
         log.write(
             json.dumps(
                 {"bytes": received.total, "broken_at": received.broken_at, "error": error, "end": time.time()}
@@ -141,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--gap", type=float, default=GAP)
+    parser.add_argument("--device", help="leave through this device, whatever the default route")
     args = parser.parse_args(argv)
     if args.role == "server":
         if args.state_dir is None:
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.address is None or args.out is None:
         parser.error("client needs --address and --out")
-    return run_client(args.address, args.port, args.out, args.tcp, args.gap)
+    return run_client(args.address, args.port, args.out, args.tcp, args.gap, args.device)
 
 
 if __name__ == "__main__":
