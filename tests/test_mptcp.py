@@ -3,10 +3,12 @@ view); the behaviour against a real NetworkManager and real MPTCP connections in
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from nmfailover.doctor import mptcp_checks
 from nmfailover.mptcp import (
     MPTCP_ALSO_WITHOUT_SYSCTL,
     MPTCP_BACKUP,
@@ -16,6 +18,7 @@ from nmfailover.mptcp import (
     MPTCP_SIGNAL,
     MPTCP_SUBFLOW,
     Endpoint,
+    KernelMptcp,
     describe_flags,
     endpoint_flags,
     kernel_enabled,
@@ -87,3 +90,61 @@ def test_kernel_enabled(tmp_path: Path, content: str | None, enabled: bool | Non
     if content is not None:
         sysctl.write_text(content)
     assert kernel_enabled(sysctl) is enabled
+
+
+KERNEL_ON = KernelMptcp(True, 2, 0, (Endpoint("192.0.2.2", 1, frozenset({"subflow"}), "wana"),))
+
+
+@pytest.mark.parametrize(
+    ("setting", "kernel", "lines"),
+    [
+        (
+            True,
+            KERNEL_ON,
+            [
+                "ok    Multipath TCP on (net.mptcp.enabled=1, limits: subflows 2, add_addr_accepted 0): MPTCP "
+                "connections to servers that accept MPTCP survive a failover (mptcpize run PROGRAM makes a "
+                "program use it)",
+                "ok    Multipath TCP: uplink primary (wana) endpoints: 192.0.2.2 (subflow)",
+                "skip  Multipath TCP: uplink backup (wanb) has no MPTCP endpoint: no subflow can use it — fix: "
+                "give its profile connection.mptcp-flags default (nmcli connection modify PROFILE "
+                "connection.mptcp-flags 0) and a default route",
+            ],
+        ),
+        (
+            False,
+            KERNEL_ON,
+            ["skip  Multipath TCP: NMFAILOVER_MPTCP=false: NetworkManager's own endpoints left as they are"],
+        ),
+        (
+            True,
+            KernelMptcp(None, None, None),
+            ["skip  Multipath TCP: not in this kernel: a failover breaks every open connection"],
+        ),
+        (
+            True,
+            KernelMptcp(False, 2, 0),
+            [
+                "skip  Multipath TCP: off in the kernel (net.mptcp.enabled=0): a failover breaks every open "
+                "connection — fix: sysctl -w net.mptcp.enabled=1, and the same in a file in /etc/sysctl.d/ to "
+                "keep it"
+            ],
+        ),
+        (
+            True,
+            replace(KERNEL_ON, subflows=0),
+            [
+                "skip  Multipath TCP: limits: subflows 0, add_addr_accepted 0: a connection gets no subflow "
+                "through another uplink — fix: ip mptcp limits set subflows 2 (at every boot: the kernel "
+                "forgets it)",
+                "ok    Multipath TCP: uplink primary (wana) endpoints: 192.0.2.2 (subflow)",
+                "skip  Multipath TCP: uplink backup (wanb) has no MPTCP endpoint: no subflow can use it — fix: "
+                "give its profile connection.mptcp-flags default (nmcli connection modify PROFILE "
+                "connection.mptcp-flags 0) and a default route",
+            ],
+        ),
+    ],
+)
+def test_doctor_says_whether_mptcp_is_usable(setting: bool, kernel: KernelMptcp, lines: list[str]) -> None:
+    checks = mptcp_checks(setting, kernel, [(0, "wana"), (1, "wanb")])
+    assert [check.line() for check in checks] == lines
