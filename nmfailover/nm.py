@@ -316,7 +316,6 @@ class Metrics:
     metered: int = METERED_UNKNOWN  # connection.metered
     # The tables its routing rules (IPv4 and IPv6) look up; by keyword only, as it came after the others.
     rule_tables: frozenset[int] = field(default=frozenset(), kw_only=True)
-    mptcp_flags: int = field(default=0, kw_only=True)  # connection.mptcp-flags
 
 
 # -- routing by source address: the shapes of ipv4/ipv6 route-data and routing-rules --------------------
@@ -812,7 +811,6 @@ class NetworkManagerClient:
             _metric(settings, "ipv6"),
             _metered(settings),
             rule_tables=_rule_tables(settings),
-            mptcp_flags=_mptcp_flags(settings),
         )
 
     async def set_route_metrics(

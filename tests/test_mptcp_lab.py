@@ -4,6 +4,7 @@ faults. The figures (medians of several runs, and the baseline) come from bench/
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from nmfailover.lab.sandbox import NMLab, Topology, lab_available
-from nmfailover.mptcp import parse_endpoints
+from nmfailover.mptcp import MPTCP_BACKUP, MPTCP_ENABLED, MPTCP_SUBFLOW, parse_endpoints
+from nmfailover.nm import NetworkManagerClient, Restore
 
 from .daemon import running_daemon
 
@@ -127,3 +129,36 @@ def test_with_mptcp_off_the_endpoints_are_networkmanagers_own(internet_lab: NMLa
         daemon.wait_log(r"ready: traffic on primary")
         assert "MPTCP endpoints" not in daemon.text()
         assert endpoint_flags(lab) == {"wana": {SUBFLOW}, "wanb": {SUBFLOW}}
+
+
+async def test_the_flags_go_in_the_metrics_reapply_and_come_back_with_the_restore(
+    nmlab: NMLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", nmlab.bus_address)
+    client = NetworkManagerClient()
+    await client.connect()
+    try:
+        (backup,) = await client.resolve(["backup"])
+        device = (await client.link_state(backup.uuid)).device
+        assert device is not None and backup.mptcp_flags == 0
+        on_disk = nmlab.profiles_on_disk()
+        flags = MPTCP_ENABLED | MPTCP_SUBFLOW | MPTCP_BACKUP
+        assert await client.set_route_metrics(device, 300, 300, flags) is True
+        # Only the flags differ: still one Reapply, with both.
+        assert await client.set_route_metrics(device, 300, 300, flags) is False
+        for _ in range(100):
+            if endpoint_flags(nmlab) == {"wana": {SUBFLOW}, "wanb": {BACKUP}}:
+                break
+            await asyncio.sleep(0.05)
+        assert endpoint_flags(nmlab) == {"wana": {SUBFLOW}, "wanb": {BACKUP}}
+        assert nmlab.nmcli("-g", "connection.mptcp-flags", "connection", "show", "backup").strip() == "0x0"
+        assert nmlab.profiles_on_disk() == on_disk
+
+        assert await client.restore_applied(device, Restore(-1, -1, mptcp_flags=backup.mptcp_flags)) is True
+        for _ in range(100):
+            if endpoint_flags(nmlab) == {"wana": {SUBFLOW}, "wanb": {SUBFLOW}}:
+                break
+            await asyncio.sleep(0.05)
+        assert endpoint_flags(nmlab) == {"wana": {SUBFLOW}, "wanb": {SUBFLOW}}
+    finally:
+        await client.close()

@@ -36,6 +36,9 @@ have a path through each; each upstream's faults cut only its own path (blackhol
     internet ns: upX 198.51.100.66/.70/.74, 2001:db8:fe:X::2; on lo: INTERNET_ADDRESS 203.0.113.100 and
        INTERNET_ADDRESS6 2001:db8:ffff::100; routes back to each uplink's addresses through its router
 
+MPTCP is on in every namespace (net.mptcp.enabled is 1 in a new one); this lab also sets the MPTCP limits
+of the host and the internet namespaces (2 subflows, 2 accepted addresses). NetworkManager sets none.
+
 A user: `Topology.user_traffic()` runs a browser-like client (nmfailover.lab.usertraffic) in the host
 namespace, resolving through glibc with the lab's resolv.conf, or NetworkManager's (NMLab.nm_resolv_conf),
 as /etc/resolv.conf in a private mount namespace, and records every attempt.
@@ -931,6 +934,10 @@ class Topology:
                 f"route add {prefix6}/64 via {router6}",
             ]
         self._batch(netns, inet_cmds)
+        # Explicit, not the kernel's defaults (which changed over the years): the host opens one subflow
+        # through each other uplink, the server accepts them.
+        for where in (self.host_netns, netns):
+            _run([ip, "-n", where, "mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "2"])
 
     def internet(
         self, *argv: str, check: bool = True, timeout: float = 30
