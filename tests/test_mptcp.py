@@ -25,6 +25,7 @@ from nmfailover.mptcp import (
     parse_endpoints,
     parse_limits,
 )
+from nmfailover.nm import _knows_mptcp_flags
 
 ENABLED_SUBFLOW = MPTCP_ENABLED | MPTCP_SUBFLOW
 
@@ -148,3 +149,11 @@ KERNEL_ON = KernelMptcp(True, 2, 0, (Endpoint("192.0.2.2", 1, frozenset({"subflo
 def test_doctor_says_whether_mptcp_is_usable(setting: bool, kernel: KernelMptcp, lines: list[str]) -> None:
     checks = mptcp_checks(setting, kernel, [(0, "wana"), (1, "wanb")])
     assert [check.line() for check in checks] == lines
+
+
+@pytest.mark.parametrize(
+    ("version", "knows"),
+    [("1.42.4", True), ("1.40.0", True), ("1.39.90", False), ("1.30.6", False), ("2.0", True), ("", False)],
+)
+def test_only_networkmanager_1_40_and_newer_get_the_flags(version: str, knows: bool) -> None:
+    assert _knows_mptcp_flags(version) is knows
