@@ -405,20 +405,20 @@ def mptcp_checks(setting: bool, kernel: KernelMptcp, uplinks: list[tuple[int, st
             )
         )
     for index, interface in uplinks:
-        where = f"Multipath TCP: uplink {role_name(index)} ({interface})"
+        where = f"{interface} ({role_name(index)})"
         endpoints = kernel.on_device(interface)
         if not endpoints:
             checks.append(
                 Check(
                     SKIP,
-                    f"{where} has no MPTCP endpoint: no subflow can use it",
+                    f"Multipath TCP: no endpoint on {where}: no subflow can use it",
                     "give its profile connection.mptcp-flags default (nmcli connection modify PROFILE "
                     "connection.mptcp-flags 0) and a default route",
                 )
             )
             continue
         listed = ", ".join(f"{e.address} ({' '.join(sorted(e.flags)) or 'no flags'})" for e in endpoints)
-        checks.append(Check(OK, f"{where} endpoints: {listed}"))
+        checks.append(Check(OK, f"Multipath TCP endpoints on {where}: {listed}"))
     return checks
 
 

@@ -87,9 +87,9 @@ def test_doctor_passes_on_a_complete_installation(nmlab: NMLab, root: Path) -> N
     # The lab's kernel namespace: MPTCP on at the kernel's limits, NetworkManager's own endpoints.
     assert lines[10].startswith("ok    Multipath TCP on (net.mptcp.enabled=1, limits: subflows 2, ")
     assert lines[11] == (
-        "ok    Multipath TCP: uplink primary (wana) endpoints: 192.0.2.2 (subflow), 2001:db8:a::2 (subflow)"
+        "ok    Multipath TCP endpoints on wana (primary): 192.0.2.2 (subflow), 2001:db8:a::2 (subflow)"
     )
-    assert lines[12].startswith("ok    Multipath TCP: uplink backup (wanb) endpoints: 192.0.2.66 (subflow)")
+    assert lines[12].startswith("ok    Multipath TCP endpoints on wanb (backup): 192.0.2.66 (subflow)")
 
 
 @pytest.mark.lab

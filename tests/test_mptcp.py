@@ -106,8 +106,8 @@ KERNEL_ON = KernelMptcp(True, 2, 0, (Endpoint("192.0.2.2", 1, frozenset({"subflo
                 "ok    Multipath TCP on (net.mptcp.enabled=1, limits: subflows 2, add_addr_accepted 0): MPTCP "
                 "connections to servers that accept MPTCP survive a failover (mptcpize run PROGRAM makes a "
                 "program use it)",
-                "ok    Multipath TCP: uplink primary (wana) endpoints: 192.0.2.2 (subflow)",
-                "skip  Multipath TCP: uplink backup (wanb) has no MPTCP endpoint: no subflow can use it — fix: "
+                "ok    Multipath TCP endpoints on wana (primary): 192.0.2.2 (subflow)",
+                "skip  Multipath TCP: no endpoint on wanb (backup): no subflow can use it — fix: "
                 "give its profile connection.mptcp-flags default (nmcli connection modify PROFILE "
                 "connection.mptcp-flags 0) and a default route",
             ],
@@ -138,8 +138,8 @@ KERNEL_ON = KernelMptcp(True, 2, 0, (Endpoint("192.0.2.2", 1, frozenset({"subflo
                 "skip  Multipath TCP: limits: subflows 0, add_addr_accepted 0: a connection gets no subflow "
                 "through another uplink — fix: ip mptcp limits set subflows 2 (at every boot: the kernel "
                 "forgets it)",
-                "ok    Multipath TCP: uplink primary (wana) endpoints: 192.0.2.2 (subflow)",
-                "skip  Multipath TCP: uplink backup (wanb) has no MPTCP endpoint: no subflow can use it — fix: "
+                "ok    Multipath TCP endpoints on wana (primary): 192.0.2.2 (subflow)",
+                "skip  Multipath TCP: no endpoint on wanb (backup): no subflow can use it — fix: "
                 "give its profile connection.mptcp-flags default (nmcli connection modify PROFILE "
                 "connection.mptcp-flags 0) and a default route",
             ],

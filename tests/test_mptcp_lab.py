@@ -4,7 +4,6 @@ faults. The figures (medians of several runs, and the baseline) come from bench/
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,12 +45,23 @@ BACKUP = frozenset({"subflow", "backup"})
 
 def endpoint_flags(lab: Topology) -> dict[str, set[frozenset[str]]]:
     """The flags of each device's endpoints, its IPv4 and its IPv6 address both (one set when they agree)."""
-    endpoints = parse_endpoints(lab.host("ip", "mptcp", "endpoint", "show").stdout)
-    assert len(endpoints) == 4, endpoints
     found: dict[str, set[frozenset[str]]] = {}
-    for endpoint in endpoints:
+    for endpoint in parse_endpoints(lab.host("ip", "mptcp", "endpoint", "show").stdout):
         found.setdefault(endpoint.device or "", set()).add(endpoint.flags)
     return found
+
+
+def endpoint_count(lab: Topology) -> int:
+    return len(parse_endpoints(lab.host("ip", "mptcp", "endpoint", "show").stdout))
+
+
+def wait_endpoints(lab: Topology, wanted: dict[str, set[frozenset[str]]], timeout: float = 5.0) -> None:
+    """Until both devices' IPv4 and IPv6 endpoints have the flags `wanted`: NetworkManager replaces an
+    endpoint whose flags change, so for a moment it is gone."""
+    deadline = time.monotonic() + timeout
+    while (endpoint_flags(lab), endpoint_count(lab)) != (wanted, 4) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (endpoint_flags(lab), endpoint_count(lab)) == (wanted, 4)
 
 
 def received(lab: Topology) -> tuple[int, int]:
@@ -79,7 +89,7 @@ def test_an_mptcp_connection_opened_on_the_primary_survives_a_silent_cut_a_pulle
     lab = internet_lab
     with running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="2") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
-        assert endpoint_flags(lab) == {"wana": {SUBFLOW}, "wanb": {BACKUP}}
+        wait_endpoints(lab, {"wana": {SUBFLOW}, "wanb": {BACKUP}})
         stream = lab.stream()
         plain = lab.stream(tcp=True)  # the baseline: a plain TCP connection opened on the primary
         assert stream.local == plain.local == lab.upstreams[0].address4
@@ -96,12 +106,12 @@ def test_an_mptcp_connection_opened_on_the_primary_survives_a_silent_cut_a_pulle
         lab.upstreams[0].blackhole()
         detection = daemon.wait_route("wanb", timeout=20)
         time.sleep(3)
-        assert endpoint_flags(lab) == {"wana": {BACKUP}, "wanb": {SUBFLOW}}
+        wait_endpoints(lab, {"wana": {BACKUP}, "wanb": {SUBFLOW}})
         healed = time.time()
         lab.upstreams[0].heal()
         daemon.wait_route("wana", timeout=30)
         time.sleep(2)
-        assert endpoint_flags(lab) == {"wana": {SUBFLOW}, "wanb": {BACKUP}}
+        wait_endpoints(lab, {"wana": {SUBFLOW}, "wanb": {BACKUP}})
         pulled = time.time()
         lab.upstreams[0].cut_cable()
         cable_detection = daemon.wait_route("wanb", timeout=20)
@@ -113,7 +123,7 @@ def test_an_mptcp_connection_opened_on_the_primary_survives_a_silent_cut_a_pulle
 
         assert daemon.stop() == 0
         # Stop gives the profiles' own flags back: NetworkManager's default, no backup endpoint.
-        assert endpoint_flags(lab) == {"wana": {SUBFLOW}, "wanb": {SUBFLOW}}
+        wait_endpoints(lab, {"wana": {SUBFLOW}, "wanb": {SUBFLOW}})
 
     assert (result.error, result.broken_at) == ("", None), "the MPTCP stream lost or repeated bytes"
     assert result.stall(cut, healed - cut) <= detection + STALL_MARGIN
@@ -128,7 +138,7 @@ def test_with_mptcp_off_the_endpoints_are_networkmanagers_own(internet_lab: NMLa
     with running_daemon(lab, tmp_path / "daemon.log", mptcp="false") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
         assert "MPTCP endpoints" not in daemon.text()
-        assert endpoint_flags(lab) == {"wana": {SUBFLOW}, "wanb": {SUBFLOW}}
+        wait_endpoints(lab, {"wana": {SUBFLOW}, "wanb": {SUBFLOW}})
 
 
 async def test_the_flags_go_in_the_metrics_reapply_and_come_back_with_the_restore(
@@ -146,19 +156,11 @@ async def test_the_flags_go_in_the_metrics_reapply_and_come_back_with_the_restor
         assert await client.set_route_metrics(device, 300, 300, flags) is True
         # Only the flags differ: still one Reapply, with both.
         assert await client.set_route_metrics(device, 300, 300, flags) is False
-        for _ in range(100):
-            if endpoint_flags(nmlab) == {"wana": {SUBFLOW}, "wanb": {BACKUP}}:
-                break
-            await asyncio.sleep(0.05)
-        assert endpoint_flags(nmlab) == {"wana": {SUBFLOW}, "wanb": {BACKUP}}
+        wait_endpoints(nmlab, {"wana": {SUBFLOW}, "wanb": {BACKUP}})
         assert nmlab.nmcli("-g", "connection.mptcp-flags", "connection", "show", "backup").strip() == "0x0"
         assert nmlab.profiles_on_disk() == on_disk
 
         assert await client.restore_applied(device, Restore(-1, -1, mptcp_flags=backup.mptcp_flags)) is True
-        for _ in range(100):
-            if endpoint_flags(nmlab) == {"wana": {SUBFLOW}, "wanb": {SUBFLOW}}:
-                break
-            await asyncio.sleep(0.05)
-        assert endpoint_flags(nmlab) == {"wana": {SUBFLOW}, "wanb": {SUBFLOW}}
+        wait_endpoints(nmlab, {"wana": {SUBFLOW}, "wanb": {SUBFLOW}})
     finally:
         await client.close()

@@ -225,12 +225,12 @@ class Actuator:
                 flags = self.mptcp_flags(uplink, preferred)
                 if await self.nm.set_route_metrics(device, metric, ipv6, flags):
                     logger.info(
-                        "{}: route metric {}{}{} applied in {:.0f} ms",
+                        "{}: route metric {}{} applied in {:.0f} ms{}",
                         uplink.label,
                         metric,
                         "" if ipv6 == metric else f" (IPv6 {ipv6})",
-                        "" if flags is None else f", MPTCP endpoints {mptcp.describe_flags(flags)}",
                         (time.perf_counter() - started) * 1000,
+                        "" if flags is None else f", MPTCP endpoints {mptcp.describe_flags(flags)}",
                     )
             for uplink, device, metric, ipv6 in live:
                 applied = await self.nm.applied_metrics(device)
