@@ -421,6 +421,14 @@ class Settings(BaseSettings):
         "uplink's own traffic; its rule into its own table takes the next one. From 1 to 32764: before "
         "the main table's rule (32766).",
     )  # fmt: skip
+    # Read with the kernel's net.mptcp.enabled at start (mptcp.py); it does nothing while that is off.
+    mptcp: Flag = Field(
+        True,
+        description="Multipath TCP: every uplink's addresses stay MPTCP endpoints, and those of the uplinks "
+        "not carrying traffic are `backup` ones (no data while the carrying one works), switched with every "
+        "failover and failback at run time; MPTCP connections then survive a failover. Only while the "
+        "kernel's `net.mptcp.enabled` is 1. `false`: off (NetworkManager's own endpoints stay as they are).",
+    )
     log_level: str = Field("INFO", description="One of " + ", ".join(LOG_LEVELS) + ".")
     hooks_dir: Path | None = Field(
         DEFAULT_HOOKS_DIR,

@@ -30,6 +30,7 @@ from .config import DEFAULT_ENV_FILE, ENV_FILE_VARIABLE, Settings, load_settings
 from .control import BUS_NAME
 from .engine import find_uplinks, role_name
 from .errors import ConfigError, NMError, ProfileError
+from .mptcp import KernelMptcp, read_kernel
 from .nm import DeviceState, LinkState, NetworkManagerClient, Profile
 from .probe import Link, probe_round
 from .system_files import (
@@ -110,6 +111,10 @@ class Doctor:
             await client.close()
         for check in await self._probes(settings[1], links):
             yield check
+        if settings[1] is not None:
+            uplinks = [(index, link.interface) for index, _, link in links if link.interface is not None]
+            for check in mptcp_checks(settings[1].mptcp, read_kernel(), uplinks):
+                yield check
 
     # -- settings and NetworkManager ----------------------------------------------------------------
 
@@ -448,6 +453,70 @@ def bounding_set(texts: Iterable[str]) -> frozenset[str] | None:
             granted = set() if granted is None or not value.strip() else granted
             granted.update(value.split())
     return None if granted is None else frozenset(granted)
+
+
+def mptcp_checks(setting: bool, kernel: KernelMptcp, uplinks: list[tuple[int, str]]) -> list[Check]:
+    """Whether Multipath TCP connections can survive a failover here: the kernel's switch and limits, and
+    each active uplink's endpoints (`uplinks`: index and interface). Never a failure: MPTCP is a bonus, and
+    without it the daemon still moves every new connection; what is missing is said, with its fix."""
+    if not setting:
+        return [
+            Check(
+                SKIP, "Multipath TCP: NMFAILOVER_MPTCP=false: NetworkManager's own endpoints left as they are"
+            )
+        ]
+    if kernel.enabled is None:
+        return [Check(SKIP, "Multipath TCP: not in this kernel: a failover breaks every open connection")]
+    if not kernel.enabled:
+        return [
+            Check(
+                SKIP,
+                "Multipath TCP: off in the kernel (net.mptcp.enabled=0): a failover breaks every open "
+                "connection",
+                "sysctl -w net.mptcp.enabled=1, and the same in a file in /etc/sysctl.d/ to keep it",
+            )
+        ]
+    limits = (
+        f"limits: subflows {_unknown(kernel.subflows)}, "
+        f"add_addr_accepted {_unknown(kernel.add_addr_accepted)}"
+    )
+    checks = []
+    if kernel.subflows is not None and kernel.subflows < 1:
+        checks.append(
+            Check(
+                SKIP,
+                f"Multipath TCP: {limits}: a connection gets no subflow through another uplink",
+                "ip mptcp limits set subflows 2 (at every boot: the kernel forgets it)",
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                OK,
+                f"Multipath TCP on (net.mptcp.enabled=1, {limits}): MPTCP connections to servers that accept "
+                "MPTCP survive a failover (mptcpize run PROGRAM makes a program use it)",
+            )
+        )
+    for index, interface in uplinks:
+        where = f"{interface} ({role_name(index)})"
+        endpoints = kernel.on_device(interface)
+        if not endpoints:
+            checks.append(
+                Check(
+                    SKIP,
+                    f"Multipath TCP: no endpoint on {where}: no subflow can use it",
+                    "give its profile connection.mptcp-flags default (nmcli connection modify PROFILE "
+                    "connection.mptcp-flags 0) and a default route",
+                )
+            )
+            continue
+        listed = ", ".join(f"{e.address} ({' '.join(sorted(e.flags)) or 'no flags'})" for e in endpoints)
+        checks.append(Check(OK, f"Multipath TCP endpoints on {where}: {listed}"))
+    return checks
+
+
+def _unknown(value: int | None) -> str:
+    return "unknown" if value is None else str(value)
 
 
 def exec_start(unit_text: str) -> str | None:

@@ -148,6 +148,7 @@ ENV_CASES: list[Case] = [
     *bad("NMFAILOVER_SOURCE_ROUTING_TABLE", "", "abc", "0", "-1", "1.5", "253", "254", "255", "252"),
     *bad("NMFAILOVER_SOURCE_ROUTING_TABLE", "4294967295", "4294967296"),
     *bad("NMFAILOVER_SOURCE_ROUTING_PRIORITY", "", "abc", "0", "-1", "1.5", "32765", "32766", "40000"),
+    *bad("NMFAILOVER_MPTCP", "", "maybe", "2"),
     *bad("NMFAILOVER_LOG_LEVEL", "", "verbose", "5", "$(touch {marker})"),
     *bad("NMFAILOVER_HOOKS_DIR", "/nonexistent/hooks.d", "{files}/not-a-dir", "$(touch {marker})"),
     *bad("NMFAILOVER_HOOK_TIMEOUT", *NOT_POSITIVE_SHORT),

@@ -21,7 +21,7 @@ from nmfailover.nm import WireGuardDevice
 from nmfailover.system_files import under_root
 
 HOOK = system_files.DISPATCHER_HOOK
-CHECKS_ALL_OK = 10  # settings, NM, policy, hook, unit, enabled, 2 profiles, 2 probes
+CHECKS_ALL_OK = 13  # settings, NM, policy, hook, unit, enabled, 2 profiles, 2 probes, MPTCP, 2 endpoints
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="installs root-owned files: run as root")
 
@@ -87,6 +87,12 @@ def test_doctor_passes_on_a_complete_installation(nmlab: NMLab, root: Path) -> N
     assert lines[7] == "ok    uplink backup: profile 'backup' active on wanb"
     assert lines[8].startswith("ok    uplink primary (wana) reaches the internet: 3/3 targets answered")
     assert lines[9].startswith("ok    uplink backup (wanb) reaches the internet: 3/3 targets answered")
+    # The lab's kernel namespace: MPTCP on at the kernel's limits, NetworkManager's own endpoints.
+    assert lines[10].startswith("ok    Multipath TCP on (net.mptcp.enabled=1, limits: subflows 2, ")
+    assert lines[11] == (
+        "ok    Multipath TCP endpoints on wana (primary): 192.0.2.2 (subflow), 2001:db8:a::2 (subflow)"
+    )
+    assert lines[12].startswith("ok    Multipath TCP endpoints on wanb (backup): 192.0.2.66 (subflow)")
 
 
 @pytest.mark.lab

@@ -91,7 +91,9 @@ class FakeNM:
     async def link_state(self, uuid: str) -> LinkState:
         return self.links[uuid]
 
-    async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool:
+    async def set_route_metrics(
+        self, device: str, metric4: int, metric6: int, mptcp_flags: int | None = None
+    ) -> bool:
         if self.fail_writes:
             raise NMUnavailable("NetworkManager is not answering")
         changed = self.metrics[device] != (metric4, metric6)

@@ -19,6 +19,7 @@ LAYERS: list[list[str]] = [
     ["nmfailover", "nmfailover.errors", "nmfailover.log", "nmfailover.policy", "nmfailover.status"],
     ["nmfailover.budget"],
     ["nmfailover.runstate", "nmfailover.sdnotify", "nmfailover.traffic", "nmfailover.backoff"],
+    ["nmfailover.mptcp"],
     # The one way onto a D-Bus bus.
     ["nmfailover.bus"],
     # NetworkManager: its names, then its client's parts by job.
@@ -55,7 +56,7 @@ LAYERS: list[list[str]] = [
     ["nmfailover.daemon", "nmfailover.system_files"],
     ["nmfailover.doctor"],
     # The lab: above the daemon, so the daemon can never import it; only the command line's demo may.
-    ["nmfailover.lab.upstream", "nmfailover.lab.usertraffic"],
+    ["nmfailover.lab.upstream", "nmfailover.lab.usertraffic", "nmfailover.lab.stream"],
     ["nmfailover.lab.sandbox"],
     ["nmfailover.lab.demo", "nmfailover.lab"],
     # The command line's shape, what documents it, and the command line itself.

@@ -353,7 +353,9 @@ class AppliedConnections:
     async def link_state(self, uuid: str) -> LinkState:
         raise AssertionError("not used by apply")
 
-    async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool:
+    async def set_route_metrics(
+        self, device: str, metric4: int, metric6: int, mptcp_flags: int | None = None
+    ) -> bool:
         self.applied[device][:2] = [metric4, metric6]
         return True
 

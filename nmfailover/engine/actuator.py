@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 from loguru import logger
 
-from .. import runstate
+from .. import mptcp, runstate
 from ..config import Settings
 from ..errors import ConfigError, NMError, NMLinkChanged, NMUnavailable
 from ..nm import (
@@ -51,6 +51,7 @@ class ActuatorParams:
     metered: tuple[str, ...]  # NMFAILOVER_METERED's names
     on_demand: tuple[str, ...]  # NMFAILOVER_ON_DEMAND's names
     auto_uplinks: bool  # a name that is no uplink now may name one found later
+    mptcp: bool  # NMFAILOVER_MPTCP: the backup flag of MPTCP endpoints follows the switch
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ActuatorParams:
@@ -64,6 +65,7 @@ class ActuatorParams:
             metered=settings.metered,
             on_demand=settings.on_demand,
             auto_uplinks=settings.auto_uplinks,
+            mptcp=settings.mptcp,
         )
 
 
@@ -101,7 +103,9 @@ class NetworkManagerPort(Protocol):
     async def close(self) -> None: ...
     async def wait_for_disconnect(self) -> None: ...
     async def link_state(self, uuid: str) -> LinkState: ...
-    async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool: ...
+    async def set_route_metrics(
+        self, device: str, metric4: int, metric6: int, mptcp_flags: int | None = None
+    ) -> bool: ...
     async def set_metered(self, device: str, metered: Metered) -> bool: ...
     async def set_ipv6_default(
         self, device: str, allowed: bool, gateway: str | None = None
@@ -201,6 +205,8 @@ class Actuator:
         self.dns_wanted: dict[int, tuple[str, ...]] = {}
         self._dns_applied: dict[int, DnsOverride] = {}
         self._resolver_routes: dict[int, ResolverRoutes] = {}
+        # Multipath TCP path management (mptcp.py): only while the kernel has MPTCP on, read once at start.
+        self.mptcp = params.mptcp and mptcp.kernel_enabled() is True
 
     def remember_priorities(self) -> None:
         """Each profile's own autoconnect-priority, from a crashed earlier run if there was one."""
@@ -255,13 +261,15 @@ class Actuator:
                     logger.info("{}: marked metered (connection.metered=yes, at run time)", uplink.label)
             for uplink, device, metric, ipv6 in live:
                 started = time.perf_counter()
-                if await self.nm.set_route_metrics(device, metric, ipv6):
+                flags = self.mptcp_flags(uplink, preferred)
+                if await self.nm.set_route_metrics(device, metric, ipv6, flags):
                     logger.info(
-                        "{}: route metric {}{} applied in {:.0f} ms",
+                        "{}: route metric {}{} applied in {:.0f} ms{}",
                         uplink.label,
                         metric,
                         "" if ipv6 == metric else f" (IPv6 {ipv6})",
                         (time.perf_counter() - started) * 1000,
+                        "" if flags is None else f", MPTCP endpoints {mptcp.describe_flags(flags)}",
                     )
             for uplink, device, metric, ipv6 in live:
                 applied = await self.nm.applied_metrics(device)
@@ -293,6 +301,13 @@ class Actuator:
             if warning is not None and uplink.index not in self._warned:
                 self._warned.add(uplink.index)
                 logger.warning("{}", warning)
+
+    def mptcp_flags(self, uplink: Uplink, preferred: int) -> int | None:
+        """The connection.mptcp-flags the uplink's applied connection gets with the metrics for `preferred`:
+        a backup endpoint unless it carries the traffic; None (left alone) with NMFAILOVER_MPTCP off."""
+        if not self.mptcp:
+            return None
+        return mptcp.endpoint_flags(uplink.profile.mptcp_flags, uplink.index == preferred)
 
     def ipv6_down(self) -> frozenset[int]:
         """The uplinks whose own IPv6 path is down while the uplink as a whole is up."""
@@ -333,6 +348,7 @@ class Actuator:
                     metered=saved.metered if uplink.index in self.metered else None,
                     dns=saved.dns if uplink.index in self._dns_applied else None,
                     resolver_routes=ResolverRoutes() if uplink.index in self._resolver_routes else None,
+                    mptcp_flags=saved.mptcp_flags if self.mptcp else None,
                 )
                 await self.nm.restore_applied(link.device, back)
                 if back.source_routing is not None:

@@ -27,6 +27,18 @@ millisecond or so of data in its own device queues (TCP small queues); a forward
 Faults: `Upstream`'s methods, one class of failure each (silent death, a dead or failing resolver, refused
 or hung connections, a captive portal, loss each way or one way, a pulled cable); heal() undoes any.
 
+One internet behind every uplink (Topology(shared_internet=True), for Multipath TCP): every upstream router
+also routes to one namespace holding a server address reachable through each uplink, so one connection can
+have a path through each; each upstream's faults cut only its own path (blackhole drops all it forwards):
+
+    upstream ns X: inet 198.51.100.65/.69/.73 (/30), 2001:db8:fe:X::1/64
+       |  veth
+    internet ns: upX 198.51.100.66/.70/.74, 2001:db8:fe:X::2; on lo: INTERNET_ADDRESS 203.0.113.100 and
+       INTERNET_ADDRESS6 2001:db8:ffff::100; routes back to each uplink's addresses through its router
+
+MPTCP is on in every namespace (net.mptcp.enabled is 1 in a new one); this lab also sets the MPTCP limits
+of the host and the internet namespaces (2 subflows, 2 accepted addresses). NetworkManager sets none.
+
 A user: `Topology.user_traffic()` runs a browser-like client (nmfailover.lab.usertraffic) in the host
 namespace, resolving through glibc with the lab's resolv.conf, or NetworkManager's (NMLab.nm_resolv_conf),
 as /etc/resolv.conf in a private mount namespace, and records every attempt.
@@ -37,6 +49,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -72,6 +85,10 @@ BULK_ADDRESS: str = "198.51.100.2"
 BULK_URL: str = f"http://{BULK_ADDRESS}/bulk"
 _BULK_GATEWAY = "198.51.100.1"
 _BULK_PREFIXLEN = 30
+# The shared internet's own address (Topology(shared_internet=True)), the same through every uplink.
+INTERNET_ADDRESS: str = "203.0.113.100"
+INTERNET_ADDRESS6: str = "2001:db8:ffff::100"
+_TRANSIT_BASE = 64  # upstream k's link to the shared internet: 198.51.100.(64 + 4k)/30
 
 # name, host address, gateway, IPv6 prefix, resolver
 _PLAN: tuple[tuple[str, str, str, str, str], ...] = (
@@ -677,6 +694,103 @@ class UserTraffic:
         _stop([self.proc], grace=5)
 
 
+STREAM_PORT_MPTCP = 5201
+STREAM_PORT_TCP = 5202
+# Data arriving for less than this between two pauses is a trickle (a retransmission getting through), not
+# the stream flowing again.
+STREAM_TRICKLE = 0.05
+
+
+@dataclass(frozen=True)
+class StreamGap:
+    """A pause in a stream longer than nmfailover.lab.stream's GAP: when it began (wall clock), how long."""
+
+    start: float
+    seconds: float
+
+    @property
+    def end(self) -> float:
+        return self.start + self.seconds
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What a stream's client saw, once stopped."""
+
+    received: int  # bytes
+    broken_at: int | None  # the offset of the first byte that was not the stream's (lost or repeated)
+    error: str  # why it ended on its own ("" if it was stopped)
+    gaps: tuple[StreamGap, ...]
+    end: float  # wall clock
+
+    def stall(self, moment: float, within: float) -> float:
+        """Seconds the stream stood still from `moment` (wall clock) on, within `within` seconds of it: the
+        pause under way at `moment` or beginning after it, with the pauses that follow it with only a
+        trickle between them (less than a pause's own threshold); 0.0 if it never stopped."""
+        stalls: list[StreamGap] = []
+        for gap in self.gaps:
+            if stalls and gap.start - stalls[-1].end < STREAM_TRICKLE:
+                stalls[-1] = StreamGap(stalls[-1].start, gap.end - stalls[-1].start)
+            else:
+                stalls.append(gap)
+        hit = [g for g in stalls if g.end > moment and g.start < moment + within]
+        return max((g.end - max(g.start, moment) for g in hit), default=0.0)
+
+
+class Stream:
+    """One connection from the host namespace to the shared internet (Topology.stream())."""
+
+    CONNECT_TIMEOUT = 15.0
+
+    def __init__(self, proc: subprocess.Popen[str], out: Path) -> None:
+        self.proc = proc
+        self.out = out
+        self.local: str | None = None  # the connection's source address
+        self.connected: float | None = None
+
+    def _records(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.out.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.endswith("}")]
+
+    def wait_connected(self) -> None:
+        def connected() -> bool:
+            records = self._records()
+            if records and "connected" in records[0]:
+                self.local, self.connected = str(records[0]["local"]), float(records[0]["connected"])
+                return True
+            if self.proc.poll() is not None:
+                stderr = self.proc.stderr.read() if self.proc.stderr is not None else ""
+                raise RuntimeError(f"the stream client exited {self.proc.returncode}: {stderr}")
+            return False
+
+        _wait_for("the stream to connect", connected, self.CONNECT_TIMEOUT)
+
+    def gaps(self) -> list[StreamGap]:
+        """The pauses so far; one still going on is not among them."""
+        return [StreamGap(r["gap_start"], r["gap"]) for r in self._records() if "gap" in r]
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> StreamResult:
+        """Stop the client (it writes its totals) and read what it saw. Idempotent."""
+        _stop([self.proc], grace=5)
+        last = self._records()[-1]
+        if "bytes" not in last:
+            raise RuntimeError(f"the stream client left no totals in {self.out}")
+        return StreamResult(
+            received=int(last["bytes"]),
+            broken_at=last["broken_at"],
+            error=str(last["error"]),
+            gaps=tuple(self.gaps()),
+            end=float(last["end"]),
+        )
+
+
 _LIVE: set[Topology] = set()
 
 
@@ -689,7 +803,9 @@ def _close_live() -> None:
 class Topology:
     """Host namespace plus one upstream namespace per uplink. A context manager; always cleans up."""
 
-    def __init__(self, uplinks: int = 2, *, configure_host: bool = True) -> None:
+    def __init__(
+        self, uplinks: int = 2, *, configure_host: bool = True, shared_internet: bool = False
+    ) -> None:
         if not 1 <= uplinks <= len(_PLAN):
             raise ValueError(f"uplinks must be 1..{len(_PLAN)}, got {uplinks}")
         reason = lab_available()
@@ -704,9 +820,12 @@ class Topology:
         self.upstreams: list[Upstream] = []
         self._configure_host = configure_host
         self._uplinks = uplinks
+        # The namespace of the one internet behind every uplink, or None (see the module's docstring).
+        self.internet_netns: str | None = f"{tag}-inet" if shared_internet else None
         self._procs: list[subprocess.Popen[Any]] = []
         self._downloads: list[BulkDownload] = []
         self._bulk_sources: set[str] = set()
+        self._stream_ports: set[int] = set()
         self._netns: list[str] = []
         self._closed = False
         _LIVE.add(self)
@@ -776,7 +895,67 @@ class Topology:
                     f"route add default via {up.gateway6} dev {up.iface} metric {metric}",
                 ]
             self._batch(self.host_netns, host_cmds)
+        if self.internet_netns is not None:
+            self._shared_internet(self.internet_netns)
         self._start_upstream_servers()
+
+    def _shared_internet(self, netns: str) -> None:
+        """One namespace behind every upstream router, holding INTERNET_ADDRESS(6) (see the docstring)."""
+        ip, sysctl = _tool("ip"), _tool("sysctl")
+        self._add_netns(netns)
+        inet_cmds = [
+            f"address add {INTERNET_ADDRESS}/32 dev lo",
+            f"address add {INTERNET_ADDRESS6}/128 dev lo nodad",
+        ]
+        for index, (up, (name, addr4, _, prefix6, _)) in enumerate(zip(self.upstreams, _PLAN, strict=False)):
+            transit = _TRANSIT_BASE + 4 * index
+            router4, inet4 = f"198.51.100.{transit + 1}", f"198.51.100.{transit + 2}"
+            router6, inet6 = f"2001:db8:fe:{name}::1", f"2001:db8:fe:{name}::2"
+            uplink_net4 = ipaddress.ip_interface(f"{addr4}/{_PREFIXLEN4}").network
+            _run([ip, "-n", up.netns, "link", "add", "inet", "type", "veth", "peer", "name", f"up{name}",
+                  "netns", netns])  # fmt: skip
+            self._batch(
+                up.netns,
+                [
+                    f"address add {router4}/30 dev inet",
+                    f"address add {router6}/64 dev inet nodad",
+                    "link set inet up",
+                    f"route add {INTERNET_ADDRESS}/32 via {inet4}",
+                    f"route add {INTERNET_ADDRESS6}/128 via {inet6}",
+                ],
+            )
+            _run([ip, "netns", "exec", up.netns, sysctl, "-qw", "net.ipv4.ip_forward=1",
+                  "net.ipv6.conf.all.forwarding=1"])  # fmt: skip
+            inet_cmds += [
+                f"address add {inet4}/30 dev up{name}",
+                f"address add {inet6}/64 dev up{name} nodad",
+                f"link set up{name} up",
+                f"route add {uplink_net4} via {router4}",
+                f"route add {prefix6}/64 via {router6}",
+            ]
+        self._batch(netns, inet_cmds)
+        # Explicit, not the kernel's defaults (which changed over the years): the host opens one subflow
+        # through each other uplink, the server accepts them.
+        for where in (self.host_netns, netns):
+            _run([ip, "-n", where, "mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "2"])
+
+    def internet(
+        self, *argv: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv inside the shared internet's namespace (Topology(shared_internet=True))."""
+        if self.internet_netns is None:
+            raise RuntimeError("this lab has no shared internet: Topology(shared_internet=True)")
+        return _run([_tool("ip"), "netns", "exec", self.internet_netns, *argv], check=check, timeout=timeout)
+
+    def popen_internet(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
+        """Start argv inside the shared internet's namespace (text mode); it is killed on cleanup."""
+        if self.internet_netns is None:
+            raise RuntimeError("this lab has no shared internet: Topology(shared_internet=True)")
+        proc: subprocess.Popen[str] = subprocess.Popen(
+            [_tool("ip"), "netns", "exec", self.internet_netns, *argv], text=True, **kwargs
+        )
+        self._procs.append(proc)
+        return proc
 
     def _launch_server(self, netns: str, state_dir: Path, *args: str) -> subprocess.Popen[Any]:
         """nmfailover.lab.upstream in `netns`, logging to state_dir/server.log; see _wait_servers."""
@@ -951,6 +1130,56 @@ class Topology:
         ).stdout  # fmt: skip
         return float(out.strip())
 
+    # -- one long connection to the shared internet ----------------------------------------------
+
+    def _stream_server(self, tcp: bool) -> int:
+        """The port of the shared internet's stream server (MPTCP or plain TCP), started on first use."""
+        port = STREAM_PORT_TCP if tcp else STREAM_PORT_MPTCP
+        if port in self._stream_ports:
+            return port
+        if self.internet_netns is None:
+            raise RuntimeError("a stream needs the shared internet: Topology(shared_internet=True)")
+        state_dir = self.workdir / f"stream-server-{port}"
+        state_dir.mkdir()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+        argv = [_tool("ip"), "netns", "exec", self.internet_netns, sys.executable, "-m",
+                "nmfailover.lab.stream", "server", "--port", str(port), "--state-dir", str(state_dir),
+                *(["--tcp"] if tcp else [])]  # fmt: skip
+        with (state_dir / "server.log").open("ab") as log:
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self._procs.append(proc)
+        self._wait_servers("stream server", [(state_dir, proc)])
+        self._stream_ports.add(port)
+        return port
+
+    def stream(
+        self, *, tcp: bool = False, address: str = INTERNET_ADDRESS, device: str | None = None
+    ) -> Stream:
+        """Open one long connection from the host namespace to the shared internet's server, Multipath TCP
+        (`tcp`: plain TCP), through the default route (or bound to `device`), receiving a paced, checked byte
+        stream (see nmfailover.lab.stream) until Stream.stop()."""
+        port = self._stream_server(tcp)
+        out = self.workdir / f"stream-{secrets.token_hex(3)}.jsonl"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+        argv = [sys.executable, "-m", "nmfailover.lab.stream", "client", "--address", address,
+                "--port", str(port), "--out", str(out), *(["--tcp"] if tcp else []),
+                *(["--device", device] if device is not None else [])]  # fmt: skip
+        proc = self.popen_host(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)  # fmt: skip
+        stream = Stream(proc, out)
+        stream.wait_connected()
+        return stream
+
+    def subflows(self, address: str = INTERNET_ADDRESS) -> list[str]:
+        """The local addresses of the host namespace's established TCP connections to `address`: an MPTCP
+        connection's subflows each show as one."""
+        out = self.host(_tool("ss"), "-Htn", "state", "established", "dst", address).stdout
+        # "192.0.2.66%wanb:48567": a subflow bound to its device shows the device after the address.
+        locals_ = [line.split()[-2].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()]
+        return [local.split("%", 1)[0].strip("[]") for local in locals_]
+
     # -- observing the host namespace -----------------------------------------------------------
 
     def _ip_json(self, *args: str) -> list[dict[str, Any]]:
@@ -1114,6 +1343,7 @@ class NMLab(Topology):
         dispatcher_dir: Path | None = None,
         extra_nm_config: str = "",
         bus_policy: Path | None = None,
+        shared_internet: bool = False,
     ) -> None:
         self._dispatcher_dir = dispatcher_dir
         # A D-Bus policy file to enforce on a bus configured like Debian's system bus; without one the
@@ -1123,7 +1353,7 @@ class NMLab(Topology):
         self._extra_nm_config = extra_nm_config
         self._nm: subprocess.Popen[Any] | None = None
         self.profiles = list(PROFILE_NAMES[:uplinks])
-        super().__init__(uplinks, configure_host=False)
+        super().__init__(uplinks, configure_host=False, shared_internet=shared_internet)
 
     def _setup(self) -> None:
         nm_dir = self.workdir / "nm"

@@ -6,6 +6,7 @@ says whether it changed anything."""
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class Restore:
     metered: Metered | None = None  # connection.metered back to this
     dns: Dns | None = None  # its resolvers and dns-priority back to these
     resolver_routes: ResolverRoutes | None = None  # ResolverRoutes(): none of ours on this device
+    mptcp_flags: int | None = None  # connection.mptcp-flags back to this
 
 
 # A host route of the main table with this metric leads another uplink's lookups to one of this uplink's
@@ -227,6 +229,29 @@ def metrics_edit(metric4: int, metric6: int) -> Callable[[Settings], bool]:
         for family, value in stale.items():
             settings[family]["route-metric"] = Variant("x", value)
         return bool(stale)
+
+    return edit
+
+
+def mptcp_flags_of(settings: Settings) -> int:
+    return int(unwrap(settings.get("connection", {}).get("mptcp-flags", 0)))
+
+
+def knows_mptcp_flags(version: str) -> bool:
+    """NetworkManager 1.40 brought connection.mptcp-flags; an older one refuses a Reapply that has it."""
+    numbers = [int(part) for part in re.findall(r"\d+", version)[:2]]
+    return numbers >= [1, 40]
+
+
+def mptcp_edit(flags: int) -> Callable[[Settings], bool]:
+    """connection.mptcp-flags (NetworkManager 1.40 and newer; reapplicable): which MPTCP endpoints the
+    device's addresses are, and with which flags (see nmfailover.mptcp)."""
+
+    def edit(settings: Settings) -> bool:
+        if mptcp_flags_of(settings) == flags:
+            return False
+        settings.setdefault("connection", {})["mptcp-flags"] = Variant("u", flags)
+        return True
 
     return edit
 
@@ -437,4 +462,5 @@ def profile_of(spec: str, settings: Settings) -> Profile:
         never_default=bool(unwrap(settings.get("ipv4", {}).get("never-default", False))),
         metered=metered_of(settings),
         dns=dns_of(settings),
+        mptcp_flags=mptcp_flags_of(settings),
     )

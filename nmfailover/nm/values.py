@@ -37,6 +37,7 @@ class Profile:
     never_default: bool  # ipv4.never-default: such a profile can never carry the default route
     metered: Metered = Metered.UNKNOWN  # connection.metered as saved: what a stop puts back on the device
     dns: Dns = Dns()  # its resolvers as saved: what giving DNS back puts on the device
+    mptcp_flags: int = 0  # connection.mptcp-flags as saved (0: NetworkManager's default)
 
 
 class Tethering(Enum):

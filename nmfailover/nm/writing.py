@@ -14,8 +14,10 @@ from .edits import (
     SourceRouting,
     dns_edit,
     ipv6_default_edit,
+    knows_mptcp_flags,
     metered_edit,
     metrics_edit,
+    mptcp_edit,
     resolver_routes_edit,
     source_routing_edit,
     strip_legacy,
@@ -39,12 +41,21 @@ from .values import Dns
 class StateWriter(StateReader):
     """Run-time changes: each Reapply reads the applied connection, edits it (edits.py) and sends it back."""
 
-    async def set_route_metrics(self, device: str, metric4: int, metric6: int) -> bool:
+    async def set_route_metrics(
+        self, device: str, metric4: int, metric6: int, mptcp_flags: int | None = None
+    ) -> bool:
         """Change the device's applied route metrics at run time (Reapply); the saved profile is untouched.
+        With `mptcp_flags`, its connection.mptcp-flags in the same Reapply (each Reapply restarts the
+        device's IPv6, so the switch makes one, not two).
 
         Returns False when they already had these values (nothing is sent, so no `reapply` event fires).
         """
-        return await self._reapply(device, metrics_edit(metric4, metric6))
+        edits = [metrics_edit(metric4, metric6)]
+        if mptcp_flags is not None and knows_mptcp_flags(await self.version()):
+            edits.append(mptcp_edit(mptcp_flags))
+        return await self._reapply(
+            device, lambda settings: [edit(settings) for edit in edits].count(True) > 0
+        )
 
     async def set_metered(self, device: str, metered: Metered) -> bool:
         """Set connection.metered on the device's applied connection at run time (Reapply): NetworkManager's
@@ -87,6 +98,8 @@ class StateWriter(StateReader):
             edits.append(dns_edit(back.dns))
         if back.resolver_routes is not None:
             edits.append(resolver_routes_edit(back.resolver_routes))
+        if back.mptcp_flags is not None:
+            edits.append(mptcp_edit(back.mptcp_flags))
         return await self._reapply(
             device, lambda settings: [edit(settings) for edit in edits].count(True) > 0
         )
