@@ -24,7 +24,7 @@ import pytest
 
 from nmfailover import cli, config
 from nmfailover.lab.demo import daemon_env
-from nmfailover.lab.sandbox import NMLab, lab_available
+from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
 
 TIMEOUT = 8.0  # a wrongly accepted value starts the daemon (ready within 2 s): it is killed, the case fails
@@ -307,10 +307,7 @@ class Bench:
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
-    reason = lab_available()
-    if reason is not None:
-        pytest.skip(reason)
+def bench(tmp_path_factory: pytest.TempPathFactory, lab_machine: None) -> Iterator[Bench]:
     files = tmp_path_factory.mktemp("bad-input")
     (files / "not-a-dir").write_text("")
     (files / "not-executable").write_text("#!/bin/sh\nexit 0\n")

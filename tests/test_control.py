@@ -21,7 +21,6 @@ from nmfailover import cli as nmfailover_cli
 from nmfailover.control import INTERFACE, POLKIT_ACTIONS, Caller, access
 from nmfailover.lab.demo import DaemonProcess, daemon_env, wait_for
 from nmfailover.lab.sandbox import NMLab
-from tests.conftest import _require_lab
 from tests.daemon import running_daemon
 from tests.desktop import POLKIT, polkit_authority, require_desktop_tools
 from tests.operate import POLICY, SignalRecorder, cli, policed_lab, status
@@ -31,7 +30,7 @@ NOBODY = 65534
 
 
 @pytest.fixture
-def lab() -> Iterator[NMLab]:
+def lab(lab_machine: None) -> Iterator[NMLab]:
     with policed_lab() as lab:
         yield lab
 
@@ -227,7 +226,7 @@ GROUP_RULE = """polkit.addRule(function (action, subject) {
 
 
 @pytest.mark.lab
-def test_another_group_may_change_things(tmp_path: Path) -> None:
+def test_another_group_may_change_things(tmp_path: Path, lab_machine: None) -> None:
     # The shipped policy with its group swapped for nobody's own (what an operator's edit does) lets it
     # send everything; the daemon asks polkit about the rest, and the operator's polkit rule says yes.
     require_desktop_tools("/usr/lib/polkit-1/polkitd", "pkaction")
@@ -235,7 +234,6 @@ def test_another_group_may_change_things(tmp_path: Path) -> None:
     workdir.chmod(0o755)  # polkitd reads its rules there as the user polkitd
     policy = tmp_path / "policy.conf"
     policy.write_text(POLICY.read_text().replace('group="nmfailover"', 'group="nogroup"'))
-    _require_lab()
     try:
         with (
             NMLab(2, bus_policy=policy) as lab,

@@ -53,7 +53,7 @@ class Stamps:
 
 
 @pytest.fixture
-def dispatched() -> Iterator[tuple[NMLab, Stamps]]:
+def dispatched(lab_machine: None) -> Iterator[tuple[NMLab, Stamps]]:
     # Root-owned and not writable by others, or nm-dispatcher refuses to run it.
     directory = Path(tempfile.mkdtemp(prefix=f"nmfo-{os.getpid()}-dispatcher-"))
     try:

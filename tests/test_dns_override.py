@@ -395,12 +395,9 @@ def _resolved_root() -> Path:
 
 
 @pytest.fixture
-def resolved_lab() -> Iterator[tuple[NMLab, Path]]:
+def resolved_lab(lab_machine: None) -> Iterator[tuple[NMLab, Path]]:
     """NMLab(2) with NetworkManager on dns=systemd-resolved and a running systemd-resolved; yields the lab and
     the directory of resolved's package (for resolvectl)."""
-    from tests.conftest import _require_lab
-
-    _require_lab()
     root = _resolved_root()
     with NMLab(2, extra_nm_config="[main]\ndns=systemd-resolved\n") as lab:
         private = lab.workdir / "resolved"

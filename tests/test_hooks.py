@@ -149,7 +149,7 @@ def test_shipped_scripts_are_valid_and_runnable(script: Path) -> None:
 
 
 @pytest.fixture
-def lab() -> Iterator[NMLab]:
+def lab(lab_machine: None) -> Iterator[NMLab]:
     with policed_lab() as lab:
         yield lab
 

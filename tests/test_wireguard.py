@@ -31,7 +31,6 @@ from nmfailover.lab.sandbox import (
 )
 from nmfailover.nm import WireGuardDevice
 from nmfailover.tunnels import AUTO, BY_NM, BY_WG, VARIABLE, Tunnels, check_names
-from tests.conftest import _require_lab
 from tests.daemon import running_daemon
 from tests.operate import cli as run_cli
 from tests.operate import status
@@ -241,8 +240,7 @@ def test_status_text_names_the_moved_tunnels(capsys: pytest.CaptureFixture[str])
 
 
 @pytest.fixture
-def wglab() -> Iterator[tuple[NMLab, WireGuardPeer]]:
-    _require_lab()
+def wglab(lab_machine: None) -> Iterator[tuple[NMLab, WireGuardPeer]]:
     reason = wireguard_available()
     if reason is not None:
         # CI installs both (scripts/bootstrap): a skip there would hide that this test never ran.
