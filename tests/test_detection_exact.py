@@ -1,0 +1,86 @@
+"""The detection core's exact next state and log notes, step by step, where tests/test_detection.py checks
+only the verdict: scripts/mutation found these fields and notes free to change unnoticed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from nmfailover.detection import DnsCheck, DnsHealth, Echo, Note, Observed, Purpose, Watch, fold, loss_score
+from nmfailover.probe import Reason, RoundResult, Target
+from tests.test_detection import HEALTHY, PARAMS, PEER, answer, at, dns_result, echoes, round_of
+
+CHECK = DnsCheck("one.example", 0.25)
+HEARTBEAT = Echo(PEER, 1, 0.5, Purpose.HEARTBEAT)
+CONFIRM = Echo(PEER, 5, 0.5, Purpose.CONFIRM)
+# The resolvers answer, with a failure (SERVFAIL): the path is fine, no burst needed to tell.
+SERVFAIL = round_of(answer(Target("dns://one.example", 0), False, Reason.DNS))
+
+
+def dns_step(watch: Watch, result: RoundResult, now: float) -> tuple[Watch, tuple[Note, ...]]:
+    watch, step, notes = fold(watch, CHECK, Observed(result), at(now), PARAMS)
+    assert step is None
+    return watch, tuple(notes)
+
+
+def test_resolvers_failing_then_dead_then_back_state_and_notes_at_each_check() -> None:
+    # fail_count 2, rise_count 3; the path answers throughout (no failure of its own).
+    failed, answered = SERVFAIL, dns_result(True)
+    why = failed.summary
+    expected: list[tuple[RoundResult, DnsHealth, tuple[Note, ...]]] = [
+        (failed, DnsHealth(1, 0, False, why), (Note(f"resolvers failing (1/2): {why}", warning=True),)),
+        (
+            failed,
+            DnsHealth(2, 0, True, why),
+            (Note(f"its resolvers fail while its path answers: {why}", warning=True),),
+        ),
+        (failed, DnsHealth(3, 0, True, why), ()),
+        (answered, DnsHealth(0, 1, True, why), ()),
+        (answered, DnsHealth(0, 2, True, why), ()),
+        (answered, DnsHealth(), (Note(f"its resolvers answer again: {answered.summary}"),)),
+    ]
+    watch = HEALTHY
+    for now, (result, dns, notes) in enumerate(expected, start=101):
+        watch, said = dns_step(watch, result, float(now))
+        assert (watch.dns, said) == (dns, notes), now
+        assert watch.health == HEALTHY.health  # the path is not blamed
+
+
+def test_an_answer_before_the_resolvers_are_dead_starts_the_count_afresh() -> None:
+    watch, _ = dns_step(HEALTHY, SERVFAIL, 101.0)
+    watch, said = dns_step(watch, dns_result(True), 101.5)
+    assert (watch.dns, said) == (DnsHealth(0, 1, False, SERVFAIL.summary), ())
+    watch, said = dns_step(watch, SERVFAIL, 102.0)
+    assert watch.dns.failures == 1 and not watch.dns.dead  # one failure again, not the second
+
+
+def test_an_answered_heartbeat_clears_the_loss_test_and_the_unanswered_count() -> None:
+    before = replace(HEALTHY, echo_answered=False, echo_unanswered=2, loss_score=1.5, loss_bursts=3)
+    watch, _, notes = fold(before, HEARTBEAT, Observed(echoes(1, 1)), at(101.0), PARAMS)
+    assert (watch.echo_answered, watch.echo_unanswered, watch.echoed) == (True, 0, True)
+    assert (watch.loss_score, watch.loss_bursts) == (0.0, 0)
+    assert notes == ()
+
+
+def test_a_missed_heartbeat_opens_the_loss_test_with_its_own_evidence_only() -> None:
+    before = replace(HEALTHY, loss_score=1.5, loss_bursts=3)
+    missed = echoes(0, 1)
+    watch, _, notes = fold(before, HEARTBEAT, Observed(missed), at(101.0), PARAMS)
+    assert (watch.loss_score, watch.loss_bursts) == (loss_score(0.0, 0, 1, PARAMS), 0)
+    assert watch.health.consecutive_failures == 1
+    assert notes == (Note(f"failing (1/2): {missed.summary}", warning=True),)
+
+
+def test_a_burst_nothing_answered_ends_the_loss_test_as_a_dead_path() -> None:
+    before = replace(HEALTHY, loss_score=1.5, loss_bursts=2)
+    watch, _, _ = fold(before, CONFIRM, Observed(echoes(0, 5)), at(101.0), PARAMS)
+    assert (watch.loss_score, watch.loss_bursts) == (0.0, 0)
+    assert watch.health.consecutive_failures == 1
+
+
+def test_a_busy_device_is_slow_not_failed_and_says_so() -> None:
+    missed = echoes(0, 1)
+    received = 10 * PARAMS.busy_rx_rate
+    watch, step, notes = fold(HEALTHY, HEARTBEAT, Observed(missed, received, 0.5), at(101.0), PARAMS)
+    assert step is None and watch.busy_rx == received
+    assert notes == (Note(f"slow, not failed: {missed.summary} while busy"),)
+    assert watch.health == HEALTHY.health
