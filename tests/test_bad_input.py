@@ -388,13 +388,11 @@ def _ids(cases: list[Case]) -> list[Any]:
     return [pytest.param(case, id=case.label()[:80]) for case in cases]
 
 
-@pytest.mark.lab
 @pytest.mark.parametrize("case", _ids(ENV_CASES))
 def test_bad_setting_is_refused_before_anything_changes(bench: Bench, case: Case) -> None:
     check_refusal(bench, case, [("run",), ("check",)])
 
 
-@pytest.mark.lab
 @pytest.mark.parametrize("case", _ids(CLI_CASES))
 def test_bad_argument_is_refused(bench: Bench, case: Case) -> None:
     check_refusal(bench, case, [case.argv])
@@ -413,13 +411,11 @@ def daemon(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     bench.baseline = bench.nm_state()
 
 
-@pytest.mark.lab
 @pytest.mark.parametrize("case", _ids(CLIENT_CASES))
 def test_bad_argument_to_the_running_daemon_is_refused(bench: Bench, daemon: None, case: Case) -> None:
     check_refusal(bench, case, [case.argv])
 
 
-@pytest.mark.lab
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.label()[:80]) for c in RECHECK_HARMLESS])
 def test_hostile_interface_name_for_recheck_is_harmless(bench: Bench, daemon: None, case: Case) -> None:
     proc = start_cli(bench, case.argv, bench.env(case))

@@ -35,7 +35,6 @@ def lab(lab_machine: None) -> Iterator[NMLab]:
         yield lab
 
 
-@pytest.mark.lab
 def test_status_and_signal_follow_a_real_failover(lab: NMLab, tmp_path: Path) -> None:
     stopped = cli(lab, "status")
     assert (stopped.returncode, stopped.stdout, stopped.stderr) == (3, "", NOT_RUNNING)
@@ -94,7 +93,6 @@ def test_status_and_signal_follow_a_real_failover(lab: NMLab, tmp_path: Path) ->
         assert status(lab)["switches"] == 2
 
 
-@pytest.mark.lab
 def test_failover_test_moves_traffic_and_returns_by_itself(lab: NMLab, tmp_path: Path) -> None:
     with running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="1") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
@@ -119,7 +117,6 @@ def test_failover_test_moves_traffic_and_returns_by_itself(lab: NMLab, tmp_path:
         assert "forced failover ended early" in daemon.text()
 
 
-@pytest.mark.lab
 def test_prefer_pins_and_clear_releases(lab: NMLab, tmp_path: Path) -> None:
     with running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="1") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
@@ -168,7 +165,6 @@ def _as_nobody(lab: NMLab, *argv: str) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), text
 
 
-@pytest.mark.lab
 def test_non_root_may_read_but_not_change(lab: NMLab, tmp_path: Path) -> None:
     with running_daemon(lab, tmp_path / "daemon.log") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
@@ -225,7 +221,6 @@ GROUP_RULE = """polkit.addRule(function (action, subject) {
 """
 
 
-@pytest.mark.lab
 def test_another_group_may_change_things(tmp_path: Path, lab_machine: None) -> None:
     # The shipped policy with its group swapped for nobody's own (what an operator's edit does) lets it
     # send everything; the daemon asks polkit about the rest, and the operator's polkit rule says yes.
@@ -253,7 +248,6 @@ def test_another_group_may_change_things(tmp_path: Path, lab_machine: None) -> N
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@pytest.mark.lab
 def test_second_instance_and_bad_calls_are_refused(lab: NMLab, tmp_path: Path) -> None:
     with running_daemon(lab, tmp_path / "daemon.log") as daemon:
         daemon.wait_log(r"ready: traffic on primary")

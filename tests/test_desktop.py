@@ -46,7 +46,6 @@ def _shown(desktop: Desktop, count: int) -> list[tuple[str, str, str]]:
     return [(n["summary"], n["body"], n["urgency"]) for n in desktop.wait_notices(count)]
 
 
-@pytest.mark.lab
 def test_the_notice_on_a_real_desktop(workdir: Path, lab_machine: None) -> None:
     require_desktop_tools("Xvfb", "dunst", "dunstctl", "dbus-daemon", "/usr/lib/polkit-1/polkitd", "pkaction")
     with ExitStack() as stack:

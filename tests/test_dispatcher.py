@@ -20,8 +20,6 @@ from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
 from tests.operate import HOOK, first_line, log_time, policed_lab
 
-pytestmark = pytest.mark.lab
-
 
 class Stamps:
     """Scripts around the hook that note when the dispatcher ran it: `before`/`after` ACTION IFACE [ID]."""

@@ -101,7 +101,6 @@ def test_matrix_tables_show_median_worst_and_ratios_to_the_baselines() -> None:
     assert summary["matrix"]["silent"]["idle"][NMC_FAST]["median"] == math.inf
 
 
-@pytest.mark.lab
 def test_one_cell_end_to_end_silent_death_with_traffic(tmp_path: Path, lab_machine: None) -> None:
     run = matrix.run_timed(matrix.ROWS[0], "traffic", NMF, tmp_path)
     print(f"\n{run}")

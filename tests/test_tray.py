@@ -189,7 +189,6 @@ def _monitor(address: str, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-@pytest.mark.lab
 def test_the_indicator_in_waybars_tray(workdir: Path, lab_machine: None) -> None:
     require_desktop_tools("sway", "waybar", "dbus-daemon", "/usr/lib/polkit-1/polkitd")
     with ExitStack() as stack:

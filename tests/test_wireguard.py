@@ -258,7 +258,6 @@ def _fail_over(lab: NMLab) -> float:
     return time.monotonic()
 
 
-@pytest.mark.lab
 def test_without_the_option_the_tunnel_stays_dead_after_failover(
     wglab: tuple[NMLab, WireGuardPeer], tmp_path: Path
 ) -> None:
@@ -275,7 +274,6 @@ def test_without_the_option_the_tunnel_stays_dead_after_failover(
         assert daemon.stop() == 0
 
 
-@pytest.mark.lab
 def test_tunnel_follows_a_silent_failover_within_2_s(
     wglab: tuple[NMLab, WireGuardPeer], tmp_path: Path
 ) -> None:
