@@ -5,7 +5,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from nmfailover.detection import DnsCheck, DnsHealth, Echo, Note, Observed, Purpose, Watch, fold, loss_score
+import pytest
+
+from nmfailover.detection import (
+    DnsCheck,
+    DnsHealth,
+    Echo,
+    Note,
+    Observed,
+    Purpose,
+    Watch,
+    fold,
+    loss_score,
+    max_silence,
+)
 from nmfailover.probe import Reason, RoundResult, Target
 from tests.test_detection import HEALTHY, PARAMS, PEER, answer, at, dns_result, echoes, round_of
 
@@ -84,3 +97,34 @@ def test_a_busy_device_is_slow_not_failed_and_says_so() -> None:
     assert step is None and watch.busy_rx == received
     assert notes == (Note(f"slow, not failed: {missed.summary} while busy"),)
     assert watch.health == HEALTHY.health
+
+
+def test_max_silence_is_the_longest_interval_plus_a_round_twice_and_a_second() -> None:
+    base = replace(
+        PARAMS, active_interval=2.0, standby_interval=7.0, suspect_interval=1.0, timeout_ceiling=3.0
+    )
+    assert max_silence(base) == 2 * (7.0 + 3.0) + 1.0
+    assert max_silence(replace(base, active_interval=9.0)) == 2 * (9.0 + 3.0) + 1.0
+    assert max_silence(replace(base, suspect_interval=11.0)) == 2 * (11.0 + 3.0) + 1.0
+
+
+@pytest.mark.parametrize(
+    ("tolerated", "heavy", "valid"),
+    [
+        (0.0, 0.5, True),
+        (0.15, 0.99, True),
+        (-0.01, 0.5, False),
+        (0.5, 0.5, False),
+        (0.6, 0.5, False),
+        (0.1, 1.0, False),
+    ],
+)
+def test_loss_shares_must_be_ordered_within_zero_and_one(tolerated: float, heavy: float, valid: bool) -> None:
+    if valid:
+        assert replace(PARAMS, loss_tolerated=tolerated, loss_heavy=heavy).loss_heavy == heavy
+        return
+    with pytest.raises(ValueError) as raised:
+        replace(PARAMS, loss_tolerated=tolerated, loss_heavy=heavy)
+    assert str(raised.value) == (
+        f"loss_tolerated must be below loss_heavy, both in [0, 1): {tolerated}, {heavy}"
+    )
