@@ -15,10 +15,12 @@ from nmfailover.detection import (
     Observed,
     Purpose,
     Watch,
+    echo_timeout,
     fold,
     loss_score,
     max_silence,
 )
+from nmfailover.policy import Health, UplinkHealth
 from nmfailover.probe import Reason, RoundResult, Target
 from tests.test_detection import HEALTHY, PARAMS, PEER, answer, at, dns_result, echoes, round_of
 
@@ -128,3 +130,55 @@ def test_loss_shares_must_be_ordered_within_zero_and_one(tolerated: float, heavy
     assert str(raised.value) == (
         f"loss_tolerated must be below loss_heavy, both in [0, 1): {tolerated}, {heavy}"
     )
+
+
+PEER6 = "2001:db8:ffff::10"
+V6 = replace(HEALTHY, echo_peer6=PEER6)
+UP6 = UplinkHealth(Health.UP, changed_at=0.0)
+# After an answered heartbeat at 101: which IPv6 echo, if any (count; None: no step).
+IPV6_STEP_CASES: list[tuple[str, Watch, dict[str, object], int | None]] = [
+    ("never checked: one echo", V6, {}, 1),
+    ("no IPv6 gateway", V6, {"ipv6": False}, None),
+    ("no IPv6 peer", replace(V6, echo_peer6=None), {}, None),
+    ("the peer filters ICMP", replace(V6, echo_off=True), {}, None),
+    ("checked just now", replace(V6, health6=UP6, checked6_at=100.9), {}, None),
+    ("checked an interval ago", replace(V6, health6=UP6, checked6_at=101.0 - PARAMS.ipv6_interval), {}, 1),
+    (
+        "IPv6 in doubt: a burst, even between checks",
+        replace(V6, health6=replace(UP6, consecutive_failures=1), checked6_at=100.9),
+        {},
+        PARAMS.echo_burst,
+    ),
+    ("heartbeats off", V6, {"heartbeat": False}, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("watch", "changes", "count"), [c[1:] for c in IPV6_STEP_CASES], ids=[c[0] for c in IPV6_STEP_CASES]
+)
+def test_the_ipv6_echo_after_a_verdict(watch: Watch, changes: dict[str, object], count: int | None) -> None:
+    ipv6 = bool(changes.pop("ipv6", True))
+    params = replace(PARAMS, **changes)  # type: ignore[arg-type]
+    after, step, _ = fold(watch, HEARTBEAT, Observed(echoes(1, 1)), at(101.0, ipv6=ipv6), params)
+    if count is None:
+        assert step is None
+    else:
+        assert step == Echo(PEER6, count, echo_timeout(after, PEER6, params), Purpose.IPV6)
+
+
+def test_ipv6_echoes_give_their_own_verdict_and_say_when_it_changes() -> None:
+    step = Echo(PEER6, 1, 0.5, Purpose.IPV6)
+    missed, answered = echoes(0, 1), echoes(1, 1)
+    # No verdict before a first answer: the peer may filter ICMPv6.
+    watch, nothing, notes = fold(V6, step, Observed(missed), at(101.0, ipv6=True), PARAMS)
+    assert (watch.health6, watch.checked6_at, nothing, notes) == (V6.health6, 101.0, None, ())
+    watch, nothing, notes = fold(V6, step, Observed(answered), at(102.0, ipv6=True), PARAMS)
+    assert (watch.health6.health, watch.checked6_at, nothing) == (Health.UP, 102.0, None)
+    assert notes == (Note(f"IPv6 up: {answered.summary}"),)
+    # fail_count 2: the first miss is doubt, the second the verdict; the uplink's own health is untouched.
+    watch, _, notes = fold(watch, step, Observed(missed), at(103.0, ipv6=True), PARAMS)
+    assert (watch.health6.health, watch.health6.consecutive_failures, notes) == (Health.UP, 1, ())
+    watch, _, notes = fold(watch, step, Observed(missed), at(104.0, ipv6=True), PARAMS)
+    assert watch.health6.health is Health.DOWN and watch.checked6_at == 104.0
+    assert notes == (Note(f"IPv6 down: {missed.summary}"),)
+    assert watch.health == V6.health
