@@ -11,9 +11,12 @@ from nmfailover.detection import (
     DnsCheck,
     DnsHealth,
     Echo,
+    HttpCheck,
     Note,
     Observed,
+    Proof,
     Purpose,
+    Step,
     Watch,
     echo_timeout,
     fold,
@@ -22,7 +25,7 @@ from nmfailover.detection import (
 )
 from nmfailover.policy import Health, UplinkHealth
 from nmfailover.probe import Reason, RoundResult, Target
-from tests.test_detection import HEALTHY, PARAMS, PEER, answer, at, dns_result, echoes, round_of
+from tests.test_detection import HEALTHY, PARAMS, PEER, T1, T2, answer, at, dns_result, echoes, round_of
 
 CHECK = DnsCheck("one.example", 0.25)
 HEARTBEAT = Echo(PEER, 1, 0.5, Purpose.HEARTBEAT)
@@ -182,3 +185,50 @@ def test_ipv6_echoes_give_their_own_verdict_and_say_when_it_changes() -> None:
     assert watch.health6.health is Health.DOWN and watch.checked6_at == 104.0
     assert notes == (Note(f"IPv6 down: {missed.summary}"),)
     assert watch.health == V6.health
+
+
+def excuse_burst(
+    check: DnsCheck | HttpCheck, answered: int, sent: int
+) -> tuple[Watch, Step | None, tuple[Note, ...], RoundResult]:
+    """A cheap check nothing answered, then its excuse burst with `answered` of `sent` echoes back."""
+    failed = (
+        round_of(answer(T1, False, unanswered=True)) if isinstance(check, HttpCheck) else dns_result(False)
+    )
+    watch, burst, _ = fold(HEALTHY, check, Observed(failed), at(101.0), PARAMS)
+    assert isinstance(burst, Echo) and burst.purpose is Purpose.EXCUSE
+    watch, step, notes = fold(watch, burst, Observed(echoes(answered, sent)), at(101.1), PARAMS)
+    return watch, step, tuple(notes), failed
+
+
+def test_heavy_loss_in_the_burst_of_a_cheap_check_is_a_failure() -> None:
+    watch, step, notes, _ = excuse_burst(CHECK, 1, 20)
+    assert step is None and watch.echoed and watch.health.consecutive_failures == 1
+    assert notes == (Note("failing (1/2): heavy loss: 1/20 echoes answered in the last burst", warning=True),)
+
+
+def test_light_loss_in_the_burst_excuses_a_dns_check_and_calls_the_proof_of_a_kept_alive_check() -> None:
+    watch, step, notes, failed = excuse_burst(CHECK, 7, 8)
+    assert (step, watch.health, watch.dns) == (None, HEALTHY.health, HEALTHY.dns)
+    assert notes == (Note(f"lossy, not failed: {failed.summary}; 7/8 echoes answered"),)
+    watch, step, notes, failed = excuse_burst(HttpCheck(T1, PEER, 0.5), 7, 8)
+    assert isinstance(step, Proof) and watch.health == HEALTHY.health
+    assert notes == (Note(f"kept-alive check failed: {failed.summary}; proving at once"),)
+
+
+def test_undecided_loss_asks_another_burst_with_the_score_so_far() -> None:
+    watch, step, notes, _ = excuse_burst(CHECK, 4, 8)
+    assert step == Echo(PEER, PARAMS.echo_burst, echo_timeout(watch, PEER, PARAMS), Purpose.CONFIRM)
+    assert (watch.loss_score, watch.loss_bursts, notes) == (loss_score(0.0, 4, 8, PARAMS), 1, ())
+    assert watch.health == HEALTHY.health
+
+
+def test_a_passing_proof_records_who_answered_for_heartbeats_and_kept_alive_checks() -> None:
+    before = replace(Watch(), excused=2)
+    proof = Proof((T1, T2), 1.0)
+    result = round_of(answer(T1, False, address="192.0.2.1"), answer(T2, address="192.0.2.2"))
+    result = replace(result, results=(*result.results[:1], replace(result.results[1], ipv6="2001:db8::2")))
+    watch, _, _ = fold(before, proof, Observed(result), at(101.0, ipv6=True), PARAMS)
+    assert (watch.proved_at, watch.excused) == (101.0, 0)
+    assert (watch.http_target, watch.http_address) == (T2, "192.0.2.2")
+    assert (watch.echo_peer, watch.echo_answered, watch.echo_peer6) == ("192.0.2.2", False, "2001:db8::2")
+    assert (watch.dns_checked_at, watch.http_checked_at) == (101.0, 101.0)
