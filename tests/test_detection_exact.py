@@ -23,7 +23,7 @@ from nmfailover.detection import (
     loss_score,
     max_silence,
 )
-from nmfailover.policy import Health, UplinkHealth
+from nmfailover.policy import Health, RttEstimate, UplinkHealth
 from nmfailover.probe import Reason, RoundResult, Target
 from tests.test_detection import HEALTHY, PARAMS, PEER, T1, T2, answer, at, dns_result, echoes, round_of
 
@@ -233,3 +233,42 @@ def test_a_passing_proof_records_who_answered_for_heartbeats_and_kept_alive_chec
     assert (watch.http_target, watch.http_address) == (T2, "192.0.2.2")
     assert (watch.echo_peer, watch.echo_answered, watch.echo_peer6) == ("192.0.2.2", False, "2001:db8::2")
     assert (watch.dns_checked_at, watch.http_checked_at) == (101.0, 101.0)
+
+
+ICMP = f"icmp://{PEER}"
+# floor 0.25 s, ceiling 1 s; rttvar 0, so a known estimate's timeout is its srtt within those.
+ECHO_TIMEOUT_CASES: list[tuple[str, dict[str, RttEstimate], float]] = [
+    ("nothing known: the ceiling", {}, 1.0),
+    ("the peer's own answer times first", {ICMP: RttEstimate(0.4), T1.url: RttEstimate(0.3)}, 0.4),
+    ("else the quickest HTTP target's", {T1.url: RttEstimate(0.6), T2.url: RttEstimate(0.3)}, 0.3),
+    ("an answer in no time is the quickest", {T1.url: RttEstimate(0.3), T2.url: RttEstimate(0.0)}, 0.25),
+    ("a target never answered is no estimate", {T1.url: RttEstimate(None), T2.url: RttEstimate(0.5)}, 0.5),
+    ("only HTTP targets count", {"dns://one.example": RttEstimate(0.3), T1.url: RttEstimate(0.7)}, 0.7),
+]
+
+
+@pytest.mark.parametrize(
+    ("rtt", "timeout"), [c[1:] for c in ECHO_TIMEOUT_CASES], ids=[c[0] for c in ECHO_TIMEOUT_CASES]
+)
+def test_echo_timeout(rtt: dict[str, RttEstimate], timeout: float) -> None:
+    assert echo_timeout(replace(HEALTHY, rtt=rtt), PEER, PARAMS) == timeout
+
+
+BUSY = 10 * PARAMS.busy_rx_rate  # received during a 0.5 s step: a loaded device
+# A heartbeat's answer after a state: (went_silent, busy_rx) after it.
+BUSY_CASES: list[tuple[str, Watch, bool, int, tuple[bool, int | None]]] = [
+    ("missed on a quiet link", HEALTHY, False, 0, (False, None)),
+    ("missed on a loaded link: busy", HEALTHY, False, BUSY, (False, BUSY)),
+    ("busy, then missed with the traffic stopped", replace(HEALTHY, busy_rx=BUSY), False, 0, (True, None)),
+    ("silent, still missed", replace(HEALTHY, went_silent=True), False, 0, (True, None)),
+    ("busy, then answered", replace(HEALTHY, busy_rx=BUSY), True, 0, (False, None)),
+    ("busy, still missed under load", replace(HEALTHY, busy_rx=BUSY), False, BUSY, (False, BUSY)),
+]
+
+
+@pytest.mark.parametrize(
+    ("before", "ok", "received", "after"), [c[1:] for c in BUSY_CASES], ids=[c[0] for c in BUSY_CASES]
+)
+def test_busy_and_went_silent(before: Watch, ok: bool, received: int, after: tuple[bool, int | None]) -> None:
+    watch, _, _ = fold(before, HEARTBEAT, Observed(echoes(int(ok), 1), received, 0.5), at(101.0), PARAMS)
+    assert (watch.went_silent, watch.busy_rx) == after
