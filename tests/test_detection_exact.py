@@ -23,7 +23,7 @@ from nmfailover.detection import (
     loss_score,
     max_silence,
 )
-from nmfailover.policy import Health, RttEstimate, UplinkHealth
+from nmfailover.policy import Health, RttEstimate, Sample, UplinkHealth
 from nmfailover.probe import Reason, RoundResult, Target
 from tests.test_detection import HEALTHY, PARAMS, PEER, T1, T2, answer, at, dns_result, echoes, round_of
 
@@ -272,3 +272,50 @@ BUSY_CASES: list[tuple[str, Watch, bool, int, tuple[bool, int | None]]] = [
 def test_busy_and_went_silent(before: Watch, ok: bool, received: int, after: tuple[bool, int | None]) -> None:
     watch, _, _ = fold(before, HEARTBEAT, Observed(echoes(int(ok), 1), received, 0.5), at(101.0), PARAMS)
     assert (watch.went_silent, watch.busy_rx) == after
+
+
+def test_a_verdict_records_every_echo_of_every_answer_in_the_brownout_window() -> None:
+    target = echoes(1, 1).results[0].target
+    burst = round_of(answer(target, sent=8, answered=7), answer(target, sent=8, answered=8))
+    watch, _, _ = fold(HEALTHY, CONFIRM, Observed(burst), at(101.0), PARAMS)
+    latency = burst.results[0].latency
+    assert (
+        watch.health.samples
+        == (Sample(101.0, True, latency),) * 7
+        + (Sample(101.0, False, latency),)
+        + (Sample(101.0, True, latency),) * 8
+    )
+
+
+def test_answers_behind_a_full_queue_or_a_portal_are_not_recorded() -> None:
+    loaded, _, _ = fold(HEALTHY, HEARTBEAT, Observed(echoes(1, 1), BUSY, 0.5), at(101.0), PARAMS)
+    assert loaded.health.samples == ()
+    portal = round_of(answer(T1, False, Reason.UNEXPECTED), answer(T2, False, Reason.UNEXPECTED))
+    behind, _, _ = fold(HEALTHY, Proof((T1, T2), 1.0), Observed(portal), at(101.0), PARAMS)
+    assert behind.health.samples == ()
+    quiet, _, _ = fold(HEALTHY, HEARTBEAT, Observed(echoes(1, 1)), at(101.0), PARAMS)
+    assert len(quiet.health.samples) == 1
+
+
+def test_no_device_is_down_at_once_and_says_so() -> None:
+    gone = round_of(answer(T1, False, Reason.NO_DEVICE))
+    watch, _, notes = fold(HEALTHY, Proof((T1,), 1.0), Observed(gone), at(101.0), PARAMS)
+    assert (watch.health.health, watch.health.changed_at) == (Health.DOWN, 101.0)
+    assert notes == (Note(f"down: {gone.summary}"),)
+
+
+def test_a_failed_proof_says_failing_with_its_own_summary() -> None:
+    refused = round_of(answer(T1, False, Reason.TIMEOUT))
+    watch, _, notes = fold(HEALTHY, Proof((T1,), 1.0), Observed(refused), at(101.0), PARAMS)
+    assert watch.last_round == refused
+    assert notes == (Note(f"failing (1/2): {refused.summary}", warning=True),)
+
+
+def test_doubt_begins_at_the_first_miss_and_ends_with_an_answer() -> None:
+    missed = echoes(0, 1)
+    watch, _, _ = fold(HEALTHY, HEARTBEAT, Observed(missed), at(101.0), PARAMS)
+    assert (watch.doubt_since, watch.last_round) == (101.0, missed)
+    watch, _, _ = fold(watch, HEARTBEAT, Observed(missed), at(102.0), PARAMS)
+    assert (watch.health.health, watch.doubt_since) == (Health.DOWN, 101.0)
+    answered, _, _ = fold(HEALTHY, HEARTBEAT, Observed(echoes(1, 1)), at(101.0), PARAMS)
+    assert answered.doubt_since is None
