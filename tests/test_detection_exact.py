@@ -8,6 +8,8 @@ from dataclasses import replace
 import pytest
 
 from nmfailover.detection import (
+    ECHO_STRIKES,
+    MAX_LOSS_BURSTS,
     DnsCheck,
     DnsHealth,
     Echo,
@@ -319,3 +321,76 @@ def test_doubt_begins_at_the_first_miss_and_ends_with_an_answer() -> None:
     assert (watch.health.health, watch.doubt_since) == (Health.DOWN, 101.0)
     answered, _, _ = fold(HEALTHY, HEARTBEAT, Observed(echoes(1, 1)), at(101.0), PARAMS)
     assert answered.doubt_since is None
+
+
+def confirm(before: Watch, *answers: tuple[int, int]) -> tuple[Watch, Step | None, tuple[Note, ...]]:
+    target = echoes(1, 1).results[0].target
+    burst = round_of(
+        *(answer(target, answered > 0, sent=sent, answered=answered) for answered, sent in answers)
+    )
+    watch, step, notes = fold(before, CONFIRM, Observed(burst), at(101.0), PARAMS)
+    return watch, step, tuple(notes)
+
+
+def test_the_loss_test_of_confirming_bursts_ends_and_starts_afresh() -> None:
+    testing = replace(HEALTHY, loss_score=0.5, loss_bursts=2)
+    light, step, notes = confirm(testing, (15, 16))
+    assert (light.loss_score, light.loss_bursts, notes) == (
+        0.0,
+        0,
+        (),
+    ) and light.health.consecutive_failures == 0
+    heavy, step, notes = confirm(testing, (1, 20))
+    assert (heavy.loss_score, heavy.loss_bursts, heavy.health.consecutive_failures) == (0.0, 0, 1)
+    assert notes == (Note("failing (1/2): heavy loss: 1/20 echoes answered in the last burst", warning=True),)
+    undecided, step, notes = confirm(replace(HEALTHY, loss_bursts=1), (4, 8))
+    assert (undecided.loss_score, undecided.loss_bursts, step, notes) == (
+        loss_score(0.0, 4, 8, PARAMS),
+        2,
+        CONFIRM,
+        (),
+    )
+    last, step, notes = confirm(replace(HEALTHY, loss_bursts=MAX_LOSS_BURSTS - 1), (4, 8))
+    assert (last.loss_score, last.loss_bursts, notes) == (
+        0.0,
+        0,
+        (),
+    ) and last.health.consecutive_failures == 0
+
+
+PROOF = Proof((T1,), 1.0)
+PASSED = round_of(answer(T1, address="192.0.2.2"))
+
+
+def test_a_peer_that_never_answers_echoes_while_http_passes_is_given_up_after_its_strikes() -> None:
+    missed = echoes(0, 1)
+    unanswered = replace(HEALTHY, echoed=True, last_round=missed, echo_answered=False)
+    watch, _, notes = fold(unanswered, PROOF, Observed(PASSED), at(101.0), PARAMS)
+    assert (watch.echo_unanswered, watch.echo_off, notes) == (1, False, ())
+    last = replace(unanswered, echo_unanswered=ECHO_STRIKES - 1)
+    watch, _, notes = fold(last, PROOF, Observed(PASSED), at(101.0), PARAMS)
+    assert watch.echo_off and len(notes) == 1 and notes[0].warning and "filtered" in notes[0].text
+    for innocent in (
+        replace(unanswered, echoed=False),  # the round before was no echo
+        replace(unanswered, last_round=echoes(1, 1)),  # it was answered
+        replace(unanswered, echo_answered=True),  # the peer has answered echoes before
+    ):
+        watch, _, _ = fold(innocent, PROOF, Observed(PASSED), at(101.0), PARAMS)
+        assert watch.echo_unanswered == 0 and not watch.echo_off
+
+
+def test_which_peer_heartbeats_go_to_after_a_proof() -> None:
+    answered = replace(HEALTHY, echo_peer="192.0.2.9", echo_answered=True)
+    watch, _, _ = fold(answered, PROOF, Observed(PASSED), at(101.0), PARAMS)
+    assert (watch.echo_peer, watch.echo_answered) == ("192.0.2.9", True)  # one that answers is kept
+    silent = replace(HEALTHY, echo_peer="192.0.2.9", echo_answered=False)
+    watch, _, _ = fold(silent, PROOF, Observed(PASSED), at(101.0), PARAMS)
+    assert (watch.echo_peer, watch.echo_answered) == ("192.0.2.2", False)
+    none = replace(HEALTHY, echo_peer=None, echo_answered=True)
+    watch, _, _ = fold(none, PROOF, Observed(PASSED), at(101.0), PARAMS)
+    assert (watch.echo_peer, watch.echo_answered) == ("192.0.2.2", False)
+    failed6 = replace(answer(T2, False, address="192.0.2.3"), ipv6="2001:db8::3")
+    watch, _, _ = fold(
+        Watch(), Proof((T1, T2), 1.0), Observed(round_of(PASSED.results[0], failed6)), at(101.0), PARAMS
+    )
+    assert watch.echo_peer6 is None  # only a target that answered tells an IPv6 peer
