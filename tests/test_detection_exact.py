@@ -13,6 +13,7 @@ from nmfailover.detection import (
     DnsCheck,
     DnsHealth,
     Echo,
+    Evidence,
     HttpCheck,
     Note,
     Observed,
@@ -24,10 +25,23 @@ from nmfailover.detection import (
     fold,
     loss_score,
     max_silence,
+    plan,
 )
 from nmfailover.policy import Health, RttEstimate, Sample, UplinkHealth
 from nmfailover.probe import Reason, RoundResult, Target
-from tests.test_detection import HEALTHY, PARAMS, PEER, T1, T2, answer, at, dns_result, echoes, round_of
+from tests.test_detection import (
+    DOUBT,
+    HEALTHY,
+    PARAMS,
+    PEER,
+    T1,
+    T2,
+    answer,
+    at,
+    dns_result,
+    echoes,
+    round_of,
+)
 
 CHECK = DnsCheck("one.example", 0.25)
 HEARTBEAT = Echo(PEER, 1, 0.5, Purpose.HEARTBEAT)
@@ -394,3 +408,111 @@ def test_which_peer_heartbeats_go_to_after_a_proof() -> None:
         Watch(), Proof((T1, T2), 1.0), Observed(round_of(PASSED.results[0], failed6)), at(101.0), PARAMS
     )
     assert watch.echo_peer6 is None  # only a target that answered tells an IPv6 peer
+
+
+# Answer times that tell each timeout apart: the peer's echoes, each resolver name's, each target's.
+RTT = {
+    ICMP: RttEstimate(0.4),
+    "dns://one.example": RttEstimate(0.3),
+    "dns://two.example": RttEstimate(0.5),
+    T1.url: RttEstimate(0.7),
+    T2.url: RttEstimate(0.6),
+}
+QUIET = replace(HEALTHY, rtt=RTT, dns_checked_at=101.0, http_checked_at=101.0)  # nothing due at 101
+# A first step planned at 101, and what the plan wrote down: (step, checked field, its value).
+PLAN_EXACT_CASES: list[tuple[str, Watch, Step]] = [
+    ("heartbeat", QUIET, Echo(PEER, 1, 0.4, Purpose.HEARTBEAT)),
+    (
+        "DNS check of the kept-alive target's name",
+        replace(QUIET, http_target=T2, dns_checked_at=None),
+        DnsCheck("two.example", 0.5),
+    ),
+    (
+        "DNS check of the first target's name",
+        replace(QUIET, http_target=None, dns_checked_at=None),
+        DnsCheck("one.example", 0.3),
+    ),
+    (
+        "kept-alive check",
+        replace(QUIET, http_target=T2, http_address="192.0.2.2", http_checked_at=None),
+        HttpCheck(T2, "192.0.2.2", 0.6),
+    ),
+    (
+        "in doubt from echoes: a burst",
+        replace(QUIET, echoed=True, health=DOUBT),
+        Echo(PEER, 8, 0.4, Purpose.CONFIRM),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("watch", "step"), [c[1:] for c in PLAN_EXACT_CASES], ids=[c[0] for c in PLAN_EXACT_CASES]
+)
+def test_the_first_step_of_a_round_exactly(watch: Watch, step: Step) -> None:
+    planned, first = plan(watch, at(101.0), PARAMS)
+    assert first == step
+    assert planned.probed_at == 101.0
+    if isinstance(step, DnsCheck):
+        assert planned.dns_checked_at == 101.0 and planned.http_checked_at == watch.http_checked_at
+    if isinstance(step, HttpCheck):
+        assert planned.http_checked_at == 101.0 and planned.dns_checked_at == watch.dns_checked_at
+
+
+def test_the_users_traffic_going_silent_counts_as_a_missed_heartbeat_and_asks_a_burst() -> None:
+    once = replace(PARAMS, policy=replace(PARAMS.policy, fail_count=1))
+    planned, first = plan(QUIET, at(101.0, evidence=Evidence(silent=True)), once)
+    assert first == Echo(PEER, 8, 0.4, Purpose.CONFIRM)
+    assert (planned.echoed, planned.doubt_since) == (True, 101.0)
+    assert (planned.health.health, planned.health.changed_at) == (Health.DOWN, 101.0)
+
+
+def test_a_standby_uplink_is_proved_at_its_own_pace() -> None:
+    params = replace(PARAMS, standby_proof_interval=2 * PARAMS.proof_interval)
+    now = 100.0 + PARAMS.proof_interval
+    assert isinstance(plan(QUIET, at(now), params)[1], Proof)
+    assert plan(QUIET, at(now, standby=True), params)[1] == Echo(PEER, 1, 0.4, Purpose.HEARTBEAT)
+    assert isinstance(plan(QUIET, at(100.0 + 2 * PARAMS.proof_interval, standby=True), params)[1], Proof)
+
+
+def test_every_step_counts_its_timeout_payload_and_failure() -> None:
+    before = replace(HEALTHY, probe_payload=100, failed_rounds=2)
+    missed, answered = echoes(0, 1), echoes(1, 1)
+    watch, _, _ = fold(before, HEARTBEAT, Observed(missed), at(101.0), PARAMS)
+    assert (watch.round_timeout, watch.probe_payload, watch.failed_rounds) == (0.5, 100 + missed.payload, 3)
+    watch, _, _ = fold(before, HEARTBEAT, Observed(answered), at(101.0), PARAMS)
+    assert (watch.probe_payload, watch.failed_rounds) == (100 + answered.payload, 2)
+
+
+def test_answer_times_are_learnt_only_on_a_link_that_is_not_loaded() -> None:
+    quiet, _, _ = fold(HEALTHY, HEARTBEAT, Observed(echoes(1, 1)), at(101.0), PARAMS)
+    assert quiet.rtt[ICMP].srtt is not None
+    loaded, _, _ = fold(HEALTHY, HEARTBEAT, Observed(echoes(1, 1), BUSY, 0.5), at(101.0), PARAMS)
+    assert ICMP not in loaded.rtt
+
+
+# Bytes received during a 0.5 s step (0.2 s elapsed), against the rate that makes the device busy.
+LOADED_CASES: list[tuple[str, int, int, bool]] = [
+    ("exactly the rate over the step's timeout", 1000, 500, True),
+    ("just below it", 1000, 499, False),
+    ("the lowest rate", 1, 1, True),
+    ("off", 0, 0, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("rate", "received", "busy"), [c[1:] for c in LOADED_CASES], ids=[c[0] for c in LOADED_CASES]
+)
+def test_a_step_nothing_answered_on_a_busy_device(rate: int, received: int, busy: bool) -> None:
+    params = replace(PARAMS, busy_rx_rate=rate)
+    watch, _, _ = fold(HEALTHY, HEARTBEAT, Observed(echoes(0, 1), received, 0.2), at(101.0), params)
+    assert (watch.busy_rx is not None) == busy
+
+
+def test_meeting_a_new_peer_notes_whether_it_answers_and_goes_on_to_ipv6() -> None:
+    meet = Echo(PEER, 1, 0.5, Purpose.MEET)
+    new = replace(V6, echo_answered=False)
+    watch, step, notes = fold(new, meet, Observed(echoes(1, 1)), at(101.0, ipv6=True), PARAMS)
+    assert watch.echo_answered and notes == ()
+    assert step == Echo(PEER6, 1, echo_timeout(watch, PEER6, PARAMS), Purpose.IPV6)
+    watch, step, _ = fold(replace(new, echo_answered=True), meet, Observed(echoes(0, 1)), at(101.0), PARAMS)
+    assert (watch.echo_answered, step) == (False, None)
