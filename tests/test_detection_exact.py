@@ -20,6 +20,7 @@ from nmfailover.detection import (
     Proof,
     Purpose,
     Step,
+    Unanswered,
     Watch,
     echo_timeout,
     fold,
@@ -36,6 +37,7 @@ from tests.test_detection import (
     PEER,
     T1,
     T2,
+    UP,
     answer,
     at,
     dns_result,
@@ -516,3 +518,107 @@ def test_meeting_a_new_peer_notes_whether_it_answers_and_goes_on_to_ipv6() -> No
     assert step == Echo(PEER6, 1, echo_timeout(watch, PEER6, PARAMS), Purpose.IPV6)
     watch, step, _ = fold(replace(new, echo_answered=True), meet, Observed(echoes(0, 1)), at(101.0), PARAMS)
     assert (watch.echo_answered, step) == (False, None)
+
+
+PASSED_NEW = round_of(answer(T1, address="192.0.2.2"))
+
+
+def test_a_passing_proof_meets_a_new_peer_with_one_echo() -> None:
+    fresh = replace(HEALTHY, echo_peer=None, echo_answered=False, echoed=True)
+    watch, step, notes = fold(fresh, PROOF, Observed(PASSED_NEW), at(101.0), PARAMS)
+    assert step == Echo("192.0.2.2", 1, echo_timeout(watch, "192.0.2.2", PARAMS), Purpose.MEET)
+    assert (watch.echoed, watch.last_round, notes) == (False, PASSED_NEW, ())
+    for no_meeting in (replace(PARAMS, heartbeat=False),):
+        assert fold(fresh, PROOF, Observed(PASSED_NEW), at(101.0), no_meeting)[1] is None
+    off = replace(fresh, echo_off=True)
+    assert fold(off, PROOF, Observed(PASSED_NEW), at(101.0), PARAMS)[1] is None
+
+
+def test_a_passing_proof_on_a_known_peer_goes_on_to_ipv6_unless_loaded() -> None:
+    watch, step, _ = fold(V6, PROOF, Observed(PASSED), at(101.0, ipv6=True), PARAMS)
+    assert step == Echo(PEER6, 1, echo_timeout(watch, PEER6, PARAMS), Purpose.IPV6)
+    loaded, step, notes = fold(V6, PROOF, Observed(PASSED, BUSY, 0.5), at(101.0, ipv6=True), PARAMS)
+    assert (step, notes, loaded.health.samples) == (None, (), ())
+
+
+def test_a_peer_given_up_is_said_once_in_these_words() -> None:
+    last = replace(
+        HEALTHY, echoed=True, last_round=echoes(0, 1), echo_answered=False, echo_unanswered=ECHO_STRIKES - 1
+    )
+    _, _, notes = fold(last, PROOF, Observed(PASSED), at(101.0), PARAMS)
+    assert notes == (
+        Note(
+            "the probe targets never answered an ICMP echo (filtered?); probing by HTTP only, which costs more "
+            "traffic (see NMFAILOVER_HEARTBEAT)",
+            warning=True,
+        ),
+    )
+
+
+PROOF_TIMEOUT_CASES: list[tuple[str, UplinkHealth, bool, bool]] = [
+    # (health, went silent, waits the full ceiling)
+    ("healthy: the targets' own", UP, False, False),
+    ("in doubt: the ceiling", DOUBT, False, True),
+    ("in doubt but gone silent: the targets' own", DOUBT, True, False),
+    (
+        "down: the targets' own",
+        UplinkHealth(Health.DOWN, consecutive_failures=1, changed_at=0.0),
+        False,
+        False,
+    ),
+    ("twice in doubt: the ceiling", replace(DOUBT, consecutive_failures=2), False, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("health", "silent", "ceiling"),
+    [c[1:] for c in PROOF_TIMEOUT_CASES],
+    ids=[c[0] for c in PROOF_TIMEOUT_CASES],
+)
+def test_proof_timeout(health: UplinkHealth, silent: bool, ceiling: bool) -> None:
+    watch = replace(QUIET, health=health, went_silent=silent)
+    _, proof = plan(watch, at(101.0, proof_due=True), PARAMS)
+    assert isinstance(proof, Proof)
+    own = max(RTT[t.url].srtt or 0.0 for t in proof.targets)
+    assert proof.timeout == (PARAMS.timeout_ceiling if ceiling else own)
+
+
+def test_a_check_nothing_answered_gets_a_burst_only_from_a_peer_known_to_answer() -> None:
+    watch = replace(QUIET, echo_answered=True)
+    failed = dns_result(False)
+    _, step, _ = fold(watch, CHECK, Observed(failed), at(101.0), PARAMS)
+    assert step == Echo(PEER, PARAMS.echo_burst, 0.4, Purpose.EXCUSE, Unanswered(CHECK, failed))
+    for no_burst, params in (
+        (replace(watch, echo_answered=False), PARAMS),
+        (watch, replace(PARAMS, heartbeat=False)),
+    ):
+        assert fold(no_burst, CHECK, Observed(failed), at(101.0), params)[1] is None
+    nothing = RoundResult(False, (), 1)
+    assert fold(watch, CHECK, Observed(nothing), at(101.0), PARAMS)[1] is None
+
+
+def proof_then_burst(answered: int, sent: int) -> tuple[Watch, tuple[Note, ...], RoundResult]:
+    failed = round_of(answer(T1, False, unanswered=True))
+    watch, burst, _ = fold(QUIET, PROOF, Observed(failed), at(101.0), PARAMS)
+    assert isinstance(burst, Echo) and burst.purpose is Purpose.EXCUSE
+    watch, step, notes = fold(watch, burst, Observed(echoes(answered, sent)), at(101.1), PARAMS)
+    assert step is None
+    return watch, tuple(notes), failed
+
+
+def test_a_proof_nothing_answered_on_a_clean_path_is_http_s_own_failure() -> None:
+    watch, notes, failed = proof_then_burst(2, 2)
+    assert notes == (Note(f"failing (1/2): {failed.summary}, while {PEER} answers every echo", warning=True),)
+    assert watch.health.consecutive_failures == 1
+
+
+def test_a_proof_nothing_answered_on_a_lossy_path_is_excused() -> None:
+    for answered, sent in ((7, 8), (1, 1)):
+        watch, notes, failed = proof_then_burst(answered, sent)
+        assert watch.excused == 1 and watch.health.consecutive_failures == 0
+        assert notes == (
+            Note(
+                f"lossy, not failed: {failed.summary}, yet {PEER} answers {answered}/{sent} echoes "
+                f"(1/{PARAMS.loss_excuses})"
+            ),
+        )
