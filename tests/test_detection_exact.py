@@ -27,9 +27,11 @@ from nmfailover.detection import (
     loss_score,
     max_silence,
     plan,
+    read_traffic,
 )
 from nmfailover.policy import Health, RttEstimate, Sample, UplinkHealth
 from nmfailover.probe import Reason, RoundResult, Target
+from nmfailover.traffic import LinkStats, TrafficCounters
 from tests.test_detection import (
     DOUBT,
     HEALTHY,
@@ -622,3 +624,54 @@ def test_a_proof_nothing_answered_on_a_lossy_path_is_excused() -> None:
                 f"(1/{PARAMS.loss_excuses})"
             ),
         )
+
+
+def link(ifindex: int = 7, *, tx: int = 100, rx: int = 100) -> LinkStats:
+    return LinkStats(ifindex, tx_packets=tx, rx_packets=rx)
+
+
+BEFORE = TrafficCounters(10.0, link=link(), syn_sent=2, dns_sent=3, resets=10, dns_unanswered=2, dns_failed=2)
+# (after, window: the older snapshot the pace is judged over, what the traffic showed)
+READ_CASES: list[tuple[str, TrafficCounters, TrafficCounters, Evidence]] = [
+    (
+        "one attempt a second: active",
+        replace(BEFORE, at=20.0, syn_sent=8, dns_sent=7),
+        replace(BEFORE, at=10.0),
+        Evidence(active=True),
+    ),
+    (
+        "just under it: not",
+        replace(BEFORE, at=20.0, syn_sent=7, dns_sent=7),
+        replace(BEFORE, at=10.0),
+        Evidence(),
+    ),
+    (
+        "half a second: judged over a second",
+        replace(BEFORE, at=10.5, syn_sent=3),
+        replace(BEFORE, at=10.0),
+        Evidence(active=True),
+    ),
+    (
+        "sending, nothing back for half a second: silent",
+        replace(BEFORE, at=10.5, link=link(tx=104)),
+        BEFORE,
+        Evidence(silent=True),
+    ),
+    (
+        "the same on a new device: nothing to compare",
+        replace(BEFORE, at=10.5, link=link(8, tx=104)),
+        BEFORE,
+        Evidence(),
+    ),
+    ("one reset among many old ones", replace(BEFORE, at=11.0, resets=11), BEFORE, Evidence()),
+    ("no new failed lookup", replace(BEFORE, at=11.0), BEFORE, Evidence()),
+]
+
+
+@pytest.mark.parametrize(
+    ("after", "window", "evidence"), [c[1:] for c in READ_CASES], ids=[c[0] for c in READ_CASES]
+)
+def test_read_traffic_at_its_bounds(
+    after: TrafficCounters, window: TrafficCounters, evidence: Evidence
+) -> None:
+    assert read_traffic(BEFORE, after, window) == evidence

@@ -12,6 +12,7 @@ from nmfailover.policy import (
     PolicyParams,
     Sample,
     UplinkHealth,
+    decide,
     hold_down,
     observe,
     on_demand_wanted,
@@ -131,3 +132,13 @@ def test_an_on_demand_uplink_lingers_for_less_than_its_linger() -> None:
     up = UplinkHealth(Health.UP)
     assert on_demand_wanted([up, up], 0, frozenset({1}), {1: 70.0}, 99.9, 30.0) == frozenset({1})
     assert on_demand_wanted([up, up], 0, frozenset({1}), {1: 70.0}, 100.0, 30.0) == frozenset()
+
+
+def test_decide_says_what_is_wrong_with_its_arguments() -> None:
+    up = UplinkHealth(Health.UP)
+    with pytest.raises(ValueError) as raised:
+        decide([up, up], 2, 0.0, P)
+    assert str(raised.value) == "current uplink 2 out of range for 2 uplinks"
+    with pytest.raises(ValueError) as raised:
+        decide([up, up], 0, 0.0, P, names=("primary",))
+    assert str(raised.value) == "1 names for 2 uplinks"
