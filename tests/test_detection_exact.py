@@ -24,11 +24,13 @@ from nmfailover.detection import (
     Watch,
     echo_timeout,
     fold,
+    interval,
     loss_score,
     max_silence,
     plan,
     read_traffic,
 )
+from nmfailover.echo import echo_target
 from nmfailover.policy import Health, RttEstimate, Sample, UplinkHealth
 from nmfailover.probe import Reason, RoundResult, Target
 from nmfailover.traffic import LinkStats, TrafficCounters
@@ -675,3 +677,93 @@ def test_read_traffic_at_its_bounds(
     after: TrafficCounters, window: TrafficCounters, evidence: Evidence
 ) -> None:
     assert read_traffic(BEFORE, after, window) == evidence
+
+
+def test_dead_resolvers_are_the_uplinks_failure_when_moving_dns_is_off() -> None:
+    off = replace(PARAMS, dns_failover=False)
+    watch, step, notes = fold(HEALTHY, CHECK, Observed(SERVFAIL), at(101.0), off)
+    assert (step, watch.health.consecutive_failures, len(watch.health.samples)) == (None, 1, 1)
+    assert notes == (Note(f"failing (1/2): {SERVFAIL.summary}", warning=True),)
+    # The same after a burst the path answered in full: the resolvers' failure, not HTTP's.
+    failed = dns_result(False)
+    watch, burst, _ = fold(QUIET, CHECK, Observed(failed), at(101.0), off)
+    assert isinstance(burst, Echo)
+    watch, _, notes = fold(watch, burst, Observed(echoes(8, 8)), at(101.1), off)
+    assert notes == (Note(f"failing (1/2): {failed.summary}", warning=True),)
+
+
+def test_a_burst_behind_a_full_queue_records_no_answers() -> None:
+    failed = dns_result(False)
+    for answered, sent in ((0, 8), (1, 20)):
+        watch, burst, _ = fold(QUIET, CHECK, Observed(failed), at(101.0), PARAMS)
+        assert isinstance(burst, Echo)
+        watch, _, _ = fold(watch, burst, Observed(echoes(answered, sent), BUSY, 0.5), at(101.1), PARAMS)
+        assert watch.health.consecutive_failures == 1 and watch.health.samples == ()
+    watch, burst, _ = fold(
+        QUIET, PROOF, Observed(round_of(answer(T1, False, unanswered=True))), at(101.0), PARAMS
+    )
+    assert isinstance(burst, Echo)
+    watch, _, _ = fold(watch, burst, Observed(echoes(2, 2), BUSY, 0.5), at(101.1), PARAMS)
+    assert watch.health.consecutive_failures == 1 and watch.health.samples == ()
+
+
+def test_ipv6_verdicts_take_their_time_and_a_missing_device() -> None:
+    step = Echo(PEER6, 1, 0.5, Purpose.IPV6)
+    up = replace(V6, health6=UP6)
+    gone = round_of(answer(echo_target(PEER6), False, Reason.NO_DEVICE))
+    watch, _, _ = fold(up, step, Observed(gone), at(103.0, ipv6=True), PARAMS)
+    assert (watch.health6.health, watch.health6.changed_at) == (Health.DOWN, 103.0)
+
+
+def test_echo_timeouts_of_the_peers_own_answer_times() -> None:
+    rtt = {
+        f"icmp://{PEER6}": RttEstimate(0.45),
+        "icmp://192.0.2.2": RttEstimate(0.35),
+        T1.url: RttEstimate(0.7),
+    }
+    watch, step, _ = fold(
+        replace(V6, rtt=rtt), HEARTBEAT, Observed(echoes(1, 1)), at(101.0, ipv6=True), PARAMS
+    )
+    assert isinstance(step, Echo) and step.purpose is Purpose.IPV6 and step.timeout == 0.45
+    fresh = replace(HEALTHY, echo_peer=None, echo_answered=False, rtt=rtt)
+    _, meet, _ = fold(fresh, PROOF, Observed(PASSED_NEW), at(101.0), PARAMS)
+    assert isinstance(meet, Echo) and meet.purpose is Purpose.MEET and meet.timeout == 0.35
+
+
+def test_answer_times_are_smoothed_into_what_was_learnt() -> None:
+    learnt = replace(HEALTHY, rtt={ICMP: RttEstimate(0.4, 0.0)})
+    watch, _, _ = fold(learnt, HEARTBEAT, Observed(echoes(1, 1)), at(101.0), PARAMS)
+    latency = echoes(1, 1).results[0].latency
+    assert watch.rtt[ICMP].srtt == 0.875 * 0.4 + 0.125 * latency
+
+
+def test_a_proof_nothing_answered_is_the_last_round_while_its_burst_judges_it() -> None:
+    failed = round_of(answer(T1, False, unanswered=True))
+    watch, burst, _ = fold(QUIET, PROOF, Observed(failed), at(101.0), PARAMS)
+    assert isinstance(burst, Echo) and watch.last_round == failed
+
+
+def test_no_ipv6_echo_while_the_uplink_is_in_doubt_or_down() -> None:
+    _, step, _ = fold(V6, HEARTBEAT, Observed(echoes(0, 1)), at(101.0, ipv6=True), PARAMS)
+    assert step is None
+
+
+def test_a_proof_while_no_peer_is_known_even_if_proved() -> None:
+    assert isinstance(plan(replace(QUIET, echo_peer=None), at(101.0), PARAMS)[1], Proof)
+
+
+def test_lean_proofs_ask_the_targets_in_rotation() -> None:
+    t3 = replace(T2, url="http://three.example/generate_204")
+    params = replace(PARAMS, targets=(T1, T2, t3), quorum=2)
+    watch, asked = QUIET, []
+    for now in (401.0, 702.0, 1003.0):
+        watch, proof = plan(watch, at(now), params)
+        assert isinstance(proof, Proof)
+        asked.append(proof.targets)
+        watch = replace(watch, proved_at=now)
+    assert asked == [(T2, t3), (t3, T1), (T1, T2)]
+
+
+def test_a_doubt_is_confirmed_as_soon_as_the_round_that_raised_it_timed_out() -> None:
+    doubt = replace(QUIET, health=DOUBT, round_timeout=0.3)
+    assert interval(doubt, at(101.0), PARAMS) == 0.3

@@ -142,3 +142,17 @@ def test_decide_says_what_is_wrong_with_its_arguments() -> None:
     with pytest.raises(ValueError) as raised:
         decide([up, up], 0, 0.0, P, names=("primary",))
     assert str(raised.value) == "1 names for 2 uplinks"
+
+
+def test_the_uplink_carrying_traffic_never_waits_out_its_own_hold_down() -> None:
+    down, backup = UplinkHealth(Health.DOWN, changed_at=90.0), UplinkHealth(Health.UP, changed_at=95.0)
+    decision = decide([down, backup], 1, 100.0, P)
+    assert (decision.preferred, decision.recheck_at) == (1, None)
+
+
+def test_the_next_decision_waits_for_the_uplink_whose_hold_down_ends_first() -> None:
+    damped = params(max_hold_down=1000.0)
+    flapping = UplinkHealth(Health.UP, changed_at=95.0, downs=(80.0, 85.0))  # 60 s: ready at 155
+    steady = UplinkHealth(Health.UP, changed_at=90.0)  # 30 s: ready at 120
+    decision = decide([flapping, steady, UplinkHealth(Health.UP, changed_at=0.0)], 2, 100.0, damped)
+    assert (decision.preferred, decision.recheck_at) == (2, 120.0)
