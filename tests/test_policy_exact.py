@@ -156,3 +156,10 @@ def test_the_next_decision_waits_for_the_uplink_whose_hold_down_ends_first() -> 
     steady = UplinkHealth(Health.UP, changed_at=90.0)  # 30 s: ready at 120
     decision = decide([flapping, steady, UplinkHealth(Health.UP, changed_at=0.0)], 2, 100.0, damped)
     assert (decision.preferred, decision.recheck_at) == (2, 120.0)
+
+
+def test_slow_answers_must_be_a_tenth_of_a_second_slower_than_usual() -> None:
+    at_the_bound = UplinkHealth(Health.UP, samples=answered_at(90.0, *[0.101] * 6), baseline=0.001)
+    assert quality(at_the_bound, 100.0, P).degraded is not None  # 101x and exactly 0.1 s more
+    under = UplinkHealth(Health.UP, samples=answered_at(90.0, *[0.095] * 6), baseline=0.01)
+    assert quality(under, 100.0, P).degraded is None  # 9.5x, but 85 ms more
