@@ -591,9 +591,12 @@ def _fold_excuse(
     sent = sum(r.sent for r in burst.results)
     if not burst.ok:
         # The path is silent too: a cut, seen first by another layer. Its unanswered step counts as a missed
-        # heartbeat and this burst as the one that confirms it, as on the echoes' own path.
+        # heartbeat and this burst as the one that confirms it, as on the echoes' own path; behind a full
+        # queue the echoes may only be late, so the burst alone counts, as one failure.
         watch = replace(watch, echoed=True)
         watch, missed = _verdict(watch, False, failed, loaded, now, params)
+        if loaded:
+            return watch, None, missed
         watch, confirmed = _verdict(watch, False, burst, loaded, now, params)
         return watch, None, (*missed, *confirmed)
     if answers < sent and not isinstance(after.step, Proof):

@@ -1,4 +1,4 @@
-"""Shared fixtures: the network lab (see nmfailover/lab/sandbox.py)."""
+"""Shared fixtures: the network lab (see nmfailover/lab/sandbox.py), and which tests are lab tests."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import asyncio
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from contextlib import contextmanager
 from types import FrameType
+from typing import NoReturn
 
 import pytest
 
@@ -25,23 +27,27 @@ def _require_lab() -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture
-def topology() -> Iterator[Topology]:
+@pytest.fixture(scope="session")
+def lab_machine() -> None:
+    """This machine can build network labs. Every fixture or test that builds one (Topology, NMLab) asks for
+    it, directly or through another fixture: that alone makes the test a lab test (see LAB_FIXTURES)."""
     _require_lab()
+
+
+@pytest.fixture
+def topology(lab_machine: None) -> Iterator[Topology]:
     with Topology(2) as lab:
         yield lab
 
 
 @pytest.fixture
-def nmlab() -> Iterator[NMLab]:
-    _require_lab()
+def nmlab(lab_machine: None) -> Iterator[NMLab]:
     with NMLab(2) as lab:
         yield lab
 
 
 @pytest.fixture
-def nmlab3() -> Iterator[NMLab]:
-    _require_lab()
+def nmlab3(lab_machine: None) -> Iterator[NMLab]:
     with NMLab(3) as lab:
         yield lab
 
@@ -60,14 +66,56 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
 
 
-LAB_FIXTURES = frozenset({"topology", "nmlab", "nmlab3"})
+# The one place that says which tests are lab tests, so that `pytest -m "not lab"` is the quick loop (no
+# namespace, no package built or installed, no Debian root): those whose fixtures, however deep, include
+# one of these, and the slow ones (packages built, installed and linted in Debian roots).
+LAB_FIXTURES = frozenset({"lab_machine"})
+LAB_MARKERS = frozenset({"slow"})
+
+
+def is_lab_test(item: pytest.Item) -> bool:
+    return bool(
+        LAB_FIXTURES & set(getattr(item, "fixturenames", ()))
+        or any(item.get_closest_marker(name) for name in LAB_MARKERS)
+        or item.get_closest_marker("lab")
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A test that builds namespaces is a lab test by its fixtures, whether or not its module says so.
     for item in items:
-        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if is_lab_test(item) and item.get_closest_marker("lab") is None:
             item.add_marker(pytest.mark.lab)
+
+
+class LabNotDeclared(Exception):
+    """A test not marked lab tried to build a network lab."""
+
+
+@contextmanager
+def labs_refused(nodeid: str) -> Iterator[None]:
+    """While a test that is not a lab test runs (its fixtures included), building a lab fails it: a test
+    that forgot to ask for lab_machine is found the first time it runs, not by a slow `-m "not lab"`."""
+
+    def refuse(self: Topology, *args: object, **kwargs: object) -> NoReturn:
+        raise LabNotDeclared(
+            f"{nodeid} builds a network lab but is no lab test: let it (or its fixture) ask for the "
+            "lab_machine fixture (tests/conftest.py)"
+        )
+
+    with pytest.MonkeyPatch.context() as patch:
+        for lab_class in (Topology, NMLab):
+            patch.setattr(lab_class, "__init__", refuse)
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    if is_lab_test(item):
+        return (yield)
+    with labs_refused(item.nodeid):
+        return (yield)
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's own session teardown of fixtures

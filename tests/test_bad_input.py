@@ -24,7 +24,7 @@ import pytest
 
 from nmfailover import cli, config
 from nmfailover.lab.demo import daemon_env
-from nmfailover.lab.sandbox import NMLab, lab_available
+from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
 
 TIMEOUT = 8.0  # a wrongly accepted value starts the daemon (ready within 2 s): it is killed, the case fails
@@ -310,10 +310,7 @@ class Bench:
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
-    reason = lab_available()
-    if reason is not None:
-        pytest.skip(reason)
+def bench(tmp_path_factory: pytest.TempPathFactory, lab_machine: None) -> Iterator[Bench]:
     files = tmp_path_factory.mktemp("bad-input")
     (files / "not-a-dir").write_text("")
     (files / "not-executable").write_text("#!/bin/sh\nexit 0\n")
@@ -394,13 +391,11 @@ def _ids(cases: list[Case]) -> list[Any]:
     return [pytest.param(case, id=case.label()[:80]) for case in cases]
 
 
-@pytest.mark.lab
 @pytest.mark.parametrize("case", _ids(ENV_CASES))
 def test_bad_setting_is_refused_before_anything_changes(bench: Bench, case: Case) -> None:
     check_refusal(bench, case, [("run",), ("check",)])
 
 
-@pytest.mark.lab
 @pytest.mark.parametrize("case", _ids(CLI_CASES))
 def test_bad_argument_is_refused(bench: Bench, case: Case) -> None:
     check_refusal(bench, case, [case.argv])
@@ -419,13 +414,11 @@ def daemon(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     bench.baseline = bench.nm_state()
 
 
-@pytest.mark.lab
 @pytest.mark.parametrize("case", _ids(CLIENT_CASES))
 def test_bad_argument_to_the_running_daemon_is_refused(bench: Bench, daemon: None, case: Case) -> None:
     check_refusal(bench, case, [case.argv])
 
 
-@pytest.mark.lab
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.label()[:80]) for c in RECHECK_HARMLESS])
 def test_hostile_interface_name_for_recheck_is_harmless(bench: Bench, daemon: None, case: Case) -> None:
     proc = start_cli(bench, case.argv, bench.env(case))

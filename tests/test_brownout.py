@@ -7,12 +7,8 @@ import re
 import time
 from pathlib import Path
 
-import pytest
-
 from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
-
-pytestmark = pytest.mark.lab
 
 # Proofs every 3 s instead of 60: twenty times the HTTP rounds a lossy minute would see at the defaults.
 FREQUENT_PROOFS = {"NMFAILOVER_PROOF_INTERVAL": "3"}

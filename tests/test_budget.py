@@ -243,7 +243,6 @@ def budget_of(lab: NMLab) -> dict[str, Any]:
     return found
 
 
-@pytest.mark.lab
 def test_a_metered_backup_is_counted_after_a_failover_and_kept_across_a_restart(
     nmlab: NMLab, tmp_path: Path
 ) -> None:

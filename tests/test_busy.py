@@ -16,13 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import pytest
-
 from nmfailover.lab.demo import DaemonProcess
 from nmfailover.lab.sandbox import NMLab, Upstream
 from tests.daemon import running_daemon
-
-pytestmark = pytest.mark.lab
 
 RATE_KBIT = 4000
 QUEUE_MS = 1200  # 1-2 s of queueing is common on DSL, cable and 4G; probes time out behind it

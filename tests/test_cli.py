@@ -109,7 +109,6 @@ def test_where_the_system_bus_is_looked_for(address: str | None, where: str) -> 
     assert system_bus_location(environ) == where
 
 
-@pytest.mark.lab
 def test_check_prints_a_table_and_exits_by_the_primary(nmlab: NMLab) -> None:
     healthy = cli(nmlab, "check")
     assert healthy.returncode == 0, healthy.stderr
@@ -125,7 +124,6 @@ def test_check_prints_a_table_and_exits_by_the_primary(nmlab: NMLab) -> None:
     assert cli(nmlab, "check").returncode == 1
 
 
-@pytest.mark.lab
 def test_unknown_profile_exits_2_before_touching_networkmanager(nmlab: NMLab) -> None:
     routes = nmlab.default_routes(4), nmlab.default_routes(6)
     for command in ("run", "check"):
@@ -138,7 +136,6 @@ def test_unknown_profile_exits_2_before_touching_networkmanager(nmlab: NMLab) ->
     assert (nmlab.default_routes(4), nmlab.default_routes(6)) == routes
 
 
-@pytest.mark.lab
 def test_an_unknown_profile_lists_at_most_ten_existing_ones(nmlab: NMLab) -> None:
     for n in range(12):
         nmlab.nmcli("connection", "add", "type", "dummy", "ifname", f"dummy{n}", "con-name", f"spare {n:02}",

@@ -22,7 +22,6 @@ from nmfailover.control import INTERFACE, POLKIT_ACTIONS, Caller, access
 from nmfailover.lab.demo import DaemonProcess, daemon_env, wait_for
 from nmfailover.lab.sandbox import NMLab
 from nmfailover.status import Status
-from tests.conftest import _require_lab
 from tests.daemon import running_daemon
 from tests.desktop import POLKIT, polkit_authority, require_desktop_tools
 from tests.operate import POLICY, SignalRecorder, cli, policed_lab, status
@@ -32,12 +31,11 @@ NOBODY = 65534
 
 
 @pytest.fixture
-def lab() -> Iterator[NMLab]:
+def lab(lab_machine: None) -> Iterator[NMLab]:
     with policed_lab() as lab:
         yield lab
 
 
-@pytest.mark.lab
 def test_status_and_signal_follow_a_real_failover(lab: NMLab, tmp_path: Path) -> None:
     stopped = cli(lab, "status")
     assert (stopped.returncode, stopped.stdout, stopped.stderr) == (3, "", NOT_RUNNING)
@@ -98,7 +96,6 @@ def test_status_and_signal_follow_a_real_failover(lab: NMLab, tmp_path: Path) ->
         assert status(lab)["switches"] == 2
 
 
-@pytest.mark.lab
 def test_failover_test_moves_traffic_and_returns_by_itself(lab: NMLab, tmp_path: Path) -> None:
     with running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="1") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
@@ -123,7 +120,6 @@ def test_failover_test_moves_traffic_and_returns_by_itself(lab: NMLab, tmp_path:
         assert "forced failover ended early" in daemon.text()
 
 
-@pytest.mark.lab
 def test_prefer_pins_and_clear_releases(lab: NMLab, tmp_path: Path) -> None:
     with running_daemon(lab, tmp_path / "daemon.log", failback_hold_down="1") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
@@ -172,7 +168,6 @@ def _as_nobody(lab: NMLab, *argv: str) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), text
 
 
-@pytest.mark.lab
 def test_non_root_may_read_but_not_change(lab: NMLab, tmp_path: Path) -> None:
     with running_daemon(lab, tmp_path / "daemon.log") as daemon:
         daemon.wait_log(r"ready: traffic on primary")
@@ -229,8 +224,7 @@ GROUP_RULE = """polkit.addRule(function (action, subject) {
 """
 
 
-@pytest.mark.lab
-def test_another_group_may_change_things(tmp_path: Path) -> None:
+def test_another_group_may_change_things(tmp_path: Path, lab_machine: None) -> None:
     # The shipped policy with its group swapped for nobody's own (what an operator's edit does) lets it
     # send everything; the daemon asks polkit about the rest, and the operator's polkit rule says yes.
     require_desktop_tools("/usr/lib/polkit-1/polkitd", "pkaction")
@@ -238,7 +232,6 @@ def test_another_group_may_change_things(tmp_path: Path) -> None:
     workdir.chmod(0o755)  # polkitd reads its rules there as the user polkitd
     policy = tmp_path / "policy.conf"
     policy.write_text(POLICY.read_text().replace('group="nmfailover"', 'group="nogroup"'))
-    _require_lab()
     try:
         with (
             NMLab(2, bus_policy=policy) as lab,
@@ -258,7 +251,6 @@ def test_another_group_may_change_things(tmp_path: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@pytest.mark.lab
 def test_second_instance_and_bad_calls_are_refused(lab: NMLab, tmp_path: Path) -> None:
     with running_daemon(lab, tmp_path / "daemon.log") as daemon:
         daemon.wait_log(r"ready: traffic on primary")

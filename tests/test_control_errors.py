@@ -14,8 +14,6 @@ from nmfailover.errors import ControlCallFailed
 from nmfailover.lab.sandbox import NMLab
 from tests.test_engine import PROFILES, SETTINGS, FakeNM, FakeProber
 
-pytestmark = pytest.mark.lab
-
 
 class BuggyOperator(Operator):
     async def recheck(self, interface: str = "", reason: str = "") -> int:

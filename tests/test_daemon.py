@@ -6,13 +6,9 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
-
-pytestmark = pytest.mark.lab
 
 HOLD_DOWN = 4.0
 

@@ -16,7 +16,6 @@ import pytest
 
 from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import NMLab
-from tests.conftest import _require_lab
 from tests.daemon import running_daemon
 from tests.desktop import Desktop, polkit_authority, require_desktop_tools
 from tests.operate import POLICY, status
@@ -47,9 +46,7 @@ def _shown(desktop: Desktop, count: int) -> list[tuple[str, str, str]]:
     return [(n["summary"], n["body"], n["urgency"]) for n in desktop.wait_notices(count)]
 
 
-@pytest.mark.lab
-def test_the_notice_on_a_real_desktop(workdir: Path) -> None:
-    _require_lab()
+def test_the_notice_on_a_real_desktop(workdir: Path, lab_machine: None) -> None:
     require_desktop_tools("Xvfb", "dunst", "dunstctl", "dbus-daemon", "/usr/lib/polkit-1/polkitd", "pkaction")
     with ExitStack() as stack:
         lab = stack.enter_context(NMLab(2, bus_policy=POLICY))

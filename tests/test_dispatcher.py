@@ -20,8 +20,6 @@ from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
 from tests.operate import HOOK, first_line, log_time, policed_lab
 
-pytestmark = pytest.mark.lab
-
 
 class Stamps:
     """Scripts around the hook that note when the dispatcher ran it: `before`/`after` ACTION IFACE [ID]."""
@@ -53,7 +51,7 @@ class Stamps:
 
 
 @pytest.fixture
-def dispatched() -> Iterator[tuple[NMLab, Stamps]]:
+def dispatched(lab_machine: None) -> Iterator[tuple[NMLab, Stamps]]:
     # Root-owned and not writable by others, or nm-dispatcher refuses to run it.
     directory = Path(tempfile.mkdtemp(prefix=f"nmfo-{os.getpid()}-dispatcher-"))
     try:

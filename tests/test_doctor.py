@@ -65,7 +65,6 @@ def root(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
-@pytest.mark.lab
 def test_doctor_passes_on_a_complete_installation(nmlab: NMLab, root: Path) -> None:
     done = run_doctor(nmlab, root)
     lines = done.stdout.splitlines()
@@ -95,7 +94,6 @@ def test_doctor_passes_on_a_complete_installation(nmlab: NMLab, root: Path) -> N
     assert lines[12].startswith("ok    Multipath TCP endpoints on wanb (backup): 192.0.2.66 (subflow)")
 
 
-@pytest.mark.lab
 def test_doctor_fails_a_group_writable_hook_with_the_fix(nmlab: NMLab, root: Path) -> None:
     hook = under_root(root, HOOK)
     hook.chmod(0o775)
@@ -111,7 +109,6 @@ def test_doctor_fails_a_group_writable_hook_with_the_fix(nmlab: NMLab, root: Pat
     assert run_doctor(nmlab, root).returncode == 0
 
 
-@pytest.mark.lab
 def test_doctor_on_an_empty_root_names_every_missing_file(nmlab: NMLab, tmp_path: Path) -> None:
     root = tmp_path / "empty"
     (root / system_files.ENV_FILE.parent.relative_to("/")).mkdir(parents=True)
@@ -130,7 +127,6 @@ def test_doctor_on_an_empty_root_names_every_missing_file(nmlab: NMLab, tmp_path
     assert "ok    uplink backup (wanb) reaches the internet" in done.stdout
 
 
-@pytest.mark.lab
 def test_doctor_names_a_missing_profile_an_inactive_one_and_a_dead_uplink(nmlab: NMLab, root: Path) -> None:
     nmlab.nmcli("connection", "add", "type", "ethernet", "ifname", "wanz", "con-name", "spare",
                 "autoconnect", "no", "ipv4.method", "disabled", "ipv6.method", "disabled")  # fmt: skip
@@ -154,7 +150,6 @@ def test_doctor_names_a_missing_profile_an_inactive_one_and_a_dead_uplink(nmlab:
     ), probe
 
 
-@pytest.mark.lab
 def test_doctor_reports_bad_settings_and_still_checks_the_files(nmlab: NMLab, root: Path) -> None:
     done = run_doctor(nmlab, root, fail_count="0")
     assert done.returncode == 1
@@ -392,7 +387,6 @@ def test_run_counts_a_failure_and_ignores_skips(monkeypatch: pytest.MonkeyPatch,
     assert out.read_text() == "ok    a\nskip  b\nFAIL  c — fix: d\n"
 
 
-@pytest.mark.lab
 def test_doctor_shows_the_uplinks_found_their_order_and_why(nmlab: NMLab, root: Path) -> None:
     nmlab.nmcli("connection", "modify", "backup", "ipv4.route-metric", "50", "connection.metered", "yes")
     done = run_doctor(nmlab, root, uplinks="auto")

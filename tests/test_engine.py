@@ -4,7 +4,8 @@ its supervision: crashes restart a loop or end the engine, a stuck loop stops th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -172,27 +173,55 @@ async def start(engine: Engine) -> asyncio.Task[None]:
     return task
 
 
+async def stop(engine: Engine, task: asyncio.Task[None]) -> None:
+    engine.stop()
+    await task
+
+
+async def ended(engine: Engine, task: asyncio.Task[None]) -> None:
+    """A fixture's teardown: the engine stops as at SIGTERM, or is cancelled if it will not, and is awaited
+    either way; never left running into the next test. How it ended was the test's to check."""
+    engine.stop()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    if not done:
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 @pytest.fixture
-async def harness() -> Harness:
+async def harness() -> AsyncIterator[Harness]:
     nm, prober = FakeNM(), FakeProber()
     engine = Engine(EngineParams.from_settings(SETTINGS), nm, PROFILES, prober)
-    return engine, nm, prober, await start(engine)
+    task = await start(engine)
+    yield engine, nm, prober, task
+    await ended(engine, task)
 
 
 @pytest.fixture
-async def slow_harness() -> Harness:
+async def slow_harness() -> AsyncIterator[Harness]:
     """Rounds only every 5 s: any round sooner was caused by an event, however loaded the machine."""
     slow = SETTINGS.model_copy(
         update={"active_interval": 5.0, "standby_interval": 5.0, "suspect_interval": 5.0}
     )
     nm, prober = FakeNM(), FakeProber()
     engine = Engine(EngineParams.from_settings(slow), nm, PROFILES, prober)
-    return engine, nm, prober, await start(engine)
+    task = await start(engine)
+    yield engine, nm, prober, task
+    await ended(engine, task)
 
 
-async def stop(engine: Engine, task: asyncio.Task[None]) -> None:
-    engine.stop()
-    await task
+class SteppedClock:
+    """The monotonic clock plus what the test moved it on: a duration the engine waits out ends when the
+    test says so, not when a loaded machine gets round to looking."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
 
 
 async def test_starts_on_primary_and_ranks_metrics(harness: Harness) -> None:
@@ -314,14 +343,26 @@ async def test_pin_and_clear(harness: Harness) -> None:
     await stop(engine, task)
 
 
-async def test_timed_pin_expires_by_itself(harness: Harness) -> None:
-    engine, _, _, task = harness
+async def test_timed_pin_expires_by_itself() -> None:
+    # The pin's time passes only when the test moves the clock: a pin of a fraction of a second in real time
+    # could run out on a loaded machine before prefer() itself had applied it.
+    clock = SteppedClock()
+    nm, prober = FakeNM(), FakeProber()
+    engine = Engine(EngineParams.from_settings(SETTINGS), nm, PROFILES, prober, supervisor=Supervisor(clock))
     operator = Operator(engine)
-    await operator.prefer("backup", 0.2)
-    assert engine.current == 1
-    await wait_until(lambda: engine.current == 0, timeout=3)
-    assert engine.pin is None and operator.status().pinned is None
-    await stop(engine, task)
+    task = await start(engine)
+    try:
+        await operator.prefer("backup", 60)
+        assert engine.current == 1
+        clock.advance(59)
+        rounds = len(prober.rounds)
+        await wait_until(lambda: len(prober.rounds) >= rounds + 4)  # rounds that decided with the pin on
+        assert engine.current == 1 and operator.status().pinned == "backup"
+        clock.advance(1)
+        await wait_until(lambda: engine.current == 0, timeout=3)
+        assert engine.pin is None and operator.status().pinned is None
+    finally:
+        await ended(engine, task)
 
 
 async def test_guard_vetoes_failback_until_it_allows() -> None:

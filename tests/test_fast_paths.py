@@ -7,13 +7,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
 from tests.operate import HOOK
-
-pytestmark = pytest.mark.lab
 
 SLOW_PROBES = {
     "NMFAILOVER_ACTIVE_INTERVAL": "30",

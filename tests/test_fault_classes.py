@@ -17,8 +17,6 @@ from nmfailover.lab.demo import DaemonProcess, wait_for
 from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
 
-pytestmark = pytest.mark.lab
-
 # Every way but the one under test a minute or more away.
 SLOW_CHECKS = {
     "NMFAILOVER_DNS_CHECK_INTERVAL": "120",

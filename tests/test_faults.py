@@ -21,8 +21,6 @@ from nmfailover.lab.demo import DaemonProcess, wait_for
 from nmfailover.lab.sandbox import NMLab, Upstream
 from tests.daemon import running_daemon
 
-pytestmark = pytest.mark.lab
-
 HOLD_DOWN = "3"
 FLAP_SECONDS = 60.0
 FLAP_HALF_PERIOD = 2.0

@@ -149,12 +149,11 @@ def test_shipped_scripts_are_valid_and_runnable(script: Path) -> None:
 
 
 @pytest.fixture
-def lab() -> Iterator[NMLab]:
+def lab(lab_machine: None) -> Iterator[NMLab]:
     with policed_lab() as lab:
         yield lab
 
 
-@pytest.mark.lab
 def test_hooks_get_the_documented_contract_and_a_hung_one_is_killed(lab: NMLab, tmp_path: Path) -> None:
     hooks = tmp_path / "hooks.d"
     hooks.mkdir()
@@ -216,7 +215,6 @@ def test_hooks_get_the_documented_contract_and_a_hung_one_is_killed(lab: NMLab, 
     assert not any(c.exists() for c in canaries) and not (tmp_path / "backup-file.ran").exists()
 
 
-@pytest.mark.lab
 def test_guard_keeps_the_backup_until_it_allows(lab: NMLab, tmp_path: Path) -> None:
     guard = write_script(
         tmp_path / "guard",
@@ -274,7 +272,6 @@ def _sink(lab: NMLab, up: Upstream, out: Path, port: int, *mode: str) -> subproc
     return proc
 
 
-@pytest.mark.lab
 def test_webhook_posts_through_the_new_uplink_and_never_delays_a_switch(lab: NMLab, tmp_path: Path) -> None:
     primary, backup = lab.upstreams
     sinks = [

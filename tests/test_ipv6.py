@@ -8,13 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import NMLab
 from tests.daemon import running_daemon
-
-pytestmark = pytest.mark.lab
 
 # What a program without Happy Eyeballs does with a name that has AAAA and A records (Python's
 # socket.create_connection, for one): each address in getaddrinfo's order, IPv6 first, with its timeout.

@@ -88,7 +88,6 @@ def _dns_burst(lab: Topology, up: Upstream) -> tuple[int, int]:
     return up.dns_queries() - arrived, int(json.loads(out)["answers"])
 
 
-@pytest.mark.lab
 def test_one_way_loss_drops_only_that_direction(topology: Topology) -> None:
     a = topology.upstreams[0]
     # Half of each burst lost: the binomial's spread over 300 packets is under 9, so 100..200 is 5 sigma.
@@ -108,7 +107,6 @@ def test_one_way_loss_drops_only_that_direction(topology: Topology) -> None:
     assert _dns_burst(topology, a) == (BURST, BURST)
 
 
-@pytest.mark.lab
 def test_hang_accepts_reads_and_never_answers_until_healed(topology: Topology) -> None:
     a = topology.upstreams[0]
     a.hang()
@@ -136,7 +134,6 @@ def test_hang_accepts_reads_and_never_answers_until_healed(topology: Topology) -
     assert http_get(topology, "203.0.113.10")["result"] == 204
 
 
-@pytest.mark.lab
 def test_portal_answers_every_request_also_on_an_open_connection(topology: Topology) -> None:
     a = topology.upstreams[0]
     proc = topology.popen_host(
@@ -174,7 +171,6 @@ def test_portal_answers_every_request_also_on_an_open_connection(topology: Topol
     assert dns_query(topology, "target1.test", a.resolver, "wana")["rcode"] == "NOERROR"
 
 
-@pytest.mark.lab
 def test_servfail_and_silent_resolver(topology: Topology) -> None:
     a, b = topology.upstreams
     a.break_dns("servfail")
@@ -189,7 +185,6 @@ def test_servfail_and_silent_resolver(topology: Topology) -> None:
     assert dns_query(topology, "target1.test", a.resolver, "wana")["rcode"] == "NOERROR"
 
 
-@pytest.mark.lab
 def test_each_fault_replaces_the_one_before_and_heal_undoes_any(topology: Topology) -> None:
     a = topology.upstreams[0]
     a.portal("redirect")
@@ -267,7 +262,6 @@ def test_parse_attempts_and_first_after() -> None:
     assert attempts[1].ended is None and attempts[1].lookup_ended is None
 
 
-@pytest.mark.lab
 def test_user_traffic_fails_during_a_blackhole_and_works_after_heal(topology: Topology) -> None:
     a = topology.upstreams[0]
     real_resolv = hashlib.sha256(Path("/etc/resolv.conf").read_bytes()).hexdigest()
@@ -297,7 +291,6 @@ def test_user_traffic_fails_during_a_blackhole_and_works_after_heal(topology: To
     assert not traffic.running
 
 
-@pytest.mark.lab
 def test_user_traffic_follows_a_resolv_conf_replaced_by_rename(topology: Topology, tmp_path: Path) -> None:
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 203.0.113.53\n")

@@ -13,7 +13,6 @@ from bench.common import NMC_FAST, NMF, VF
 from bench.report import summarise
 from bench.scenarios import matrix
 from nmfailover.lab.usertraffic import UserAttempt
-from tests.conftest import _require_lab
 
 
 def _lookup(seq: int, started: float, seconds: float | None) -> UserAttempt:
@@ -102,9 +101,7 @@ def test_matrix_tables_show_median_worst_and_ratios_to_the_baselines() -> None:
     assert summary["matrix"]["silent"]["idle"][NMC_FAST]["median"] == math.inf
 
 
-@pytest.mark.lab
-def test_one_cell_end_to_end_silent_death_with_traffic(tmp_path: Path) -> None:
-    _require_lab()
+def test_one_cell_end_to_end_silent_death_with_traffic(tmp_path: Path, lab_machine: None) -> None:
     run = matrix.run_timed(matrix.ROWS[0], "traffic", NMF, tmp_path)
     print(f"\n{run}")
     assert run["repaired_by"] == "route"

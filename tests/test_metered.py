@@ -98,7 +98,6 @@ async def client(nmlab: NMLab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
     await nm.close()
 
 
-@pytest.mark.lab
 async def test_reapply_marks_metered_at_run_time_and_metrics_keep_it(
     nmlab: NMLab, client: NetworkManagerClient
 ) -> None:
@@ -137,7 +136,6 @@ async def test_reapply_marks_metered_at_run_time_and_metrics_keep_it(
     assert (await client.link_state(backup.uuid)).activated
 
 
-@pytest.mark.lab
 async def test_guesses_are_refused_and_the_saved_value_is_read(
     nmlab: NMLab, client: NetworkManagerClient
 ) -> None:
@@ -153,7 +151,6 @@ async def test_guesses_are_refused_and_the_saved_value_is_read(
 # -- the daemon -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.lab
 def test_daemon_marks_the_backup_so_networkmanager_is_metered_only_while_on_it(
     nmlab: NMLab, tmp_path: Path
 ) -> None:
@@ -188,7 +185,6 @@ def test_daemon_marks_the_backup_so_networkmanager_is_metered_only_while_on_it(
     assert saved_metered(nmlab, "backup") == "unknown" and nmlab.profiles_on_disk() == on_disk
 
 
-@pytest.mark.lab
 def test_check_reports_metered_and_changes_nothing(nmlab: NMLab) -> None:
     env = daemon_env(nmlab, metered="wanb")  # by interface: as NMFAILOVER_UPLINKS could name it
     done = nmlab.host(sys.executable, "-m", "nmfailover", "check", "--json", env=env, check=False)

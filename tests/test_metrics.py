@@ -399,7 +399,6 @@ async def test_textfile_is_replaced_whole_readable_and_rewritten_on_each_switch(
 # -- a real daemon ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.lab
 def test_metrics_follow_a_real_failover(nmlab: NMLab, tmp_path: Path) -> None:
     textfile = tmp_path / "nmfailover.prom"
     url = "http://127.0.0.1:9469/metrics"

@@ -22,8 +22,6 @@ from nmfailover.nm import (
     NMStopped,
 )
 
-pytestmark = pytest.mark.lab
-
 
 @pytest.fixture
 async def client(nmlab: NMLab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[NetworkManagerClient]:

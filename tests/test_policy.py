@@ -590,8 +590,10 @@ def test_decide_failing_portal_damping(
     expected: Decision,
 ) -> None:
     names = N2 if len(uplinks) == 2 else N3
-    params = kwargs.pop("params", P)
-    assert decide(uplinks, current, now, params, names=names, **kwargs) == expected  # type: ignore[arg-type]
+    # A copy: popping from the shared table would change the case for a second run in the same process.
+    options = dict(kwargs)
+    params = options.pop("params", P)
+    assert decide(uplinks, current, now, params, names=names, **options) == expected  # type: ignore[arg-type]
 
 
 def test_scenario_both_die_together_then_backup_returns() -> None:

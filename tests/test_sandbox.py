@@ -23,7 +23,6 @@ from nmfailover.lab.sandbox import (
     NMLab,
     Topology,
     cleanup_leftovers,
-    lab_available,
 )
 from nmfailover.lab.upstream import dns_reply
 
@@ -345,9 +344,7 @@ def test_bulk_download_restarts_transfers_that_end_and_stops_after_its_seconds(t
         topology.bulk_download(2)
 
 
-def test_failed_construction_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    if lab_available() is not None:
-        pytest.skip(str(lab_available()))
+def test_failed_construction_leaves_nothing(monkeypatch: pytest.MonkeyPatch, lab_machine: None) -> None:
 
     def boom(self: Topology) -> None:
         raise RuntimeError("boom")
@@ -395,9 +392,7 @@ def test_nm_restart_brings_uplinks_back(nmlab: NMLab) -> None:
     assert http_get(nmlab, "203.0.113.10")["result"] == 204
 
 
-def test_three_uplinks_dispatcher_and_cleanup(tmp_path: Path) -> None:
-    if lab_available() is not None:
-        pytest.skip(str(lab_available()))
+def test_three_uplinks_dispatcher_and_cleanup(tmp_path: Path, lab_machine: None) -> None:
     events = tmp_path / "events"
     hooks = tmp_path / "dispatcher.d"
     hooks.mkdir()

@@ -193,7 +193,6 @@ def failback(lab: NMLab, daemon: DaemonProcess) -> float:
 # -- the proof that it can fail ---------------------------------------------------------------------------
 
 
-@pytest.mark.lab
 def test_without_it_a_connection_on_the_backup_stalls_at_failback(
     nmlab: NMLab, echo_servers: EchoServers, tmp_path: Path
 ) -> None:
@@ -219,7 +218,6 @@ def test_without_it_a_connection_on_the_backup_stalls_at_failback(
 # -- the daemon with it on ------------------------------------------------------------------------------
 
 
-@pytest.mark.lab
 def test_connections_keep_their_uplink_across_failback_and_a_forced_switch(
     nmlab: NMLab, echo_servers: EchoServers, tmp_path: Path
 ) -> None:
@@ -357,7 +355,6 @@ async def dhcp_backup(nmlab: NMLab, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
     server.wait(5)
 
 
-@pytest.mark.lab
 async def test_reapply_routes_a_dhcp_uplink_by_source_and_metrics_keep_it(
     nmlab: NMLab, dhcp_backup: NetworkManagerClient
 ) -> None:

@@ -178,7 +178,6 @@ def follower(lab: NMLab, *args: str) -> subprocess.Popen[str]:
     return lab.popen_host(argv, env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-@pytest.mark.lab
 def test_the_stream_follows_a_real_failover(nmlab: NMLab, tmp_path: Path) -> None:
     # A minute between re-reads: every line here comes from the daemon's signals.
     bar = follower(nmlab, "--interval", "60")

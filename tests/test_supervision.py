@@ -8,12 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from nmfailover.lab.demo import daemon_env
 from nmfailover.lab.sandbox import NMLab
-
-pytestmark = pytest.mark.lab
 
 INJECT = """
 import sys

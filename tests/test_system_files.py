@@ -411,6 +411,7 @@ def test_package_data_is_the_one_copy() -> None:
         assert system_files.data_file(name) == source.read_bytes()
 
 
+@pytest.mark.slow  # builds a wheel, with setuptools from the index: not for `-m "not lab"`
 def test_the_wheel_carries_the_files_themselves(tmp_path: Path) -> None:
     # From a copy of the tree, as a release build sees it: the symlinks must turn into their content.
     src = tmp_path / "src"

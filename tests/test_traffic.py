@@ -608,7 +608,6 @@ def wait_for_notify(watch: Watcher, device: str, after: int, timeout: float) -> 
     raise AssertionError(f"no notify for {device} within {timeout} s; got {watch.notified}")
 
 
-@pytest.mark.lab
 def test_refused_connections_count_on_their_own_device_and_answered_ones_on_theirs(
     topology: Topology, watcher: Watcher
 ) -> None:
@@ -637,7 +636,6 @@ def test_refused_connections_count_on_their_own_device_and_answered_ones_on_thei
     assert abs(lag) < SLACK, lag
 
 
-@pytest.mark.lab
 def test_a_blackholed_upstream_leaves_connection_attempts_unanswered_and_notify_follows_the_patience(
     topology: Topology, watcher: Watcher
 ) -> None:
@@ -660,7 +658,6 @@ def test_a_blackholed_upstream_leaves_connection_attempts_unanswered_and_notify_
     assert [n["device"] for n in watcher.notified] == ["wana"], watcher.notified
 
 
-@pytest.mark.lab
 def test_dns_queries_to_a_silent_resolver_go_unanswered_and_answered_ones_count(
     topology: Topology, watcher: Watcher
 ) -> None:
@@ -699,7 +696,6 @@ def recreate(lab: Topology, up: Upstream) -> None:
     lab.host("ip", "route", "add", "default", "via", up.gateway4, "dev", up.iface, "metric", "100")
 
 
-@pytest.mark.lab
 def test_the_watch_survives_its_device_deleted_while_up(topology: Topology) -> None:
     """The socket says ENETDOWN: noticed at once, with no recheck for a minute. An attempt left pending on
     the vanished device still counts as unanswered, on time."""
@@ -738,7 +734,6 @@ def test_the_watch_survives_its_device_deleted_while_up(topology: Topology) -> N
     assert closed["done"] == [True, True], (closed, watch.stderr())
 
 
-@pytest.mark.lab
 def test_the_watch_reads_on_across_down_and_up_and_survives_deletion_while_down(topology: Topology) -> None:
     """Down is not gone: the same socket reads on once the device is up again. Deleted while down, the
     socket says nothing: the recheck notices."""
@@ -773,7 +768,6 @@ def test_the_watch_reads_on_across_down_and_up_and_survives_deletion_while_down(
     assert watch.stderr().count("traffic watch: reading wana") == 2, watch.stderr()
 
 
-@pytest.mark.lab
 def test_a_device_that_does_not_exist_yet_is_watched_once_it_does(topology: Topology) -> None:
     watch = Watcher(topology, ["wanz"], reopen=0.2)
     try:
@@ -786,7 +780,6 @@ def test_a_device_that_does_not_exist_yet_is_watched_once_it_does(topology: Topo
     assert closed["done"] == [True], (closed, watch.stderr())
 
 
-@pytest.mark.lab
 def test_without_the_privilege_it_says_so_once_and_runs_on(topology: Topology) -> None:
     # Root without CAP_NET_RAW cannot open packet sockets; two watches, one warning.
     no_raw = ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw"]
@@ -807,7 +800,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-@pytest.mark.lab
 def test_a_saturating_download_costs_the_watch_nothing(topology: Topology, watcher: Watcher) -> None:
     with topology.bulk_download(0, streams=2) as download:
         time.sleep(1.0)  # the bulk source is set up and the transfer under way

@@ -19,7 +19,6 @@ from nmfailover.lab.demo import wait_for
 from nmfailover.lab.sandbox import NMLab
 from nmfailover.notice import Action, Snapshot, Uplink
 from nmfailover.tray import ACTIVE, NEEDS_ATTENTION, MenuItem, tray_view
-from tests.conftest import _require_lab
 from tests.daemon import running_daemon
 from tests.desktop import Panel, polkit_authority, require_desktop_tools
 from tests.operate import POLICY, status
@@ -190,9 +189,7 @@ def _monitor(address: str, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-@pytest.mark.lab
-def test_the_indicator_in_waybars_tray(workdir: Path) -> None:
-    _require_lab()
+def test_the_indicator_in_waybars_tray(workdir: Path, lab_machine: None) -> None:
     require_desktop_tools("sway", "waybar", "dbus-daemon", "/usr/lib/polkit-1/polkitd")
     with ExitStack() as stack:
         lab = stack.enter_context(NMLab(2, bus_policy=POLICY))

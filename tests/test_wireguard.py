@@ -33,7 +33,6 @@ from nmfailover.lab.sandbox import (
 from nmfailover.nm import WireGuardDevice
 from nmfailover.status import TunnelMove, TunnelsStatus
 from nmfailover.tunnels import AUTO, BY_NM, BY_WG, NEEDS_NET_ADMIN, VARIABLE, Tunnels, check_names
-from tests.conftest import _require_lab
 from tests.daemon import running_daemon
 from tests.operate import cli as run_cli
 from tests.operate import status
@@ -338,8 +337,7 @@ def test_status_text_names_the_moved_tunnels(capsys: pytest.CaptureFixture[str])
 
 
 @pytest.fixture
-def wglab() -> Iterator[tuple[NMLab, WireGuardPeer]]:
-    _require_lab()
+def wglab(lab_machine: None) -> Iterator[tuple[NMLab, WireGuardPeer]]:
     reason = wireguard_available()
     if reason is not None:
         # CI installs both (scripts/bootstrap): a skip there would hide that this test never ran.
@@ -357,7 +355,6 @@ def _fail_over(lab: NMLab) -> float:
     return time.monotonic()
 
 
-@pytest.mark.lab
 def test_without_the_option_the_tunnel_stays_dead_after_failover(
     wglab: tuple[NMLab, WireGuardPeer], tmp_path: Path
 ) -> None:
@@ -374,7 +371,6 @@ def test_without_the_option_the_tunnel_stays_dead_after_failover(
         assert daemon.stop() == 0
 
 
-@pytest.mark.lab
 def test_tunnel_follows_a_silent_failover_within_2_s(
     wglab: tuple[NMLab, WireGuardPeer], tmp_path: Path
 ) -> None:
