@@ -239,11 +239,18 @@ class NoticeBoard:
         self.flap_window = flap_window
         self._clock = clock
         self._recent: deque[float] = deque()
+        # The uplink the login notice said carries traffic: the switch that put it there may still be on
+        # its way as a signal, and is told already.
+        self._told_at_login: str | None = None
 
     def notice(self, switch: Switch, snapshot: Snapshot = Snapshot()) -> Notice | None:
-        """The notice for `switch`, or None for a start on the most preferred uplink (nothing moved)."""
+        """The notice for `switch`, or None for a start on the most preferred uplink (nothing moved) and
+        for the switch the login notice has told already."""
+        told, self._told_at_login = self._told_at_login, None
         first = snapshot.uplinks[0].profile if snapshot.uplinks else None
         to = switch.to_profile
+        if to == told:
+            return None
         on_first = to == first if first is not None else switch.role == "primary"
         if switch.action == "initial" and on_first:
             return None
@@ -292,6 +299,7 @@ class NoticeBoard:
             return None
         first = snapshot.uplinks[0]
         metered = _metered(now.profile, snapshot)
+        self._told_at_login = now.profile
         if snapshot.pinned is not None:
             return Notice(
                 f"On {now.profile}, as chosen",

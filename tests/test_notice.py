@@ -281,6 +281,18 @@ def test_at_login_what_traffic_does_now(
     assert (None if notice is None else (notice.summary, notice.body, notice.actions)) == expected
 
 
+def test_the_switch_told_at_login_is_not_told_again() -> None:
+    # The agent started just after a failover: the login notice tells it, and the Switched signal of that
+    # same failover, arriving after, adds nothing. A later switch is told as always.
+    board = NoticeBoard()
+    assert board.at_login(snapshot()) is not None
+    failover = switch("failover", reason="primary (eth0) is down; moving to backup (wwan0)")
+    assert board.notice(failover, snapshot()) is None
+    assert board.notice(failover, snapshot()) is not None
+    board.at_login(snapshot())
+    assert board.notice(switch("failback", to="primary"), snapshot("primary")) is not None
+
+
 def test_what_a_button_did_and_why_it_failed() -> None:
     stayed = NoticeBoard.after_action(STAY, snapshot(pinned="backup"))
     assert (stayed.summary, stayed.body, stayed.actions) == (
