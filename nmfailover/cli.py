@@ -25,7 +25,7 @@ from typing import Any
 from . import __version__, system_files
 from .budget import format_size
 from .config import Settings, load_settings
-from .control import BUS_NAME, call_daemon
+from .control import BUS_NAME, SECONDS_MAX, call_daemon
 from .daemon import connect, run_daemon
 from .doctor import run as run_doctor
 from .engine import find_uplinks, role_name
@@ -152,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     length = test.add_mutually_exclusive_group()
     length.add_argument(
-        "--seconds", type=_seconds_arg(False), default=60.0, metavar="N", help="how long (default: 60)"
+        "--seconds",
+        type=_seconds_arg(False),
+        default=60.0,
+        metavar="N",
+        help=f"how long (default: 60; at most {SECONDS_MAX:g}, a week)",
     )
     length.add_argument("--end", action="store_true", help="end a running test now")
     prefer = commands.add_parser(
@@ -169,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds_arg(True),
         default=0.0,
         metavar="N",
-        help="drop the pin after N seconds (default: 0, until --clear)",
+        help=f"drop the pin after N seconds (default: 0, until --clear; at most {SECONDS_MAX:g}, a week)",
     )
     prefer.add_argument("--clear", action="store_true", help="drop the pin: normal policy resumes")
     notify = commands.add_parser(
