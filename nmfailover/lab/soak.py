@@ -366,6 +366,8 @@ def run(minutes: float, seed: int, out: Path | None, log_dir: Path) -> int:
     print(json.dumps(summary, indent=2))
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + "\n")
+    if not passed:
+        print(f"soak failed; the daemon's log ends ({log}):", "".join(text.splitlines(True)[-150:]), sep="\n")
     return 0 if passed else 1
 
 
