@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 
 from ..control import call_daemon
 from .demo import DaemonProcess, daemon_env, wait_for
@@ -371,6 +373,10 @@ def run(minutes: float, seed: int, out: Path | None, log_dir: Path) -> int:
     return 0 if passed else 1
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nmfailover.lab.soak", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -380,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the figures and faults here")
     parser.add_argument("--log-dir", type=Path, default=Path("."), help="where the daemon's log goes")
     args = parser.parse_args(argv)
+    # A CI timeout sends SIGTERM, which by default ends Python without closing the lab: as
+    # KeyboardInterrupt, the namespaces, NetworkManager and the daemon go with it.
+    signal.signal(signal.SIGTERM, _interrupt)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     print(f"soak: seed {seed}, {args.minutes:g} minutes after the warm-up", flush=True)
     return run(args.minutes, seed, args.json, args.log_dir)
