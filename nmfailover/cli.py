@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds_arg(False),
         default=60.0,
         metavar="N",
-        help=f"how long (default: 60; at most {SECONDS_MAX:g}, a week)",
+        help=f"how long (default: 60; at most {SECONDS_MAX:g}: {SECONDS_MAX / 86400:g} days)",
     )
     length.add_argument("--end", action="store_true", help="end a running test now")
     prefer = commands.add_parser(
@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds_arg(True),
         default=0.0,
         metavar="N",
-        help=f"drop the pin after N seconds (default: 0, until --clear; at most {SECONDS_MAX:g}, a week)",
+        help="drop the pin after N seconds (default: 0, until --clear; "
+        f"at most {SECONDS_MAX:g}: {SECONDS_MAX / 86400:g} days)",
     )
     prefer.add_argument("--clear", action="store_true", help="drop the pin: normal policy resumes")
     notify = commands.add_parser(

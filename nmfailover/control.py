@@ -367,7 +367,9 @@ async def _recheck(operator: Operator, args: list[Any]) -> tuple[str, list[Any]]
 def _at_most_a_week(seconds: float) -> float:
     # Only the ceiling: what is not finite or below 0 the operator refuses with its own words.
     if math.isfinite(seconds) and seconds > SECONDS_MAX:
-        raise InvalidRequest(f"seconds must be at most {SECONDS_MAX:g} (7 days); got {seconds}")
+        raise InvalidRequest(
+            f"seconds must be at most {SECONDS_MAX:g} ({SECONDS_MAX / 86400:g} days); got {seconds}"
+        )
     return seconds
 
 
