@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .control import BUS_NAME
+from .control import BUS_NAME, SECONDS_MAX
 from .errors import NmfailoverError
 from .follow import FOLLOW_INTERVAL
 from .notice import FLAP_COUNT, FLAP_WINDOW
@@ -127,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     length = test.add_mutually_exclusive_group()
     length.add_argument(
-        "--seconds", type=_seconds_arg(False), default=60.0, metavar="N", help="how long (default: 60)"
+        "--seconds",
+        type=_seconds_arg(False),
+        default=60.0,
+        metavar="N",
+        help=f"how long (default: 60; at most {SECONDS_MAX:g}: {SECONDS_MAX / 86400:g} days)",
     )
     length.add_argument("--end", action="store_true", help="end a running test now")
     prefer = commands.add_parser(
@@ -144,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds_arg(True),
         default=0.0,
         metavar="N",
-        help="drop the pin after N seconds (default: 0, until --clear)",
+        help="drop the pin after N seconds (default: 0, until --clear; "
+        f"at most {SECONDS_MAX:g}: {SECONDS_MAX / 86400:g} days)",
     )
     prefer.add_argument("--clear", action="store_true", help="drop the pin: normal policy resumes")
     notify = commands.add_parser(

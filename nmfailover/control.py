@@ -10,6 +10,7 @@ Methods (interface net.nmfailover.Failover1, object /net/nmfailover/Failover1):
   Status() -> s                   Operator.status() as JSON text (nmfailover.status, docs/status.md)
   Recheck(s interface, s reason) -> u   probe now; returns how many uplinks will be probed
   ForceFailover(d seconds)        move traffic off the current uplink for a while (the "failover test")
+                                  at most SECONDS_MAX (a week), as Prefer's seconds
   EndForce()
   Prefer(s uplink, d seconds)     pin an uplink; 0 seconds = until ClearPreference
   ClearPreference()
@@ -27,6 +28,7 @@ import asyncio
 import functools
 import grp
 import json
+import math
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +68,9 @@ INTERFACE = "net.nmfailover.Failover1"
 ERROR_INVALID_ARGS = f"{INTERFACE}.Error.InvalidArgs"
 ERROR_FAILED = f"{INTERFACE}.Error.Failed"
 CALL_TIMEOUT = 5.0
+# The longest failover test or timed pin: a week covers any plan a person makes, and keeps "s left" in the
+# status a number one can read (a pin for good is Prefer(uplink, 0)).
+SECONDS_MAX = 7 * 24 * 3600.0
 
 _DOCTYPE = (
     '<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
@@ -369,8 +374,17 @@ async def _recheck(operator: Operator, args: list[Any]) -> tuple[str, list[Any]]
     return "u", [await operator.recheck(interface, reason)]
 
 
+def _at_most_a_week(seconds: float) -> float:
+    # Only the ceiling: what is not finite or below 0 the operator refuses with its own words.
+    if math.isfinite(seconds) and seconds > SECONDS_MAX:
+        raise InvalidRequest(
+            f"seconds must be at most {SECONDS_MAX:g} ({SECONDS_MAX / 86400:g} days); got {seconds}"
+        )
+    return seconds
+
+
 async def _force_failover(operator: Operator, args: list[Any]) -> tuple[str, list[Any]]:
-    await operator.force_failover(args[0])
+    await operator.force_failover(_at_most_a_week(args[0]))
     return "", []
 
 
@@ -381,7 +395,7 @@ async def _end_force(operator: Operator, _: list[Any]) -> tuple[str, list[Any]]:
 
 async def _prefer(operator: Operator, args: list[Any]) -> tuple[str, list[Any]]:
     uplink, seconds = args
-    await operator.prefer(uplink, seconds)
+    await operator.prefer(uplink, _at_most_a_week(seconds))
     return "", []
 
 

@@ -308,6 +308,10 @@ class TrafficTracker:
             self._n = replace(
                 n, syn_unanswered=n.syn_unanswered + syns, dns_unanswered=n.dns_unanswered + queries
             )
+        # An attempt given up RETRY_MEMORY ago counts as new anyway (_new): kept, it would only hold memory
+        # (up to `capacity` entries a table, long after the outage that filled it).
+        _forget(self._syns_given_up, now - RETRY_MEMORY)
+        _forget(self._queries_given_up, now - RETRY_MEMORY)
 
     def next_deadline(self) -> float | None:
         """When the oldest pending entry runs out of patience; None when nothing is pending."""
@@ -341,6 +345,12 @@ def _insert(table: dict[_K, float], key: _K, now: float, capacity: int) -> None:
     if len(table) >= capacity:
         del table[next(iter(table))]
     table[key] = now
+
+
+def _forget(table: dict[_K, float], cutoff: float) -> None:
+    """Drop what was sent at `cutoff` or before (the table is ordered by that time)."""
+    while table and next(iter(table.values())) <= cutoff:
+        del table[next(iter(table))]
 
 
 def _expire(table: dict[_K, float], cutoff: float, given_up: dict[_K, float], capacity: int) -> int:

@@ -38,6 +38,10 @@ async def control(nmlab: NMLab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         ("Prefer", "sd", ["backup", -1.0], "seconds must be a finite number of 0 or more; got -1.0"),
         ("ForceFailover", "d", [float("nan")], "seconds must be a finite number greater than 0; got nan"),
         ("ForceFailover", "s", ["60"], "ForceFailover takes arguments (d), got (s)"),
+        ("ForceFailover", "d", [1e308], "seconds must be at most 604800 (7 days); got 1e+308"),
+        ("Prefer", "sd", ["backup", 1e308], "seconds must be at most 604800 (7 days); got 1e+308"),
+        ("Prefer", "sd", ["backup", 604800.5], "seconds must be at most 604800 (7 days); got 604800.5"),
+        ("Prefer", "sd", ["backup", float("inf")], "seconds must be a finite number of 0 or more; got inf"),
     ],
 )
 async def test_the_callers_mistakes_are_invalid_args(
@@ -60,3 +64,7 @@ async def test_a_bug_is_failed_and_logged_with_its_traceback(control: ControlSer
     assert str(raised.value) == "internal error in Recheck: ValueError"
     text = "".join(lines)
     assert "control: Recheck failed" in text and "Traceback" in text and "a range check" in text
+
+
+async def test_a_pin_for_exactly_a_week_is_accepted(control: ControlService) -> None:
+    assert await call_daemon("Prefer", "sd", ["backup", 604800.0]) == []

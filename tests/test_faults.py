@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import sys
 import time
 from datetime import datetime
@@ -18,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from nmfailover.lab.demo import DaemonProcess, wait_for
-from nmfailover.lab.sandbox import NMLab, Upstream
+from nmfailover.lab.sandbox import NMLab
+from nmfailover.lab.soak import replug
 from tests.daemon import running_daemon
 
 HOLD_DOWN = "3"
@@ -64,28 +64,6 @@ def switches(daemon: DaemonProcess) -> int:
 def log_time(line: str) -> float:
     """Seconds since the epoch of a daemon log line (its local-time stamp has milliseconds)."""
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
-
-
-def recreate_uplink_device(lab: NMLab, up: Upstream) -> None:
-    """Build a deleted uplink's veth pair again as the lab does; NetworkManager sees a new device."""
-    wait_for(lambda: up.iface not in lab.nmcli("-g", "DEVICE", "device"), 10, f"{up.iface} gone from NM")
-    lab.host("ip", "link", "add", up.iface, "type", "veth", "peer", "name", "gw", "netns", up.netns)
-    for argv in (
-        ["address", "add", f"{up.gateway4}/26", "dev", "gw"],
-        ["address", "add", f"{up.gateway6}/64", "dev", "gw", "nodad"],
-        ["link", "set", "gw", "up"],
-    ):
-        subprocess.run(["ip", "-n", up.netns, *argv], check=True, timeout=10)
-    lab.host("ip", "link", "set", up.iface, "up")
-    # An externally created veth stays unmanaged until told otherwise (see the lab recipe).
-    wait_for(
-        lambda: (
-            lab.nmcli("device", "set", up.iface, "managed", "yes", check=False) == ""
-            and up.iface in lab.nmcli("-g", "DEVICE", "device")
-        ),
-        10,
-        f"{up.iface} managed again",
-    )
 
 
 # -- NetworkManager restarts -------------------------------------------------------------------------------
@@ -140,7 +118,7 @@ def test_uplink_device_disappears_and_comes_back(nmlab: NMLab, tmp_path: Path) -
         daemon.wait_log(r"primary \(wana\) down")
         wait_for(lambda: nmlab.default_routes(4) == [("wanb", 100)], 5, "the backup at the base metric")
 
-        recreate_uplink_device(nmlab, primary)
+        replug(nmlab, primary)
         nmlab.nmcli("connection", "up", "primary")
         # The fresh activation came with the profile's own metric; the daemon demotes it, then fails back.
         daemon.wait_log(r"primary \(wana\) up")

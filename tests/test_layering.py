@@ -59,6 +59,7 @@ LAYERS: list[list[str]] = [
     ["nmfailover.lab.upstream", "nmfailover.lab.usertraffic", "nmfailover.lab.stream"],
     ["nmfailover.lab.sandbox"],
     ["nmfailover.lab.demo", "nmfailover.lab"],
+    ["nmfailover.lab.soak"],
     # The command line's shape, what documents it, and the command line itself.
     ["nmfailover.commandline"],
     ["nmfailover.docs"],

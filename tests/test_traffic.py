@@ -27,6 +27,7 @@ from nmfailover.traffic import (
     DNS_PATIENCE,
     FILTER_CODE,
     PATIENCE,
+    RETRY_MEMORY,
     SNAPLEN,
     TICK,
     LinkStats,
@@ -336,6 +337,19 @@ def test_a_syn_flood_keeps_memory_bounded() -> None:
     assert len(tracker._syns) == 100 and tracker.counters(1.0).syn_sent == 5000
     tracker.expire(10.0)
     assert not tracker._syns and len(tracker._syns_given_up) == 100
+
+
+def test_attempts_given_up_are_forgotten_once_a_retransmission_would_count_as_new() -> None:
+    tracker = TrafficTracker(capacity=100)
+    for n in range(50):
+        tracker.observe(Packet(PacketKind.SYN, True, HOST4, 1024 + n, PEER4, 80), n * 0.1)
+        tracker.observe(Packet(PacketKind.DNS_QUERY, True, HOST4, 2048, PEER4, 53, dns_id=n), n * 0.1)
+    tracker.expire(10.0)
+    assert (len(tracker._syns_given_up), len(tracker._queries_given_up)) == (50, 50)
+    tracker.expire(2.45 + RETRY_MEMORY)  # the first 25 were sent at 2.4 s or before
+    assert (len(tracker._syns_given_up), len(tracker._queries_given_up)) == (25, 25)
+    tracker.expire(4.9 + RETRY_MEMORY)
+    assert not tracker._syns_given_up and not tracker._queries_given_up
 
 
 def test_default_patience_fits_the_tick() -> None:

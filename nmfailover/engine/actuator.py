@@ -621,7 +621,8 @@ class Actuator:
                 "{}: queries to its resolvers {} go through it", uplink.label, ", ".join(wanted.servers)
             )
         else:
-            del self._resolver_routes[index]
+            # Not del: the link may have gone (forget) while NetworkManager was being asked.
+            self._resolver_routes.pop(index, None)
         return changed
 
 
